@@ -1,0 +1,35 @@
+# astrodag: one workflow from raw archive data to classifiers, tables and figures.
+# Run `snakemake --dry-run` to see the plan, `snakemake --cores 2` for the demo.
+
+import os
+
+from snakemake.utils import min_version, validate
+
+min_version("9.0")
+
+
+# The demo config ships beside this Snakefile; --configfile FILE overrides any of its keys.
+configfile: os.path.join(workflow.basedir, "config", "config.yaml")
+
+
+validate(config, "workflow/schemas/config.schema.yaml")
+
+
+include: "workflow/rules/common.smk"
+include: "workflow/rules/flares.smk"
+
+
+wildcard_constraints:
+    flare_class="C|M5|M",
+    window=r"\d+",
+    seed=r"\d+",
+    model="|".join(FLARE_MODELS),
+
+
+report: "workflow/report/workflow.rst"
+
+
+rule all:
+    default_target: True
+    input:
+        rules.analyze_flare_study.output,

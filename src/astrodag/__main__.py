@@ -1,0 +1,7 @@
+"""``python -m astrodag``: the same command line as the ``astrodag`` script."""
+
+import sys
+
+from astrodag.cli import main
+
+sys.exit(main())

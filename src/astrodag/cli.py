@@ -1,0 +1,194 @@
+"""The ``astrodag`` command line: one subcommand per workflow stage.
+
+Every Snakemake rule calls one of these, so each stage can also be run by
+hand, e.g. ``astrodag flares train --help``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from astrodag import __version__
+from astrodag.errors import AstrodagError, ConfigError
+from astrodag.logs import configure_logging
+
+logger = logging.getLogger("astrodag.cli")
+
+
+def _json_or_yaml(text: str) -> dict[str, Any]:
+    """An option given inline as JSON/YAML, or as ``@path`` to a JSON/YAML file."""
+    if text.startswith("@"):
+        path = Path(text[1:])
+        if not path.exists():
+            raise argparse.ArgumentTypeError(f"options file {path} does not exist")
+        text = path.read_text()
+    try:
+        value = yaml.safe_load(text)
+    except yaml.YAMLError as error:
+        raise argparse.ArgumentTypeError(f"cannot parse options: {error}") from error
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError("options must be a mapping, e.g. '{\"embed_dim\": 64}'")
+    return value
+
+
+def _split_fractions(items: list[str]) -> dict[str, float]:
+    fractions = {}
+    for item in items:
+        name, _, value = item.partition("=")
+        if name not in ("train", "validation", "test") or not value:
+            raise ConfigError("split-fractions", f"expected train=F validation=F test=F, got {item!r}")
+        fractions[name] = float(value)
+    return fractions
+
+
+def _add_common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--log", type=Path, help="also append log messages to this file")
+    parser.add_argument("--verbose", action="store_true", help="log debug messages")
+    parser.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
+                        help="show progress bars (default: only on a terminal)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="astrodag", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"astrodag {__version__}")
+    tracks = parser.add_subparsers(dest="track", required=True, metavar="TRACK")
+
+    flares = tracks.add_parser("flares", help="solar flare prediction from SHARP keyword time series")
+    stages = flares.add_subparsers(dest="stage", required=True, metavar="STAGE")
+
+    simulate = stages.add_parser("simulate", help="write a synthetic SHARP keyword table and flare list")
+    simulate.add_argument("--keywords", type=Path, required=True, help="output keyword table (.csv or .parquet)")
+    simulate.add_argument("--events", type=Path, required=True, help="output flare-event table (.csv or .parquet)")
+    simulate.add_argument("--regions", type=int, required=True, help="number of active regions (HARPs)")
+    simulate.add_argument("--cadence-minutes", type=int, default=60)
+    simulate.add_argument("--seed", type=int, default=0)
+    simulate.add_argument("--summary", type=Path, help="write a JSON summary of what was simulated")
+    _add_common(simulate)
+
+    ingest = stages.add_parser("ingest", help="validate SHARP/flare tables and build labelled, split windows")
+    ingest.add_argument("--keywords", type=Path, required=True, help="SHARP keyword table (.csv or .parquet)")
+    ingest.add_argument("--events", type=Path, required=True, help="flare-event table (.csv or .parquet)")
+    ingest.add_argument("--features", type=Path, required=True, help="output windows array (.npy)")
+    ingest.add_argument("--index", type=Path, required=True, help="output window index with labels (.parquet)")
+    ingest.add_argument("--summary", type=Path, required=True, help="output dataset summary (.json)")
+    ingest.add_argument("--window-steps", type=int, default=10)
+    ingest.add_argument("--cadence-minutes", type=int, default=60)
+    ingest.add_argument("--stride", type=int, default=1, help="steps between consecutive window ends")
+    ingest.add_argument("--horizons", type=int, nargs="+", default=[24, 48, 72], help="prediction windows in hours")
+    ingest.add_argument("--classes", nargs="+", default=["C", "M", "M5"], help="flare classes (>= class)")
+    ingest.add_argument("--split-fractions", nargs=3, default=["train=0.6", "validation=0.2", "test=0.2"],
+                        metavar="NAME=F")
+    ingest.add_argument("--split-seed", type=int, default=0)
+    _add_common(ingest)
+
+    train = stages.add_parser("train", help="train one model for one (class, window, seed) experiment")
+    train.add_argument("--features", type=Path, required=True)
+    train.add_argument("--index", type=Path, required=True)
+    train.add_argument("--out-dir", type=Path, required=True, help="where predictions and the model go")
+    train.add_argument("--flare-class", required=True, help="C, M or M5 (flare of at least this class)")
+    train.add_argument("--window", type=int, required=True, help="prediction window in hours")
+    train.add_argument("--seed", type=int, required=True)
+    train.add_argument("--model", choices=("everest", "baseline"), default="everest")
+    train.add_argument("--model-options", type=_json_or_yaml, default={},
+                       help="architecture options as JSON/YAML or @file")
+    train.add_argument("--training-options", type=_json_or_yaml, default={},
+                       help="trainer options as JSON/YAML or @file (ignored by the baseline)")
+    train.add_argument("--threads", type=int, help="torch CPU threads")
+    train.add_argument("--work-dir", type=Path, help="checkpoints for resuming (default OUT_DIR/checkpoints)")
+    _add_common(train)
+
+    sweep = stages.add_parser("sweep", help="choose the threshold on validation, report it on test")
+    sweep.add_argument("--predictions", type=Path, required=True)
+    sweep.add_argument("--model-json", type=Path, required=True)
+    sweep.add_argument("--out-dir", type=Path, required=True)
+    sweep.add_argument("--start", type=float, default=0.1)
+    sweep.add_argument("--stop", type=float, default=0.9)
+    sweep.add_argument("--num", type=int, default=81)
+    sweep.add_argument("--weights", type=_json_or_yaml, default=None,
+                       help="metric weights of the score, e.g. '{tss: 0.4, f1: 0.2, ...}' (EVEREST default)")
+    _add_common(sweep)
+
+    analyze = stages.add_parser("analyze", help="statistics over seeds, figures and the Markdown report")
+    analyze.add_argument("--results", type=Path, nargs="+", required=True, help="results.json of each experiment")
+    analyze.add_argument("--predictions", type=Path, nargs="+", required=True,
+                         help="predictions.parquet of each experiment, in the same order")
+    analyze.add_argument("--out-dir", type=Path, required=True)
+    analyze.add_argument("--confidence", type=float, default=0.95)
+    analyze.add_argument("--bootstrap-resamples", type=int, default=9999)
+    analyze.add_argument("--seed", type=int, default=0, help="seed of the bootstrap")
+    _add_common(analyze)
+    return parser
+
+
+def _run_flares(args: argparse.Namespace) -> None:
+    # Imported here so that `astrodag --help` stays fast and light.
+    if args.stage == "simulate":
+        from astrodag.flares.synthetic import write_synthetic_dataset
+
+        summary = write_synthetic_dataset(args.keywords, args.events, n_regions=args.regions,
+                                          cadence_minutes=args.cadence_minutes, seed=args.seed,
+                                          progress=args.progress)
+        if args.summary:
+            from astrodag.io import write_json
+
+            write_json(args.summary, summary)
+        logger.info("simulated %s", json.dumps(summary, default=str))
+    elif args.stage == "ingest":
+        from astrodag.flares.dataset import prepare_dataset
+
+        prepare_dataset(
+            args.keywords, args.events, args.features, args.index, args.summary,
+            window_steps=args.window_steps, cadence_minutes=args.cadence_minutes, stride=args.stride,
+            horizons_hours=tuple(args.horizons), flare_classes=tuple(args.classes),
+            split_fractions=_split_fractions(args.split_fractions), split_seed=args.split_seed,
+            progress=args.progress,
+        )
+    elif args.stage == "train":
+        from astrodag.flares.experiment import train_experiment
+
+        train_experiment(
+            args.features, args.index, args.out_dir, flare_class=args.flare_class, window_hours=args.window,
+            seed=args.seed, model_name=args.model, model_options=args.model_options,
+            training_options=args.training_options, threads=args.threads, work_dir=args.work_dir,
+            progress=args.progress,
+        )
+    elif args.stage == "sweep":
+        from astrodag.flares.sweep import sweep_experiment
+
+        sweep_experiment(args.predictions, args.model_json, args.out_dir, start=args.start, stop=args.stop,
+                         num=args.num, weights=args.weights)
+    elif args.stage == "analyze":
+        from astrodag.flares.analysis import analyze_study
+
+        analyze_study(args.results, args.predictions, args.out_dir, confidence=args.confidence,
+                      n_resamples=args.bootstrap_resamples, seed=args.seed)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    configure_logging(args.log, verbose=args.verbose)
+    try:
+        if args.track == "flares":
+            _run_flares(args)
+    except (AstrodagError, ValueError) as error:
+        # Bad input or options: one readable line (the traceback goes to the log file only at --verbose).
+        logger.debug("traceback", exc_info=True)
+        logger.error("astrodag %s %s: %s", args.track, args.stage, error)
+        return 2
+    except Exception:
+        logger.exception("astrodag %s %s failed", args.track, args.stage)
+        raise
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,225 @@
+"""Uncertainty of metrics over repeated runs (seeds) and of proportions.
+
+Each trained configuration is run with several seeds; `summarize` reports the
+spread of one metric over those runs, `paired_comparison` compares two
+configurations run with the same seeds, and `wilson_interval` gives a
+confidence interval for a single proportion (e.g. recall = tp / (tp + fn)).
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+
+import numpy as np
+from scipy import stats
+from statsmodels.stats.proportion import proportion_confint
+
+BOOTSTRAP_METHODS = ("percentile", "basic", "BCa")
+
+
+def _check_confidence(confidence: float) -> None:
+    if not 0.0 < confidence < 1.0:
+        raise ValueError(f"confidence must lie strictly between 0 and 1, got {confidence!r}")
+
+
+def _bootstrap_mean_ci(data: np.ndarray, confidence: float, n_resamples: int, seed: int, method: str):
+    """Bootstrap CI of the mean; BCa falls back to percentile on degenerate data."""
+
+    def run(chosen: str):
+        # A fresh generator per call keeps the result a function of the seed alone.
+        return stats.bootstrap(
+            (data,),
+            np.mean,
+            confidence_level=confidence,
+            n_resamples=n_resamples,
+            method=chosen,
+            rng=np.random.default_rng(seed),
+        ).confidence_interval
+
+    if method != "BCa":
+        return run(method)
+    try:
+        # BCa's acceleration is 0/0 for (near-)constant data: scipy then warns
+        # and returns NaN, which the percentile fallback below replaces.
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", stats.DegenerateDataWarning)
+            warnings.simplefilter("ignore", RuntimeWarning)
+            interval = run("BCa")
+    except ValueError:
+        interval = None
+    if interval is None or not (np.isfinite(interval.low) and np.isfinite(interval.high)):
+        interval = run("percentile")
+    return interval
+
+
+def summarize(
+    values,
+    confidence: float = 0.95,
+    n_resamples: int = 9999,
+    seed: int = 0,
+    method: str = "BCa",
+) -> dict[str, float]:
+    """Mean, spread and two confidence intervals of the mean.
+
+    Parameters
+    ----------
+    values : array-like of float
+        One value per run; NaN and infinite values (failed runs) are dropped.
+    confidence : float, default 0.95
+        Confidence level of both intervals.
+    n_resamples : int, default 9999
+        Bootstrap resamples.
+    seed : int, default 0
+        Seed of the bootstrap generator; the same seed gives the same interval.
+    method : {"BCa", "percentile", "basic"}, default "BCa"
+        ``scipy.stats.bootstrap`` method. BCa falls back to percentile when it
+        is undefined (degenerate data).
+
+    Returns
+    -------
+    dict of str to float
+        n (number of finite values, an int), mean, std (ddof=1), sem,
+        t_ci_low, t_ci_high (Student t interval) and bootstrap_ci_low,
+        bootstrap_ci_high. With n == 0 everything but n is NaN; with n == 1
+        only the mean is set; with zero variance both intervals collapse onto
+        the mean.
+    """
+    _check_confidence(confidence)
+    if method not in BOOTSTRAP_METHODS:
+        raise ValueError(f"method must be one of {BOOTSTRAP_METHODS}, got {method!r}")
+    if isinstance(n_resamples, bool) or not isinstance(n_resamples, (int, np.integer)) or n_resamples < 1:
+        raise ValueError(f"n_resamples must be a positive integer, got {n_resamples!r}")
+    data = np.asarray(values, dtype=float).ravel()
+    data = data[np.isfinite(data)]
+    n = int(data.size)
+    nan = float("nan")
+    result = {
+        "n": n,
+        "mean": nan,
+        "std": nan,
+        "sem": nan,
+        "t_ci_low": nan,
+        "t_ci_high": nan,
+        "bootstrap_ci_low": nan,
+        "bootstrap_ci_high": nan,
+    }
+    if n == 0:
+        return result
+    mean = float(np.mean(data))
+    result["mean"] = mean
+    if n == 1:
+        return result
+    if np.ptp(data) == 0:
+        # Tested on the values, not on std, which rounding can leave at 1e-17.
+        result.update(std=0.0, sem=0.0, t_ci_low=mean, t_ci_high=mean, bootstrap_ci_low=mean, bootstrap_ci_high=mean)
+        return result
+    std = float(np.std(data, ddof=1))
+    sem = std / math.sqrt(n)
+    t_low, t_high = stats.t.interval(confidence, df=n - 1, loc=mean, scale=sem)
+    boot = _bootstrap_mean_ci(data, confidence, n_resamples, seed, method)
+    result.update(
+        std=std,
+        sem=sem,
+        t_ci_low=float(t_low),
+        t_ci_high=float(t_high),
+        bootstrap_ci_low=float(boot.low),
+        bootstrap_ci_high=float(boot.high),
+    )
+    return result
+
+
+def wilson_interval(successes, trials, confidence: float = 0.95):
+    """Wilson score interval for a binomial proportion.
+
+    Parameters
+    ----------
+    successes, trials : int or array-like of int
+        Counts (broadcast together); 0 <= successes <= trials.
+    confidence : float, default 0.95
+        Confidence level.
+
+    Returns
+    -------
+    (low, high) : tuple of float, or of ndarray for array input
+        NaN where trials == 0.
+    """
+    _check_confidence(confidence)
+    k, n = np.broadcast_arrays(np.asarray(successes, dtype=float), np.asarray(trials, dtype=float))
+    if not (np.all(np.isfinite(k)) and np.all(np.isfinite(n))):
+        raise ValueError("successes and trials must be finite")
+    if np.any(k != np.round(k)) or np.any(n != np.round(n)):
+        raise ValueError("successes and trials must be whole numbers")
+    if np.any(k < 0) or np.any(k > n):
+        raise ValueError("need 0 <= successes <= trials")
+    empty = n == 0
+    # Placeholder 0/1 keeps statsmodels away from 0/0; those entries become NaN.
+    low, high = proportion_confint(
+        np.where(empty, 0.0, k), np.where(empty, 1.0, n), alpha=1.0 - confidence, method="wilson"
+    )
+    low = np.where(empty, np.nan, low)
+    high = np.where(empty, np.nan, high)
+    if low.ndim == 0:
+        return float(low), float(high)
+    return low, high
+
+
+def paired_comparison(a, b, confidence: float = 0.95) -> dict[str, float]:
+    """Compare two configurations evaluated on the same seeds.
+
+    Parameters
+    ----------
+    a, b : array-like of float
+        One metric value per seed; ``a[i]`` and ``b[i]`` must come from the same
+        seed. Pairs with a NaN or infinite value on either side are dropped.
+    confidence : float, default 0.95
+        Level of the confidence interval of the mean difference.
+
+    Returns
+    -------
+    dict of str to float
+        n (complete pairs, an int), mean_difference (mean of a - b), ci_low,
+        ci_high (Student t interval of the differences), t_statistic, t_pvalue
+        (paired t test, ``scipy.stats.ttest_rel``), wilcoxon_statistic and
+        wilcoxon_pvalue (``scipy.stats.wilcoxon``). Tests are NaN when n < 2 or
+        when they are undefined (the t test when all differences are equal, the
+        Wilcoxon test when all differences are zero); with all differences
+        equal the interval collapses onto the mean difference.
+    """
+    _check_confidence(confidence)
+    a = np.asarray(a, dtype=float).ravel()
+    b = np.asarray(b, dtype=float).ravel()
+    if len(a) != len(b):
+        raise ValueError(f"a and b must be paired (same seeds), got lengths {len(a)} and {len(b)}")
+    complete = np.isfinite(a) & np.isfinite(b)
+    a, b = a[complete], b[complete]
+    diff = a - b
+    n = int(diff.size)
+    nan = float("nan")
+    result = {
+        "n": n,
+        "mean_difference": float(np.mean(diff)) if n else nan,
+        "ci_low": nan,
+        "ci_high": nan,
+        "t_statistic": nan,
+        "t_pvalue": nan,
+        "wilcoxon_statistic": nan,
+        "wilcoxon_pvalue": nan,
+    }
+    if n < 2:
+        return result
+    if np.ptp(diff) == 0:
+        result.update(ci_low=result["mean_difference"], ci_high=result["mean_difference"])
+    else:
+        ttest = stats.ttest_rel(a, b)
+        interval = ttest.confidence_interval(confidence_level=confidence)
+        result.update(
+            ci_low=float(interval.low),
+            ci_high=float(interval.high),
+            t_statistic=float(ttest.statistic),
+            t_pvalue=float(ttest.pvalue),
+        )
+    if np.any(diff != 0):
+        wilcoxon = stats.wilcoxon(a, b)
+        result.update(wilcoxon_statistic=float(wilcoxon.statistic), wilcoxon_pvalue=float(wilcoxon.pvalue))
+    return result

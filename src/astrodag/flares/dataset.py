@@ -1,0 +1,472 @@
+"""Windows, labels, region-wise splits and dataset files for flare prediction.
+
+A sample is a window of ``window_steps`` consecutive SHARP keyword samples of
+one region (HARP), exactly one cadence apart. Its labels say whether that
+region produces a flare of GOES class >= C, >= M or >= M5 with its peak in
+``(end_time, end_time + horizon]`` for horizons of 24, 48 and 72 h.
+
+Choices worth knowing:
+
+* No window spans a gap: a missing sample, or a sample dropped on ingestion
+  for a NaN keyword, ends one run of consecutive samples and starts another.
+* Windows near the end of a region's series are kept even when their
+  horizon reaches past the region's last sample. The region has then left
+  the visible disk (or decayed), and flares are only known while a region is
+  observed, so dropping them would bias the data against the end of a
+  region's life; their labels count the flares that were observed.
+* Splits are by region, so windows of one region (which overlap and are
+  strongly correlated) never sit in two splits.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from tqdm.auto import tqdm
+
+from astrodag.errors import InputDataError
+from astrodag.flares.sharp import (
+    FLARE_CLASS_THRESHOLDS,
+    SHARP_KEYWORDS,
+    goes_class_to_flux,
+    read_flare_events,
+    read_keyword_table,
+)
+from astrodag.io import atomic_path, save_npy, write_json
+
+log = logging.getLogger(__name__)
+
+LABEL_COLUMN = "label_{flare_class}_{window_hours}h"
+_LABEL_PATTERN = re.compile(r"^label_(?P<flare_class>.+)_(?P<window_hours>[0-9.]+)h$")
+DEFAULT_SPLIT_FRACTIONS = {"train": 0.6, "validation": 0.2, "test": 0.2}
+
+
+def label_column(flare_class: str, window_hours: float) -> str:
+    """Name of the label column for flares of class >= ``flare_class`` within ``window_hours``.
+
+    Raises
+    ------
+    ValueError
+        If the class is not a key of ``FLARE_CLASS_THRESHOLDS`` or the hours are not positive.
+    """
+    if flare_class not in FLARE_CLASS_THRESHOLDS:
+        raise ValueError(
+            f"unknown flare class {flare_class!r} (choose from {', '.join(FLARE_CLASS_THRESHOLDS)})"
+        )
+    if not np.isfinite(window_hours) or window_hours <= 0:
+        raise ValueError(f"window hours must be positive, got {window_hours!r}")
+    return LABEL_COLUMN.format(flare_class=flare_class, window_hours=f"{window_hours:g}")
+
+
+def _as_ns(times: pd.Series) -> np.ndarray:
+    """UTC nanoseconds since the epoch of a tz-aware datetime column."""
+    return pd.DatetimeIndex(times).tz_convert("UTC").as_unit("ns").asi8
+
+
+def _event_fluxes(events: pd.DataFrame) -> np.ndarray:
+    """Peak flux per event: the ``peak_flux`` column, else parsed from ``goes_class``."""
+    if "peak_flux" in events.columns:
+        return events["peak_flux"].to_numpy(np.float64)
+    return np.array([goes_class_to_flux(text) for text in events["goes_class"]], dtype=np.float64)
+
+
+def build_windows(
+    keywords: pd.DataFrame,
+    events: pd.DataFrame,
+    window_steps: int = 10,
+    cadence_minutes: float = 60,
+    stride: int = 1,
+    horizons_hours=(24, 48, 72),
+    flare_classes=("C", "M", "M5"),
+    progress: bool = False,
+) -> tuple[np.ndarray, pd.DataFrame]:
+    """Cut keyword series into windows and label each with the flares that follow it.
+
+    Parameters
+    ----------
+    keywords : pandas.DataFrame
+        A keyword table as returned by :func:`~astrodag.flares.sharp.read_keyword_table`.
+        Rows with a non-finite keyword are skipped (they break windows).
+    events : pandas.DataFrame
+        Flares with ``HARPNUM``, ``peak_time`` and ``peak_flux`` (or ``goes_class``),
+        as returned by :func:`~astrodag.flares.sharp.read_flare_events`. Flares
+        without a HARPNUM or of regions without keyword samples are ignored.
+    window_steps : int
+        Samples per window.
+    cadence_minutes : float
+        Required spacing of consecutive samples in a window.
+    stride : int
+        Step, in samples, between consecutive window ends within a run of
+        consecutive samples; the first window of each run ends at its
+        ``window_steps``-th sample.
+    horizons_hours : sequence of float
+        Prediction horizons.
+    flare_classes : sequence of str
+        Keys of ``FLARE_CLASS_THRESHOLDS``.
+    progress : bool
+        Show a progress bar over the regions while labelling.
+
+    Returns
+    -------
+    features : numpy.ndarray
+        float32 array (N, window_steps, 9), keywords in ``SHARP_KEYWORDS`` order.
+    index : pandas.DataFrame
+        One row per window: ``HARPNUM`` (int64), ``end_time`` (UTC time of the
+        last sample) and one uint8 column per (class, horizon), named by
+        :func:`label_column`, in class-major order.
+
+    Notes
+    -----
+    Windows whose ``end_time`` + horizon lies after the region's last sample
+    are kept: the region has left the disk (or decayed) and flares are only
+    known while it is observed, so their labels count the observed flares.
+    Dropping them would remove the end of every region's life from the data.
+    """
+    if int(window_steps) != window_steps or window_steps < 1:
+        raise ValueError(f"window_steps must be a positive integer, got {window_steps!r}")
+    if int(stride) != stride or stride < 1:
+        raise ValueError(f"stride must be a positive integer, got {stride!r}")
+    if not cadence_minutes > 0:
+        raise ValueError(f"cadence_minutes must be positive, got {cadence_minutes!r}")
+    if not len(horizons_hours) or not len(flare_classes):
+        raise ValueError("need at least one horizon and one flare class")
+    columns = [label_column(flare_class, hours) for flare_class in flare_classes for hours in horizons_hours]
+    if len(set(columns)) != len(columns):
+        raise ValueError(f"repeated flare class or horizon: {flare_classes!r}, {horizons_hours!r}")
+
+    keywords = keywords.sort_values(["HARPNUM", "timestamp"], kind="stable")
+    values = keywords[list(SHARP_KEYWORDS)].to_numpy(np.float32)
+    finite = np.isfinite(values).all(axis=1)
+    if not finite.all():
+        log.info("skipping %d keyword rows with non-finite values", int((~finite).sum()))
+    values = values[finite]
+    harpnum = keywords["HARPNUM"].to_numpy(np.int64)[finite]
+    times = _as_ns(keywords["timestamp"])[finite]
+
+    # Runs of samples exactly one cadence apart within a region; position of each sample in its run.
+    n = len(values)
+    new_run = np.ones(n, dtype=bool)
+    new_run[1:] = (harpnum[1:] != harpnum[:-1]) | (np.diff(times) != round(cadence_minutes * 60e9))
+    run_start = np.maximum.accumulate(np.where(new_run, np.arange(n), 0))
+    position = np.arange(n) - run_start
+    ends = np.flatnonzero((position >= window_steps - 1) & ((position - (window_steps - 1)) % stride == 0))
+    features = values[ends[:, None] + np.arange(1 - window_steps, 1)]
+    end_harpnum, end_ns = harpnum[ends], times[ends]
+
+    labels = np.zeros((len(ends), len(columns)), dtype=np.uint8)
+    events = events[events["HARPNUM"].notna()]
+    event_harpnum = events["HARPNUM"].to_numpy(np.int64)
+    event_ns = _as_ns(events["peak_time"])
+    event_flux = _event_fluxes(events)
+    order = np.lexsort((event_ns, event_harpnum))
+    event_harpnum, event_ns, event_flux = event_harpnum[order], event_ns[order], event_flux[order]
+
+    regions, first_window = np.unique(end_harpnum, return_index=True)
+    last_window = np.append(first_window[1:], len(ends))
+    first_event = np.searchsorted(event_harpnum, regions, side="left")
+    last_event = np.searchsorted(event_harpnum, regions, side="right")
+    horizons_ns = np.array([round(hours * 3600e9) for hours in horizons_hours], dtype=np.int64)
+    thresholds = [FLARE_CLASS_THRESHOLDS[flare_class] for flare_class in flare_classes]
+    with_flares = np.flatnonzero(last_event > first_event)
+    for r in tqdm(with_flares, desc="labelling windows", unit="region", disable=not progress):
+        windows = slice(first_window[r], last_window[r])
+        t_end = end_ns[windows]
+        flare_ns = event_ns[first_event[r] : last_event[r]]
+        flare_flux = event_flux[first_event[r] : last_event[r]]
+        for k, threshold in enumerate(thresholds):
+            peaks = flare_ns[flare_flux >= threshold]
+            if len(peaks):
+                # Flares with end < peak <= end + horizon: counts of peaks <= each bound, differenced.
+                after_end = np.searchsorted(peaks, t_end, side="right")
+                within = np.searchsorted(peaks, t_end[:, None] + horizons_ns[None, :], side="right")
+                block = slice(k * len(horizons_ns), (k + 1) * len(horizons_ns))
+                labels[windows, block] = within > after_end[:, None]
+
+    index = pd.DataFrame({"HARPNUM": end_harpnum, "end_time": pd.to_datetime(end_ns, utc=True).as_unit("ns")})
+    for j, name in enumerate(columns):
+        index[name] = labels[:, j]
+    if len(ends) == 0:
+        log.warning("no window of %d consecutive samples at a %g-min cadence", window_steps, cadence_minutes)
+    log.info("built %d windows of %d samples from %d regions", len(ends), window_steps, len(regions))
+    return features, index
+
+
+def _region_strata(
+    index: pd.DataFrame, regions_inverse: np.ndarray, n_regions: int, stratify_column
+) -> np.ndarray:
+    """Per-region stratum: max of ``stratify_column`` over its windows, else its most severe positive label.
+
+    Without a column, a window's severity is 0 (no positive label) or 1 + the
+    rank of the strongest flare class among its positive labels.
+    """
+    if stratify_column is not None:
+        if stratify_column not in index.columns:
+            raise ValueError(f"stratify_column {stratify_column!r} is not a column of the index")
+        per_window = index[stratify_column].to_numpy(np.float64)
+        if np.isnan(per_window).any():
+            raise ValueError(f"stratify_column {stratify_column!r} has missing values")
+    else:
+        ranked = sorted(FLARE_CLASS_THRESHOLDS, key=FLARE_CLASS_THRESHOLDS.get)
+        per_window = np.zeros(len(index))
+        for name in index.columns:
+            match = _LABEL_PATTERN.match(str(name))
+            if match and match["flare_class"] in FLARE_CLASS_THRESHOLDS:
+                level = 1 + ranked.index(match["flare_class"])
+                per_window = np.maximum(per_window, np.where(index[name].to_numpy() > 0, level, 0))
+    strata = np.full(n_regions, -np.inf)
+    np.maximum.at(strata, regions_inverse, per_window)
+    return strata
+
+
+def _split_counts(n: int, ideal: np.ndarray, each_at_least_one: bool) -> np.ndarray:
+    """Integer counts summing to ``n`` that follow ``ideal``, optionally at least one each."""
+    floor = 1 if each_at_least_one else 0
+    counts = np.maximum(np.floor(ideal).astype(np.int64), floor)
+    while counts.sum() < n:
+        counts[np.argmax(ideal - counts)] += 1
+    while counts.sum() > n:
+        reducible = np.flatnonzero(counts > floor)
+        counts[reducible[np.argmin((ideal - counts)[reducible])]] -= 1
+    return counts
+
+
+def assign_splits(
+    index: pd.DataFrame,
+    fractions: dict[str, float] | None = None,
+    seed: int = 0,
+    stratify_column: str | None = None,
+) -> np.ndarray:
+    """Assign each window to a split, by region and stratified by each region's strongest outcome.
+
+    Regions are grouped into strata by their strongest outcome (the max of
+    ``stratify_column`` over their windows, or by default the most severe
+    flare class among their positive labels), from the most severe stratum to
+    the least. Within a stratum the regions are shuffled and divided in
+    proportion to ``fractions``; a stratum with at least as many regions as
+    splits gives every split at least one, so rare positives reach all splits.
+    Rounding is carried from stratum to stratum, so the split sizes follow
+    ``fractions`` by region count.
+
+    Parameters
+    ----------
+    index : pandas.DataFrame
+        Window index with ``HARPNUM`` (and label columns for the default strata).
+    fractions : dict of str to float, optional
+        Split name -> fraction of regions; positive, summing to 1. None means
+        train 0.6, validation 0.2, test 0.2.
+    seed : int
+        Seed of the shuffle; same seed, same index -> same splits.
+    stratify_column : str, optional
+        A discrete column (e.g. one label) to stratify on instead.
+
+    Returns
+    -------
+    numpy.ndarray
+        Split name per row of ``index`` (str array).
+
+    Raises
+    ------
+    ValueError
+        If the fractions are empty, not positive or do not sum to 1, or the
+        stratify column is missing.
+    """
+    fractions = dict(DEFAULT_SPLIT_FRACTIONS if fractions is None else fractions)
+    shares = np.array(list(fractions.values()), dtype=np.float64)
+    if not len(shares) or not np.all(np.isfinite(shares) & (shares > 0)):
+        raise ValueError(f"split fractions must be positive, got {fractions!r}")
+    if not np.isclose(shares.sum(), 1.0, rtol=0, atol=1e-6):
+        raise ValueError(f"split fractions must sum to 1, got {fractions!r} (sum {shares.sum():g})")
+    names = np.array(list(fractions), dtype=str)
+
+    regions, inverse = np.unique(index["HARPNUM"].to_numpy(np.int64), return_inverse=True)
+    strata = _region_strata(index, inverse, len(regions), stratify_column)
+    rng = np.random.default_rng(seed)
+    region_split = np.zeros(len(regions), dtype=np.int64)
+    carry = np.zeros(len(shares))
+    for stratum in np.unique(strata)[::-1]:
+        members = rng.permutation(np.flatnonzero(strata == stratum))
+        ideal = len(members) * shares + carry
+        counts = _split_counts(len(members), ideal, each_at_least_one=len(members) >= len(shares))
+        carry = ideal - counts
+        region_split[members] = np.repeat(np.arange(len(shares)), counts)
+    if 0 < len(regions) < len(shares):
+        log.warning("only %d regions for %d splits: some splits are empty", len(regions), len(shares))
+    return names[region_split[inverse]]
+
+
+def _label_columns(index: pd.DataFrame) -> list[str]:
+    return [name for name in index.columns if _LABEL_PATTERN.match(str(name))]
+
+
+def write_dataset(
+    features_path: str | Path,
+    index_path: str | Path,
+    summary_path: str | Path,
+    features: np.ndarray,
+    index: pd.DataFrame,
+    extra: dict | None = None,
+) -> dict:
+    """Write the windows (.npy), their index (Parquet) and a summary (JSON), each atomically.
+
+    Parameters
+    ----------
+    features_path, index_path, summary_path : str or Path
+        Output files. The features are saved with ``np.save`` (memory-mappable).
+    features : numpy.ndarray
+        (N, T, 9) windows.
+    index : pandas.DataFrame
+        N rows with ``HARPNUM``, ``end_time``, the label columns and ``split``;
+        a ``row`` column (position in ``features``) is added on writing.
+    extra : dict, optional
+        More entries for the summary (e.g. ingestion reports).
+
+    Returns
+    -------
+    dict
+        The summary: windows, shape, label columns, and per split the windows,
+        regions and positives per label column.
+    """
+    if features.ndim != 3 or features.shape[2] != len(SHARP_KEYWORDS):
+        raise ValueError(f"features must have shape (N, T, {len(SHARP_KEYWORDS)}), got {features.shape}")
+    if len(features) != len(index):
+        raise ValueError(f"{len(features)} feature windows but {len(index)} index rows")
+    if "split" not in index.columns:
+        raise ValueError("the index needs a 'split' column (see assign_splits)")
+    table = index.copy()
+    table.insert(0, "row", np.arange(len(table), dtype=np.int64))
+    table["split"] = table["split"].astype("str")
+    save_npy(features_path, features)
+    with atomic_path(index_path) as tmp:
+        table.to_parquet(tmp, index=False)
+
+    labels = _label_columns(table)
+    splits = {}
+    # The usual splits in their usual order, then any others by name.
+    known = list(DEFAULT_SPLIT_FRACTIONS)
+    names = sorted(
+        table["split"].unique(), key=lambda name: (known.index(name) if name in known else len(known), name)
+    )
+    for name in names:
+        part = table[table["split"] == name]
+        splits[name] = {
+            "windows": len(part),
+            "regions": int(part["HARPNUM"].nunique()),
+            "positives": {column: int(part[column].sum()) for column in labels},
+        }
+    summary = {
+        "windows": len(table),
+        "regions": int(table["HARPNUM"].nunique()),
+        "window_steps": int(features.shape[1]),
+        "features": list(SHARP_KEYWORDS),
+        "label_columns": labels,
+        "positives": {column: int(table[column].sum()) for column in labels},
+        "splits": splits,
+        "features_path": str(features_path),
+        "index_path": str(index_path),
+        **(extra or {}),
+    }
+    write_json(summary_path, summary)
+    return summary
+
+
+def load_dataset(
+    features_path: str | Path, index_path: str | Path, mmap: bool = True
+) -> tuple[np.ndarray, pd.DataFrame]:
+    """Load windows and index written by :func:`write_dataset`, checking that they belong together.
+
+    Parameters
+    ----------
+    features_path, index_path : str or Path
+        The ``.npy`` and Parquet files.
+    mmap : bool
+        Memory-map the features read-only instead of reading them into memory.
+
+    Returns
+    -------
+    features : numpy.ndarray
+        (N, T, 9) windows.
+    index : pandas.DataFrame
+        N rows, ``row`` i describing ``features[i]``.
+
+    Raises
+    ------
+    InputDataError
+        A file is missing or unreadable, the features are not (N, T, 9), the
+        index lacks a column, or N differs from the number of index rows.
+    """
+    features_path, index_path = Path(features_path), Path(index_path)
+    for path in (features_path, index_path):
+        if not path.is_file():
+            raise InputDataError(path, "file not found")
+    try:
+        features = np.load(features_path, mmap_mode="r" if mmap else None, allow_pickle=False)
+    except (OSError, ValueError) as exc:
+        raise InputDataError(features_path, f"cannot read as .npy: {exc}") from exc
+    try:
+        index = pd.read_parquet(index_path)
+    except (OSError, ValueError) as exc:
+        raise InputDataError(index_path, f"cannot read as Parquet: {exc}") from exc
+    if features.ndim != 3 or features.shape[2] != len(SHARP_KEYWORDS):
+        raise InputDataError(
+            features_path, f"features have shape {features.shape}, expected (N, T, {len(SHARP_KEYWORDS)})"
+        )
+    missing = [name for name in ("row", "HARPNUM", "end_time", "split") if name not in index.columns]
+    if missing:
+        raise InputDataError(index_path, f"missing column(s) {', '.join(missing)}")
+    if len(features) != len(index):
+        raise InputDataError(
+            features_path, f"{len(features)} windows but the index {index_path.name} has {len(index)} rows"
+        )
+    if not np.array_equal(index["row"].to_numpy(), np.arange(len(index))):
+        raise InputDataError(index_path, "column 'row' is not 0..N-1 in order")
+    return features, index
+
+
+def prepare_dataset(
+    keywords_path: str | Path,
+    events_path: str | Path,
+    features_path: str | Path,
+    index_path: str | Path,
+    summary_path: str | Path,
+    window_steps: int,
+    cadence_minutes: float,
+    stride: int,
+    horizons_hours,
+    flare_classes,
+    split_fractions: dict[str, float],
+    split_seed: int,
+    progress: bool = False,
+) -> dict:
+    """Read the keyword and flare tables, build labelled windows, split by region and write them.
+
+    Returns
+    -------
+    dict
+        The summary of :func:`write_dataset` plus ``ingestion`` (the two
+        readers' reports, with the counted drops) and ``parameters``.
+    """
+    keywords, keyword_report = read_keyword_table(keywords_path)
+    events, event_report = read_flare_events(events_path)
+    features, index = build_windows(
+        keywords, events, window_steps, cadence_minutes, stride, horizons_hours, flare_classes, progress
+    )
+    index["split"] = assign_splits(index, split_fractions, split_seed)
+    extra = {
+        "ingestion": {"keywords": keyword_report, "events": event_report},
+        "parameters": {
+            "window_steps": window_steps,
+            "cadence_minutes": cadence_minutes,
+            "stride": stride,
+            "horizons_hours": list(horizons_hours),
+            "flare_classes": list(flare_classes),
+            "split_fractions": dict(split_fractions),
+            "split_seed": split_seed,
+        },
+    }
+    summary = write_dataset(features_path, index_path, summary_path, features, index, extra=extra)
+    log.info("wrote %d windows (%s)", len(features), {k: v["windows"] for k, v in summary["splits"].items()})
+    return summary

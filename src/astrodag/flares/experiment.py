@@ -1,0 +1,257 @@
+"""One experiment of the flare study: train a model for one (class, window, seed) target.
+
+The model sees windows of SHARP keywords from the training split only; its
+normalisation statistics come from the training split only; early stopping
+and, later, the decision threshold use the validation split; the test split is
+only predicted, never looked at here.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from astrodag import __version__
+from astrodag.errors import InputDataError
+from astrodag.evaluation.metrics import binary_metrics, measure_latency
+from astrodag.flares.dataset import label_column, load_dataset
+from astrodag.flares.sharp import SHARP_KEYWORDS
+from astrodag.io import atomic_path, write_json, write_table
+from astrodag.models.baseline import LogisticBaseline
+
+logger = logging.getLogger(__name__)
+
+MODEL_NAMES = ("everest", "baseline")
+SPLITS = ("train", "validation", "test")
+# Extensive SHARP quantities span orders of magnitude: compress them with a signed log.
+LOG_SCALED_KEYWORDS = ("TOTUSJH", "TOTUSJZ", "USFLUX", "TOTPOT", "SAVNCPP", "AREA_ACR", "ABSNJZH")
+NORMALISATION_CHUNK = 65_536
+
+
+def compress_dynamic_range(windows: np.ndarray) -> np.ndarray:
+    """Apply ``sign(x) log10(1 + |x|)`` to the extensive keywords (last axis in SHARP order)."""
+    out = np.array(windows, dtype=np.float32, copy=True)
+    columns = [SHARP_KEYWORDS.index(name) for name in LOG_SCALED_KEYWORDS]
+    out[..., columns] = np.sign(out[..., columns]) * np.log10(1.0 + np.abs(out[..., columns]))
+    return out
+
+
+def fit_normalisation(features: np.ndarray, rows: np.ndarray) -> dict[str, list[float]]:
+    """Per-keyword mean and standard deviation over the given (training) rows.
+
+    Reads the (possibly memory-mapped) features in chunks so a large dataset
+    is never loaded whole.
+    """
+    n_features = features.shape[-1]
+    total = np.zeros(n_features)
+    total_sq = np.zeros(n_features)
+    count = 0
+    for start in range(0, len(rows), NORMALISATION_CHUNK):
+        chunk = compress_dynamic_range(features[rows[start : start + NORMALISATION_CHUNK]])
+        flat = chunk.reshape(-1, n_features).astype(np.float64)
+        total += flat.sum(axis=0)
+        total_sq += (flat**2).sum(axis=0)
+        count += len(flat)
+    if count == 0:
+        raise ValueError("cannot fit the normalisation on an empty training split")
+    mean = total / count
+    std = np.sqrt(np.maximum(total_sq / count - mean**2, 0.0))
+    std[std == 0] = 1.0  # a constant keyword carries no information; avoid dividing by zero
+    return {"mean": mean.tolist(), "std": std.tolist()}
+
+
+def normalise(windows: np.ndarray, normalisation: dict[str, list[float]]) -> np.ndarray:
+    mean = np.asarray(normalisation["mean"], dtype=np.float32)
+    std = np.asarray(normalisation["std"], dtype=np.float32)
+    return (compress_dynamic_range(windows) - mean) / std
+
+
+def file_digest(path: str | Path, block: int = 1 << 20) -> str:
+    """SHA-256 of a file, to tie a model to the exact data it was trained on."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while chunk := handle.read(block):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _split_rows(index: pd.DataFrame, target: str, source: Path) -> dict[str, np.ndarray]:
+    rows = {}
+    for split in SPLITS:
+        selected = index.loc[index["split"] == split, "row"].to_numpy()
+        if len(selected) == 0:
+            raise InputDataError(source, f"the {split} split is empty")
+        rows[split] = selected
+    positives = int(index.loc[index["split"] == "train", target].sum())
+    if positives == 0:
+        raise InputDataError(source, f"the training split has no positive windows for {target}")
+    return rows
+
+
+def train_experiment(
+    features_path: str | Path,
+    index_path: str | Path,
+    out_dir: str | Path,
+    flare_class: str,
+    window_hours: int,
+    seed: int,
+    model_name: str,
+    model_options: dict[str, Any] | None = None,
+    training_options: dict[str, Any] | None = None,
+    threads: int | None = None,
+    work_dir: str | Path | None = None,
+    progress: bool | None = None,
+) -> dict[str, Any]:
+    """Train one model on one target and write its predictions and sidecar.
+
+    Writes into ``out_dir``: ``predictions.parquet`` (validation and test
+    rows: HARPNUM, end_time, split, label, probability), ``model.json``
+    (architecture, options, normalisation, data digest, seed, metrics) and,
+    for the transformer, ``model.pt`` (the best ``state_dict``) and
+    ``history.csv``. Checkpoints for resuming live in ``work_dir``
+    (default ``out_dir/checkpoints``), which Snakemake does not delete when a
+    job fails.
+    """
+    if model_name not in MODEL_NAMES:
+        raise ValueError(f"unknown model {model_name!r}; choose one of {', '.join(MODEL_NAMES)}")
+    model_options = dict(model_options or {})
+    training_options = dict(training_options or {})
+    out_dir = Path(out_dir)
+    target = label_column(flare_class, window_hours)
+    features, index = load_dataset(features_path, index_path, mmap=True)
+    if target not in index.columns:
+        raise InputDataError(index_path, f"no label column {target!r}; was the dataset built with this window?")
+    rows = _split_rows(index, target, Path(index_path))
+    labels = np.zeros(len(features), dtype=np.float32)
+    labels[index["row"].to_numpy()] = index[target].to_numpy(dtype=np.float32)
+    normalisation = fit_normalisation(features, rows["train"])
+    # The flare windows (at most a few million x 10 x 9 floats) fit in memory once normalised.
+    inputs = {split: normalise(features[rows[split]], normalisation) for split in SPLITS}
+    targets = {split: labels[rows[split]] for split in SPLITS}
+
+    started = time.perf_counter()
+    sidecar: dict[str, Any] = {
+        "model": model_name,
+        "target": target,
+        "flare_class": flare_class,
+        "window_hours": window_hours,
+        "seed": seed,
+        "software_version": __version__,
+        "data": {
+            "features": str(features_path),
+            "index": str(index_path),
+            "index_sha256": file_digest(index_path),
+            "shape": list(features.shape),
+            "windows": {split: int(len(rows[split])) for split in SPLITS},
+            "positives": {split: int(targets[split].sum()) for split in SPLITS},
+        },
+        "normalisation": normalisation,
+    }
+    if model_name == "everest":
+        probabilities, details = _train_transformer(
+            inputs, targets, out_dir, seed, model_options, training_options, threads, work_dir, progress,
+            run_key=f"{target}:{sidecar['data']['index_sha256']}",
+        )
+    else:
+        probabilities, details = _train_baseline(inputs, targets, seed, model_options)
+    sidecar.update(details)
+    sidecar["training_seconds"] = time.perf_counter() - started
+    sidecar["validation_metrics"] = binary_metrics(targets["validation"], probabilities["validation"])
+
+    frames = []
+    for split in ("validation", "test"):
+        selected = index.set_index("row").loc[rows[split], ["HARPNUM", "end_time"]].reset_index()
+        selected["split"] = split
+        selected["label"] = targets[split].astype(np.int8)
+        selected["probability"] = probabilities[split].astype(np.float64)
+        frames.append(selected)
+    write_table(out_dir / "predictions.parquet", pd.concat(frames, ignore_index=True))
+    write_json(out_dir / "model.json", sidecar)
+    logger.info(
+        "%s %s seed %d: validation AUCPR %.3f, TSS@0.5 %.3f in %.1f s",
+        model_name, target, seed, sidecar["validation_metrics"]["aucpr"],
+        sidecar["validation_metrics"]["tss"], sidecar["training_seconds"],
+    )
+    return sidecar
+
+
+def _train_transformer(inputs, targets, out_dir, seed, model_options, training_options, threads, work_dir,
+                       progress, run_key):
+    # torch is imported here so that the baseline's jobs do not pay for it.
+    import torch
+    from torch.utils.data import TensorDataset
+
+    from astrodag.models.transformer import EverestTransformer, TransformerConfig
+    from astrodag.training.losses import BinaryFocalLoss
+    from astrodag.training.trainer import Trainer, TrainerConfig
+
+    if threads:
+        torch.set_num_threads(threads)
+    focal_gamma = model_options.pop("focal_gamma", 2.0)
+    focal_alpha = model_options.pop("focal_alpha", None)
+    positives = float(targets["train"].sum())
+    # Weigh the rare class up to parity, as the baseline's balanced class weights do.
+    positive_weight = 1.0
+    if model_options.pop("balance_classes", True):
+        positive_weight = (len(targets["train"]) - positives) / positives
+    architecture = TransformerConfig(
+        n_features=inputs["train"].shape[-1], n_steps=inputs["train"].shape[1], **model_options
+    )
+    trainer_config = TrainerConfig.from_dict(training_options, seed=seed, threads=threads)
+    # Seeding happens in the Trainer, so build the model after it to get seed-determined weights.
+    torch.manual_seed(seed)
+    model = EverestTransformer(architecture)
+    trainer = Trainer(
+        model,
+        BinaryFocalLoss(gamma=focal_gamma, alpha=focal_alpha, positive_weight=positive_weight),
+        trainer_config,
+        work_dir=Path(work_dir) if work_dir else out_dir / "checkpoints",
+        evaluate=lambda y, p: binary_metrics(y, p),
+        run_key=run_key,
+        progress=progress,
+    )
+    datasets = {
+        split: TensorDataset(torch.from_numpy(inputs[split]), torch.from_numpy(targets[split]))
+        for split in ("train", "validation", "test")
+    }
+    result = trainer.fit(datasets["train"], datasets["validation"])
+    probabilities = {split: trainer.predict(datasets[split]) for split in ("validation", "test")}
+    with atomic_path(out_dir / "model.pt") as tmp:
+        torch.save(trainer.model.state_dict(), tmp)
+    write_table(out_dir / "history.csv", result.history)
+
+    model.eval()
+    test_tensor = torch.from_numpy(inputs["test"]).to(trainer.device)
+    with torch.inference_mode():
+        latency = measure_latency(lambda batch: model(batch), test_tensor, batch_size=256)
+    return probabilities, {
+        "architecture": {"name": "EverestTransformer", **architecture.__dict__},
+        "loss": {"name": "BinaryFocalLoss", "gamma": focal_gamma, "alpha": focal_alpha,
+                 "positive_weight": positive_weight},
+        "trainer": trainer_config.__dict__,
+        "device": str(trainer.device),
+        "parameters": sum(p.numel() for p in model.parameters()),
+        "best_epoch": result.best_epoch,
+        "epochs_run": result.epochs_run,
+        "resumed_from_epoch": result.resumed_from_epoch,
+        "stopped_early": result.stopped_early,
+        "latency": latency,
+    }
+
+
+def _train_baseline(inputs, targets, seed, model_options):
+    baseline = LogisticBaseline(seed=seed, **model_options).fit(inputs["train"], targets["train"])
+    probabilities = {split: baseline.predict_proba(inputs[split]) for split in ("validation", "test")}
+    latency = measure_latency(baseline.predict_proba, inputs["test"], batch_size=256)
+    return probabilities, {
+        "architecture": baseline.to_dict(),
+        "device": "cpu",
+        "parameters": int(baseline.coefficients.size + 1),
+        "latency": latency,
+    }

@@ -1,0 +1,7 @@
+"""Shared training machinery: the resumable Trainer, losses and seeding."""
+
+from astrodag.training.losses import BinaryFocalLoss
+from astrodag.training.seeding import seed_everything, select_device
+from astrodag.training.trainer import Trainer, TrainerConfig, TrainingResult
+
+__all__ = ["BinaryFocalLoss", "Trainer", "TrainerConfig", "TrainingResult", "seed_everything", "select_device"]

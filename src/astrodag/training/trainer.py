@@ -1,0 +1,392 @@
+"""A small, reproducible, resumable PyTorch trainer shared by every track.
+
+What it does for a model and two datasets:
+
+- seeds Python, NumPy and torch and shuffles with its own generator, so the
+  same seed gives the same weights bit for bit on CPU;
+- AdamW with a cosine learning-rate schedule after a linear warm-up, gradient
+  clipping, and mixed precision on CUDA (bfloat16 where supported);
+- evaluates on the validation set after every epoch, keeps the best epoch by a
+  monitored metric and stops early after ``early_stopping_patience`` epochs
+  without improvement;
+- writes ``best.pt`` and ``last.pt`` atomically into its work directory, plus
+  ``history.csv``/``history.json`` and TensorBoard events;
+- resumes from ``last.pt`` when it is rerun after an interruption (a killed
+  cluster job rerun by Snakemake continues where it stopped, with the same
+  random state, so the result equals an uninterrupted run).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import math
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+from tqdm.auto import tqdm
+
+from astrodag.io import atomic_path, write_json, write_table
+from astrodag.logs import progress_enabled
+from astrodag.training.seeding import seed_everything, select_device
+
+logger = logging.getLogger(__name__)
+
+Evaluator = Callable[[np.ndarray, np.ndarray], dict[str, float]]
+EpochCallback = Callable[[int, dict[str, float]], None]
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainerConfig:
+    """Hyper-parameters of one training run (all of them enter the resume fingerprint)."""
+
+    max_epochs: int = 20
+    batch_size: int = 256
+    eval_batch_size: int = 1024
+    learning_rate: float = 1e-3
+    weight_decay: float = 1e-2
+    warmup_fraction: float = 0.05
+    grad_clip_norm: float | None = 1.0
+    early_stopping_patience: int = 5
+    monitor: str = "aucpr"
+    monitor_mode: str = "max"
+    seed: int = 0
+    device: str = "auto"
+    mixed_precision: bool = True
+    threads: int | None = None
+    tensorboard: bool = True
+
+    def __post_init__(self) -> None:
+        if self.max_epochs < 1:
+            raise ValueError(f"max_epochs must be >= 1, got {self.max_epochs}")
+        if self.batch_size < 1 or self.eval_batch_size < 1:
+            raise ValueError("batch sizes must be >= 1")
+        if not 0 <= self.warmup_fraction < 1:
+            raise ValueError(f"warmup_fraction must be in [0, 1), got {self.warmup_fraction}")
+        if self.monitor_mode not in ("max", "min"):
+            raise ValueError(f"monitor_mode must be 'max' or 'min', got {self.monitor_mode!r}")
+        if self.early_stopping_patience < 1:
+            raise ValueError("early_stopping_patience must be >= 1")
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any], **overrides: Any) -> TrainerConfig:
+        """Build from a config mapping, rejecting unknown keys by name."""
+        known = {field.name for field in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(f"unknown trainer option(s): {', '.join(unknown)}")
+        return cls(**{**values, **overrides})
+
+
+@dataclasses.dataclass
+class TrainingResult:
+    """What :meth:`Trainer.fit` returns."""
+
+    best_epoch: int
+    best_score: float
+    epochs_run: int
+    resumed_from_epoch: int
+    stopped_early: bool
+    history: pd.DataFrame
+
+
+def sigmoid_probabilities(outputs: torch.Tensor) -> torch.Tensor:
+    """Default mapping from model outputs (binary logits) to probabilities."""
+    return torch.sigmoid(outputs.float())
+
+
+class Trainer:
+    """Train ``model`` with ``loss_fn`` on (inputs, target) datasets.
+
+    Parameters
+    ----------
+    model : torch.nn.Module
+        Returns logits; ``to_probability`` turns them into probabilities.
+    loss_fn : callable
+        ``loss_fn(outputs, targets) -> scalar tensor``.
+    config : TrainerConfig
+    work_dir : path
+        Where ``best.pt``, ``last.pt``, history and TensorBoard events go.
+    evaluate : callable
+        ``evaluate(targets, probabilities) -> dict`` of validation metrics; it
+        must contain ``config.monitor`` (or ``"loss"`` may be monitored).
+    run_key : str
+        Anything else that identifies the run (data hash, architecture); a
+        ``last.pt`` written for another key or config is not resumed from.
+    to_probability : callable
+        Maps a batch of model outputs to probabilities.
+    progress : bool or None
+        Show a progress bar (default: only on a terminal).
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+        config: TrainerConfig,
+        work_dir: str | Path,
+        evaluate: Evaluator,
+        run_key: str = "",
+        to_probability: Callable[[torch.Tensor], torch.Tensor] = sigmoid_probabilities,
+        progress: bool | None = None,
+        callbacks: Sequence[EpochCallback] = (),
+    ):
+        self.config = config
+        self.work_dir = Path(work_dir)
+        self.work_dir.mkdir(parents=True, exist_ok=True)
+        self.evaluate = evaluate
+        self.to_probability = to_probability
+        self.progress = progress_enabled(progress)
+        self.callbacks = list(callbacks)
+        if config.threads:
+            torch.set_num_threads(config.threads)
+        self.generator = seed_everything(config.seed)
+        self.device = select_device(config.device)
+        self.model = model.to(self.device)
+        self.loss_fn = loss_fn
+        self.use_amp = config.mixed_precision and self.device.type == "cuda"
+        self.amp_dtype = (
+            torch.bfloat16 if self.use_amp and torch.cuda.is_bf16_supported() else torch.float16
+        )
+        self.scaler = torch.amp.GradScaler(
+            "cuda", enabled=self.use_amp and self.amp_dtype == torch.float16
+        )
+        self.fingerprint = hashlib.sha256(
+            json.dumps([dataclasses.asdict(config), run_key], sort_keys=True, default=str).encode()
+        ).hexdigest()
+
+    @property
+    def best_path(self) -> Path:
+        return self.work_dir / "best.pt"
+
+    @property
+    def last_path(self) -> Path:
+        return self.work_dir / "last.pt"
+
+    # -- data -----------------------------------------------------------------
+    def _loader(self, dataset: Dataset, shuffle: bool) -> DataLoader:
+        batch_size = self.config.batch_size if shuffle else self.config.eval_batch_size
+        return DataLoader(
+            dataset,
+            batch_size=batch_size,
+            shuffle=shuffle,
+            generator=self.generator if shuffle else None,
+            pin_memory=self.device.type == "cuda",
+        )
+
+    def _autocast(self):
+        return torch.autocast(device_type=self.device.type, dtype=self.amp_dtype, enabled=self.use_amp)
+
+    # -- checkpoints ------------------------------------------------------------
+    def _save(self, path: Path, payload: dict[str, Any]) -> None:
+        with atomic_path(path) as tmp:
+            torch.save(payload, tmp)
+
+    def _load_resume_state(self, optimizer, scheduler) -> dict[str, Any] | None:
+        if not self.last_path.exists():
+            return None
+        try:
+            state = torch.load(self.last_path, map_location=self.device, weights_only=True)
+        except Exception as error:  # a corrupt checkpoint must not block a fresh start
+            logger.warning("ignoring unreadable checkpoint %s (%s); starting over", self.last_path, error)
+            return None
+        if state.get("fingerprint") != self.fingerprint:
+            logger.info("checkpoint %s belongs to another configuration; starting over", self.last_path)
+            return None
+        self.model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        self.scaler.load_state_dict(state["scaler"])
+        torch.set_rng_state(state["torch_rng"].cpu())
+        self.generator.set_state(state["generator_rng"].cpu())
+        if torch.cuda.is_available() and "cuda_rng" in state:
+            torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda_rng"]])
+        return state
+
+    # -- training ----------------------------------------------------------------
+    def fit(self, train_data: Dataset, val_data: Dataset) -> TrainingResult:
+        """Train until ``max_epochs`` or early stopping; leave the best weights in the model."""
+        config = self.config
+        train_loader = self._loader(train_data, shuffle=True)
+        steps_per_epoch = len(train_loader)
+        if steps_per_epoch == 0:
+            raise ValueError("the training set is empty")
+        total_steps = steps_per_epoch * config.max_epochs
+        warmup_steps = int(config.warmup_fraction * total_steps)
+        optimizer = torch.optim.AdamW(
+            self.model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay
+        )
+        scheduler = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lambda step: _warmup_cosine(step, warmup_steps, total_steps)
+        )
+        state = self._load_resume_state(optimizer, scheduler)
+        history: list[dict[str, float]] = state["history"] if state else []
+        start_epoch = state["epoch"] if state else 0
+        best_score = state["best_score"] if state else math.nan
+        best_epoch = state["best_epoch"] if state else 0
+        stale_epochs = state["stale_epochs"] if state else 0
+        completed = state["completed"] if state else False
+        if state:
+            logger.info("resuming from %s after epoch %d", self.last_path, start_epoch)
+
+        writer = self._tensorboard_writer()
+        epoch = start_epoch
+        bar = tqdm(
+            total=config.max_epochs, initial=start_epoch, desc="epochs", disable=not self.progress, leave=False
+        )
+        try:
+            while not completed and epoch < config.max_epochs:
+                epoch += 1
+                started = time.perf_counter()
+                train_loss = self._train_epoch(train_loader, optimizer, scheduler)
+                metrics = self.validate(val_data)
+                row = {
+                    "epoch": epoch,
+                    "train_loss": train_loss,
+                    "learning_rate": scheduler.get_last_lr()[0],
+                    "seconds": time.perf_counter() - started,
+                    **{f"val_{name}": value for name, value in metrics.items()},
+                }
+                history.append(row)
+                if config.monitor not in metrics:
+                    raise KeyError(
+                        f"monitored metric {config.monitor!r} is not among the validation metrics "
+                        f"({', '.join(sorted(metrics))})"
+                    )
+                score = metrics[config.monitor]
+                if _improved(score, best_score, config.monitor_mode) or best_epoch == 0:
+                    best_score, best_epoch, stale_epochs = score, epoch, 0
+                    self._save(self.best_path, {"model": self.model.state_dict(), "epoch": epoch, "score": score})
+                else:
+                    stale_epochs += 1
+                completed = stale_epochs >= config.early_stopping_patience or epoch >= config.max_epochs
+                self._save(
+                    self.last_path,
+                    {
+                        "fingerprint": self.fingerprint,
+                        "model": self.model.state_dict(),
+                        "optimizer": optimizer.state_dict(),
+                        "scheduler": scheduler.state_dict(),
+                        "scaler": self.scaler.state_dict(),
+                        "torch_rng": torch.get_rng_state(),
+                        "generator_rng": self.generator.get_state(),
+                        **({"cuda_rng": torch.cuda.get_rng_state_all()} if torch.cuda.is_available() else {}),
+                        "epoch": epoch,
+                        "best_score": best_score,
+                        "best_epoch": best_epoch,
+                        "stale_epochs": stale_epochs,
+                        "completed": completed,
+                        "history": history,
+                    },
+                )
+                self._write_history(history)
+                if writer is not None:
+                    for name, value in row.items():
+                        if name != "epoch" and np.isfinite(value):
+                            writer.add_scalar(name, value, epoch)
+                    writer.flush()
+                logger.info(
+                    "epoch %d/%d train_loss=%.4f val_loss=%.4f val_%s=%.4f (best %.4f at epoch %d)",
+                    epoch, config.max_epochs, train_loss, metrics["loss"], config.monitor, score,
+                    best_score, best_epoch,
+                )
+                bar.update(1)
+                bar.set_postfix(loss=f"{train_loss:.4f}", **{config.monitor: f"{score:.4f}"})
+                for callback in self.callbacks:
+                    callback(epoch, row)
+        finally:
+            bar.close()
+            if writer is not None:
+                writer.close()
+
+        best = torch.load(self.best_path, map_location=self.device, weights_only=True)
+        self.model.load_state_dict(best["model"])
+        self._write_history(history)
+        return TrainingResult(
+            best_epoch=best_epoch,
+            best_score=float(best_score),
+            epochs_run=len(history),
+            resumed_from_epoch=start_epoch,
+            stopped_early=len(history) < config.max_epochs,
+            history=pd.DataFrame(history),
+        )
+
+    def _train_epoch(self, loader: DataLoader, optimizer, scheduler) -> float:
+        self.model.train()
+        total, count = 0.0, 0
+        for inputs, targets in loader:
+            inputs, targets = inputs.to(self.device), targets.to(self.device)
+            optimizer.zero_grad(set_to_none=True)
+            with self._autocast():
+                loss = self.loss_fn(self.model(inputs), targets)
+            self.scaler.scale(loss).backward()
+            if self.config.grad_clip_norm:
+                self.scaler.unscale_(optimizer)
+                nn.utils.clip_grad_norm_(self.model.parameters(), self.config.grad_clip_norm)
+            self.scaler.step(optimizer)
+            self.scaler.update()
+            scheduler.step()
+            total += loss.item() * len(targets)
+            count += len(targets)
+        return total / count
+
+    @torch.inference_mode()
+    def _outputs(self, dataset: Dataset) -> tuple[np.ndarray, np.ndarray, float]:
+        self.model.eval()
+        probabilities, targets_all = [], []
+        total_loss, count = 0.0, 0
+        for inputs, targets in self._loader(dataset, shuffle=False):
+            inputs, targets = inputs.to(self.device), targets.to(self.device)
+            with self._autocast():
+                outputs = self.model(inputs)
+            total_loss += self.loss_fn(outputs.float(), targets).item() * len(targets)
+            count += len(targets)
+            probabilities.append(self.to_probability(outputs).cpu().numpy())
+            targets_all.append(targets.cpu().numpy())
+        return np.concatenate(targets_all), np.concatenate(probabilities), total_loss / max(count, 1)
+
+    def validate(self, dataset: Dataset) -> dict[str, float]:
+        """Metrics of the current model on ``dataset`` (``loss`` included)."""
+        targets, probabilities, loss = self._outputs(dataset)
+        return {"loss": loss, **self.evaluate(targets, probabilities)}
+
+    def predict(self, dataset: Dataset) -> np.ndarray:
+        """Probabilities of the current model for every item of ``dataset``, in order."""
+        return self._outputs(dataset)[1]
+
+    def _write_history(self, history: list[dict[str, float]]) -> None:
+        frame = pd.DataFrame(history)
+        write_table(self.work_dir / "history.csv", frame)
+        write_json(self.work_dir / "history.json", history)
+
+    def _tensorboard_writer(self):
+        if not self.config.tensorboard:
+            return None
+        from torch.utils.tensorboard import SummaryWriter  # imported late: it is slow to import
+
+        return SummaryWriter(log_dir=str(self.work_dir / "tensorboard"))
+
+
+def _warmup_cosine(step: int, warmup_steps: int, total_steps: int) -> float:
+    """Learning-rate factor: linear warm-up to 1, then cosine decay to 0."""
+    if step < warmup_steps:
+        return (step + 1) / warmup_steps
+    progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+    return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+
+def _improved(score: float, best: float, mode: str) -> bool:
+    if not np.isfinite(score):
+        return False
+    if not np.isfinite(best):
+        return True
+    return score > best if mode == "max" else score < best

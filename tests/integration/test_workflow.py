@@ -1,0 +1,91 @@
+"""The Snakemake workflow end to end in a temporary directory (tiny config)."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+TINY = REPO / "tests" / "data" / "config_tiny.yaml"
+pytestmark = pytest.mark.workflow
+
+
+def snakemake(workdir, *args, check=True):
+    command = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "-d", str(workdir),
+               "--configfile", str(TINY), "--cores", "2", *args]
+    # The rules call `python -m astrodag`: the interpreter running the tests must come first on PATH.
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=900)
+    if check and result.returncode != 0:
+        raise AssertionError(f"snakemake failed ({result.returncode}):\n{result.stderr[-6000:]}")
+    return result
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("flares")
+    snakemake(workdir)
+    return workdir
+
+
+def test_dry_run_of_the_default_config_plans_the_45_experiment_grid(tmp_path):
+    command = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "-d", str(tmp_path), "-n"]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    counts = {}
+    for line in result.stdout.splitlines():
+        parts = line.split()
+        if len(parts) == 2 and parts[1].isdigit():
+            counts[parts[0]] = int(parts[1])
+    assert counts["train_flare_model"] == 45
+    assert counts["train_flare_baseline"] == 45
+    assert counts["sweep_flare_thresholds"] == 90
+    assert counts["analyze_flare_study"] == 1
+
+
+def test_workflow_produces_the_study_outputs(finished_run):
+    analysis = finished_run / "results" / "flares" / "analysis"
+    for name in ("report.md", "summary_by_target.csv", "paired_tests.csv", "tss_heatmap_everest.png", "roc.png"):
+        assert (analysis / name).stat().st_size > 0, name
+    results = pd.read_csv(analysis / "all_results.csv")
+    assert len(results) == 8  # 2 targets x 2 seeds x 2 models
+    assert set(results["model"]) == {"everest", "baseline"}
+    experiment = finished_run / "results" / "flares" / "experiments" / "M_24h" / "seed0"
+    everest = json.loads((experiment / "everest" / "results.json").read_text())
+    assert everest["threshold_selected_on"] == "validation"
+    assert 0.1 <= everest["threshold"] <= 0.9
+    sidecar = json.loads((experiment / "everest" / "model.json").read_text())
+    assert sidecar["seed"] == 0 and sidecar["data"]["index_sha256"]
+    assert (finished_run / "logs" / "flares" / "train" / "M_24h_seed0_everest.log").stat().st_size > 0
+    assert (finished_run / "results" / "benchmarks" / "flares" / "train" / "M_24h_seed0_everest.tsv").exists()
+    report = (analysis / "report.md").read_text()
+    assert "TSS" in report and "bootstrap" in report
+
+
+def test_rerun_has_nothing_to_do(finished_run):
+    result = snakemake(finished_run, "-n")
+    assert "Nothing to be done" in result.stdout + result.stderr
+
+
+def test_html_report(finished_run):
+    snakemake(finished_run, "--report", "report.html")
+    html = (finished_run / "report.html").read_text(errors="replace")
+    assert "tss_heatmap_everest.png" in html
+
+
+def test_config_typo_fails_at_start_naming_the_key(tmp_path):
+    result = snakemake(tmp_path, "-n", "--config", "flares={'stride': 2}", check=False)
+    assert result.returncode != 0
+    assert "'stride' was unexpected" in result.stdout + result.stderr
+
+
+def test_bad_experiment_grid_is_rejected(tmp_path):
+    grid = tmp_path / "grid.tsv"
+    grid.write_text("flare_class\twindow_hours\tseed\nX\t24\t0\n")
+    result = snakemake(tmp_path, "-n", "--config", f"flares={{'experiments': '{grid}'}}", check=False)
+    assert result.returncode != 0
+    assert "'X' is not one of" in result.stdout + result.stderr

@@ -1,0 +1,38 @@
+"""pyproject.toml (our pip install), environment.yml and envs/*.yaml must agree."""
+
+import re
+import tomllib
+from pathlib import Path
+
+import yaml
+
+REPO = Path(__file__).resolve().parents[2]
+# PyPI name -> conda-forge name where they differ.
+CONDA_NAMES = {"torch": "pytorch"}
+
+
+def names(requirements):
+    return {re.split(r"[<>=!~ \[]", item, maxsplit=1)[0].lower() for item in requirements if isinstance(item, str)}
+
+
+def test_environment_yml_lists_every_runtime_and_test_dependency():
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    wanted = names(project["dependencies"]) | names(project["optional-dependencies"]["test"])
+    conda = names(yaml.safe_load((REPO / "environment.yml").read_text())["dependencies"])
+    missing = {CONDA_NAMES.get(name, name) for name in wanted} - conda
+    assert not missing, f"environment.yml lacks {sorted(missing)}"
+
+
+def test_rule_environments_cover_the_package_imports():
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    workflow_only = {"snakemake", "snakemake-executor-plugin-slurm", "snakemake-executor-plugin-cluster-generic"}
+    wanted = {CONDA_NAMES.get(name, name) for name in names(project["dependencies"]) - workflow_only}
+    for env in sorted((REPO / "envs").glob("*.yaml")):
+        listed = names(yaml.safe_load(env.read_text())["dependencies"])
+        assert not wanted - listed, f"{env.name} lacks {sorted(wanted - listed)}"
+
+
+def test_every_rule_declares_a_conda_env_that_exists():
+    for rules in (REPO / "workflow" / "rules").glob("*.smk"):
+        for env in re.findall(r'conda:\s*\n\s*"([^"]+)"', rules.read_text()):
+            assert (rules.parent / env).resolve().exists(), f"{rules.name}: {env} does not exist"

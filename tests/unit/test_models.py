@@ -1,0 +1,43 @@
+"""Model architectures: shapes, errors, and the baseline against scikit-learn."""
+
+import numpy as np
+import pytest
+import torch
+from sklearn.linear_model import LogisticRegression
+
+from astrodag.models.baseline import LogisticBaseline
+from astrodag.models.transformer import EverestTransformer, TransformerConfig
+from astrodag.models.baseline import window_summary
+
+
+def test_transformer_returns_one_logit_per_window():
+    model = EverestTransformer(TransformerConfig(n_features=9, n_steps=10, embed_dim=16, num_heads=4,
+                                                 ff_dim=32, num_blocks=2))
+    assert model(torch.randn(7, 10, 9)).shape == (7,)
+    with pytest.raises(ValueError, match=r"\(batch, 10, 9\)"):
+        model(torch.randn(7, 12, 9))
+
+
+def test_transformer_published_size_builds():
+    model = EverestTransformer(TransformerConfig(n_features=9, n_steps=10))
+    assert len(model.encoder.layers) == 6
+    assert model.config.embed_dim == 128
+
+
+def test_heads_must_divide_embedding():
+    with pytest.raises(ValueError, match="divisible"):
+        TransformerConfig(n_features=9, n_steps=10, embed_dim=30, num_heads=4)
+
+
+def test_logistic_baseline_matches_scikit_learn_and_round_trips():
+    rng = np.random.default_rng(0)
+    inputs = rng.normal(size=(300, 10, 9))
+    targets = (inputs[:, -1, 0] + 0.2 * rng.normal(size=300) > 0.8).astype(int)
+    baseline = LogisticBaseline(seed=0).fit(inputs, targets)
+    reference = LogisticRegression(class_weight="balanced", max_iter=1000, random_state=0)
+    reference.fit(window_summary(inputs), targets)
+    np.testing.assert_allclose(baseline.predict_proba(inputs),
+                               reference.predict_proba(window_summary(inputs))[:, 1], rtol=1e-10)
+    assert window_summary(inputs).shape == (300, 18)
+    restored = LogisticBaseline.from_dict(baseline.to_dict())
+    np.testing.assert_array_equal(restored.predict_proba(inputs), baseline.predict_proba(inputs))

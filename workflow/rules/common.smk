@@ -1,0 +1,89 @@
+# Helper functions and path patterns shared by the rules. The only place for them.
+
+import json
+import shlex
+from pathlib import Path
+
+import pandas as pd
+from snakemake.utils import validate
+
+
+def repo_path(path):
+    """A config path as given if it exists from here, else relative to the repository."""
+    candidate = Path(path)
+    if candidate.is_absolute() or candidate.exists():
+        return str(candidate)
+    return str(Path(workflow.basedir) / candidate)
+
+
+def load_flare_experiments(path):
+    """Read and validate the flare grid TSV (one experiment per row)."""
+    if not Path(path).exists():
+        raise WorkflowError(f"{path}: the flare experiment grid does not exist")
+    grid = pd.read_csv(path, sep="\t", dtype={"flare_class": str}, comment="#")
+    validate(grid, "../schemas/flare_experiments.schema.yaml")
+    duplicated = grid.duplicated()
+    if duplicated.any():
+        raise WorkflowError(
+            f"{path}: duplicated experiment rows: {grid[duplicated].to_dict('records')}"
+        )
+    return grid
+
+
+def as_json(value):
+    """Options passed to the CLI as one JSON argument (quoted by the rule)."""
+    return json.dumps(value, sort_keys=True)
+
+
+# Rules run `python -m astrodag`; the source tree goes first on the path so that the
+# package is found in a conda env (--use-conda) as well as in an installed virtualenv.
+# (shell.prefix is formatted like a rule's shell command, hence the doubled braces.)
+shell.prefix(
+    "export PYTHONPATH="
+    + shlex.quote(str(Path(workflow.basedir, "src")))
+    + "${{PYTHONPATH:+:$PYTHONPATH}}; "
+)
+
+FLARES = config["flares"]
+FLARE_GRID = load_flare_experiments(repo_path(FLARES["experiments"]))
+FLARE_MODELS = FLARES["models"]
+
+# Output patterns, defined once.
+FLARE_RAW = "results/flares/raw"
+FLARE_DATASET = "results/flares/dataset"
+FLARE_EXPERIMENT = (
+    "results/flares/experiments/{flare_class}_{window}h/seed{seed}/{model}"
+)
+FLARE_ANALYSIS = "results/flares/analysis"
+FLARE_LOGS = "logs/flares"
+FLARE_BENCHMARKS = "results/benchmarks/flares"
+
+
+def flare_experiment_files(name, models=None):
+    """``name`` in every experiment directory of the grid, for the given models."""
+    return [
+        f"{FLARE_EXPERIMENT}/{name}".format(
+            flare_class=row.flare_class,
+            window=row.window_hours,
+            seed=row.seed,
+            model=model,
+        )
+        for model in (models or FLARE_MODELS)
+        for row in FLARE_GRID.itertuples()
+    ]
+
+
+def flare_input_tables(wildcards):
+    """The keyword and event tables: simulated, or the user's files."""
+    if FLARES["source"] == "synthetic":
+        return {
+            "keywords": f"{FLARE_RAW}/sharp_keywords.csv",
+            "events": f"{FLARE_RAW}/flare_events.csv",
+        }
+    files = FLARES["files"]
+    for key in ("keywords", "events"):
+        if not files[key]:
+            raise WorkflowError(
+                f"config key 'flares.files.{key}' must name a file when flares.source is 'files'"
+            )
+    return {"keywords": files["keywords"], "events": files["events"]}
