@@ -241,7 +241,10 @@ def render_report(results, summary, comparison, stability, cost, models, confide
         f"{results['flare_class'].nunique()} flare classes x {results['window_hours'].nunique()} windows x "
         f"{results['seed'].nunique()} seeds. Every threshold was chosen on the validation split "
         "(weighted score sweep) and applied once to the test split; regions never span two splits. "
-        f"Intervals are {level}% over seeds (Student-t and bootstrap of the mean).",
+        f"Intervals are {level}% over seeds (Student-t and bootstrap of the mean). The seed changes the "
+        "transformer's initialisation, shuffling and dropout; the logistic baseline has a unique optimum, so "
+        "its seeds agree and its intervals have zero width: they measure training variance, not the "
+        "sampling uncertainty of the test set.",
         "",
         "## Test performance by target",
         "",

@@ -23,6 +23,7 @@ import hashlib
 import json
 import logging
 import math
+import os
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -237,6 +238,11 @@ class Trainer:
         completed = state["completed"] if state else False
         if state:
             logger.info("resuming from %s after epoch %d", self.last_path, start_epoch)
+        logger.info(
+            "training on %s (CUDA_VISIBLE_DEVICES=%s, %d CPU threads, mixed precision %s)",
+            self.device, os.environ.get("CUDA_VISIBLE_DEVICES", "unset"), torch.get_num_threads(),
+            self.amp_dtype if self.use_amp else "off",
+        )
 
         writer = self._tensorboard_writer()
         epoch = start_epoch
