@@ -36,17 +36,18 @@ def run(command: list[str], cwd: Path) -> tuple[float, float]:
     """Run a command; return its wall seconds and the peak RSS (MiB) of the largest child so far."""
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
     started = time.perf_counter()
-    subprocess.run(command, cwd=cwd, check=True, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    subprocess.run(command, cwd=cwd, check=True, env=env, stdout=subprocess.DEVNULL)
     wall = time.perf_counter() - started
     return wall, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
 
 
 def snakemake_command(workdir: Path, configfile: Path | None, cores: int, *targets: str) -> list[str]:
-    command = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "-d", str(workdir),
+    # Targets go first: --quiet takes any number of values and would swallow them.
+    command = [sys.executable, "-m", "snakemake", *targets, "-s", str(REPO / "Snakefile"), "-d", str(workdir),
                "--cores", str(cores), "--quiet", "all"]
     if configfile:
         command += ["--configfile", str(configfile)]
-    return command[:-1] + list(targets) if targets else command
+    return command
 
 
 def main() -> None:
