@@ -17,6 +17,7 @@ validate(config, "workflow/schemas/config.schema.yaml")
 
 include: "workflow/rules/common.smk"
 include: "workflow/rules/flares.smk"
+include: "workflow/rules/lightcurves.smk"
 
 
 wildcard_constraints:
@@ -24,6 +25,8 @@ wildcard_constraints:
     window=r"\d+",
     seed=r"\d+",
     model="|".join(FLARE_MODELS),
+    cadence="|".join(CADENCES),
+    shard=r"\d{3}",
 
 
 report: "workflow/report/workflow.rst"
@@ -33,3 +36,4 @@ rule all:
     default_target: True
     input:
         rules.analyze_flare_study.output,
+        rules.compare_cadences.output,

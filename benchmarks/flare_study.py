@@ -4,7 +4,7 @@ Prints wall time and peak memory (maximum resident set size) of
 
 1. one transformer experiment (``astrodag flares train``) and one baseline
    experiment, on the demo config's dataset, with the demo's thread count;
-2. the whole demo workflow (``snakemake --cores N``) in a fresh directory,
+2. the whole demo flare study (``snakemake --cores N analyze_flare_study``) in a fresh directory,
    with per-rule totals read from the rules' ``benchmark:`` files.
 
 Usage::
@@ -91,7 +91,7 @@ def main() -> None:
             return
 
         study = workdir / "study"
-        wall, peak = run(snakemake_command(study, args.configfile, args.cores), REPO)
+        wall, peak = run(snakemake_command(study, args.configfile, args.cores, "analyze_flare_study"), REPO)
         print(f"{'whole study, snakemake --cores ' + str(args.cores):<40} {wall:>8.1f} {peak:>9.0f}")
         tables = []
         for path in (study / "results" / "benchmarks" / "flares").rglob("*.tsv"):

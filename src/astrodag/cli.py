@@ -126,7 +126,151 @@ def build_parser() -> argparse.ArgumentParser:
     analyze.add_argument("--bootstrap-resamples", type=int, default=9999)
     analyze.add_argument("--seed", type=int, default=0, help="seed of the bootstrap")
     _add_common(analyze)
+
+    _add_lightcurve_parsers(tracks)
     return parser
+
+
+def _add_lightcurve_parsers(tracks) -> None:
+    lightcurves = tracks.add_parser("lightcurves", help="microlensing: PSPL vs binary-lens light curves")
+    stages = lightcurves.add_subparsers(dest="stage", required=True, metavar="STAGE")
+
+    simulate = stages.add_parser("simulate", help="simulate one shard of PSPL and binary-lens light curves")
+    simulate.add_argument("--out-dir", type=Path, required=True, help="shard directory to write")
+    simulate.add_argument("--shard", type=int, required=True, help="shard index (event ids follow from it)")
+    simulate.add_argument("--events", type=int, required=True, help="events in the shard (half of each class)")
+    simulate.add_argument("--epochs", type=int, default=1500, help="epochs of the time grid")
+    simulate.add_argument("--duration-days", type=float, default=500.0, help="time span of the grid")
+    simulate.add_argument("--seed", type=int, default=0)
+    simulate.add_argument("--settings", type=_json_or_yaml, default={},
+                          help="priors, noise, split_fractions, pspl_like_max_deviation_sigma (JSON/YAML or @file)")
+    _add_common(simulate)
+
+    mask = stages.add_parser("mask", help="draw a cadence's observation masks for one shard")
+    mask.add_argument("--events", type=Path, required=True, help="the shard's events.parquet")
+    mask.add_argument("--cadences", type=Path, required=True, help="cadence table (.tsv)")
+    mask.add_argument("--cadence", required=True, help="row of the cadence table to use")
+    mask.add_argument("--out", type=Path, required=True, help="output mask (.npy, uint8, 1 = observed)")
+    mask.add_argument("--epochs", type=int, default=1500)
+    mask.add_argument("--duration-days", type=float, default=500.0)
+    mask.add_argument("--seed", type=int, default=0)
+    _add_common(mask)
+
+    shard_inputs = argparse.ArgumentParser(add_help=False)
+    shard_inputs.add_argument("--shards", type=Path, nargs="+", required=True, help="shard directories")
+    shard_inputs.add_argument("--masks", type=Path, nargs="+", required=True,
+                              help="the cadence's mask of each shard, in the same order")
+    shard_inputs.add_argument("--threads", type=int, help="torch CPU threads")
+
+    train = stages.add_parser("train", parents=[shard_inputs],
+                              help="train the causal per-timestep CNN for one cadence")
+    train.add_argument("--out-dir", type=Path, required=True, help="where model.pt, model.json, history.csv go")
+    train.add_argument("--cadence", required=True)
+    train.add_argument("--duration-days", type=float, default=500.0, help="time span of the grid (for the sidecar)")
+    train.add_argument("--seed", type=int, default=0)
+    train.add_argument("--model-options", type=_json_or_yaml, default={},
+                       help="architecture options as JSON/YAML or @file")
+    train.add_argument("--training-options", type=_json_or_yaml, default={},
+                       help="trainer options as JSON/YAML or @file")
+    train.add_argument("--work-dir", type=Path, help="checkpoints for resuming (default OUT_DIR/checkpoints)")
+    _add_common(train)
+
+    predict = stages.add_parser("predict", parents=[shard_inputs],
+                                help="P(binary) at every step for every event of a split")
+    predict.add_argument("--model", type=Path, required=True, help="model.pt")
+    predict.add_argument("--model-json", type=Path, required=True, help="model.json beside it")
+    predict.add_argument("--out-dir", type=Path, required=True)
+    predict.add_argument("--split", choices=("train", "validation", "test"), default="test")
+    predict.add_argument("--batch-size", type=int, default=256)
+    _add_common(predict)
+
+    evaluate = stages.add_parser("evaluate", help="metrics, early detection and detection times of one cadence")
+    evaluate.add_argument("--evaluation-dir", type=Path, required=True, help="output of 'predict'")
+    evaluate.add_argument("--out-dir", type=Path, required=True)
+    evaluate.add_argument("--cadence", required=True)
+    evaluate.add_argument("--fractions", type=float, nargs="+", default=[round(0.1 * k, 1) for k in range(1, 11)])
+    evaluate.add_argument("--thresholds", type=float, nargs="+", default=[0.5, 0.8, 0.9, 0.95],
+                          help="P(binary) thresholds for detection times")
+    _add_common(evaluate)
+
+    compare = stages.add_parser("compare", help="compare cadences: one report, tables and figures")
+    compare.add_argument("--cadence-dirs", nargs="+", required=True, metavar="NAME=DIR",
+                         help="each cadence's 'evaluate' output directory")
+    compare.add_argument("--out-dir", type=Path, required=True)
+    _add_common(compare)
+
+    classify = stages.add_parser("classify", help="classify photometry files (time, magnitude, error) as PSPL or binary")
+    classify.add_argument("files", type=Path, nargs="+", help="CSV or whitespace text; OGLE phot.dat works as is")
+    classify.add_argument("--model", type=Path, required=True, help="model.pt of a trained cadence")
+    classify.add_argument("--model-json", type=Path, help="its model.json (default: beside --model)")
+    classify.add_argument("--flux", action="store_true", help="the value column is flux, not magnitude")
+    classify.add_argument("--zeropoint", type=float, default=22.0, help="magnitude zero point for flux files")
+    classify.add_argument("--start", type=float, help="time of the grid's first epoch (default: fit the latest data)")
+    classify.add_argument("--output-dir", type=Path, help="write each file's P(binary) time series as CSV here")
+    classify.add_argument("--summary", type=Path, help="write the summary table (CSV) here too")
+    _add_common(classify)
+
+
+def _named_dirs(items: list[str]) -> dict[str, Path]:
+    named = {}
+    for item in items:
+        name, _, directory = item.partition("=")
+        if not name or not directory:
+            raise ConfigError("cadence-dirs", f"expected NAME=DIR, got {item!r}")
+        named[name] = Path(directory)
+    return named
+
+
+def _run_lightcurves(args: argparse.Namespace) -> None:
+    if args.stage == "simulate":
+        from astrodag.lightcurves.simulation import SimulationSettings, simulate_shard, time_grid
+
+        summary = simulate_shard(args.out_dir, args.shard, args.events, SimulationSettings.from_config(args.settings),
+                                 time_grid(args.epochs, args.duration_days), args.seed, progress=args.progress)
+        logger.info("simulated %s", json.dumps(summary, default=str))
+    elif args.stage == "mask":
+        from astrodag.lightcurves.cadence import load_cadences, write_cadence_masks
+        from astrodag.lightcurves.simulation import time_grid
+
+        cadences = load_cadences(args.cadences)
+        if args.cadence not in cadences:
+            raise ConfigError("cadence", f"{args.cadence!r} is not in {args.cadences} ({', '.join(cadences)})")
+        write_cadence_masks(args.events, args.out, cadences[args.cadence], time_grid(args.epochs, args.duration_days),
+                            args.seed, progress=args.progress)
+    elif args.stage == "train":
+        from astrodag.lightcurves.experiment import train_cadence_model
+
+        train_cadence_model(args.shards, args.masks, args.out_dir, cadence=args.cadence,
+                            duration_days=args.duration_days, seed=args.seed, model_options=args.model_options,
+                            training_options=args.training_options, threads=args.threads,
+                            work_dir=args.work_dir, progress=args.progress)
+    elif args.stage == "predict":
+        from astrodag.lightcurves.experiment import predict_split
+
+        predict_split(args.model, args.model_json, args.shards, args.masks, args.out_dir, split=args.split,
+                      batch_size=args.batch_size, threads=args.threads, progress=args.progress)
+    elif args.stage == "evaluate":
+        from astrodag.lightcurves.analysis import evaluate_cadence
+
+        evaluate_cadence(args.evaluation_dir, args.out_dir, args.cadence, fractions=tuple(args.fractions),
+                         thresholds=tuple(args.thresholds))
+    elif args.stage == "compare":
+        from astrodag.lightcurves.analysis import compare_cadences
+
+        compare_cadences(_named_dirs(args.cadence_dirs), args.out_dir)
+    elif args.stage == "classify":
+        from astrodag.lightcurves.classify import classify_files
+
+        sidecar = args.model_json or args.model.with_name("model.json")
+        summary = classify_files(args.files, args.model, sidecar, flux=args.flux, zeropoint=args.zeropoint,
+                                 start=args.start, output_dir=args.output_dir)
+        if args.summary:
+            from astrodag.io import write_table
+
+            write_table(args.summary, summary)
+        columns = ["file", "epochs_observed", "p_binary_at_25pct", "p_binary_at_50pct", "p_binary_at_75pct",
+                   "p_binary_last", "classification"]
+        print(summary[columns].to_string(index=False, float_format=lambda v: f"{v:.3f}"))
 
 
 def _run_flares(args: argparse.Namespace) -> None:
@@ -179,6 +323,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.track == "flares":
             _run_flares(args)
+        elif args.track == "lightcurves":
+            _run_lightcurves(args)
     except (AstrodagError, ValueError) as error:
         # Bad input or options: one readable line (the traceback goes to the log file only at --verbose).
         logger.debug("traceback", exc_info=True)

@@ -6,8 +6,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
+import yaml
 
 REPO = Path(__file__).resolve().parents[2]
 TINY = REPO / "tests" / "data" / "config_tiny.yaml"
@@ -32,8 +34,9 @@ def finished_run(tmp_path_factory):
     return workdir
 
 
-def test_dry_run_of_the_default_config_plans_the_45_experiment_grid(tmp_path):
-    command = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "-d", str(tmp_path), "-n"]
+def planned_jobs(workdir, *args):
+    """Job counts per rule of a dry run of the shipped Snakefile."""
+    command = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "-d", str(workdir), "-n", *args]
     result = subprocess.run(command, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
     counts = {}
@@ -41,6 +44,14 @@ def test_dry_run_of_the_default_config_plans_the_45_experiment_grid(tmp_path):
         parts = line.split()
         if len(parts) == 2 and parts[1].isdigit():
             counts[parts[0]] = int(parts[1])
+    return counts
+
+
+def test_dry_run_of_the_default_config_plans_the_45_experiment_grid_and_5_cadences(tmp_path):
+    counts = planned_jobs(tmp_path)
+    for rule in ("train_microlensing_model", "predict_microlensing_test", "evaluate_microlensing_cadence"):
+        assert counts[rule] == 5, rule
+    assert counts["simulate_events"] == 2 and counts["mask_cadence"] == 10
     assert counts["train_flare_model"] == 45
     assert counts["train_flare_baseline"] == 45
     assert counts["sweep_flare_thresholds"] == 90
@@ -66,6 +77,39 @@ def test_workflow_produces_the_study_outputs(finished_run):
     assert "TSS" in report and "bootstrap" in report
 
 
+def test_full_config_plans_1m_light_curves_in_shards(tmp_path):
+    counts = planned_jobs(tmp_path, "--configfile", str(REPO / "config" / "full.yaml"))
+    full = yaml.safe_load((REPO / "config" / "full.yaml").read_text())["microlensing"]["simulation"]
+    assert full["shards"] * full["events_per_shard"] == 1_000_000
+    assert counts["simulate_events"] == full["shards"] == 20
+    assert counts["mask_cadence"] == 5 * 20 and counts["train_microlensing_model"] == 5
+
+
+def test_microlensing_track_outputs(finished_run):
+    results = finished_run / "results" / "microlensing"
+    comparison = results / "comparison"
+    for name in ("comparison.md", "comparison.txt", "comparison.json", "summary.csv",
+                 "early_detection_comparison.png", "roc_comparison.png", "accuracy_comparison.png"):
+        assert (comparison / name).stat().st_size > 0, name
+    summary = pd.read_csv(comparison / "summary.csv")
+    assert list(summary["cadence"]) == ["normal", "roman"]
+    events = pd.concat(pd.read_parquet(p) for p in sorted(results.glob("events/shard*/events.parquet")))
+    assert len(events) == 2 * 96 and events["event_id"].is_unique
+    for cadence in ("normal", "roman"):
+        metrics = json.loads((results / "cadences" / cadence / "analysis" / "metrics.json").read_text())
+        test_events = pd.read_parquet(results / "cadences" / cadence / "evaluation" / "events.parquet")
+        assert metrics["n_events"] == len(test_events) and set(test_events["split"]) == {"test"}
+        sidecar = json.loads((results / "cadences" / cadence / "model" / "model.json").read_text())
+        assert sidecar["time_grid"] == {"epochs": 120, "duration_days": 200}
+        early = pd.read_csv(results / "cadences" / cadence / "analysis" / "early_detection.csv")
+        assert set(early["basis"]) == {"time", "observed"} and len(early) == 2 * 4
+        assert (finished_run / "logs" / "microlensing" / "train" / f"{cadence}.log").stat().st_size > 0
+    # Masks are cadence-specific: the same events, different observed epochs.
+    normal = np.load(results / "cadences" / "normal" / "masks" / "shard000.npy")
+    roman = np.load(results / "cadences" / "roman" / "masks" / "shard000.npy")
+    assert normal.shape == roman.shape == (96, 120) and not np.array_equal(normal, roman)
+
+
 def test_rerun_has_nothing_to_do(finished_run):
     result = snakemake(finished_run, "-n")
     assert "Nothing to be done" in result.stdout + result.stderr
@@ -75,6 +119,7 @@ def test_html_report(finished_run):
     snakemake(finished_run, "--report", "report.html")
     html = (finished_run / "report.html").read_text(errors="replace")
     assert "tss_heatmap_everest.png" in html
+    assert "early_detection_comparison.png" in html
 
 
 def test_config_typo_fails_at_start_naming_the_key(tmp_path):
@@ -89,3 +134,12 @@ def test_bad_experiment_grid_is_rejected(tmp_path):
     result = snakemake(tmp_path, "-n", "--config", f"flares={{'experiments': '{grid}'}}", check=False)
     assert result.returncode != 0
     assert "'X' is not one of" in result.stdout + result.stderr
+
+
+def test_bad_cadence_table_is_rejected(tmp_path):
+    table = tmp_path / "cadences.tsv"
+    table.write_text("cadence\tmissing_fraction\tseason_days\tgap_days\tclump_epochs\tdescription\n"
+                     "weird\t1.5\t0\t0\t1\tmore than everything\n")
+    result = snakemake(tmp_path, "-n", "--config", f"microlensing={{'cadences': '{table}'}}", check=False)
+    assert result.returncode != 0
+    assert "1.5" in result.stdout + result.stderr

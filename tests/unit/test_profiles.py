@@ -18,6 +18,25 @@ REPO = Path(__file__).resolve().parents[2]
 PROFILES = REPO / "profiles"
 NAMES = ["local", "slurm", "pbs"]
 GPU_RULE = "train_flare_model"
+REPO_RULES = Path(__file__).resolve().parents[2] / "workflow" / "rules"
+
+
+def gpu_rules():
+    """Names of the rules that request a GPU (``gpu=`` among their resources)."""
+    names = []
+    for path in REPO_RULES.glob("*.smk"):
+        for block in re.split(r"\n(?=rule )", path.read_text()):
+            match = re.match(r"rule (\w+):", block)
+            if match and re.search(r"^\s+gpu=", block, flags=re.M):
+                names.append(match.group(1))
+    return sorted(names)
+
+
+def test_every_gpu_rule_goes_to_a_gpu_partition_and_queue():
+    assert {"train_flare_model", "train_microlensing_model"} <= set(gpu_rules())
+    for rule in gpu_rules():
+        assert load("slurm")["set-resources"][rule]["slurm_partition"] == "gpu", rule
+        assert load("pbs")["set-resources"][rule]["pbs_queue"] == "gpu", rule
 
 
 def load(name: str) -> dict:

@@ -87,3 +87,48 @@ def flare_input_tables(wildcards):
                 f"config key 'flares.files.{key}' must name a file when flares.source is 'files'"
             )
     return {"keywords": files["keywords"], "events": files["events"]}
+
+
+# ---- microlensing ---------------------------------------------------------------------
+
+
+def load_cadences_table(path):
+    """Read and validate the cadence TSV (one cadence experiment per row)."""
+    if not Path(path).exists():
+        raise WorkflowError(f"{path}: the cadence table does not exist")
+    table = pd.read_csv(path, sep="\t", comment="#", dtype={"cadence": str})
+    validate(table, "../schemas/cadences.schema.yaml")
+    duplicated = table["cadence"].duplicated()
+    if duplicated.any():
+        raise WorkflowError(
+            f"{path}: duplicated cadence names: {sorted(table.loc[duplicated, 'cadence'])}"
+        )
+    return table
+
+
+MICROLENSING = config["microlensing"]
+CADENCES_TSV = repo_path(MICROLENSING["cadences"])
+CADENCES = list(load_cadences_table(CADENCES_TSV)["cadence"])
+ML_SHARDS = [f"{i:03d}" for i in range(MICROLENSING["simulation"]["shards"])]
+
+ML_EVENTS = "results/microlensing/events/shard{shard}"
+ML_CADENCE = "results/microlensing/cadences/{cadence}"
+ML_MASK = f"{ML_CADENCE}/masks/shard{{shard}}.npy"
+ML_COMPARISON = "results/microlensing/comparison"
+ML_LOGS = "logs/microlensing"
+ML_BENCHMARKS = "results/benchmarks/microlensing"
+
+
+def microlensing_shards(wildcards=None):
+    """The event directories' files of every shard (the inputs of training)."""
+    return expand(f"{ML_EVENTS}/events.parquet", shard=ML_SHARDS)
+
+
+def microlensing_masks(wildcards):
+    """The cadence's mask of every shard, in shard order."""
+    return expand(ML_MASK, cadence=wildcards.cadence, shard=ML_SHARDS)
+
+
+def shard_dirs(paths):
+    """Shard directories from their events.parquet paths, space separated for the shell."""
+    return " ".join(shlex.quote(str(Path(p).parent)) for p in paths)

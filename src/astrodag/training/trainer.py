@@ -306,7 +306,7 @@ class Trainer:
                     best_score, best_epoch,
                 )
                 bar.update(1)
-                bar.set_postfix(loss=f"{train_loss:.4f}", **{config.monitor: f"{score:.4f}"})
+                bar.set_postfix(train_loss=f"{train_loss:.4f}", **{f"val_{config.monitor}": f"{score:.4f}"})
                 for callback in self.callbacks:
                     callback(epoch, row)
         finally:

@@ -1,0 +1,1 @@
+"""Microlensing light curves: simulation, cadences, datasets, classification and analysis."""
