@@ -79,7 +79,7 @@ def main() -> None:
                                           str(events), "--epochs", str(grid["epochs"]), "--duration-days",
                                           str(grid["duration_days"]), "--seed", "1", "--settings", settings))
             print(f"{f'simulate one shard of {events} events (half binary)':<52} {wall:>8.1f} {peak:>9.0f} "
-                  f"{events / wall:>14.0f} curves/s")
+                  f"{events / wall:>14.0f} events/s")
 
         # One cadence, trained and scored on the demo's shards, through the workflow's own rules.
         data = workdir / "data"
@@ -87,7 +87,7 @@ def main() -> None:
                      "--cores", str(args.cores), "--quiet", "all"]
         subprocess.run([*snakemake[:3], *[f"results/microlensing/cadences/{args.cadence}/masks/shard{i:03d}.npy"
                                           for i in range(simulation["shards"])], *snakemake[3:]],
-                       check=True, stdout=subprocess.DEVNULL)
+                       check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         shards = [str(data / f"results/microlensing/events/shard{i:03d}") for i in range(simulation["shards"])]
         masks = [str(data / f"results/microlensing/cadences/{args.cadence}/masks/shard{i:03d}.npy")
                  for i in range(simulation["shards"])]
