@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import tempfile
@@ -36,6 +37,18 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     finally:
         if tmp.exists():
             tmp.unlink()
+
+
+def file_digest(path: str | Path, block: int = 1 << 20, digest=None) -> str:
+    """SHA-256 of a file (streamed), to tie a model to the exact data it was trained on.
+
+    Pass a ``hashlib`` object as ``digest`` to fold several files into one hash.
+    """
+    digest = digest if digest is not None else hashlib.sha256()
+    with open(path, "rb") as handle:
+        while chunk := handle.read(block):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 def _json_default(value: Any) -> Any:

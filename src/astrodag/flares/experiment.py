@@ -8,7 +8,6 @@ only predicted, never looked at here.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import time
 from pathlib import Path
@@ -22,7 +21,7 @@ from astrodag.errors import InputDataError
 from astrodag.evaluation.metrics import binary_metrics, measure_latency
 from astrodag.flares.dataset import label_column, load_dataset
 from astrodag.flares.sharp import SHARP_KEYWORDS
-from astrodag.io import atomic_path, write_json, write_table
+from astrodag.io import atomic_path, file_digest, write_json, write_table
 from astrodag.models.baseline import LogisticBaseline
 
 logger = logging.getLogger(__name__)
@@ -70,15 +69,6 @@ def normalise(windows: np.ndarray, normalisation: dict[str, list[float]]) -> np.
     mean = np.asarray(normalisation["mean"], dtype=np.float32)
     std = np.asarray(normalisation["std"], dtype=np.float32)
     return (compress_dynamic_range(windows) - mean) / std
-
-
-def file_digest(path: str | Path, block: int = 1 << 20) -> str:
-    """SHA-256 of a file, to tie a model to the exact data it was trained on."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while chunk := handle.read(block):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _split_rows(index: pd.DataFrame, target: str, source: Path) -> dict[str, np.ndarray]:

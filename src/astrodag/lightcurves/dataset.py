@@ -27,6 +27,7 @@ import torch
 from torch.utils.data import Dataset
 
 from astrodag.errors import InputDataError
+from astrodag.io import file_digest
 
 N_CHANNELS = 4
 SPLITS = ("train", "validation", "test")
@@ -179,7 +180,5 @@ def shards_digest(shard_dirs: Sequence[str | Path], mask_paths: Sequence[str | P
     """Fingerprint of the training data: event tables (true parameters and seeds) and masks."""
     digest = hashlib.sha256()
     for path in [Path(d) / "events.parquet" for d in shard_dirs] + [Path(p) for p in mask_paths]:
-        with open(path, "rb") as handle:
-            for block in iter(lambda: handle.read(1 << 22), b""):
-                digest.update(block)
+        file_digest(path, digest=digest)
     return digest.hexdigest()

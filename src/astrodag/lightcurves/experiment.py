@@ -10,6 +10,7 @@ by :func:`predict_split`, after training has finished.
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from collections.abc import Sequence
@@ -193,8 +194,6 @@ def predict_split(
     ``events.parquet`` and ``times.npy`` into ``out_dir``: the inputs of
     :func:`astrodag.lightcurves.analysis.evaluate_cadence`.
     """
-    import json
-
     out_dir = Path(out_dir)
     sidecar = json.loads(Path(sidecar_path).read_text())
     if threads:
