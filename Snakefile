@@ -2,6 +2,7 @@
 # Run `snakemake --dry-run` to see the plan, `snakemake --cores 2` for the demo.
 
 import os
+import re
 
 from snakemake.utils import min_version, validate
 
@@ -18,6 +19,8 @@ validate(config, "workflow/schemas/config.schema.yaml")
 include: "workflow/rules/common.smk"
 include: "workflow/rules/flares.smk"
 include: "workflow/rules/lightcurves.smk"
+include: "workflow/rules/archive.smk"
+include: "workflow/rules/imaging.smk"
 
 
 wildcard_constraints:
@@ -27,6 +30,8 @@ wildcard_constraints:
     model="|".join(FLARE_MODELS),
     cadence="|".join(CADENCES),
     shard=r"\d{3}",
+    sn="|".join(re.escape(name) for name in SN_NAMES),
+    pair_id=r"[A-Za-z0-9_.-]+",
 
 
 report: "workflow/report/workflow.rst"
@@ -37,3 +42,4 @@ rule all:
     input:
         rules.analyze_flare_study.output,
         rules.compare_cadences.output,
+        rules.summarize_imaging.output,

@@ -128,7 +128,32 @@ def build_parser() -> argparse.ArgumentParser:
     _add_common(analyze)
 
     _add_lightcurve_parsers(tracks)
+    _add_supernova_parsers(tracks)
     return parser
+
+
+def _add_supernova_parsers(tracks) -> None:
+    # Each package owns its stages; their modules import only argparse-level code here.
+    from astrodag.archive import commands as archive_commands
+    from astrodag.imaging import commands as imaging_commands
+
+    supernova = tracks.add_parser("supernova", help="supernova detection by image differencing")
+    stages = supernova.add_subparsers(dest="stage", required=True, metavar="STAGE")
+    archive_commands.add_parsers(stages, _add_common)
+    imaging_commands.add_parsers(stages, _add_common)
+
+    summarize = stages.add_parser("summarize", help="the imaging track's report: pairs, recovery, candidates, triplets")
+    summarize.add_argument("--pairs", type=Path, required=True, help="pairs.csv of the pairing stage")
+    summarize.add_argument("--decisions", type=Path, required=True, help="decisions.csv of the pairing stage")
+    summarize.add_argument("--yield-summary", type=Path, required=True, help="yield.csv of the pairing stage")
+    summarize.add_argument("--catalog", type=Path, required=True, help="the SN catalogue (CSV)")
+    summarize.add_argument("--pair-dirs", type=Path, nargs="*", default=[],
+                           help="each pair's directory (difference.json, candidates.csv, injections.csv)")
+    summarize.add_argument("--dataset-summary", type=Path, help="summary.json of the triplet dataset")
+    summarize.add_argument("--truth", type=Path, help="truth.csv of the synthetic survey (injected SN fluxes)")
+    summarize.add_argument("--out-dir", type=Path, required=True,
+                           help="writes imaging_report.md, imaging_report.json, pairs_summary.csv")
+    _add_common(summarize)
 
 
 def _add_lightcurve_parsers(tracks) -> None:
@@ -273,6 +298,19 @@ def _run_lightcurves(args: argparse.Namespace) -> None:
         print(summary[columns].to_string(index=False, float_format=lambda v: f"{v:.3f}"))
 
 
+def _run_supernova(args: argparse.Namespace) -> None:
+    from astrodag.archive import commands as archive_commands
+    from astrodag.imaging import commands as imaging_commands
+
+    if archive_commands.run(args) or imaging_commands.run(args):
+        return
+    if args.stage == "summarize":
+        from astrodag.imaging.summary import summarize_imaging_track
+
+        summarize_imaging_track(args.pairs, args.decisions, args.yield_summary, args.catalog, args.pair_dirs,
+                                args.out_dir, dataset_summary=args.dataset_summary, truth=args.truth)
+
+
 def _run_flares(args: argparse.Namespace) -> None:
     # Imported here so that `astrodag --help` stays fast and light.
     if args.stage == "simulate":
@@ -325,6 +363,8 @@ def main(argv: list[str] | None = None) -> int:
             _run_flares(args)
         elif args.track == "lightcurves":
             _run_lightcurves(args)
+        elif args.track == "supernova":
+            _run_supernova(args)
     except (AstrodagError, ValueError) as error:
         # Bad input or options: one readable line (the traceback goes to the log file only at --verbose).
         logger.debug("traceback", exc_info=True)

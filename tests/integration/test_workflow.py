@@ -56,6 +56,10 @@ def test_dry_run_of_the_default_config_plans_the_45_experiment_grid_and_5_cadenc
     assert counts["train_flare_baseline"] == 45
     assert counts["sweep_flare_thresholds"] == 90
     assert counts["analyze_flare_study"] == 1
+    # Supernovae: one query per catalogue SN; the per-pair jobs appear once the pairing checkpoint ran.
+    catalog = pd.read_csv(REPO / "resources" / "supernovae.csv", comment="#")
+    assert counts["query_archive"] == len(catalog) and counts["pair_observations"] == 1
+    assert counts["simulate_survey"] == 1 and counts["summarize_imaging"] == 1
 
 
 def test_workflow_produces_the_study_outputs(finished_run):
@@ -110,6 +114,33 @@ def test_microlensing_track_outputs(finished_run):
     assert normal.shape == roman.shape == (96, 120) and not np.array_equal(normal, roman)
 
 
+def test_supernova_track_outputs(finished_run):
+    results = finished_run / "results" / "supernova"
+    pairs = pd.read_csv(results / "archive" / "pairs.csv")
+    decisions = pd.read_csv(results / "archive" / "decisions.csv")
+    assert len(pairs) >= 3 and pairs["pair_id"].is_unique
+    assert (pairs["overlap_fraction"] >= 0.85).all()
+    rejected = set(decisions.loc[~decisions["accepted"], "reason"])
+    assert {"different_mission", "different_filter"} <= rejected
+    for pair_id in pairs["pair_id"]:
+        pair_dir = results / "pairs" / pair_id
+        for name in ("science.fits", "reference.fits", "difference.fits", "significance.fits", "mask.fits",
+                     "candidates.csv", "triplets.npz"):
+            assert (pair_dir / name).stat().st_size > 0, (pair_id, name)
+        assert (finished_run / "logs" / "supernova" / "difference_pair" / f"{pair_id}.log").exists()
+    report = json.loads((results / "imaging_report.json").read_text())
+    assert report["pairs_accepted"] == len(pairs)
+    assert report["sn_recovery"]["pairs_with_sn"] >= 1 and report["sn_recovery"]["recovered"] >= 1
+    assert "Supernova recovery" in (results / "imaging_report.md").read_text()
+    index = pd.read_parquet(results / "triplets" / "index.parquet")
+    assert set(index["label"]) == {0, 1}
+    # No supernova in two splits.
+    assert index.groupby("sn_name")["split"].nunique().max() == 1
+    for split, rows in index.groupby("split"):
+        images = np.load(results / "triplets" / f"{split}.npy", mmap_mode="r")
+        assert images.shape[1:] == (3, 63, 63) and len(images) == len(rows)
+
+
 def test_rerun_has_nothing_to_do(finished_run):
     result = snakemake(finished_run, "-n")
     assert "Nothing to be done" in result.stdout + result.stderr
@@ -120,6 +151,7 @@ def test_html_report(finished_run):
     html = (finished_run / "report.html").read_text(errors="replace")
     assert "tss_heatmap_everest.png" in html
     assert "early_detection_comparison.png" in html
+    assert "imaging_report.md" in html
 
 
 def test_config_typo_fails_at_start_naming_the_key(tmp_path):
@@ -134,6 +166,14 @@ def test_bad_experiment_grid_is_rejected(tmp_path):
     result = snakemake(tmp_path, "-n", "--config", f"flares={{'experiments': '{grid}'}}", check=False)
     assert result.returncode != 0
     assert "'X' is not one of" in result.stdout + result.stderr
+
+
+def test_bad_supernova_catalog_is_rejected(tmp_path):
+    catalog = tmp_path / "sne.csv"
+    catalog.write_text("sn_name,ra,dec,discovery_mjd\nSN 2099zz,400.0,10.0,60000\n")
+    result = snakemake(tmp_path, "-n", "--config", f"supernova={{'catalog': '{catalog}'}}", check=False)
+    assert result.returncode != 0
+    assert "400.0" in result.stdout + result.stderr
 
 
 def test_bad_cadence_table_is_rejected(tmp_path):

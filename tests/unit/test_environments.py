@@ -10,7 +10,14 @@ REPO = Path(__file__).resolve().parents[2]
 # PyPI name -> conda-forge name where they differ.
 CONDA_NAMES = {"torch": "pytorch"}
 # Dependencies that only one rule family imports -> its environment file.
-TRACK_ONLY = {"vbmicrolensing": "lightcurves.yaml"}
+TRACK_ONLY = {
+    "vbmicrolensing": "lightcurves.yaml",
+    "reproject": "imaging.yaml",
+    "photutils": "imaging.yaml",
+    "astroquery": "imaging.yaml",
+    "requests": "imaging.yaml",
+    "shapely": "imaging.yaml",
+}
 
 
 def names(requirements):

@@ -132,3 +132,71 @@ def microlensing_masks(wildcards):
 def shard_dirs(paths):
     """Shard directories from their events.parquet paths, space separated for the shell."""
     return " ".join(shlex.quote(str(Path(p).parent)) for p in paths)
+
+
+# ---- supernova imaging --------------------------------------------------------------
+
+
+def load_supernova_catalog(path):
+    """SN names of the catalogue (validated by its schema), keyed by the file-safe name."""
+    if not Path(path).exists():
+        raise WorkflowError(f"{path}: the supernova catalogue does not exist")
+    table = pd.read_csv(path, comment="#", dtype={"sn_name": str})
+    validate(table, "../schemas/supernovae.schema.yaml")
+    names = {}
+    for name in table["sn_name"]:
+        safe = "".join(c if c.isalnum() or c in "._-" else "_" for c in name.strip())
+        if safe in names:
+            raise WorkflowError(f"{path}: '{name}' and '{names[safe]}' map to the same name {safe!r}")
+        names[safe] = name
+    return names
+
+
+SUPERNOVA = config["supernova"]
+SN_CATALOG = repo_path(SUPERNOVA["catalog"])
+SN_NAMES = load_supernova_catalog(SN_CATALOG)
+
+SN_ARCHIVE = "results/supernova/archive"
+SN_SYNTHETIC = f"{SN_ARCHIVE}/synthetic"
+SN_PAIR = "results/supernova/pairs/{pair_id}"
+SN_TRIPLETS = "results/supernova/triplets"
+SN_LOGS = "logs/supernova"
+SN_BENCHMARKS = "results/benchmarks/supernova"
+# MAST calls hold one unit of this resource; profiles cap it (resources: mast_connections=4).
+SN_MAST_CALLS = 1 if SUPERNOVA["source"] == "mast" else 0
+
+
+def supernova_backend():
+    """Backend options of the query and download stages: the synthetic survey is a local archive."""
+    source = SUPERNOVA["source"]
+    if source == "synthetic":
+        return f"--backend local --archive-dir {SN_SYNTHETIC}"
+    if source == "local":
+        if not SUPERNOVA["archive_dir"]:
+            raise WorkflowError(
+                "config key 'supernova.archive_dir' must name a directory when supernova.source is 'local'"
+            )
+        return f"--backend local --archive-dir {shlex.quote(SUPERNOVA['archive_dir'])}"
+    return "--backend mast"
+
+
+def supernova_archive_inputs(wildcards=None):
+    """The synthetic survey's observation table when the demo survey is the archive."""
+    if SUPERNOVA["source"] == "synthetic":
+        return [f"{SN_SYNTHETIC}/observations.csv"]
+    return []
+
+
+def supernova_pair_ids(wildcards=None):
+    """Accepted pairs, known only once the pairing checkpoint has run."""
+    pairs = checkpoints.pair_observations.get().output.pairs
+    return list(pd.read_csv(pairs, dtype={"pair_id": str})["pair_id"])
+
+
+def supernova_pair_files(name):
+    """An input function: ``name`` in every accepted pair's directory."""
+
+    def files(wildcards):
+        return [f"{SN_PAIR}/{name}".format(pair_id=pair) for pair in supernova_pair_ids()]
+
+    return files

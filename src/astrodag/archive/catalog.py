@@ -1,0 +1,156 @@
+"""The supernova catalogue, file-safe names, and checks of config values shared by the archive settings.
+
+The catalogue (``resources/supernovae.csv``) has one row per supernova with the columns
+``sn_name, ra, dec, discovery_mjd, type, redshift, host``: ICRS degrees and the discovery date as a
+Modified Julian Date. ``load_catalog`` checks every row and raises ``InputDataError`` naming the file,
+the row and the problem.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from astrodag.errors import ConfigError, InputDataError
+
+CATALOG_COLUMNS = ("sn_name", "ra", "dec", "discovery_mjd", "type", "redshift", "host")
+
+_UNSAFE = re.compile(r"[^A-Za-z0-9_.-]+")
+
+
+def safe_name(name: str) -> str:
+    """A file-name-safe form of ``name``: each run of characters outside ``[A-Za-z0-9_.-]`` becomes ``_``.
+
+    >>> safe_name("SN 2011fe")
+    'SN_2011fe'
+    """
+    safe = _UNSAFE.sub("_", str(name).strip()).strip("_")
+    if not safe or safe in (".", ".."):
+        raise ValueError(f"{name!r} has no file-name-safe form")
+    return safe
+
+
+def load_catalog(path: str | Path) -> pd.DataFrame:
+    """Read and check the supernova catalogue.
+
+    Parameters
+    ----------
+    path : str or Path
+        CSV file with the columns ``CATALOG_COLUMNS``.
+
+    Returns
+    -------
+    pandas.DataFrame
+        One row per supernova, in file order, with ``ra``, ``dec``, ``discovery_mjd`` and ``redshift`` as
+        floats (``redshift`` may be NaN) and a ``safe_name`` column added.
+
+    Raises
+    ------
+    InputDataError
+        If the file is missing or unreadable, a column is missing, a value is out of range, or two
+        supernovae share a name (or a safe name).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise InputDataError(path, "supernova catalogue not found")
+    try:
+        # Everything as text first, so that a bad value is reported as written in the file.
+        frame = pd.read_csv(path, dtype=str, keep_default_na=False)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as error:
+        raise InputDataError(path, f"cannot read the catalogue as CSV: {error}") from error
+    missing = [column for column in CATALOG_COLUMNS if column not in frame.columns]
+    if missing:
+        raise InputDataError(path, f"missing column(s) {', '.join(missing)} (need {', '.join(CATALOG_COLUMNS)})")
+    if frame.empty:
+        raise InputDataError(path, "the catalogue has no supernovae")
+    frame = frame.loc[:, list(CATALOG_COLUMNS)].copy()
+    for column in ("ra", "dec", "discovery_mjd", "redshift"):
+        text = frame[column].str.strip()
+        values = pd.to_numeric(text, errors="coerce")
+        bad = values.isna() & (text != "") if column == "redshift" else values.isna()  # redshift may be blank
+        if bad.any():
+            row = int(bad.to_numpy().nonzero()[0][0])
+            raise InputDataError(path, f"row {row + 2}: {column} {frame[column].iloc[row]!r} is not a number")
+        frame[column] = values.astype(float)
+    checks = (
+        ("ra", (frame["ra"] < 0) | (frame["ra"] >= 360), "must be in [0, 360) degrees"),
+        ("dec", frame["dec"].abs() > 90, "must be in [-90, 90] degrees"),
+        ("discovery_mjd", ~frame["discovery_mjd"].between(15000.0, 100000.0), "is not a plausible MJD"),
+    )
+    for column, bad, problem in checks:
+        if bad.any():
+            row = int(bad.to_numpy().nonzero()[0][0])
+            raise InputDataError(path, f"row {row + 2}: {column} {frame[column].iloc[row]} {problem}")
+    names = frame["sn_name"].str.strip()
+    if (names == "").any():
+        raise InputDataError(path, f"row {int((names == '').to_numpy().nonzero()[0][0]) + 2}: empty sn_name")
+    frame["sn_name"] = names
+    try:
+        frame["safe_name"] = [safe_name(name) for name in names]
+    except ValueError as error:
+        raise InputDataError(path, str(error)) from error
+    for column in ("sn_name", "safe_name"):
+        duplicated = frame[column].duplicated(keep=False)
+        if duplicated.any():
+            clash = sorted(set(frame.loc[duplicated, "sn_name"]))
+            raise InputDataError(path, f"{column} is not unique: {', '.join(clash)}")
+    return frame.reset_index(drop=True)
+
+
+def catalog_entry(catalog: pd.DataFrame, name: str, path: str | Path = "catalogue") -> pd.Series:
+    """The catalogue row of the supernova ``name`` (its ``sn_name`` or its ``safe_name``)."""
+    match = catalog[(catalog["sn_name"] == name) | (catalog["safe_name"] == name)]
+    if match.empty:
+        raise InputDataError(path, f"supernova {name!r} is not in the catalogue")
+    return match.iloc[0]
+
+
+# --------------------------------------------------------------------------------------------
+# checks of config values (used by every settings dataclass of the archive package)
+# --------------------------------------------------------------------------------------------
+
+
+def check_keys(prefix: str, mapping: Any, known: tuple[str, ...]) -> Mapping:
+    """``mapping`` (``None`` counts as empty) after checking that it is a mapping of known keys only."""
+    if mapping is None:
+        return {}
+    if not isinstance(mapping, Mapping):
+        raise ConfigError(prefix, f"must be a mapping, got {type(mapping).__name__}")
+    for key in mapping:
+        if key not in known:
+            raise ConfigError(f"{prefix}.{key}", f"unknown key (known: {', '.join(known)})")
+    return mapping
+
+
+def config_number(key: str, value: Any, *, low: float | None = None, high: float | None = None,
+                  integer: bool = False, above: float | None = None) -> float | int:
+    """A finite number (an ``int`` if ``integer``) within ``[low, high]`` and strictly above ``above``."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise ConfigError(key, f"must be a finite number, got {value!r}")
+    if integer:
+        if float(value) != int(value):
+            raise ConfigError(key, f"must be an integer, got {value!r}")
+        value = int(value)
+    if low is not None and value < low:
+        raise ConfigError(key, f"must be >= {low}, got {value}")
+    if high is not None and value > high:
+        raise ConfigError(key, f"must be <= {high}, got {value}")
+    if above is not None and value <= above:
+        raise ConfigError(key, f"must be > {above}, got {value}")
+    return value
+
+
+def config_range(key: str, value: Any, *, low: float | None = None, high: float | None = None,
+                 integer: bool = False) -> tuple:
+    """A ``[low, high]`` pair of numbers (ints if ``integer``) with ``low <= high`` inside the limits."""
+    if isinstance(value, (str, bytes, Mapping)) or not hasattr(value, "__len__") or len(value) != 2:
+        raise ConfigError(key, f"must be a list [low, high], got {value!r}")
+    a, b = (config_number(key, v, low=low, high=high, integer=integer) for v in value)
+    if a > b:
+        raise ConfigError(key, f"low {a} is above high {b}")
+    return a, b

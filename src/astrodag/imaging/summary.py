@@ -1,0 +1,234 @@
+"""The supernova imaging track's report: what the archive gave, what differencing found.
+
+Read from the files the track's stages write (pairs.csv, decisions.csv, yield.csv, each pair's
+difference.json and candidates.csv, the triplet dataset's summary.json and, for the synthetic
+survey, truth.csv), it answers the questions a user asks of a run:
+
+* how many reference/science pairs were found per mission, and why the others were rejected;
+* whether each SN was recovered in its difference image: a kept 5-sigma candidate within
+  ``match_radius_arcsec`` of the catalogue position, and at what significance (for the synthetic
+  survey also the injected magnitude, so recovery can be read against brightness);
+* how many candidates each difference image produced (kept and rejected by the shape cuts);
+* how many real and bogus triplets went into each split.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from astropy import units as u
+from astropy.coordinates import SkyCoord
+from tabulate import tabulate
+
+from astrodag.errors import InputDataError
+from astrodag.evaluation.statistics import wilson_interval
+from astrodag.io import write_json, write_table, write_text
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_MATCH_RADIUS_ARCSEC = 3.0
+
+
+def _read_csv(path: Path, required: Sequence[str]) -> pd.DataFrame:
+    if not Path(path).is_file():
+        raise InputDataError(path, "file is missing")
+    try:
+        table = pd.read_csv(path)
+    except (pd.errors.ParserError, UnicodeDecodeError) as error:
+        raise InputDataError(path, f"cannot read it as CSV ({error})") from error
+    except pd.errors.EmptyDataError:
+        table = pd.DataFrame(columns=list(required))
+    missing = [column for column in required if column not in table.columns]
+    if missing:
+        raise InputDataError(path, f"lacks column(s) {missing}; it has {list(table.columns)}")
+    return table
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    if not Path(path).is_file():
+        raise InputDataError(path, "file is missing")
+    try:
+        return json.loads(Path(path).read_text())
+    except json.JSONDecodeError as error:
+        raise InputDataError(path, f"is not valid JSON ({error})") from error
+
+
+def _pair_row(pair: pd.Series, pair_dir: Path, sn: pd.Series, truth: pd.DataFrame | None,
+              radius_arcsec: float) -> dict[str, Any]:
+    record = _read_json(pair_dir / "difference.json")
+    candidates = _read_csv(pair_dir / "candidates.csv", ("ra", "dec", "significance", "kept"))
+    kept = candidates[candidates["kept"].astype(bool)]
+    row: dict[str, Any] = {
+        "pair_id": pair["pair_id"],
+        "sn_name": pair["sn_name"],
+        "mission": pair["mission"],
+        "filter": pair["filter"],
+        "overlap_fraction": pair["overlap_fraction"],
+        "candidates_kept": len(kept),
+        "candidates_rejected": len(candidates) - len(kept),
+    }
+    for key in ("fwhm_science_pix", "fwhm_reference_pix", "flux_ratio", "difference_noise", "total_seconds"):
+        if key in record:
+            row[key] = record[key]
+    sn_injected = True
+    if truth is not None:
+        # One truth row per (image, SN in it): two SNe of one galaxy share images.
+        science = truth[(truth["obsid"].astype(str) == str(pair["science_obsid"]))
+                        & (truth["sn_name"] == pair["sn_name"])]
+        if len(science):
+            sn_injected = bool(science["sn_injected"].iloc[0])
+            row["sn_mag"] = float(science["sn_mag"].iloc[0])
+    row["sn_in_science"] = sn_injected
+    distance = np.full(len(kept), np.inf)
+    if len(kept):
+        target = SkyCoord(sn["ra"] * u.deg, sn["dec"] * u.deg)
+        found = SkyCoord(kept["ra"].to_numpy() * u.deg, kept["dec"].to_numpy() * u.deg)
+        distance = target.separation(found).arcsec
+    near = distance <= radius_arcsec
+    row["sn_recovered"] = bool(near.any())
+    row["sn_significance"] = float(kept["significance"].to_numpy()[near].max()) if near.any() else np.nan
+    row["sn_offset_arcsec"] = float(distance[near].min()) if near.any() else np.nan
+    return row
+
+
+def summarize_imaging_track(
+    pairs_path: str | Path,
+    decisions_path: str | Path,
+    yield_path: str | Path,
+    catalog_path: str | Path,
+    pair_dirs: Sequence[str | Path],
+    out_dir: str | Path,
+    *,
+    dataset_summary: str | Path | None = None,
+    truth: str | Path | None = None,
+    match_radius_arcsec: float = DEFAULT_MATCH_RADIUS_ARCSEC,
+) -> dict[str, Any]:
+    """Write imaging_report.md, imaging_report.json and pairs_summary.csv to ``out_dir``.
+
+    Parameters
+    ----------
+    pairs_path, decisions_path, yield_path : path
+        The pairing stage's tables.
+    catalog_path : path
+        The SN catalogue (sn_name, ra, dec, ...).
+    pair_dirs : sequence of path
+        One directory per accepted pair, named by its pair_id, holding difference.json and
+        candidates.csv.
+    out_dir : path
+        Where the report goes.
+    dataset_summary : path, optional
+        The triplet dataset's summary.json.
+    truth : path, optional
+        The synthetic survey's truth.csv: whether the SN is in each science image, and its magnitude.
+    match_radius_arcsec : float
+        A kept candidate this close to the catalogue position recovers the SN.
+
+    Returns
+    -------
+    dict
+        The content of imaging_report.json.
+    """
+    out_dir = Path(out_dir)
+    pairs = _read_csv(Path(pairs_path), ("pair_id", "sn_name", "mission", "filter", "science_obsid",
+                                         "overlap_fraction"))
+    decisions = _read_csv(Path(decisions_path), ("sn_name", "accepted", "reason"))
+    yields = _read_csv(Path(yield_path), ("mission",))
+    catalog = _read_csv(Path(catalog_path), ("sn_name", "ra", "dec")).set_index("sn_name")
+    truth_table = _read_csv(Path(truth), ("obsid", "sn_name", "sn_injected", "sn_mag")) if truth else None
+    by_id = {Path(d).name: Path(d) for d in pair_dirs}
+    missing = sorted(set(pairs["pair_id"]) - set(by_id))
+    if missing:
+        raise InputDataError(pairs_path, f"no pair directory given for {missing[:5]}")
+
+    rows = []
+    for _, pair in pairs.iterrows():
+        if pair["sn_name"] not in catalog.index:
+            raise InputDataError(pairs_path, f"pair {pair['pair_id']}: SN {pair['sn_name']!r} is not in {catalog_path}")
+        rows.append(_pair_row(pair, by_id[pair["pair_id"]], catalog.loc[pair["sn_name"]], truth_table,
+                              match_radius_arcsec))
+    per_pair = pd.DataFrame(rows)
+
+    reasons = decisions.loc[~decisions["accepted"].astype(bool), "reason"].value_counts().sort_index()
+    with_sn = per_pair[per_pair["sn_in_science"]] if len(per_pair) else per_pair
+    n_with, n_recovered = len(with_sn), int(with_sn["sn_recovered"].sum()) if len(with_sn) else 0
+    low, high = wilson_interval(n_recovered, n_with) if n_with else (np.nan, np.nan)
+    false_matches = int(per_pair.loc[~per_pair["sn_in_science"], "sn_recovered"].sum()) if len(per_pair) else 0
+    dataset = _read_json(Path(dataset_summary)) if dataset_summary else None
+
+    summary: dict[str, Any] = {
+        "supernovae_in_catalog": len(catalog),
+        "supernovae_with_pairs": int(pairs["sn_name"].nunique()),
+        "pairs_accepted": len(pairs),
+        "combinations_rejected": int(reasons.sum()),
+        "rejected_by_reason": {str(k): int(v) for k, v in reasons.items()},
+        "yield_by_mission": yields.to_dict("records"),
+        "sn_recovery": {
+            "pairs_with_sn": n_with,
+            "recovered": n_recovered,
+            "fraction": n_recovered / n_with if n_with else None,
+            "fraction_low": low, "fraction_high": high,
+            "median_significance": (float(with_sn["sn_significance"].median())
+                                    if n_recovered else None),
+            "match_radius_arcsec": match_radius_arcsec,
+            "matches_without_sn": false_matches,
+        },
+        "candidates_per_image": {
+            "median_kept": float(per_pair["candidates_kept"].median()) if len(per_pair) else None,
+            "total_kept": int(per_pair["candidates_kept"].sum()) if len(per_pair) else 0,
+            "total_rejected": int(per_pair["candidates_rejected"].sum()) if len(per_pair) else 0,
+        },
+        "triplets": dataset,
+    }
+    write_table(out_dir / "pairs_summary.csv", per_pair)
+    write_json(out_dir / "imaging_report.json", summary)
+    write_text(out_dir / "imaging_report.md", _markdown(summary, per_pair, reasons))
+    logger.info("%d pairs; SN recovered in %d of %d; wrote %s", len(pairs), n_recovered, n_with, out_dir)
+    return summary
+
+
+def _markdown(summary: dict[str, Any], per_pair: pd.DataFrame, reasons: pd.Series) -> str:
+    recovery = summary["sn_recovery"]
+    lines = [
+        "# Supernova imaging track",
+        "",
+        f"{summary['pairs_accepted']} reference/science pairs for {summary['supernovae_with_pairs']} of "
+        f"{summary['supernovae_in_catalog']} supernovae; {summary['combinations_rejected']} combinations rejected.",
+        "",
+        "## Pairs per mission",
+        "",
+        tabulate(pd.DataFrame(summary["yield_by_mission"]), headers="keys", tablefmt="github", showindex=False),
+        "",
+        "## Rejections by reason",
+        "",
+        tabulate(reasons.rename("combinations").reset_index().rename(columns={"index": "reason"}),
+                 headers="keys", tablefmt="github", showindex=False) if len(reasons) else "None.",
+        "",
+        "## Supernova recovery",
+        "",
+    ]
+    if recovery["pairs_with_sn"]:
+        lines.append(
+            f"Recovered (a kept 5σ candidate within {recovery['match_radius_arcsec']:g}″ of the catalogue position) "
+            f"in {recovery['recovered']} of {recovery['pairs_with_sn']} science images that contain the SN: "
+            f"{recovery['fraction']:.0%} (95 % Wilson {recovery['fraction_low']:.0%}–{recovery['fraction_high']:.0%})"
+            + (f", median significance {recovery['median_significance']:.1f}σ." if recovery["median_significance"]
+               else "."))
+    else:
+        lines.append("No science image contains the SN.")
+    if recovery["matches_without_sn"]:
+        lines.append(f"{recovery['matches_without_sn']} pair(s) without the SN had a candidate at its position.")
+    columns = [c for c in ("pair_id", "mission", "filter", "sn_mag", "sn_recovered", "sn_significance",
+                           "candidates_kept", "candidates_rejected") if c in per_pair.columns]
+    lines += ["", "## Per pair", "",
+              tabulate(per_pair[columns], headers="keys", tablefmt="github", showindex=False, floatfmt=".2f")
+              if len(per_pair) else "No pairs."]
+    triplets = summary["triplets"]
+    if triplets:
+        lines += ["", "## Triplets", "", "```json", json.dumps(triplets, indent=2, default=str), "```"]
+    return "\n".join(lines) + "\n"
