@@ -21,6 +21,7 @@ include: "workflow/rules/flares.smk"
 include: "workflow/rules/lightcurves.smk"
 include: "workflow/rules/archive.smk"
 include: "workflow/rules/imaging.smk"
+include: "workflow/rules/realbogus.smk"
 
 
 wildcard_constraints:
@@ -32,6 +33,7 @@ wildcard_constraints:
     shard=r"\d{3}",
     sn="|".join(re.escape(name) for name in SN_NAMES),
     pair_id=r"[A-Za-z0-9_.-]+",
+    experiment="|".join(re.escape(name) for name in RB_EXPERIMENTS),
 
 
 report: "workflow/report/workflow.rst"
@@ -43,3 +45,6 @@ rule all:
         rules.analyze_flare_study.output,
         rules.compare_cadences.output,
         rules.summarize_imaging.output,
+        rules.compare_realbogus.output,
+        rules.review_queue.output,
+        rules.export_realbogus_onnx.output,

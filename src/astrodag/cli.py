@@ -136,11 +136,15 @@ def _add_supernova_parsers(tracks) -> None:
     # Each package owns its stages; their modules import only argparse-level code here.
     from astrodag.archive import commands as archive_commands
     from astrodag.imaging import commands as imaging_commands
+    from astrodag.imaging import realbogus_commands, service_commands
 
     supernova = tracks.add_parser("supernova", help="supernova detection by image differencing")
     stages = supernova.add_subparsers(dest="stage", required=True, metavar="STAGE")
     archive_commands.add_parsers(stages, _add_common)
     imaging_commands.add_parsers(stages, _add_common)
+    realbogus_commands.add_parsers(stages, _add_common)
+    service_commands.add_parsers(stages, _add_common)
+    service_commands.add_serve_parser(tracks, _add_common)
 
     summarize = stages.add_parser("summarize", help="the imaging track's report: pairs, recovery, candidates, triplets")
     summarize.add_argument("--pairs", type=Path, required=True, help="pairs.csv of the pairing stage")
@@ -154,6 +158,18 @@ def _add_supernova_parsers(tracks) -> None:
     summarize.add_argument("--out-dir", type=Path, required=True,
                            help="writes imaging_report.md, imaging_report.json, pairs_summary.csv")
     _add_common(summarize)
+
+    compare = stages.add_parser("compare", help="compare the real/bogus experiments; SN recovery end to end")
+    compare.add_argument("--experiments", nargs="+", required=True, metavar="NAME=DIR",
+                         help="each experiment's directory (model/ and evaluation/ inside)")
+    compare.add_argument("--deployed", required=True, help="the experiment whose model scored --scored")
+    compare.add_argument("--scored", type=Path, required=True, help="scored candidates of every pair (score stage)")
+    compare.add_argument("--pairs-summary", type=Path, required=True, help="pairs_summary.csv of the summarize stage")
+    compare.add_argument("--index", type=Path, required=True, help="index.parquet of the triplet dataset")
+    compare.add_argument("--catalog", type=Path, required=True, help="the SN catalogue (CSV)")
+    compare.add_argument("--out-dir", type=Path, required=True,
+                         help="writes report.md, report.json, summary.csv, sn_recovery.csv")
+    _add_common(compare)
 
 
 def _add_lightcurve_parsers(tracks) -> None:
@@ -236,12 +252,12 @@ def _add_lightcurve_parsers(tracks) -> None:
     _add_common(classify)
 
 
-def _named_dirs(items: list[str]) -> dict[str, Path]:
+def _named_dirs(items: list[str], option: str = "cadence-dirs") -> dict[str, Path]:
     named = {}
     for item in items:
         name, _, directory = item.partition("=")
         if not name or not directory:
-            raise ConfigError("cadence-dirs", f"expected NAME=DIR, got {item!r}")
+            raise ConfigError(option, f"expected NAME=DIR, got {item!r}")
         named[name] = Path(directory)
     return named
 
@@ -301,14 +317,21 @@ def _run_lightcurves(args: argparse.Namespace) -> None:
 def _run_supernova(args: argparse.Namespace) -> None:
     from astrodag.archive import commands as archive_commands
     from astrodag.imaging import commands as imaging_commands
+    from astrodag.imaging import realbogus_commands, service_commands
 
-    if archive_commands.run(args) or imaging_commands.run(args):
+    if any(module.run(args) for module in (archive_commands, imaging_commands, realbogus_commands,
+                                            service_commands)):
         return
     if args.stage == "summarize":
         from astrodag.imaging.summary import summarize_imaging_track
 
         summarize_imaging_track(args.pairs, args.decisions, args.yield_summary, args.catalog, args.pair_dirs,
                                 args.out_dir, dataset_summary=args.dataset_summary, truth=args.truth)
+    elif args.stage == "compare":
+        from astrodag.imaging.realbogus_report import compare_realbogus
+
+        compare_realbogus(_named_dirs(args.experiments, "experiments"), args.deployed, args.scored,
+                          args.pairs_summary, args.index, args.catalog, args.out_dir)
 
 
 def _run_flares(args: argparse.Namespace) -> None:
@@ -365,13 +388,17 @@ def main(argv: list[str] | None = None) -> int:
             _run_lightcurves(args)
         elif args.track == "supernova":
             _run_supernova(args)
+        elif args.track == "serve":
+            from astrodag.imaging.service_commands import run_serve
+
+            run_serve(args)
     except (AstrodagError, ValueError) as error:
         # Bad input or options: one readable line (the traceback goes to the log file only at --verbose).
         logger.debug("traceback", exc_info=True)
-        logger.error("astrodag %s %s: %s", args.track, args.stage, error)
+        logger.error("astrodag %s: %s", " ".join(filter(None, (args.track, getattr(args, "stage", None)))), error)
         return 2
     except Exception:
-        logger.exception("astrodag %s %s failed", args.track, args.stage)
+        logger.exception("astrodag %s failed", " ".join(filter(None, (args.track, getattr(args, "stage", None)))))
         raise
     return 0
 

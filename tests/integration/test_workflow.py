@@ -60,6 +60,12 @@ def test_dry_run_of_the_default_config_plans_the_45_experiment_grid_and_5_cadenc
     catalog = pd.read_csv(REPO / "resources" / "supernovae.csv", comment="#")
     assert counts["query_archive"] == len(catalog) and counts["pair_observations"] == 1
     assert counts["simulate_survey"] == 1 and counts["summarize_imaging"] == 1
+    grid = pd.read_csv(REPO / "config" / "realbogus_experiments.tsv", sep="\t")
+    assert counts["train_realbogus"] == counts["evaluate_realbogus"] == len(grid) >= 4
+    assert set(grid["architecture"]) == {"braai", "resnet18"}
+    assert (grid["test_missions"] != "all").any(), "the grid has a cross-mission experiment"
+    for rule in ("score_candidates", "review_queue", "export_realbogus_onnx", "compare_realbogus"):
+        assert counts[rule] == 1, rule
 
 
 def test_workflow_produces_the_study_outputs(finished_run):
@@ -139,6 +145,25 @@ def test_supernova_track_outputs(finished_run):
     for split, rows in index.groupby("split"):
         images = np.load(results / "triplets" / f"{split}.npy", mmap_mode="r")
         assert images.shape[1:] == (3, 63, 63) and len(images) == len(rows)
+
+
+def test_realbogus_outputs(finished_run):
+    results = finished_run / "results" / "supernova"
+    for experiment in ("braai_seed0", "resnet18_seed0"):
+        metrics = json.loads((results / "realbogus" / experiment / "evaluation" / "metrics.json").read_text())
+        assert 0 <= metrics["aucpr"] <= 1 and metrics["at_threshold"]["threshold"] is not None
+        sidecar = json.loads((results / "realbogus" / experiment / "model" / "model.json").read_text())
+        assert sidecar["architecture"] == experiment.split("_")[0]
+        predictions = pd.read_parquet(results / "realbogus" / experiment / "evaluation" / "predictions.parquet")
+        assert set(predictions["split"]) == {"test"}
+    report = json.loads((results / "realbogus" / "report.json").read_text())
+    assert report["deployed"] == "braai_seed0" and len(report["experiments"]) == 2
+    assert report["sn_recovery"]["all"]["pairs_with_sn"] >= 1
+    scored = pd.read_parquet(results / "scored" / "candidates.parquet")
+    assert len(scored) and scored["score"].between(0, 1).all()
+    queue = pd.read_csv(results / "review" / "review_queue.csv")
+    assert 0 < len(queue) <= 10 and "label" in queue.columns
+    assert (results / "realbogus" / "braai_seed0" / "model" / "model.onnx").stat().st_size > 0
 
 
 def test_rerun_has_nothing_to_do(finished_run):

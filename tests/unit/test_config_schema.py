@@ -15,6 +15,8 @@ from astrodag.archive.pairing import PairSettings
 from astrodag.archive.synthetic import SurveySettings
 from astrodag.imaging.detect import DetectSettings
 from astrodag.imaging.pipeline import DifferenceSettings
+from astrodag.imaging.realbogus import RealBogusSettings
+from astrodag.imaging.scoring import ScoringSettings
 from astrodag.imaging.triplets import DatasetSettings, TripletSettings
 
 REPO = Path(__file__).resolve().parents[2]
@@ -27,6 +29,8 @@ CLASSES = {
     "detection_settings": DetectSettings,
     "triplet_settings": TripletSettings,
     "dataset_settings": DatasetSettings,
+    "realbogus_settings": RealBogusSettings,
+    "scoring_settings": ScoringSettings,
 }
 
 

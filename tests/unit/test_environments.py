@@ -17,6 +17,12 @@ TRACK_ONLY = {
     "astroquery": "imaging.yaml",
     "requests": "imaging.yaml",
     "shapely": "imaging.yaml",
+    "onnx": "imaging.yaml",
+    "onnxscript": "imaging.yaml",
+    "onnxruntime": "imaging.yaml",
+    "fastapi": "imaging.yaml",
+    "uvicorn": "imaging.yaml",
+    "python-multipart": "imaging.yaml",
 }
 
 

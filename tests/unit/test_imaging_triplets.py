@@ -198,3 +198,26 @@ def test_undetected_supernova_is_not_cut_as_a_real_example(processed_pair, tmp_p
     ra, dec = _sn_position(processed_pair)
     summary = cut_triplets(faded, ra, dec, "pair1", "SN 2011fe", "SYN", "g", TripletSettings(), seed=1)
     assert summary["per_source"]["sn"] == 0 and summary["per_source"]["injected"] > 0
+
+
+def test_a_reviewed_cutout_replaces_the_pairs_own_copy(processed_pair, tmp_path):  # noqa: F811
+    pair_dir, _, _ = processed_pair
+    ra, dec = _sn_position(processed_pair)
+    own = tmp_path / "own.npz"
+    cut_triplets(pair_dir, ra, dec, "pair1", "SN 2011fe", "SYN", "g", TripletSettings(), seed=1, out=own)
+    with np.load(own, allow_pickle=False) as npz:
+        arrays = {key: npz[key] for key in npz.files}
+    bogus = int(np.flatnonzero(arrays["label"] == 0)[0])
+    # A reviewer says this "bogus" candidate is real.
+    reviewed = {key: (value[bogus:bogus + 1] if value.ndim else value) for key, value in arrays.items()}
+    reviewed["label"] = np.array([1], np.int8)
+    reviewed["source"] = np.array(["reviewed"], dtype="<U9")
+    np.savez(tmp_path / "reviewed.npz", **reviewed)
+    settings = DatasetSettings.from_config({"previews": 0, "bogus_per_real": None, "augment_copies": 0,
+                                            "split_fractions": {"train": 1.0, "validation": 0.0, "test": 0.0}})
+    summary = build_dataset([own, tmp_path / "reviewed.npz"], tmp_path / "dataset", settings, seed=0)
+    index = pd.read_parquet(tmp_path / "dataset" / "index.parquet")
+    same = index[(index["x"] == arrays["x"][bogus]) & (index["y"] == arrays["y"][bogus])]
+    assert len(same) == 1 and same["source"].iloc[0] == "reviewed" and same["label"].iloc[0] == 1
+    assert summary["triplets"]["train"]["total"] == len(arrays["label"])
+    assert summary["triplets"]["train"]["per_source"]["reviewed"] == 1

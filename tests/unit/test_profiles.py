@@ -33,7 +33,7 @@ def gpu_rules():
 
 
 def test_every_gpu_rule_goes_to_a_gpu_partition_and_queue():
-    assert {"train_flare_model", "train_microlensing_model"} <= set(gpu_rules())
+    assert {"train_flare_model", "train_microlensing_model", "train_realbogus"} <= set(gpu_rules())
     for rule in gpu_rules():
         assert load("slurm")["set-resources"][rule]["slurm_partition"] == "gpu", rule
         assert load("pbs")["set-resources"][rule]["pbs_queue"] == "gpu", rule

@@ -200,3 +200,45 @@ def supernova_pair_files(name):
         return [f"{SN_PAIR}/{name}".format(pair_id=pair) for pair in supernova_pair_ids()]
 
     return files
+
+
+def load_realbogus_experiments(path):
+    """Read and validate the real/bogus grid TSV (one classifier per row)."""
+    if not Path(path).exists():
+        raise WorkflowError(f"{path}: the real/bogus experiment grid does not exist")
+    grid = pd.read_csv(path, sep="\t", comment="#", dtype=str, keep_default_na=False)
+    grid["seed"] = pd.to_numeric(grid["seed"], errors="coerce")
+    validate(grid, "../schemas/realbogus_experiments.schema.yaml")
+    duplicated = grid["experiment"].duplicated()
+    if duplicated.any():
+        raise WorkflowError(
+            f"{path}: duplicated experiment names: {sorted(grid.loc[duplicated, 'experiment'])}"
+        )
+    return grid.set_index("experiment", drop=False)
+
+
+RB_GRID = load_realbogus_experiments(repo_path(SUPERNOVA["realbogus_experiments"]))
+RB_EXPERIMENTS = list(RB_GRID["experiment"])
+RB_DEPLOY = SUPERNOVA["deploy_experiment"]
+if RB_DEPLOY not in RB_EXPERIMENTS:
+    raise WorkflowError(
+        f"config key 'supernova.deploy_experiment': {RB_DEPLOY!r} is not in"
+        f" {SUPERNOVA['realbogus_experiments']} ({', '.join(RB_EXPERIMENTS)})"
+    )
+RB_EXPERIMENT = "results/supernova/realbogus/{experiment}"
+RB_REVIEW = "results/supernova/review"
+
+
+def realbogus_missions(wildcards):
+    """--missions-train/--missions-test of a cross-mission experiment ('all': no option)."""
+    row = RB_GRID.loc[wildcards.experiment]
+    options = []
+    for column, option in (("train_missions", "--missions-train"), ("test_missions", "--missions-test")):
+        if row[column] != "all":
+            options.append(f"{option} {' '.join(row[column].split(','))}")
+    return " ".join(options)
+
+
+def reviewed_triplets(wildcards=None):
+    """Triplets from reviewed labels (config supernova.reviewed_labels) join the next dataset."""
+    return [f"{RB_REVIEW}/ingested/ingested.json"] if SUPERNOVA["reviewed_labels"] else []

@@ -78,7 +78,8 @@ rule cut_triplets:
 
 rule build_triplet_dataset:
     input:
-        supernova_pair_files("triplets.npz"),
+        triplets=supernova_pair_files("triplets.npz"),
+        reviewed=reviewed_triplets,
     output:
         splits=expand(f"{SN_TRIPLETS}/{{split}}.npy", split=("train", "validation", "test")),
         index=f"{SN_TRIPLETS}/index.parquet",
@@ -97,8 +98,12 @@ rule build_triplet_dataset:
         out_dir=SN_TRIPLETS,
         settings=as_json(SUPERNOVA["dataset"]),
         seed=SUPERNOVA["seed"],
+        # Reviewed candidates (active learning) join as extra per-pair triplet files.
+        reviewed=lambda wildcards, input: (
+            f"$(ls {Path(input.reviewed[0]).parent}/*.npz)" if input.reviewed else ""
+        ),
     shell:
-        "python -m astrodag supernova dataset --triplets {input} --out-dir {params.out_dir}"
+        "python -m astrodag supernova dataset --triplets {input.triplets} {params.reviewed} --out-dir {params.out_dir}"
         " --settings '{params.settings}' --seed {params.seed} --log {log}"
 
 

@@ -49,7 +49,7 @@ from astrodag.io import atomic_path, save_figure, write_json, write_table
 log = logging.getLogger(__name__)
 
 SPLITS = ("train", "validation", "test")
-SOURCES = ("sn", "injected", "candidate", "artefact")
+SOURCES = ("sn", "injected", "candidate", "artefact", "reviewed")
 CHANNELS = ("science", "reference", "difference")
 INDEX_COLUMNS = ("split", "row", "pair_id", "sn_name", "mission", "filter", "label", "source", "x", "y", "ra", "dec",
                  "significance", "augmentation")
@@ -362,6 +362,12 @@ def build_dataset(triplet_files: list[str | Path], out_dir: str | Path, settings
     size = sizes.pop() if sizes else 63
     table = pd.concat(tables, ignore_index=True) if tables else pd.DataFrame(
         columns=[*TABLE_COLUMNS, "pair_id", "sn_name", "mission", "filter", "file", "file_row"])
+    if len(table) and (table["source"] == "reviewed").any():
+        # A reviewed cut-out (active learning) replaces the pair's own copy of that candidate,
+        # whose label it may correct; both belong to the same SN, hence to the same split.
+        key = table["pair_id"] + ":" + table["x"].round(2).astype(str) + ":" + table["y"].round(2).astype(str)
+        reviewed = table["source"] == "reviewed"
+        table = table[reviewed | ~key.isin(set(key[reviewed]))].reset_index(drop=True)
     per_sn = table.groupby("sn_name").size() if len(table) else pd.Series(dtype=int)
     split_of = assign_splits(per_sn, settings.split_fractions, rng) if len(per_sn) else {}
     table["split"] = table["sn_name"].map(split_of)

@@ -1,0 +1,205 @@
+"""Scoring triplets and differenced pairs with a saved real/bogus model, and the CLI stages."""
+
+import argparse
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from astropy.io import fits
+from realbogus_helpers import raw_triplet, triplets, write_dataset, write_pair
+
+from astrodag.cli import _add_common
+from astrodag.errors import ConfigError, InputDataError
+from astrodag.imaging import realbogus_commands
+from astrodag.imaging.pipeline import read_products
+from astrodag.imaging.scoring import (
+    RealBogusScorer,
+    ScoringSettings,
+    load_realbogus_model,
+    prepare_triplet,
+    save_realbogus_model,
+    score_batch,
+    score_pair,
+)
+from astrodag.imaging.triplets import cutouts, normalise
+from astrodag.models.braai import build_realbogus_model
+
+SIDECAR = {"architecture": "braai", "options": {"dropout": 0.5}, "input_shape": [3, 63, 63],
+           "normalisation": {"method": "robust", "clip": 30.0}, "threshold": 0.4}
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    torch.manual_seed(0)
+    directory = tmp_path_factory.mktemp("model")
+    save_realbogus_model(build_realbogus_model("braai", {"dropout": 0.5}), SIDECAR, directory)
+    return directory
+
+
+@pytest.fixture(scope="module")
+def scorer(model_dir):
+    return RealBogusScorer.from_files(model_dir / "model.pt", threads=1, batch_size=16)
+
+
+def test_saved_model_round_trips(model_dir, scorer):
+    sidecar = json.loads((model_dir / "model.json").read_text())
+    assert sidecar["format"] == "astrodag.realbogus/1"
+    assert sidecar["channels"] == ["science", "reference", "difference"]
+    assert scorer.input_shape == (3, 63, 63) and scorer.threshold == 0.4
+    assert scorer.normalisation == {"method": "robust", "clip": 30.0}
+    model, _ = load_realbogus_model(model_dir / "model.pt")
+    inputs, _ = triplets(5)
+    with torch.inference_mode():
+        expected = torch.sigmoid(model(torch.from_numpy(inputs))).numpy()
+    scores = scorer.score(inputs)
+    assert scores.dtype == np.float32 and scores.shape == (5,)
+    np.testing.assert_allclose(scores, expected, rtol=1e-5, atol=1e-6)
+    assert np.all((scores >= 0) & (scores <= 1))
+
+
+def test_broken_model_files_are_refused_with_the_file_named(model_dir, tmp_path):
+    (tmp_path / "model.pt").write_bytes(b"not a torch file")
+    with pytest.raises(InputDataError, match="model.json: missing"):
+        RealBogusScorer.from_files(tmp_path / "model.pt")
+    (tmp_path / "model.json").write_text(json.dumps({**SIDECAR, "threshold": None}))
+    with pytest.raises(InputDataError, match="threshold must be a number"):
+        RealBogusScorer.from_files(tmp_path / "model.pt")
+    (tmp_path / "model.json").write_text(json.dumps(SIDECAR))
+    with pytest.raises(InputDataError, match="model.pt: cannot load the model weights"):
+        RealBogusScorer.from_files(tmp_path / "model.pt")
+    (tmp_path / "model.json").write_text(json.dumps({k: v for k, v in SIDECAR.items() if k != "input_shape"}))
+    with pytest.raises(InputDataError, match="lacks input_shape"):
+        RealBogusScorer.from_files(tmp_path / "model.pt")
+
+
+@pytest.mark.parametrize("bad, message", [
+    (np.zeros((2, 2, 63, 63), np.float32), r"shape \(n, 3, 63, 63\).*got \(2, 2, 63, 63\)"),
+    (np.zeros((2, 3, 31, 31), np.float32), r"got \(2, 3, 31, 31\)"),
+    (np.zeros((2, 3, 63, 63), np.int16), "floating point"),
+    (np.full((2, 3, 63, 63), np.nan, np.float32), r"2 triplet\(s\) hold NaN or infinite values \(first at index 0\)"),
+])
+def test_wrong_inputs_are_rejected_clearly(scorer, bad, message):
+    with pytest.raises(ValueError, match=message):
+        scorer.score(bad)
+
+
+def test_bfloat16_scores_stay_close_to_float32(model_dir, scorer):
+    inputs, _ = triplets(8)
+    fast = RealBogusScorer.from_files(model_dir / "model.pt", threads=1, precision="bfloat16")
+    np.testing.assert_allclose(fast.score(inputs), scorer.score(inputs), atol=2e-2)
+    with pytest.raises(ValueError, match="precision must be"):
+        RealBogusScorer.from_files(model_dir / "model.pt", precision="float16")
+
+
+def test_single_and_empty_inputs(scorer):
+    inputs, _ = triplets(3)
+    np.testing.assert_allclose(scorer.score(inputs[1]), scorer.score(inputs)[1:2], rtol=1e-5, atol=1e-6)
+    assert scorer.score(np.zeros((0, 3, 63, 63), np.float32)).shape == (0,)
+
+
+def test_streaming_equals_scoring_all_at_once(scorer):
+    inputs, _ = triplets(23)
+    stream = [inputs[0], inputs[1:8], inputs[8], inputs[9:23]]
+    batches = list(scorer.score_batches(iter(stream), batch_size=5))
+    assert [len(b) for b in batches] == [5, 5, 5, 5, 3]
+    np.testing.assert_allclose(np.concatenate(batches), scorer.score(inputs), rtol=1e-5, atol=1e-6)
+
+
+def test_prepare_triplet_normalises_like_the_dataset():
+    planes = raw_triplet(1, np.random.default_rng(0))
+    planes[2, :3, :3] = np.nan
+    prepared = prepare_triplet(*planes, method="robust", clip=30.0)
+    assert prepared.shape == (3, 63, 63) and prepared.dtype == np.float32
+    for channel in range(3):
+        np.testing.assert_array_equal(prepared[channel], normalise(planes[channel], "robust", 30.0))
+    assert np.all(prepared[2, :3, :3] == 0)
+    with pytest.raises(ValueError, match="differ in shape"):
+        prepare_triplet(planes[0], planes[1], planes[2][:61, :61])
+    with pytest.raises(ValueError, match="the reference cut-out has no finite pixel"):
+        prepare_triplet(planes[0], np.full((63, 63), np.nan), planes[2])
+    with pytest.raises(ValueError, match="science cut-out must be a square 2-D array"):
+        prepare_triplet(planes[0][0], planes[1], planes[2])
+
+
+def test_score_batch_equals_scoring_all_cutouts_at_once(scorer, tmp_path):
+    pairs = [tmp_path / f"pair{i}" for i in range(3)]
+    tables = [write_pair(path, seed=i) for i, path in enumerate(pairs)]
+    settings = ScoringSettings.from_config({"top": 4})
+    summary = score_batch(pairs, scorer, tmp_path / "scored.csv", tmp_path / "stamps", settings, progress=False)
+    scored = pd.read_csv(tmp_path / "scored.csv")
+    assert summary["pairs"] == 3 and summary["candidates"] == len(scored) == sum(len(t) for t in tables)
+    assert list(scored.columns)[:9] == ["candidate_id", "pair_id", "x", "y", "ra", "dec", "significance", "score",
+                                        "is_real"]
+    expected = []
+    for path, table in zip(pairs, tables):
+        products = read_products(path)
+        stack, fraction = cutouts([products.science, products.reference, products.difference],
+                                  products.mask | ~np.isfinite(products.difference), table["x"].to_numpy(),
+                                  table["y"].to_numpy(), 63, "robust", 30.0)
+        scores = np.full(len(table), np.nan)
+        scores[fraction <= 0.5] = scorer.score(stack[fraction <= 0.5])
+        expected.append(scores)
+    np.testing.assert_allclose(scored["score"].to_numpy(), np.concatenate(expected), rtol=1e-5, atol=1e-6)
+    # The masked corner candidate of each pair gets no score and is not called real.
+    masked = scored[scored["masked_fraction"] > 0.5]
+    assert len(masked) == 3 and masked["score"].isna().all() and not masked["is_real"].any()
+    assert (scored["is_real"] == (scored["score"] >= scorer.threshold)).all()
+
+    top = pd.read_csv(tmp_path / "stamps" / "top_candidates.csv")
+    assert list(top["rank"]) == [1, 2, 3, 4]
+    assert np.all(np.diff(top["score"].to_numpy()) <= 0) and top["score"].iloc[0] == scored["score"].max()
+    with fits.open(tmp_path / "stamps" / f"{top['stamp'].iloc[0]}.fits") as hdul:
+        assert [hdu.name for hdu in hdul[1:]] == ["SCIENCE", "REFERENCE", "DIFFERENCE"]
+        assert hdul[1].data.shape == (63, 63) and hdul[0].header["RBSCORE"] == pytest.approx(top["score"].iloc[0])
+        assert hdul[1].header["CTYPE1"] == "RA---TAN"
+    assert (tmp_path / "stamps" / f"{top['stamp'].iloc[0]}.png").is_file()
+    assert json.loads((tmp_path / "scored.json").read_text())["scored"] == len(scored) - 3
+
+
+def test_score_pair_with_a_given_table_and_detection_fallback(scorer, tmp_path):
+    table = write_pair(tmp_path / "pair", seed=5)
+    scored = score_pair(tmp_path / "pair", scorer, out_table=tmp_path / "one.parquet", candidates=table.head(2),
+                        pair_id="P")
+    assert len(scored) == 2 and set(scored["pair_id"]) == {"P"}
+    assert len(pd.read_parquet(tmp_path / "one.parquet")) == 2
+    (tmp_path / "pair" / "candidates.csv").unlink()
+    detected = score_pair(tmp_path / "pair", scorer)  # detected on the fly, nothing written
+    assert not (tmp_path / "pair" / "candidates.csv").exists()
+    assert {"score", "kept"} <= set(detected.columns)
+    with pytest.raises(InputDataError, match="nothing.csv: candidate table does not exist"):
+        score_pair(tmp_path / "pair", scorer, candidates=tmp_path / "nothing.csv")
+
+
+def test_scoring_settings_reject_unknown_keys():
+    with pytest.raises(ConfigError, match="supernova.scoring.batchsize"):
+        ScoringSettings.from_config({"batchsize": 3})
+
+
+def _parser():
+    parser = argparse.ArgumentParser()
+    stages = parser.add_subparsers(dest="stage", required=True)
+    realbogus_commands.add_parsers(stages, _add_common)
+    stages.add_parser("other")
+    return parser
+
+
+def test_cli_stages_train_evaluate_score(tmp_path):
+    data = write_dataset(tmp_path / "data", {"train": 32, "validation": 16, "test": 16})
+    parser = _parser()
+    assert realbogus_commands.run(parser.parse_args(["other"])) is False
+    settings = '{"braai": {"max_epochs": 1, "batch_size": 16}}'
+    assert realbogus_commands.run(parser.parse_args(
+        ["train", "--triplets-dir", str(data), "--out-dir", str(tmp_path / "m"), "--seed", "1", "--settings", settings,
+         "--threads", "1", "--no-progress"]))
+    assert realbogus_commands.run(parser.parse_args(
+        ["evaluate", "--model-dir", str(tmp_path / "m"), "--triplets-dir", str(data), "--out-dir",
+         str(tmp_path / "e")]))
+    assert json.loads((tmp_path / "e" / "metrics.json").read_text())["test"]["n"] == 16
+    write_pair(tmp_path / "pair")
+    assert realbogus_commands.run(parser.parse_args(
+        ["score", "--model", str(tmp_path / "m" / "model.pt"), "--pair-dirs", str(tmp_path / "pair"), "--out",
+         str(tmp_path / "scored.parquet"), "--stamps-dir", str(tmp_path / "stamps"), "--settings", '{"top": 0}']))
+    assert len(pd.read_parquet(tmp_path / "scored.parquet")) == 7
+    assert len(pd.read_csv(tmp_path / "stamps" / "top_candidates.csv")) == 0  # made for Snakemake's directory()
