@@ -49,7 +49,12 @@ def test_cut_triplets_labels_and_file(processed_pair, tmp_path):  # noqa: F811
         x, y, significance = npz["x"], npz["y"], npz["significance"]
         assert str(npz["pair_id"]) == "pair1" and str(npz["sn_name"]) == "SN 2011fe" and str(npz["filter"]) == "g"
     assert cutouts.shape == (len(label), 3, 63, 63) and cutouts.dtype == np.float32
-    assert summary["per_source"]["sn"] == 1 and summary["per_source"]["injected"] == len(injections)
+    # Only detected fakes are real examples: a kept candidate within match_radius_px of the fake.
+    kept = pd.read_csv(pair_dir / "candidates.csv", keep_default_na=False).query("kept")
+    hit = [np.hypot(kept["x"] - fx, kept["y"] - fy).min() <= 3.0 for fx, fy in injections[["x", "y"]].to_numpy()]
+    assert 0 < sum(hit) < len(injections)  # the faintest fakes (S/N ~3) stay below the 5-sigma threshold
+    assert summary["per_source"]["sn"] == 1 and summary["per_source"]["injected"] == sum(hit)
+    assert summary["undetected_injected"] == len(injections) - sum(hit)
     sn = np.flatnonzero(source == "sn")[0]
     assert x[sn] == pytest.approx(TRANSIENT[0], abs=1e-6) and label[sn] == 1 and significance[sn] > 20
     # The transient is the SN here: its detection must not come back as a bogus candidate.

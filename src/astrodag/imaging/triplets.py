@@ -4,9 +4,11 @@ Per pair (:func:`cut_triplets`), cut-outs of ``size`` x ``size`` pixels (63 by d
 the ``SCIENCE`` and ``REFERENCE`` extensions and the difference D of ``difference.fits``:
 
 * real (label 1): the supernova at its catalogue position (``source = sn``) and every
-  injected source (``injected``);
+  injected source (``injected``), each only where a kept candidate lies within
+  ``match_radius_px`` (the classifier scores candidates; a faded SN or a fake below the limit
+  would be a real label on an empty difference image);
 * bogus (label 0): every candidate of ``candidates.csv`` (kept or rejected) farther than
-  ``match_radius_px`` from all real positions (``candidate``), plus sampled artefacts
+  ``match_radius_px`` from all real and undetected injected positions (``candidate``), plus sampled artefacts
   (``artefact``): the brightest science sources (star residuals) and random positions in the
   footprint, also away from real positions.
 
@@ -216,24 +218,32 @@ def cut_triplets(pair_dir: str | Path, sn_ra: float, sn_dec: float, pair_id: str
 
     sn_x, sn_y = (float(v) for v in products.wcs.world_to_pixel_values(sn_ra, sn_dec))
     rows = []
-    # The SN is a real example only where it was detected: a faded SN (a science epoch long after
-    # discovery) would otherwise be labelled real on an empty difference image.
-    kept = candidates[candidates["kept"].astype(bool)]
-    sn_detected = bool(np.any(np.hypot(kept["x"] - sn_x, kept["y"] - sn_y) <= settings.match_radius_px))
+    # Real examples are real sources that were detected: the classifier only ever sees candidates.
+    # A faded SN (a science epoch long after discovery) or a fake injected below the detection
+    # limit would otherwise be labelled real on an empty difference image.
+    kept = candidates[candidates["kept"].astype(bool)][["x", "y"]].to_numpy(float)
+
+    def detected(x: float, y: float) -> bool:
+        return bool(len(kept)) and bool(np.min(np.hypot(kept[:, 0] - x, kept[:, 1] - y)) <= settings.match_radius_px)
+
     if not (0 <= sn_x < nx and 0 <= sn_y < ny):
         log.warning("%s: the supernova (%.5f, %.5f) falls outside the science image", pair_id, sn_ra, sn_dec)
-    elif sn_detected:
+    elif detected(sn_x, sn_y):
         rows.append(("sn", sn_x, sn_y))
     else:
         log.info("%s: no kept candidate at the supernova's position; it is not cut as a real example", pair_id)
-    rows += [("injected", x, y) for x, y in injections[["x", "y"]].to_numpy(float)]
-    real = np.array([(x, y) for _, x, y in rows]).reshape(-1, 2)
+    fakes = injections[["x", "y"]].to_numpy(float)
+    found = [detected(x, y) for x, y in fakes]
+    rows += [("injected", x, y) for (x, y), hit in zip(fakes, found, strict=True) if hit]
+    undetected = fakes[~np.array(found, bool)] if len(fakes) else fakes
+    # Undetected fakes are neither real examples nor places to cut bogus ones.
+    real = np.concatenate([np.array([(x, y) for _, x, y in rows]).reshape(-1, 2), undetected.reshape(-1, 2)])
 
     bogus = candidates.sort_values("significance", ascending=False, kind="stable")
     bogus = bogus[_far_from(bogus[["x", "y"]].to_numpy(float), real, settings.match_radius_px)]
     rows += [("candidate", x, y) for x, y in bogus[["x", "y"]].to_numpy(float)[:settings.max_candidates]]
 
-    taken = np.array([(x, y) for _, x, y in rows]).reshape(-1, 2)
+    taken = np.concatenate([np.array([(x, y) for _, x, y in rows]).reshape(-1, 2), undetected.reshape(-1, 2)])
     stars = products.sources[["x", "y"]].to_numpy(float)
     stars = stars[_far_from(stars, taken, settings.match_radius_px)][:settings.star_count]
     rows += [("artefact", x, y) for x, y in stars]
@@ -268,7 +278,9 @@ def cut_triplets(pair_dir: str | Path, sn_ra: float, sn_dec: float, pair_id: str
                  sn_name=np.array(sn_name), mission=np.array(mission), filter=np.array(filter))
     counts = {name: int(np.sum(source == name)) for name in SOURCES}
     log.info("%s: %d triplets (%s), %d dropped for masking", pair_id, len(source), counts, sum(dropped.values()))
-    return {"triplets": int(len(source)), "per_source": counts, "dropped_masked": dropped}
+    return {"triplets": int(len(source)), "per_source": counts, "dropped_masked": dropped,
+            "undetected_sn": int("sn" not in source and 0 <= sn_x < nx and 0 <= sn_y < ny),
+            "undetected_injected": int(len(undetected))}
 
 
 def _read_csv(path: Path, columns: tuple[str, ...]) -> pd.DataFrame:
