@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 
 class AstrodagError(Exception):
@@ -33,3 +35,19 @@ class ConfigError(AstrodagError):
         self.key = key
         self.problem = problem
         super().__init__(f"config key '{key}': {problem}")
+
+
+def check_keys(prefix: str, mapping: Any, known: tuple[str, ...]) -> Mapping:
+    """``mapping`` (``None`` counts as empty) after checking that it is a mapping of known keys only.
+
+    A typo in a config section fails here with the full key named, e.g.
+    ``config key 'supernova.pairing.overlap_treshold': unknown key (known: ...)``.
+    """
+    if mapping is None:
+        return {}
+    if not isinstance(mapping, Mapping):
+        raise ConfigError(prefix, f"must be a mapping, got {type(mapping).__name__}")
+    for key in mapping:
+        if key not in known:
+            raise ConfigError(f"{prefix}.{key}", f"unknown key (known: {', '.join(known)})")
+    return mapping

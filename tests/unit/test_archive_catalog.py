@@ -4,9 +4,9 @@ from pathlib import Path
 
 import pytest
 
-from astrodag.archive.catalog import (CATALOG_COLUMNS, catalog_entry, check_keys, config_number, config_range,
+from astrodag.archive.catalog import (CATALOG_COLUMNS, catalog_entry, config_number, config_range,
                                       load_catalog, safe_name)
-from astrodag.errors import ConfigError, InputDataError
+from astrodag.errors import ConfigError, InputDataError, check_keys
 
 CATALOG = Path(__file__).resolve().parents[2] / "resources" / "supernovae.csv"
 HEADER = ",".join(CATALOG_COLUMNS)

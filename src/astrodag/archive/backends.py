@@ -31,10 +31,10 @@ import numpy as np
 import pandas as pd
 from shapely.geometry import Point
 
-from astrodag.archive.catalog import catalog_entry, check_keys, config_number, load_catalog
+from astrodag.archive.catalog import catalog_entry, config_number, load_catalog
 from astrodag.archive.download import DownloadError, FetchResult, TransferSettings, cache_path, fetch, with_retries
 from astrodag.archive.pairing import OBSERVATION_COLUMNS, check_observations, footprint
-from astrodag.errors import ConfigError, InputDataError
+from astrodag.errors import ConfigError, InputDataError, check_keys
 from astrodag.io import file_digest, write_table
 
 log = logging.getLogger(__name__)

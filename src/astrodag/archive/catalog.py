@@ -115,18 +115,6 @@ def catalog_entry(catalog: pd.DataFrame, name: str, path: str | Path = "catalogu
 # --------------------------------------------------------------------------------------------
 
 
-def check_keys(prefix: str, mapping: Any, known: tuple[str, ...]) -> Mapping:
-    """``mapping`` (``None`` counts as empty) after checking that it is a mapping of known keys only."""
-    if mapping is None:
-        return {}
-    if not isinstance(mapping, Mapping):
-        raise ConfigError(prefix, f"must be a mapping, got {type(mapping).__name__}")
-    for key in mapping:
-        if key not in known:
-            raise ConfigError(f"{prefix}.{key}", f"unknown key (known: {', '.join(known)})")
-    return mapping
-
-
 def config_number(key: str, value: Any, *, low: float | None = None, high: float | None = None,
                   integer: bool = False, above: float | None = None) -> float | int:
     """A finite number (an ``int`` if ``integer``) within ``[low, high]`` and strictly above ``above``."""

@@ -37,8 +37,8 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from astrodag import __version__
-from astrodag.archive.catalog import check_keys, config_number, safe_name
-from astrodag.errors import InputDataError
+from astrodag.archive.catalog import config_number, safe_name
+from astrodag.errors import InputDataError, check_keys
 from astrodag.io import atomic_path, file_digest, write_json
 
 log = logging.getLogger(__name__)

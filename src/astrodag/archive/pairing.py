@@ -50,8 +50,8 @@ import shapely
 from shapely.geometry import Point, Polygon
 from shapely.geometry.base import BaseGeometry
 
-from astrodag.archive.catalog import check_keys, config_number, load_catalog, safe_name
-from astrodag.errors import InputDataError
+from astrodag.archive.catalog import config_number, load_catalog, safe_name
+from astrodag.errors import InputDataError, check_keys
 from astrodag.io import write_table
 
 log = logging.getLogger(__name__)

@@ -66,9 +66,9 @@ from scipy.signal import fftconvolve
 from scipy.special import gamma, gammaincinv
 
 from astrodag import __version__
-from astrodag.archive.catalog import check_keys, config_number, config_range, load_catalog
+from astrodag.archive.catalog import config_number, config_range, load_catalog
 from astrodag.archive.pairing import tangent_plane
-from astrodag.errors import ConfigError
+from astrodag.errors import ConfigError, check_keys
 from astrodag.io import atomic_path, write_json, write_table
 
 log = logging.getLogger(__name__)

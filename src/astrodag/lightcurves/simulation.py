@@ -40,7 +40,7 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
-from astrodag.errors import ConfigError
+from astrodag.errors import ConfigError, check_keys
 from astrodag.io import atomic_path, write_table
 from astrodag.lightcurves.magnification import binary_magnification, pspl_magnification
 from astrodag.logs import progress_enabled
@@ -90,17 +90,6 @@ def _range(key: str, value: Any, *, low: float | None = None, high: float | None
     if high is not None and b > high:
         raise ConfigError(key, f"high {b} is above the allowed maximum {high}")
     return a, b
-
-
-def _check_keys(prefix: str, mapping: Any, known: tuple[str, ...]) -> Mapping:
-    if mapping is None:
-        return {}
-    if not isinstance(mapping, Mapping):
-        raise ConfigError(prefix, f"must be a mapping, got {type(mapping).__name__}")
-    for key in mapping:
-        if key not in known:
-            raise ConfigError(f"{prefix}.{key}", f"unknown key (known: {', '.join(known)})")
-    return mapping
 
 
 @dataclass(frozen=True)
@@ -160,16 +149,16 @@ class SimulationSettings:
     @classmethod
     def from_config(cls, mapping: Mapping | None, prefix: str = CONFIG_PREFIX) -> SimulationSettings:
         """Settings from a config mapping; unknown or invalid keys raise ``ConfigError`` naming the key."""
-        mapping = _check_keys(prefix, mapping, ("priors", "noise", "split_fractions", "pspl_like_max_deviation_sigma"))
+        mapping = check_keys(prefix, mapping, ("priors", "noise", "split_fractions", "pspl_like_max_deviation_sigma"))
 
         prior_keys = tuple(_PRIOR_LIMITS)
-        given = _check_keys(f"{prefix}.priors", mapping.get("priors"), prior_keys)
+        given = check_keys(f"{prefix}.priors", mapping.get("priors"), prior_keys)
         priors = Priors(**{
             key: _range(f"{prefix}.priors.{key}", value, **_PRIOR_LIMITS[key]) for key, value in given.items()
         })
 
         noise_keys = ("reference_mag", "sigma_at_reference", "systematic_floor")
-        given = _check_keys(f"{prefix}.noise", mapping.get("noise"), noise_keys)
+        given = check_keys(f"{prefix}.noise", mapping.get("noise"), noise_keys)
         values = {key: _number(f"{prefix}.noise.{key}", value) for key, value in given.items()}
         if values.get("sigma_at_reference", 1.0) <= 0:
             raise ConfigError(f"{prefix}.noise.sigma_at_reference", f"must be > 0, got {values['sigma_at_reference']}")
@@ -179,7 +168,7 @@ class SimulationSettings:
 
         split = cls.split_fractions
         if "split_fractions" in mapping:
-            given = _check_keys(f"{prefix}.split_fractions", mapping["split_fractions"], SPLITS)
+            given = check_keys(f"{prefix}.split_fractions", mapping["split_fractions"], SPLITS)
             missing = [name for name in SPLITS if name not in given]
             if missing:
                 raise ConfigError(f"{prefix}.split_fractions", f"missing {', '.join(missing)}")
