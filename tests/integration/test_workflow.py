@@ -181,6 +181,11 @@ def test_html_report(finished_run):
     assert "imaging_report.md" in html
 
 
+def test_lint_passes(tmp_path):
+    result = snakemake(tmp_path, "--lint", check=False)
+    assert result.returncode == 0, result.stdout[-4000:]
+
+
 def test_config_typo_fails_at_start_naming_the_key(tmp_path):
     result = snakemake(tmp_path, "-n", "--config", "flares={'stride': 2}", check=False)
     assert result.returncode != 0

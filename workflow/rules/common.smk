@@ -147,7 +147,9 @@ def load_supernova_catalog(path):
     for name in table["sn_name"]:
         safe = "".join(c if c.isalnum() or c in "._-" else "_" for c in name.strip())
         if safe in names:
-            raise WorkflowError(f"{path}: '{name}' and '{names[safe]}' map to the same name {safe!r}")
+            raise WorkflowError(
+                f"{path}: '{name}' and '{names[safe]}' map to the same name {safe!r}"
+            )
         names[safe] = name
     return names
 
@@ -197,7 +199,9 @@ def supernova_pair_files(name):
     """An input function: ``name`` in every accepted pair's directory."""
 
     def files(wildcards):
-        return [f"{SN_PAIR}/{name}".format(pair_id=pair) for pair in supernova_pair_ids()]
+        return [
+            f"{SN_PAIR}/{name}".format(pair_id=pair) for pair in supernova_pair_ids()
+        ]
 
     return files
 
@@ -226,6 +230,7 @@ if RB_DEPLOY not in RB_EXPERIMENTS:
         f" {SUPERNOVA['realbogus_experiments']} ({', '.join(RB_EXPERIMENTS)})"
     )
 RB_EXPERIMENT = "results/supernova/realbogus/{experiment}"
+RB_DEPLOYED = RB_EXPERIMENT.format(experiment=RB_DEPLOY)
 RB_REVIEW = "results/supernova/review"
 
 
@@ -233,7 +238,10 @@ def realbogus_missions(wildcards):
     """--missions-train/--missions-test of a cross-mission experiment ('all': no option)."""
     row = RB_GRID.loc[wildcards.experiment]
     options = []
-    for column, option in (("train_missions", "--missions-train"), ("test_missions", "--missions-test")):
+    for column, option in (
+        ("train_missions", "--missions-train"),
+        ("test_missions", "--missions-test"),
+    ):
         if row[column] != "all":
             options.append(f"{option} {' '.join(row[column].split(','))}")
     return " ".join(options)
@@ -241,4 +249,6 @@ def realbogus_missions(wildcards):
 
 def reviewed_triplets(wildcards=None):
     """Triplets from reviewed labels (config supernova.reviewed_labels) join the next dataset."""
-    return [f"{RB_REVIEW}/ingested/ingested.json"] if SUPERNOVA["reviewed_labels"] else []
+    return (
+        [f"{RB_REVIEW}/ingested/ingested.json"] if SUPERNOVA["reviewed_labels"] else []
+    )

@@ -81,7 +81,9 @@ rule build_triplet_dataset:
         triplets=supernova_pair_files("triplets.npz"),
         reviewed=reviewed_triplets,
     output:
-        splits=expand(f"{SN_TRIPLETS}/{{split}}.npy", split=("train", "validation", "test")),
+        splits=expand(
+            f"{SN_TRIPLETS}/{{split}}.npy", split=("train", "validation", "test")
+        ),
         index=f"{SN_TRIPLETS}/index.parquet",
         summary=f"{SN_TRIPLETS}/summary.json",
         previews=directory(f"{SN_TRIPLETS}/previews"),
@@ -95,7 +97,7 @@ rule build_triplet_dataset:
         mem_mb=2000,
         runtime=30,
     params:
-        out_dir=SN_TRIPLETS,
+        out_dir=lambda wildcards, output: Path(output.index).parent,
         settings=as_json(SUPERNOVA["dataset"]),
         seed=SUPERNOVA["seed"],
         # Reviewed candidates (active learning) join as extra per-pair triplet files.
@@ -140,7 +142,7 @@ rule summarize_imaging:
         pair_dirs=lambda wildcards, input: " ".join(
             shlex.quote(str(Path(p).parent)) for p in input.records
         ),
-        out_dir="results/supernova",
+        out_dir=lambda wildcards, output: Path(output.report).parent,
     shell:
         "python -m astrodag supernova summarize --pairs {input.pairs} --decisions {input.decisions}"
         " --yield-summary {input.yield_summary} --catalog {input.catalog} --pair-dirs {params.pair_dirs}"

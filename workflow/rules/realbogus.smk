@@ -24,7 +24,7 @@ rule train_realbogus:
         runtime=SUPERNOVA["resources"]["train_runtime"],
         gpu=SUPERNOVA["resources"]["train_gpus"],
     params:
-        triplets_dir=SN_TRIPLETS,
+        triplets_dir=lambda wildcards, input: Path(input.index).parent,
         out_dir=lambda wildcards, output: Path(output.weights).parent,
         architecture=lambda wildcards: RB_GRID.loc[wildcards.experiment, "architecture"],
         seed=lambda wildcards: int(RB_GRID.loc[wildcards.experiment, "seed"]),
@@ -67,7 +67,7 @@ rule evaluate_realbogus:
         runtime=20,
     params:
         model_dir=lambda wildcards, input: Path(input[0]).parent,
-        triplets_dir=SN_TRIPLETS,
+        triplets_dir=lambda wildcards, input: Path(input.index).parent,
         out_dir=lambda wildcards, output: Path(output.metrics).parent,
         settings=as_json(SUPERNOVA["realbogus"]),
     shell:
@@ -78,8 +78,8 @@ rule evaluate_realbogus:
 
 rule score_candidates:
     input:
-        weights=RB_EXPERIMENT.format(experiment=RB_DEPLOY) + "/model/model.pt",
-        sidecar=RB_EXPERIMENT.format(experiment=RB_DEPLOY) + "/model/model.json",
+        weights=f"{RB_DEPLOYED}/model/model.pt",
+        sidecar=f"{RB_DEPLOYED}/model/model.json",
         candidates=supernova_pair_files("candidates.csv"),
     output:
         table="results/supernova/scored/candidates.parquet",
@@ -108,8 +108,8 @@ rule score_candidates:
 
 rule review_queue:
     input:
-        predictions=RB_EXPERIMENT.format(experiment=RB_DEPLOY) + "/evaluation/predictions.parquet",
-        sidecar=RB_EXPERIMENT.format(experiment=RB_DEPLOY) + "/model/model.json",
+        predictions=f"{RB_DEPLOYED}/evaluation/predictions.parquet",
+        sidecar=f"{RB_DEPLOYED}/model/model.json",
         triplets=f"{SN_TRIPLETS}/test.npy",
         pairs=f"{SN_ARCHIVE}/pairs.csv",
     output:
@@ -121,7 +121,7 @@ rule review_queue:
     conda:
         "../../envs/imaging.yaml"
     params:
-        out_dir=RB_REVIEW,
+        out_dir=lambda wildcards, output: Path(output.queue).parent,
         queue_size=SUPERNOVA["review"]["count"],
     shell:
         "python -m astrodag supernova review --predictions {input.predictions} --triplets {input.triplets}"
@@ -140,7 +140,9 @@ rule ingest_reviews:
         "../../envs/imaging.yaml"
     params:
         out_dir=lambda wildcards, output: Path(output.record).parent,
-        triplets=lambda wildcards, input: Path(input.reviews).with_name("review_triplets.npz"),
+        triplets=lambda wildcards, input: Path(input.reviews).with_name(
+            "review_triplets.npz"
+        ),
     shell:
         "python -m astrodag supernova ingest-reviews --reviews {input.reviews} --triplets {params.triplets}"
         " --out-dir {params.out_dir} --log {log}"
@@ -148,10 +150,10 @@ rule ingest_reviews:
 
 rule export_realbogus_onnx:
     input:
-        weights=RB_EXPERIMENT.format(experiment=RB_DEPLOY) + "/model/model.pt",
-        sidecar=RB_EXPERIMENT.format(experiment=RB_DEPLOY) + "/model/model.json",
+        weights=f"{RB_DEPLOYED}/model/model.pt",
+        sidecar=f"{RB_DEPLOYED}/model/model.json",
     output:
-        RB_EXPERIMENT.format(experiment=RB_DEPLOY) + "/model/model.onnx",
+        f"{RB_DEPLOYED}/model/model.onnx",
     log:
         f"{SN_LOGS}/export_realbogus_onnx.log",
     conda:
@@ -163,8 +165,10 @@ rule export_realbogus_onnx:
 
 rule compare_realbogus:
     input:
-        metrics=expand(f"{RB_EXPERIMENT}/evaluation/metrics.json", experiment=RB_EXPERIMENTS),
-        predictions=RB_EXPERIMENT.format(experiment=RB_DEPLOY) + "/evaluation/predictions.parquet",
+        metrics=expand(
+            f"{RB_EXPERIMENT}/evaluation/metrics.json", experiment=RB_EXPERIMENTS
+        ),
+        predictions=f"{RB_DEPLOYED}/evaluation/predictions.parquet",
         scored=rules.score_candidates.output.table,
         pairs_summary=rules.summarize_imaging.output.per_pair,
         index=rules.build_triplet_dataset.output.index,
@@ -187,9 +191,10 @@ rule compare_realbogus:
             f"{name}={Path(path).parent.parent}"
             for name, path in zip(RB_EXPERIMENTS, input.metrics)
         ),
-        out_dir="results/supernova/realbogus",
+        out_dir=lambda wildcards, output: Path(output.report).parent,
+        deployed=RB_DEPLOY,
     shell:
-        "python -m astrodag supernova compare --experiments {params.experiments} --deployed {RB_DEPLOY}"
+        "python -m astrodag supernova compare --experiments {params.experiments} --deployed {params.deployed}"
         " --scored {input.scored} --pairs-summary {input.pairs_summary} --index {input.index}"
         " --catalog {input.catalog} --out-dir {params.out_dir} --log {log}"
 
