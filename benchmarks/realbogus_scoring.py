@@ -17,7 +17,8 @@ Variants:
 ``onnxruntime``        the model exported by :mod:`astrodag.imaging.onnx_export`, ONNX Runtime CPU
 ``scorer``             :class:`astrodag.imaging.scoring.RealBogusScorer.score` (the production path:
                        input checks, channels-last float32, forward passes of 64)
-``scorer-bf16``        the same with ``precision="bfloat16"``
+``scorer-bf16``        the same with ``precision="bfloat16"``, which the scorer's default
+                       ``precision="auto"`` chooses on CPUs with native bfloat16 (printed at the top)
 
 Peak memory is the process's resident set size sampled every 2 ms during the warm-up and the
 timed passes, minus the RSS just before (the variant's working memory, not the inputs'; large
@@ -159,13 +160,15 @@ def main() -> None:
     import numpy as np
     import torch
 
-    from astrodag.imaging.scoring import save_realbogus_model
+    from astrodag.imaging.scoring import resolve_precision, save_realbogus_model
     from astrodag.models.braai import build_realbogus_model
 
     torch.set_num_threads(args.threads)
     rng = np.random.default_rng(0)
     largest = max(max(args.batch_sizes), args.triplets)
     data = np.clip(rng.normal(0.0, 1.0, (largest, 3, 63, 63)), -30, 30).astype(np.float32)
+    print(f"precision 'auto' (the scorer's and the service's default) is {resolve_precision('auto', 'cpu')} "
+          "on this CPU")
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} CPUs; "
           f"target {TARGET_PER_SECOND:,.0f} triplets/s (10 M alerts in 1 h)")
     print(f"{'model':<14} {'variant':<14} {'batch':>6} {'triplets/s':>11} {'x target':>9} {'peak MiB':>9} "

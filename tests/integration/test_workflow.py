@@ -51,7 +51,7 @@ def test_dry_run_of_the_default_config_plans_the_45_experiment_grid_and_5_cadenc
     counts = planned_jobs(tmp_path)
     for rule in ("train_microlensing_model", "predict_microlensing_test", "evaluate_microlensing_cadence"):
         assert counts[rule] == 5, rule
-    assert counts["simulate_events"] == 2 and counts["mask_cadence"] == 10
+    assert counts["simulate_events"] == 3 and counts["mask_cadence"] == 15
     assert counts["train_flare_model"] == 45
     assert counts["train_flare_baseline"] == 45
     assert counts["sweep_flare_thresholds"] == 90
@@ -163,8 +163,14 @@ def test_realbogus_outputs(finished_run):
     # Candidates whose cut-out is mostly masked (image edges) are not scored: NaN, never called real.
     assert scored["score"].notna().any() and scored["score"].dropna().between(0, 1).all()
     assert not scored.loc[scored["score"].isna(), "is_real"].any()
-    queue = pd.read_csv(results / "review" / "review_queue.csv")
+    queue = pd.read_csv(results / "review" / "review_queue.csv", dtype={"pair_id": str})
     assert 0 < len(queue) <= 10 and "label" in queue.columns
+    # The queue holds newly scored candidates (not test-split triplets), with their scores and SN names.
+    merged = queue.merge(scored, on=["pair_id", "candidate_id"], suffixes=("", "_scored"), validate="one_to_one")
+    assert len(merged) == len(queue) and np.allclose(merged["score"], merged["score_scored"])
+    assert queue["sn_name"].notna().all() and queue["score"].notna().all()
+    with np.load(results / "review" / "review_triplets.npz") as npz:
+        assert npz["cutouts"].shape == (len(queue), 3, 63, 63)
     assert (results / "realbogus" / "braai_seed0" / "model" / "model.onnx").stat().st_size > 0
 
 

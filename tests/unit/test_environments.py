@@ -8,7 +8,7 @@ import yaml
 
 REPO = Path(__file__).resolve().parents[2]
 # PyPI name -> conda-forge name where they differ.
-CONDA_NAMES = {"torch": "pytorch"}
+CONDA_NAMES = {"torch": "pytorch", "uvicorn": "uvicorn-standard"}
 # Dependencies that only one rule family imports -> its environment file.
 TRACK_ONLY = {
     "vbmicrolensing": "lightcurves.yaml",
@@ -21,7 +21,7 @@ TRACK_ONLY = {
     "onnxscript": "imaging.yaml",
     "onnxruntime": "imaging.yaml",
     "fastapi": "imaging.yaml",
-    "uvicorn": "imaging.yaml",
+    "uvicorn-standard": "imaging.yaml",
     "python-multipart": "imaging.yaml",
 }
 

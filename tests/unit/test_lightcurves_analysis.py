@@ -120,6 +120,39 @@ def test_early_detection_time_basis_hand_values(tiny):
         pytest.approx([low, high])
 
 
+def test_auc_p_value_is_the_one_sided_mann_whitney_test_of_the_auc():
+    from scipy.stats import mannwhitneyu
+    from sklearn.metrics import roc_auc_score
+
+    rng = np.random.default_rng(3)
+    labels = np.repeat([0, 1], 200)
+    for shift, expect_small in ((0.0, False), (0.8, True)):
+        scores = rng.normal(size=400) + shift * labels
+        scores[:20] = scores[200:220]  # ties across the classes
+        p_value = analysis.auc_p_value(labels, scores)
+        result = mannwhitneyu(scores[labels == 1], scores[labels == 0], alternative="greater")
+        assert p_value == pytest.approx(result.pvalue)
+        assert result.statistic / (200 * 200) == pytest.approx(roc_auc_score(labels, scores))
+        assert (p_value < 0.001) is expect_small
+    assert np.isnan(analysis.auc_p_value(np.ones(5), np.linspace(0, 1, 5)))
+
+
+def test_early_detection_departed_share_counts_binaries_past_their_anomaly(tiny):
+    # Binaries 0 and 1 (1 is PSPL-like: never departs); binary 0 departs at day 40.
+    anomaly_time = np.array([40.0, np.nan, np.nan, np.nan])
+    table = early_detection(
+        tiny["probabilities"], tiny["labels"], tiny["mask"], [0.3, 0.6, 1.0], "time",
+        pspl_like=tiny["pspl_like"], times=tiny["times"], t0=tiny["t0"], tE=tiny["tE"], anomaly_time=anomaly_time,
+    )
+    assert table["departed_share_binary"].tolist() == [0.0, 0.5, 0.5]
+    assert table["roc_auc_p_value"].notna().all()
+    without = early_detection(tiny["probabilities"], tiny["labels"], tiny["mask"], [0.5], "time")
+    assert without["departed_share_binary"].isna().all()
+    with pytest.raises(ValueError, match="anomaly_time"):
+        early_detection(tiny["probabilities"], tiny["labels"], tiny["mask"], [0.5], "time", times=tiny["times"],
+                        anomaly_time=np.zeros(3))
+
+
 def test_early_detection_observed_basis_uses_each_events_own_step():
     mask = np.zeros((2, 10), dtype=np.uint8)
     mask[0, [1, 3, 4, 8]] = 1
@@ -320,8 +353,10 @@ def _write_evaluation(directory, seed, n=240, steps=60, skill=0.6, missing=0.3):
     np.save(directory / "probabilities.npy", prob)
     np.save(directory / "mask.npy", mask)
     np.save(directory / "times.npy", times)
+    # Departures from a PSPL at the peak (never for PSPL events and PSPL-like binaries).
+    anomaly_time = np.where((label == 1) & ~pspl_like, t0, np.nan)
     pd.DataFrame({"event_id": np.arange(n) + 1000, "label": label, "split": "test", "t0": t0, "tE": tE,
-                  "pspl_like": pspl_like}).to_parquet(directory / "events.parquet")
+                  "pspl_like": pspl_like, "anomaly_time": anomaly_time}).to_parquet(directory / "events.parquet")
     return directory
 
 
@@ -357,7 +392,7 @@ def test_evaluate_cadence_writes_files_that_agree_with_the_pure_functions(evalua
     assert written["basis"].tolist() == ["time"] * 3 + ["observed"] * 3
     for basis in analysis.BASES:
         direct = early_detection(prob, events["label"], mask, FRACTIONS, basis, pspl_like=events["pspl_like"],
-                                 times=times, t0=events["t0"], tE=events["tE"])
+                                 times=times, t0=events["t0"], tE=events["tE"], anomaly_time=events["anomaly_time"])
         pd.testing.assert_frame_equal(written[written["basis"] == basis].reset_index(drop=True), direct,
                                       check_dtype=False)
 
@@ -447,6 +482,10 @@ def test_compare_cadences_tables_json_and_figures(evaluated, tmp_path):
     # The weaker, sparser cadence really is worse here, and the report says which is best.
     assert summary.loc[0, "accuracy"] > summary.loc[1, "accuracy"]
     assert "Highest final-step accuracy: dense" in markdown
+    # Beating chance: p-values per fraction, and where it fails, how many binaries had departed by then.
+    assert "Mann-Whitney" in markdown and "departed from its best-fitting PSPL" in markdown
+    assert "does not beat chance" in markdown and "of the binaries had departed from a PSPL" in markdown
+    assert any("does not beat chance" in note for note in on_disk["notes"])
     assert "PSPL-like" in markdown and "Wilson" in markdown
     assert markdown.startswith("# ") and "|:--" in markdown
     assert text.startswith("Microlensing classification by cadence\n====") and "|" not in text

@@ -14,7 +14,9 @@ import torch
 from astrodag.errors import InputDataError
 from astrodag.lightcurves.classify import classify_files, read_photometry, resample_to_grid
 from astrodag.lightcurves.dataset import (
+    INPUT_LAYOUT,
     LightCurveDataset,
+    Normalisation,
     causal_features,
     fit_normalisation,
     load_shard,
@@ -71,6 +73,26 @@ def test_causal_features_depend_only_on_the_past():
     expected = magnitudes[0, last] - magnitudes[0, observed].mean()
     assert features[0, 1, last] == pytest.approx(expected, abs=1e-4)
     assert np.all(features[:, :3][np.broadcast_to(mask[:, None] == 0, features[:, :3].shape)] == 0)
+
+
+def test_normalised_inputs_carry_the_last_observed_value_and_stay_causal():
+    normalisation = Normalisation(mean=(18.0, 0.0, 0.05), std=(2.0, 0.5, 0.01))
+    magnitudes = np.array([[19.0, 99.0, 20.0, 99.0, 99.0, 21.0]])  # the masked values are never seen
+    errors = np.full((1, 6), 0.05)
+    mask = np.array([[0, 0, 1, 0, 0, 1]], np.uint8)
+    features = normalisation.apply(causal_features(magnitudes, errors, mask))
+    # Before the first observation: 0; then the value of the last observed epoch until the next one.
+    assert features[0, 0].tolist() == pytest.approx([0.0, 0.0, 1.0, 1.0, 1.0, 1.5])
+    assert features[0, 3].tolist() == [0, 0, 1, 0, 0, 1]
+    # Deviation from the running mean: 0 at the first observation, +0.5 mag at the second (mean 20.5).
+    assert features[0, 1].tolist() == pytest.approx([0.0, 0.0, 0.0, 0.0, 0.0, 1.0])
+    # A single event (4, steps) gives the same as the batch, and the future does not leak backwards.
+    single = normalisation.apply(causal_features(magnitudes[0], errors[0], mask[0]))
+    np.testing.assert_array_equal(single, features[0])
+    changed = magnitudes.copy()
+    changed[0, 5] = 10.0
+    later = normalisation.apply(causal_features(changed, errors, mask))
+    np.testing.assert_array_equal(later[..., :5], features[..., :5])
 
 
 def test_normalisation_uses_the_training_split_only(toy, tmp_path):
@@ -133,6 +155,15 @@ def test_training_is_reproducible_resumable_and_scores_the_test_split(toy, tmp_p
     expected_first = np.load(toy[0][1])[np.flatnonzero(pd.read_parquet(toy[0][0] / "events.parquet")["split"] == "test")[0]]
     assert np.array_equal(mask[0], expected_first)
     assert np.load(tmp_path / "evaluation" / "times.npy")[-1] == pytest.approx(DURATION * (STEPS - 1) / STEPS)
+
+    # A model trained on differently built inputs (an older version) is refused by name.
+    sidecar = json.loads((tmp_path / "a" / "model.json").read_text())
+    assert sidecar["inputs"] == INPUT_LAYOUT
+    stale = tmp_path / "stale.json"
+    stale.write_text(json.dumps({key: value for key, value in sidecar.items() if key != "inputs"}))
+    with pytest.raises(InputDataError, match="model.pt.*retrain"):
+        predict_split(tmp_path / "a" / "model.pt", stale, [d for d, _ in toy], [m for _, m in toy],
+                      tmp_path / "stale_evaluation", progress=False)
 
 
 def test_photometry_formats(tmp_path):

@@ -21,7 +21,7 @@ from astrodag.lightcurves.simulation import (
     draw_events,
     fit_pspl,
     magnitudes_from_magnification,
-    max_deviation_sigma,
+    pspl_deviation,
     simulate_shard,
     time_grid,
 )
@@ -55,7 +55,7 @@ def test_settings_defaults_are_the_config_values_and_round_trip():
     settings = SimulationSettings.from_config(CONFIG)
     assert settings == SimulationSettings.from_config({}) == SimulationSettings.from_config(None)
     assert SimulationSettings.from_config(settings.to_dict()) == settings
-    assert settings.priors.tE_days == (10.0, 100.0) and settings.split_fractions == (0.7, 0.15, 0.15)
+    assert settings.priors.tE_days == (10.0, 100.0) and settings.split_fractions == (0.5, 0.1, 0.4)
     with pytest.raises(dataclasses.FrozenInstanceError):
         settings.pspl_like_max_deviation_sigma = 1.0  # frozen
     custom = SimulationSettings.from_config({"priors": {"u0": [0.1, 0.2]}, "pspl_like_max_deviation_sigma": 5})
@@ -110,7 +110,7 @@ def test_draw_events_follow_the_priors():
     assert np.median(events["tE"]) == pytest.approx(math.sqrt(10 * 100), rel=0.08)
     assert events["alpha"].dropna().between(0, 2 * np.pi).all()
     shares = events["split"].value_counts(normalize=True)
-    assert shares["train"] == pytest.approx(0.7, abs=0.03) and shares["test"] == pytest.approx(0.15, abs=0.03)
+    assert shares["train"] == pytest.approx(0.5, abs=0.03) and shares["test"] == pytest.approx(0.4, abs=0.03)
 
 
 # --- the PSPL fitter ----------------------------------------------------------------------------
@@ -186,7 +186,7 @@ def test_fit_pspl_matches_scipy_least_squares(binaries):
         assert fit["chi2"][i] <= reference * (1 + tolerance) + 1e-6, (i, fit["chi2"][i], reference)
 
 
-def test_max_deviation_separates_pspl_like_from_caustic_crossing_binaries():
+def test_pspl_deviation_separates_pspl_like_from_caustic_crossing_binaries():
     base, fs = np.array([18.0, 18.0, 18.0]), np.array([1.0, 1.0, 0.5])
     events = pd.DataFrame({"t0": [250.0, 250.0, 250.0], "u0": [0.3, 0.05, 0.4], "tE": [40.0, 40.0, 30.0],
                            "baseline_mag": base, "source_fraction": fs})
@@ -196,10 +196,16 @@ def test_max_deviation_separates_pspl_like_from_caustic_crossing_binaries():
                                [0.8, 0.3], [1e-3, 1e-3])
     amp = np.vstack([amp, pspl_magnification(TIMES, 250.0, 0.4, 30.0)])
     mags = magnitudes_from_magnification(amp, base, fs)
-    deviation = max_deviation_sigma(TIMES, mags, NoiseModel().sigma(mags), events)
+    sigma = NoiseModel().sigma(mags)
+    deviation, anomaly_time = pspl_deviation(TIMES, mags, sigma, events, threshold=3.0)
     assert deviation[0] < 3.0
     assert deviation[1] > 100.0
     assert deviation[2] < 1e-3  # a PSPL is its own best PSPL
+    assert np.isnan(anomaly_time[[0, 2]]).all()
+    # The departure is seen before the caustic crossing is over (the fit's compromise shows in the wings).
+    assert TIMES[0] <= anomaly_time[1] < 250.0 + 40.0
+    _, again = pspl_deviation(TIMES, mags[1:2], sigma[1:2], events.iloc[1:2], threshold=deviation[1] / 2)
+    assert again[0] >= anomaly_time[1]  # a higher threshold is crossed no earlier
 
 
 # --- shards ------------------------------------------------------------------------------------
@@ -231,6 +237,9 @@ def test_shard_files_and_table(shard):
     binary = events[~pspl]
     assert binary["max_deviation_sigma"].notna().all()
     np.testing.assert_array_equal(binary["pspl_like"], binary["max_deviation_sigma"] < 3.0)
+    departed = ~binary["pspl_like"]
+    assert binary.loc[departed, "anomaly_time"].between(SMALL_TIMES[0], SMALL_TIMES[-1]).all()
+    assert binary.loc[~departed, "anomaly_time"].isna().all() and events.loc[pspl, "anomaly_time"].isna().all()
     assert summary["events"] == 64 and summary["pspl"] == summary["binary"] == 32
     assert summary["pspl_like"] == binary["pspl_like"].sum()
     assert summary["pspl_like_fraction"] == pytest.approx(binary["pspl_like"].mean())
@@ -286,7 +295,8 @@ def test_small_chunks_bound_the_memory(tmp_path, monkeypatch):
         return pspl_magnification(times, t0, u0, tE) * (1.0 + 0.01 * np.asarray(q)[:, None])
 
     monkeypatch.setattr(simulation, "binary_magnification", fake_binary)
-    monkeypatch.setattr(simulation, "max_deviation_sigma", lambda times, mags, sigma, events: np.zeros(len(mags)))
+    monkeypatch.setattr(simulation, "pspl_deviation",
+                        lambda times, mags, sigma, events, threshold: (np.zeros(len(mags)), np.full(len(mags), np.nan)))
     settings = SimulationSettings.from_config(CONFIG)
     n, times = 2000, time_grid(300, 500.0)
     simulate_shard(tmp_path / "warm-up", 0, 20, settings, times, seed=1, progress=False)  # first-use caches

@@ -46,7 +46,7 @@ def test_onnx_runtime_agrees_with_the_torch_scorer(exported):
     assert record["checked"] and record["max_abs_difference"] <= TOLERANCE
     inputs, _ = triplets(37, size=31)
     session = onnx_session(directory / "checked.onnx", threads=1)
-    torch_scores = RealBogusScorer.from_files(directory / "model.pt", threads=1).score(inputs)
+    torch_scores = RealBogusScorer.from_files(directory / "model.pt", threads=1, precision="float32").score(inputs)
     # The batch size is dynamic: any number of triplets goes through.
     for batch in (inputs[:1], inputs):
         np.testing.assert_allclose(score_onnx(session, batch), torch_scores[:len(batch)], atol=TOLERANCE, rtol=0)

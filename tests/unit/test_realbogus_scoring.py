@@ -12,13 +12,15 @@ from realbogus_helpers import raw_triplet, triplets, write_dataset, write_pair
 
 from astrodag.cli import _add_common
 from astrodag.errors import ConfigError, InputDataError
-from astrodag.imaging import realbogus_commands
+from astrodag.imaging import realbogus_commands, scoring
 from astrodag.imaging.pipeline import read_products
 from astrodag.imaging.scoring import (
     RealBogusScorer,
     ScoringSettings,
+    cpu_has_native_bf16,
     load_realbogus_model,
     prepare_triplet,
+    resolve_precision,
     save_realbogus_model,
     score_batch,
     score_pair,
@@ -40,7 +42,8 @@ def model_dir(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def scorer(model_dir):
-    return RealBogusScorer.from_files(model_dir / "model.pt", threads=1, batch_size=16)
+    # float32 explicitly: "auto" is bfloat16 on CPUs with native bf16, and these tests compare to float32.
+    return RealBogusScorer.from_files(model_dir / "model.pt", threads=1, batch_size=16, precision="float32")
 
 
 def test_saved_model_round_trips(model_dir, scorer):
@@ -85,12 +88,48 @@ def test_wrong_inputs_are_rejected_clearly(scorer, bad, message):
         scorer.score(bad)
 
 
-def test_bfloat16_scores_stay_close_to_float32(model_dir, scorer):
-    inputs, _ = triplets(8)
-    fast = RealBogusScorer.from_files(model_dir / "model.pt", threads=1, precision="bfloat16")
-    np.testing.assert_allclose(fast.score(inputs), scorer.score(inputs), atol=2e-2)
-    with pytest.raises(ValueError, match="precision must be"):
+@pytest.mark.parametrize("native", [True, False])
+def test_auto_precision_follows_the_cpu_check_and_explicit_values_are_kept(model_dir, monkeypatch, native):
+    monkeypatch.setattr(scoring, "cpu_has_native_bf16", lambda: native)
+    auto = RealBogusScorer.from_files(model_dir / "model.pt", device="cpu")
+    assert auto.precision == ("bfloat16" if native else "float32")
+    assert ScoringSettings().precision == "auto" and resolve_precision("auto", "cpu") == auto.precision
+    for explicit in ("float32", "bfloat16"):
+        assert RealBogusScorer.from_files(model_dir / "model.pt", device="cpu", precision=explicit).precision \
+            == explicit
+        assert resolve_precision(explicit, "cuda") == explicit
+    # GPUs keep float32 (the check is not even asked about them).
+    assert resolve_precision("auto", "cuda:0") == resolve_precision("auto", torch.device("cuda")) == "float32"
+
+
+def test_bad_precision_is_refused_clearly(model_dir):
+    message = r"precision must be 'auto', 'float32' or 'bfloat16', got 'float16'"
+    with pytest.raises(ValueError, match=message):
         RealBogusScorer.from_files(model_dir / "model.pt", precision="float16")
+    model, sidecar = load_realbogus_model(model_dir / "model.pt")
+    with pytest.raises(ValueError, match=message):
+        RealBogusScorer(model, sidecar, "cpu", precision="float16")
+    with pytest.raises(ValueError, match=message):
+        resolve_precision("float16", "cpu")
+    with pytest.raises(ConfigError, match="supernova.scoring.precision"):
+        ScoringSettings.from_config({"precision": "float16"})
+
+
+def test_native_bf16_check_reads_torch_then_proc_cpuinfo(monkeypatch, tmp_path):
+    flags = torch.cpu.get_capabilities()
+    assert cpu_has_native_bf16() == bool(flags.get("avx512_bf16") or flags.get("amx_bf16"))
+    for found, expected in (({"avx512_bf16": True}, True), ({"amx_bf16": True, "avx512_bf16": False}, True),
+                            ({"avx512_bw": True, "avx512_bf16": False, "amx_bf16": False}, False)):
+        monkeypatch.setattr(torch.cpu, "get_capabilities", lambda found=found: found)
+        assert cpu_has_native_bf16() is expected
+    monkeypatch.delattr(torch.cpu, "get_capabilities")
+    cpuinfo = tmp_path / "cpuinfo"
+    monkeypatch.setattr(scoring, "CPUINFO", cpuinfo)
+    assert cpu_has_native_bf16() is False  # no such file
+    cpuinfo.write_text("processor\t: 0\nflags\t\t: fpu avx512f avx512bw avx512_vnni\n")
+    assert cpu_has_native_bf16() is False
+    cpuinfo.write_text("processor\t: 0\nflags\t\t: fpu avx512f avx512_bf16\n")
+    assert cpu_has_native_bf16() is True
 
 
 def test_single_and_empty_inputs(scorer):
@@ -155,7 +194,8 @@ def test_score_batch_equals_scoring_all_cutouts_at_once(scorer, tmp_path):
         assert hdul[1].data.shape == (63, 63) and hdul[0].header["RBSCORE"] == pytest.approx(top["score"].iloc[0])
         assert hdul[1].header["CTYPE1"] == "RA---TAN"
     assert (tmp_path / "stamps" / f"{top['stamp'].iloc[0]}.png").is_file()
-    assert json.loads((tmp_path / "scored.json").read_text())["scored"] == len(scored) - 3
+    record = json.loads((tmp_path / "scored.json").read_text())
+    assert record["scored"] == len(scored) - 3 and record["precision"] == summary["precision"] == "float32"
 
 
 def test_score_pair_with_a_given_table_and_detection_fallback(scorer, tmp_path):
@@ -185,7 +225,9 @@ def _parser():
     return parser
 
 
-def test_cli_stages_train_evaluate_score(tmp_path):
+def test_cli_stages_train_evaluate_score(tmp_path, monkeypatch, caplog):
+    # A CPU with native bfloat16: the score stage's "auto" picks it, the evaluation stays float32.
+    monkeypatch.setattr(scoring, "cpu_has_native_bf16", lambda: True)
     data = write_dataset(tmp_path / "data", {"train": 32, "validation": 16, "test": 16})
     parser = _parser()
     assert realbogus_commands.run(parser.parse_args(["other"])) is False
@@ -196,10 +238,15 @@ def test_cli_stages_train_evaluate_score(tmp_path):
     assert realbogus_commands.run(parser.parse_args(
         ["evaluate", "--model-dir", str(tmp_path / "m"), "--triplets-dir", str(data), "--out-dir",
          str(tmp_path / "e")]))
-    assert json.loads((tmp_path / "e" / "metrics.json").read_text())["test"]["n"] == 16
+    metrics = json.loads((tmp_path / "e" / "metrics.json").read_text())
+    assert metrics["test"]["n"] == 16 and metrics["scoring"]["precision"] == "float32"
     write_pair(tmp_path / "pair")
-    assert realbogus_commands.run(parser.parse_args(
-        ["score", "--model", str(tmp_path / "m" / "model.pt"), "--pair-dirs", str(tmp_path / "pair"), "--out",
-         str(tmp_path / "scored.parquet"), "--stamps-dir", str(tmp_path / "stamps"), "--settings", '{"top": 0}']))
+    with caplog.at_level("INFO", logger="astrodag.imaging"):
+        assert realbogus_commands.run(parser.parse_args(
+            ["score", "--model", str(tmp_path / "m" / "model.pt"), "--pair-dirs", str(tmp_path / "pair"), "--out",
+             str(tmp_path / "scored.parquet"), "--stamps-dir", str(tmp_path / "stamps"), "--settings",
+             '{"top": 0, "device": "cpu"}']))
     assert len(pd.read_parquet(tmp_path / "scored.parquet")) == 7
+    assert json.loads((tmp_path / "scored.json").read_text())["precision"] == "bfloat16"
+    assert "in bfloat16" in caplog.text
     assert len(pd.read_csv(tmp_path / "stamps" / "top_candidates.csv")) == 0  # made for Snakemake's directory()

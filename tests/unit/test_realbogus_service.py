@@ -5,6 +5,8 @@ import gzip
 import io
 import json
 import socket
+import subprocess
+import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -16,8 +18,8 @@ import torch
 import uvicorn
 from astropy.io import fits
 
-from astrodag.errors import InputDataError
-from astrodag.imaging import service_commands
+from astrodag.errors import ConfigError, InputDataError
+from astrodag.imaging import scoring, service_commands
 from astrodag.imaging.scoring import RealBogusScorer, prepare_triplet, save_realbogus_model
 from astrodag.imaging.service import create_app
 from astrodag.models.braai import BraaiCNN
@@ -39,12 +41,14 @@ def model_files(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def scorer(model_files):
-    return RealBogusScorer.from_files(model_files["model"], device="cpu")
+    return RealBogusScorer.from_files(model_files["model"], device="cpu", precision="float32")
 
 
 @pytest.fixture(scope="module")
 def url(model_files):
-    app = create_app(model_files["model"], max_batch=MAX_BATCH, max_bytes=MAX_BYTES, device="cpu")
+    # float32: the answers are compared with the float32 scorer to 1e-6, whatever the CPU offers.
+    app = create_app(model_files["model"], max_batch=MAX_BATCH, max_bytes=MAX_BYTES, device="cpu",
+                     precision="float32")
     # port 0: the OS picks a free port, read back from the listening socket (no race).
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", lifespan="on"))
     thread = threading.Thread(target=server.run, daemon=True)
@@ -102,6 +106,24 @@ def test_health(client):
     assert body["status"] == "ok" and body["architecture"] == "braai" and body["threshold"] == THRESHOLD
     assert body["input_shape"] == [3, SIZE, SIZE] and body["max_batch"] == MAX_BATCH
     assert body["max_bytes"] == MAX_BYTES and body["device"] == "cpu" and body["forward_batch"] == 64
+    assert body["precision"] == "float32"
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_health_reports_the_resolved_auto_precision(model_files, monkeypatch, native):
+    import asyncio
+
+    async def health(app):
+        async with app.router.lifespan_context(app):  # the server's start-up: loads the model
+            return app.state.service.health()
+
+    monkeypatch.setattr(scoring, "cpu_has_native_bf16", lambda: native)
+    auto = asyncio.run(health(create_app(model_files["model"], device="cpu")))  # precision "auto"
+    assert auto["precision"] == ("bfloat16" if native else "float32")
+    assert asyncio.run(health(create_app(model_files["model"], device="cpu", precision="bfloat16")))["precision"] \
+        == "bfloat16"
+    with pytest.raises(ValueError, match="precision must be 'auto', 'float32' or 'bfloat16'"):
+        create_app(model_files["model"], precision="half")
 
 
 def test_single_triplet(client, scorer):
@@ -251,8 +273,18 @@ def test_serve_command(tmp_path, model_files, monkeypatch):
     monkeypatch.setattr("astrodag.imaging.service.serve", lambda model, **kwargs: called.update(kwargs, model=model))
     assert service_commands.run_serve(args)
     assert called["port"] == 8123 and called["max_bytes"] == 2 * 2 ** 20 and called["host"] == "127.0.0.1"
-    assert called["max_connections"] == 64 and called["device"] == "auto"
+    assert called["max_connections"] == 64 and called["device"] == "auto" and called["precision"] == "auto"
     assert "max_batch" not in called  # the service's own default applies
+    assert service_commands.run_serve(_serve_args(["serve", "--model", str(model_files["model"]), "--precision",
+                                                   "bfloat16"]))
+    assert called["precision"] == "bfloat16"
+    assert called["workers"] == 1
+    assert service_commands.run_serve(_serve_args(["serve", "--model", str(model_files["model"]), "--workers", "2"]))
+    assert called["workers"] == 2
+    with pytest.raises(ConfigError, match="serve.workers"):
+        service_commands.run_serve(_serve_args(["serve", "--model", str(model_files["model"]), "--workers", "0"]))
+    with pytest.raises(SystemExit):
+        _serve_args(["serve", "--model", str(model_files["model"]), "--precision", "half"])
     with pytest.raises(InputDataError, match="missing"):
         service_commands.run_serve(_serve_args(["serve", "--model", str(tmp_path / "none.pt")]))
     assert not service_commands.run_serve(argparse.Namespace(track="supernova", stage="train"))
@@ -310,5 +342,38 @@ def test_a_model_that_cannot_load_stops_the_server_with_its_error(tmp_path, mode
 
     (tmp_path / "model.pt").write_bytes(b"not a torch file")
     (tmp_path / "model.json").write_text(model_files["sidecar"].read_text())
-    with pytest.raises(InputDataError, match="cannot load the model weights"):
-        serve(tmp_path / "model.pt", port=0, device="cpu", log_level="critical")
+    for workers in (1, 2):
+        with pytest.raises(InputDataError, match="cannot load the model weights"):
+            serve(tmp_path / "model.pt", port=0, device="cpu", log_level="critical", workers=workers)
+
+
+def test_two_worker_processes_answer_on_one_port(model_files, scorer):
+    """``astrodag serve --workers 2`` as users start it: both workers load the model and score."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    command = [sys.executable, "-m", "astrodag", "serve", "--model", str(model_files["model"]), "--port", str(port),
+               "--workers", "2", "--device", "cpu", "--precision", "float32"]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        url = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 120
+        pids = set()
+        with httpx.Client(base_url=url, timeout=30) as client:
+            while len(pids) < 2:
+                assert process.poll() is None, process.stdout.read()
+                assert time.monotonic() < deadline, f"saw only the workers {pids}"
+                try:
+                    health = client.get("/health", headers={"Connection": "close"}).json()
+                except httpx.HTTPError:
+                    time.sleep(0.2)
+                    continue
+                assert health["precision"] == "float32"
+                pids.add(health["worker_pid"])
+            batch = _triplets(5, seed=7)
+            answer = _post_npy(client, batch).json()
+        assert process.pid not in pids
+        np.testing.assert_allclose(answer["scores"], scorer.score(batch), atol=1e-6)
+    finally:
+        process.terminate()
+        process.wait(timeout=30)

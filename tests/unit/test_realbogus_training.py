@@ -6,9 +6,10 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from realbogus_helpers import write_dataset
+from realbogus_helpers import triplets, write_dataset
 
 from astrodag.errors import ConfigError, InputDataError
+from astrodag.imaging import scoring
 from astrodag.imaging.realbogus import (
     RealBogusSettings,
     TripletDataset,
@@ -79,6 +80,28 @@ def test_easy_problem_is_separated_and_every_output_is_written(trained):
         assert target["validation_fnr"] <= target["target_fnr"] + 1e-12
     table = pd.read_csv(out / "evaluation" / "thresholds.csv")
     assert "operating" in set(table["marker"].fillna(""))
+
+
+def test_bfloat16_scores_of_a_trained_model_agree_with_float32(trained):
+    out = trained[0]
+    inputs, _ = triplets(300, seed=7)  # new random normalised triplets
+    exact = scoring.RealBogusScorer.from_files(out / "model" / "model.pt", device="cpu", precision="float32")
+    fast = scoring.RealBogusScorer.from_files(out / "model" / "model.pt", device="cpu", precision="bfloat16")
+    reference = exact.score(inputs)
+    assert np.ptp(reference) > 0.2  # trained: the scores spread (an untrained net gives ~0.5 +- 0.02)
+    np.testing.assert_allclose(fast.score(inputs), reference, rtol=0, atol=0.02)
+
+
+def test_evaluation_scores_in_float32_where_auto_would_pick_bfloat16(trained, dataset, tmp_path, monkeypatch):
+    out, _, metrics = trained
+    monkeypatch.setattr(scoring, "cpu_has_native_bf16", lambda: True)
+    assert scoring.RealBogusScorer.from_files(out / "model" / "model.pt", device="cpu").precision == "bfloat16"
+    settings = RealBogusSettings.from_config({"braai": {"max_epochs": 4, "batch_size": 32}})
+    again = evaluate_realbogus(out / "model", dataset, tmp_path, settings, threads=1)
+    assert metrics["scoring"]["precision"] == again["scoring"]["precision"] == "float32"
+    assert again["aucpr"] == metrics["aucpr"] and again["at_threshold"] == metrics["at_threshold"]
+    np.testing.assert_array_equal(pd.read_parquet(tmp_path / "predictions.parquet")["score"],
+                                  pd.read_parquet(out / "evaluation" / "predictions.parquet")["score"])
 
 
 def test_same_seed_gives_bit_identical_weights(dataset, tmp_path):

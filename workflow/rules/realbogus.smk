@@ -1,7 +1,7 @@
 # Real/bogus classification of the difference-image candidates: one classifier per row of the
 # grid (architectures x seeds, cross-mission) -> test-split evaluation -> comparison report with the
-# end-to-end SN recovery; the deployed model scores every pair's candidates, fills a review queue
-# for active learning, and is exported to ONNX.
+# end-to-end SN recovery; the deployed model scores every pair's candidates, the most uncertain of
+# those fill a review queue for active learning, and the model is exported to ONNX.
 
 
 rule train_realbogus:
@@ -106,12 +106,14 @@ rule score_candidates:
         " --settings '{params.settings}' --threads {threads} --log {log}"
 
 
+# The queue comes from the newly scored candidates (not from the labelled test split): only the
+# queued candidates are cut again from their pairs' images, as the scorer cut them.
 rule review_queue:
     input:
-        predictions=f"{RB_DEPLOYED}/evaluation/predictions.parquet",
+        scored=rules.score_candidates.output.table,
         sidecar=f"{RB_DEPLOYED}/model/model.json",
-        triplets=f"{SN_TRIPLETS}/test.npy",
         pairs=f"{SN_ARCHIVE}/pairs.csv",
+        candidates=supernova_pair_files("candidates.csv"),
     output:
         queue=f"{RB_REVIEW}/review_queue.csv",
         triplets=f"{RB_REVIEW}/review_triplets.npz",
@@ -120,11 +122,17 @@ rule review_queue:
         f"{SN_LOGS}/review_queue.log",
     conda:
         "../../envs/imaging.yaml"
+    resources:
+        mem_mb=2000,
+        runtime=30,
     params:
+        pair_dirs=lambda wildcards, input: " ".join(
+            shlex.quote(str(Path(p).parent)) for p in input.candidates
+        ),
         out_dir=lambda wildcards, output: Path(output.queue).parent,
         queue_size=SUPERNOVA["review"]["count"],
     shell:
-        "python -m astrodag supernova review --predictions {input.predictions} --triplets {input.triplets}"
+        "python -m astrodag supernova review --scored {input.scored} --pair-dirs {params.pair_dirs}"
         " --model-json {input.sidecar} --pairs {input.pairs} --out-dir {params.out_dir}"
         " --count {params.queue_size} --log {log}"
 

@@ -648,6 +648,9 @@ def evaluate_realbogus(model_dir: str | Path, triplets_dir: str | Path, out_dir:
                        threads: int | None = None, device: str | None = None) -> dict[str, Any]:
     """Score the test split once with a trained model and write every metric and figure.
 
+    The validation and test triplets are scored in float32 on every device (never bfloat16,
+    whatever the CPU offers).
+
     Parameters
     ----------
     model_dir : str or Path
@@ -678,8 +681,10 @@ def evaluate_realbogus(model_dir: str | Path, triplets_dir: str | Path, out_dir:
 
     settings = settings or RealBogusSettings()
     model_dir, out_dir = Path(model_dir), Path(out_dir)
+    # float32 whatever the CPU (not the scorer's "auto"): the validation threshold analysis and the
+    # test metrics must not depend on the machine's bfloat16 support.
     scorer = RealBogusScorer.from_files(model_dir / "model.pt", model_dir / "model.json",
-                                        device=device or settings.device, threads=threads)
+                                        device=device or settings.device, threads=threads, precision="float32")
     sidecar = scorer.sidecar
     splits = load_splits(triplets_dir)
     if splits.input_shape != scorer.input_shape:
@@ -735,7 +740,7 @@ def evaluate_realbogus(model_dir: str | Path, triplets_dir: str | Path, out_dir:
                       "sha256"), "dataset_matches": sidecar.get("data", {}).get("sha256") == digest},
         "scoring": {"triplets": int(len(p_val) + len(p_test)), "seconds": round(seconds, 3),
                     "triplets_per_second": round((len(p_val) + len(p_test)) / seconds, 1) if seconds > 0 else None,
-                    "device": str(scorer.device)},
+                    "device": str(scorer.device), "precision": scorer.precision},
     }
     write_json(out_dir / "metrics.json", metrics)
     write_table(out_dir / "predictions.parquet", test_frame.reset_index(drop=True))

@@ -1,22 +1,26 @@
-"""Active learning for the real/bogus classifier: review the most uncertain candidates.
+"""Active learning for the real/bogus classifier: review the most uncertain new candidates.
 
 One round:
 
-1. :func:`write_review_queue` ranks scored candidates by uncertainty, the distance of the
-   score from the decision threshold (ties: the higher binary entropy first), and writes
-   the ``count`` most uncertain to ``out_dir``:
+1. :func:`write_review_queue` takes the scored candidate table of the scoring stage
+   (:func:`astrodag.imaging.scoring.score_batch`, ``results/supernova/scored/candidates.parquet``),
+   ranks the scored candidates by uncertainty, the distance of the score from the model's
+   decision threshold (ties: the higher binary entropy first), and re-cuts only the ``count``
+   most uncertain from their pair's images, with the scorer's own cut-out code
+   (:func:`astrodag.imaging.scoring.candidate_cutouts`, the model's normalisation), so the
+   queued cut-outs are exactly those that were scored. It writes to ``out_dir``:
 
    ``review_queue.csv``
        One row per candidate, most uncertain first: ``queue_row`` (its rank and its row in
-       ``review_triplets.npz``), ``pair_id, sn_name, mission, filter``, ``candidate_id``
-       (when the predictions have one), ``x, y, ra, dec, significance, score, distance``
-       (``|score - threshold|``), ``entropy`` (bits), ``prior_label`` and ``prior_source``
-       (the dataset's label and source, when known), ``stamp`` (the PNG, relative to
-       ``out_dir``) and an empty ``label`` column for the reviewer.
+       ``review_triplets.npz``), ``pair_id, sn_name, mission, filter`` (the last three from
+       ``pairs.csv``), ``candidate_id, x, y, ra, dec, significance, score``, ``distance``
+       (``|score - threshold|``), ``entropy`` (bits), ``kept`` (the detection stage's
+       shape-cut verdict), ``masked_fraction``, ``stamp`` (the PNG, relative to ``out_dir``)
+       and an empty ``label`` column for the reviewer.
    ``review_triplets.npz``
        The queued cut-outs (``cutouts``, ``(n, 3, S, S)`` float32) with ``pair_id``, ``x``,
-       ``y`` per row and the ``threshold``, so the reviews can be ingested after the source
-       arrays have changed.
+       ``y`` per row and the ``threshold``, so the reviews can be ingested after the pair
+       products have changed.
    ``stamps/{queue_row:05d}.png``
        Science, reference and difference side by side.
 
@@ -26,8 +30,13 @@ One round:
 3. :func:`ingest_reviews` writes the labelled cut-outs as one ``{pair_id}.npz`` per pair in
    exactly the layout of a pair's ``triplets.npz`` (:func:`astrodag.imaging.triplets.cut_triplets`;
    ``source = "reviewed"``), plus ``ingested.json``; the dataset stage takes those files as
-   extra triplet files in the next run. Splits stay by supernova there, so a reviewed
-   candidate joins the split of its supernova.
+   extra triplet files in the next run, where a reviewed cut-out replaces the pair's own copy
+   of that candidate. Splits stay by supernova there, so a reviewed candidate joins the split
+   of its supernova.
+
+Only the scores (one column) of the whole table are held at once; the other columns are read
+for the queued rows only, one Parquet row group at a time, and only the queued candidates'
+pairs are opened, so a night of millions of candidates queues in bounded memory.
 """
 
 from __future__ import annotations
@@ -35,7 +44,9 @@ from __future__ import annotations
 import json
 import logging
 import re
+from collections.abc import Iterable, Mapping
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -51,6 +62,9 @@ TRIPLETS_FILE = "review_triplets.npz"
 REVIEWED_SOURCE = "reviewed"
 LABELS = {"1": 1, "real": 1, "0": 0, "bogus": 0, "skip": None}
 META_COLUMNS = ("pair_id", "sn_name", "mission", "filter")
+# Of the scored candidate table (astrodag.imaging.scoring.SCORED_COLUMNS): needed, and carried into the queue.
+REQUIRED_SCORED_COLUMNS = ("pair_id", "x", "y", "score")
+QUEUED_COLUMNS = (*REQUIRED_SCORED_COLUMNS, "candidate_id", "ra", "dec", "significance", "kept", "masked_fraction")
 SAFE_PAIR_ID = re.compile(r"[A-Za-z0-9_.-]+")
 
 
@@ -72,31 +86,196 @@ def uncertainty_order(scores: np.ndarray, threshold: float) -> np.ndarray:
     return np.lexsort((np.arange(len(scores)), -binary_entropy(scores), distance))
 
 
-def _read_table(path: Path) -> pd.DataFrame:
-    if not path.is_file():
-        raise InputDataError(path, "file does not exist")
-    if path.suffix == ".parquet":
-        return pd.read_parquet(path)
-    if path.suffix == ".csv":
-        return pd.read_csv(path, dtype={column: str for column in META_COLUMNS})
-    raise InputDataError(path, "expected a .parquet or .csv table")
+def most_uncertain(scores: np.ndarray, threshold: float, count: int) -> np.ndarray:
+    """Indices of the ``count`` most uncertain finite ``scores``, most uncertain first.
+
+    The same rows, in the same order, as the first ``count`` of :func:`uncertainty_order`
+    over the finite scores, found in linear time (a partition, then a sort of the few
+    nearest the threshold), which matters for millions of candidates. NaN scores
+    (candidates too masked to score) are left out.
+    """
+    scores = np.asarray(scores, float)
+    rows = np.flatnonzero(np.isfinite(scores))
+    if len(rows) > count:
+        distance = np.round(np.abs(scores[rows] - threshold), 9)
+        # Every row as near as the count-th nearest stays, so ties are decided as in uncertainty_order.
+        rows = rows[distance <= np.partition(distance, count - 1)[count - 1]]
+    return rows[uncertainty_order(scores[rows], threshold)][:count]
 
 
-def _open_triplets(path: Path) -> np.ndarray:
-    """A triplet array from ``.npy`` (memory-mapped) or a ``.npz`` with ``cutouts``."""
-    if not path.is_file():
-        raise InputDataError(path, "file does not exist")
-    try:
-        if path.suffix == ".npz":
-            with np.load(path, allow_pickle=False) as npz:
-                array = npz["cutouts"]
-        else:
-            array = np.load(path, mmap_mode="r", allow_pickle=False)
-    except (OSError, KeyError, ValueError) as error:
-        raise InputDataError(path, f"not a triplet array (.npy, or .npz with 'cutouts'): {error}") from error
-    if array.ndim != 4 or array.shape[1] != len(CHANNELS):
-        raise InputDataError(path, f"expected triplets of shape (n, 3, S, S), got {array.shape}")
-    return array
+def _queued_columns(columns: Iterable[str], source: Path) -> list[str]:
+    columns = list(columns)
+    missing = [c for c in REQUIRED_SCORED_COLUMNS if c not in columns]
+    if missing:
+        raise InputDataError(source, f"lacks the columns {missing}; is it the scoring stage's candidate table?")
+    return [c for c in QUEUED_COLUMNS if c in columns]
+
+
+def _checked_scores(scores: Any, source: Path) -> np.ndarray:
+    scores = np.asarray(scores, float)
+    if np.any((scores < 0) | (scores > 1)):
+        raise InputDataError(source, "'score' must be probabilities in [0, 1]")
+    return scores
+
+
+def _scored_rows(scored: str | Path | pd.DataFrame, threshold: float, count: int) -> tuple[pd.DataFrame, int]:
+    """The ``count`` most uncertain rows of a scored table (most uncertain first) and how many have a score.
+
+    Of a Parquet table only the ``score`` column is read whole; the other columns are read
+    for the chosen rows, one row group at a time.
+    """
+    if isinstance(scored, pd.DataFrame) or Path(scored).suffix == ".csv":
+        source = Path("scored") if isinstance(scored, pd.DataFrame) else Path(scored)
+        if not isinstance(scored, pd.DataFrame) and not source.is_file():
+            raise InputDataError(source, "file does not exist: score the candidates first (astrodag supernova score)")
+        table = scored if isinstance(scored, pd.DataFrame) else pd.read_csv(source, dtype={"pair_id": str})
+        wanted = _queued_columns(table.columns, source)
+        scores = _checked_scores(table["score"], source)
+        rows = most_uncertain(scores, threshold, count)
+        return table.iloc[rows][wanted].reset_index(drop=True), int(np.isfinite(scores).sum())
+    source = Path(scored)
+    if source.suffix != ".parquet":
+        raise InputDataError(source, "expected a .parquet or .csv table (the scoring stage's candidates.parquet)")
+    if not source.is_file():
+        raise InputDataError(source, "file does not exist: score the candidates first (astrodag supernova score)")
+    import pyarrow.parquet as pq
+
+    parquet = pq.ParquetFile(source)
+    wanted = _queued_columns(parquet.schema_arrow.names, source)
+    scores = _checked_scores(parquet.read(columns=["score"]).column("score").to_numpy(), source)
+    rows = most_uncertain(scores, threshold, count)
+    ends = np.cumsum([parquet.metadata.row_group(i).num_rows for i in range(parquet.num_row_groups)])
+    groups = np.searchsorted(ends, rows, side="right")  # the row group of each chosen row
+    parts = []
+    for group in np.unique(groups):
+        chosen = np.flatnonzero(groups == group)
+        local = rows[chosen] - (ends[group - 1] if group else 0)
+        part = parquet.read_row_group(int(group), columns=wanted).take(local).to_pandas()
+        parts.append(part.set_axis(chosen))
+    table = pd.concat(parts).sort_index() if parts else pd.DataFrame(columns=wanted)
+    return table.reset_index(drop=True), int(np.isfinite(scores).sum())
+
+
+def _pair_directories(pair_dirs: Iterable[str | Path]) -> dict[str, Path]:
+    """``pair_id -> directory``: a pair's id is its directory's name, as in the scoring stage."""
+    directories: dict[str, Path] = {}
+    for path in map(Path, pair_dirs):
+        if directories.get(path.name, path) != path:
+            raise InputDataError(path, f"two pair directories are named {path.name!r} ({directories[path.name]})")
+        directories[path.name] = path
+    return directories
+
+
+def _queued_cutouts(table: pd.DataFrame, directories: Mapping[str, Path], size: int,
+                    normalisation: Mapping[str, Any]) -> np.ndarray:
+    """Cut-outs of the queued candidates from their pairs' images, exactly as the scorer cut them."""
+    from astrodag.imaging.pipeline import read_products
+    from astrodag.imaging.scoring import candidate_cutouts
+
+    stack = np.empty((len(table), len(CHANNELS), size, size), np.float32)
+    for pair_id, group in table.groupby("pair_id", sort=True):
+        pair_dir = directories[pair_id]
+        batches = list(candidate_cutouts(read_products(pair_dir), group["x"].to_numpy(float),
+                                         group["y"].to_numpy(float), size, normalisation))
+        stack[group.index.to_numpy()] = np.concatenate([cut for cut, _ in batches])
+        fraction = np.concatenate([fraction for _, fraction in batches])
+        if "masked_fraction" in group.columns and not np.allclose(
+                fraction, group["masked_fraction"].to_numpy(float), rtol=0, atol=1e-6):
+            raise InputDataError(pair_dir, "its images differ from those its candidates were scored on (the "
+                                           "masked fractions do not match): score the candidates again")
+    return stack
+
+
+def write_review_queue(scored: str | Path | pd.DataFrame, pair_dirs: Iterable[str | Path],
+                       model_json: str | Path | Mapping[str, Any], out_dir: str | Path, count: int = 100,
+                       pairs: str | Path | None = None, stamps: bool = True) -> dict:
+    """Queue the ``count`` most uncertain newly scored candidates for review (see the module notes).
+
+    Parameters
+    ----------
+    scored : str, Path or DataFrame
+        The scoring stage's candidate table (``.parquet``/``.csv``,
+        :data:`astrodag.imaging.scoring.SCORED_COLUMNS`): ``pair_id``, ``x``, ``y``, ``score``
+        at least; NaN scores (cut-outs too masked to score) are never queued.
+    pair_dirs : iterable of str or Path
+        The pair directories that were scored (the pair id is the directory's name); the
+        queued candidates' pairs are read again (``difference.fits``, ``mask.fits``...).
+    model_json : str, Path or mapping
+        The sidecar of the model that scored them: its ``threshold``, ``normalisation`` and
+        ``input_shape`` decide the ranking and the cut-outs.
+    out_dir : str or Path
+        Receives ``review_queue.csv``, ``review_triplets.npz`` and ``stamps/``.
+    count : int, default 100
+        Candidates queued (fewer when fewer have a score).
+    pairs : str or Path, optional
+        ``pairs.csv``, filling ``sn_name``, ``mission`` and ``filter`` from ``pair_id``
+        (without it they stay empty and :func:`ingest_reviews` refuses the labels).
+    stamps : bool, default True
+        Draw the PNG stamps.
+
+    Returns
+    -------
+    dict
+        Counts, the threshold, the score range of the queue and the pairs read.
+
+    Raises
+    ------
+    InputDataError
+        For a missing or invalid table, sidecar or pairs table, scores outside [0, 1], a
+        queued pair without a directory, or pair images that changed since scoring.
+    """
+    from astrodag.imaging.scoring import check_sidecar, read_sidecar
+
+    if count < 1:
+        raise ValueError(f"count must be at least 1, got {count}")
+    sidecar = check_sidecar(model_json) if isinstance(model_json, Mapping) else read_sidecar(model_json)
+    threshold = float(sidecar["threshold"])
+    normalisation = {"method": sidecar["normalisation"]["method"], "clip": float(sidecar["normalisation"]["clip"])}
+    size = int(sidecar["input_shape"][-1])
+    out_dir = Path(out_dir)
+
+    table, available = _scored_rows(scored, threshold, count)
+    table["pair_id"] = table["pair_id"].astype(str)
+    directories = _pair_directories(pair_dirs)
+    unknown = sorted(set(table["pair_id"]) - set(directories))
+    if unknown:
+        where = Path("scored") if isinstance(scored, pd.DataFrame) else Path(scored)
+        raise InputDataError(where, f"queues candidates of pairs without a pair directory given: {unknown[:5]}")
+    cutouts = _queued_cutouts(table, directories, size, normalisation)
+    if pairs is not None:
+        table = _with_pair_columns(table, Path(pairs))
+    for column in ("sn_name", "mission", "filter", "candidate_id", "ra", "dec", "significance"):
+        if column not in table.columns:
+            table[column] = "" if column in META_COLUMNS else np.nan
+
+    queue = pd.DataFrame({"queue_row": np.arange(len(table))})
+    for column in (*META_COLUMNS, "candidate_id", "x", "y", "ra", "dec", "significance", "score"):
+        queue[column] = table[column].to_numpy()
+    queue["distance"] = np.abs(queue["score"] - threshold)
+    queue["entropy"] = binary_entropy(queue["score"].to_numpy(float))
+    for column in ("kept", "masked_fraction"):
+        if column in table.columns:
+            queue[column] = table[column].to_numpy()
+    queue["stamp"] = [f"stamps/{i:05d}.png" for i in queue["queue_row"]] if stamps else ""
+    queue["label"] = ""
+
+    with atomic_path(out_dir / TRIPLETS_FILE) as tmp, open(tmp, "wb") as handle:
+        np.savez(handle, cutouts=cutouts, pair_id=queue["pair_id"].to_numpy(str), x=queue["x"].to_numpy(float),
+                 y=queue["y"].to_numpy(float), threshold=np.array(threshold))
+    if stamps:
+        (out_dir / "stamps").mkdir(parents=True, exist_ok=True)  # even for an empty queue (a rule's output)
+        writer = _StampWriter(size)
+        for i, row in queue.iterrows():
+            writer.write(out_dir / row["stamp"], cutouts[i],
+                         f"#{i}  {row['pair_id']}  x={row['x']:.1f} y={row['y']:.1f}  score={row['score']:.3f}")
+    write_table(out_dir / QUEUE_FILE, queue)
+    summary = {"queued": int(len(queue)), "available": available, "threshold": threshold,
+               "pairs": int(queue["pair_id"].nunique()),
+               "score_range": [float(queue["score"].min()), float(queue["score"].max())] if len(queue) else None,
+               "max_distance": float(queue["distance"].max()) if len(queue) else None}
+    log.info("review queue: %d of %d scored candidates from %d pair(s), scores %s", summary["queued"],
+             summary["available"], summary["pairs"], summary["score_range"])
+    return summary
 
 
 class _StampWriter:
@@ -125,122 +304,10 @@ class _StampWriter:
         save_figure(path, self.figure)
 
 
-def write_review_queue(predictions: str | Path | pd.DataFrame, triplets: str | Path | np.ndarray,
-                       out_dir: str | Path, count: int = 100, threshold: float = 0.5,
-                       pairs: str | Path | None = None, stamps: bool = True) -> dict:
-    """Write the ``count`` most uncertain candidates for human review (see the module notes).
-
-    Parameters
-    ----------
-    predictions : str, Path or DataFrame
-        Scored candidates (``.parquet``/``.csv``), e.g. the evaluation's ``predictions.parquet``:
-        ``score``, ``pair_id``, ``x``, ``y`` and optionally ``row`` (the candidate's row in
-        ``triplets``; without it, row i of the table is row i of the array), ``sn_name``,
-        ``mission``, ``filter``, ``candidate_id``, ``ra``, ``dec``, ``significance``,
-        ``label``, ``source``, ``split``, ``augmentation``.
-    triplets : str, Path or ndarray
-        The candidates' normalised cut-outs, ``(n, 3, S, S)`` (``.npy``, or ``.npz`` with
-        ``cutouts``), e.g. ``results/supernova/triplets/test.npy``.
-    out_dir : str or Path
-        Receives ``review_queue.csv``, ``review_triplets.npz`` and ``stamps/``.
-    count : int, default 100
-        Candidates queued (fewer when fewer are available).
-    threshold : float, default 0.5
-        The model's decision threshold (``model.json``); uncertainty is distance from it.
-    pairs : str or Path, optional
-        ``pairs.csv``, filling ``sn_name``, ``mission`` and ``filter`` from ``pair_id`` for
-        predictions that lack them (the scoring stage's candidate tables).
-    stamps : bool, default True
-        Draw the PNG stamps.
-
-    Returns
-    -------
-    dict
-        Counts and the score range of the queue.
-
-    Raises
-    ------
-    InputDataError
-        For missing columns, several splits in one table, rows outside the array or scores
-        outside [0, 1]. Rows with a NaN score (unscored candidates) are left out.
-    """
-    if count < 1:
-        raise ValueError(f"count must be at least 1, got {count}")
-    if not 0.0 <= threshold <= 1.0:
-        raise ValueError(f"threshold must be in [0, 1], got {threshold}")
-    source_path = Path("predictions") if isinstance(predictions, pd.DataFrame) else Path(predictions)
-    table = predictions.copy() if isinstance(predictions, pd.DataFrame) else _read_table(source_path)
-    array = triplets if isinstance(triplets, np.ndarray) else _open_triplets(Path(triplets))
-    out_dir = Path(out_dir)
-
-    missing = [c for c in ("score", "pair_id", "x", "y") if c not in table.columns]
-    if missing:
-        raise InputDataError(source_path, f"lacks the columns {missing}")
-    if "split" in table.columns and table["split"].nunique() > 1:
-        raise InputDataError(source_path, f"holds the splits {sorted(table['split'].unique())}, whose rows index "
-                                          "different arrays; pass one split's predictions with its array")
-    if "row" not in table.columns:
-        if len(table) != len(array):
-            raise InputDataError(source_path, f"has {len(table)} rows but the triplet array {len(array)}, and no "
-                                              "'row' column to match them")
-        table["row"] = np.arange(len(table))
-    rows = table["row"].to_numpy()
-    if len(rows) and (rows.min() < 0 or rows.max() >= len(array)):
-        raise InputDataError(source_path, f"'row' values span [{rows.min()}, {rows.max()}], outside the "
-                                          f"{len(array)} triplets")
-    scores = table["score"].to_numpy(float)
-    if np.any((scores < 0) | (scores > 1)):
-        raise InputDataError(source_path, "'score' must be probabilities in [0, 1]")
-    # Candidates without a score (NaN: cut-out too masked to score) cannot be ranked.
-    available = int(np.isfinite(scores).sum())
-    table = table[np.isfinite(scores)]
-    if pairs is not None:
-        table = _with_pair_columns(table, Path(pairs))
-    for column in ("sn_name", "mission", "filter", "ra", "dec", "significance"):
-        if column not in table.columns:
-            table[column] = "" if column in META_COLUMNS else np.nan
-
-    # Augmented copies repeat an original that is in the table too; review each position once.
-    if "augmentation" in table.columns:
-        table = table[table["augmentation"].fillna("none") == "none"]
-    table = table.iloc[uncertainty_order(table["score"].to_numpy(float), threshold)]
-    table = table.drop_duplicates(["pair_id", "x", "y"]).head(count).reset_index(drop=True)
-
-    queue = pd.DataFrame({"queue_row": np.arange(len(table))})
-    for column in (*META_COLUMNS, "candidate_id", "x", "y", "ra", "dec", "significance", "score"):
-        if column in table.columns:
-            queue[column] = table[column].to_numpy()
-    queue["distance"] = np.abs(queue["score"] - threshold)
-    queue["entropy"] = binary_entropy(queue["score"].to_numpy(float))
-    for column in ("label", "source"):
-        if column in table.columns:
-            queue[f"prior_{column}"] = table[column].to_numpy()
-    queue["stamp"] = [f"stamps/{i:05d}.png" for i in queue["queue_row"]] if stamps else ""
-    queue["label"] = ""
-
-    # Sorted reads keep a memory-mapped array's access sequential.
-    order = np.argsort(table["row"].to_numpy(), kind="stable")
-    cutouts = np.empty((len(table), *array.shape[1:]), np.float32)
-    cutouts[order] = array[table["row"].to_numpy()[order]]
-    with atomic_path(out_dir / TRIPLETS_FILE) as tmp, open(tmp, "wb") as handle:
-        np.savez(handle, cutouts=cutouts, pair_id=queue["pair_id"].to_numpy(str), x=queue["x"].to_numpy(float),
-                 y=queue["y"].to_numpy(float), threshold=np.array(threshold))
-    if stamps:
-        writer = _StampWriter(array.shape[-1])
-        for i, row in queue.iterrows():
-            writer.write(out_dir / row["stamp"], cutouts[i],
-                         f"#{i}  {row['pair_id']}  x={row['x']:.1f} y={row['y']:.1f}  score={row['score']:.3f}")
-    write_table(out_dir / QUEUE_FILE, queue)
-    summary = {"queued": int(len(queue)), "available": available, "threshold": float(threshold),
-               "score_range": [float(queue["score"].min()), float(queue["score"].max())] if len(queue) else None,
-               "max_distance": float(queue["distance"].max()) if len(queue) else None}
-    log.info("review queue: %d of %d candidates, scores %s", summary["queued"], summary["available"],
-             summary["score_range"])
-    return summary
-
-
 def _with_pair_columns(table: pd.DataFrame, pairs: Path) -> pd.DataFrame:
-    info = _read_table(pairs)
+    if not pairs.is_file():
+        raise InputDataError(pairs, "file does not exist")
+    info = pd.read_csv(pairs, dtype={column: str for column in META_COLUMNS})
     missing = [c for c in META_COLUMNS if c not in info.columns]
     if missing:
         raise InputDataError(pairs, f"lacks the columns {missing}")

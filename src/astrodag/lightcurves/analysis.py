@@ -5,7 +5,11 @@ at step t uses only epochs <= t). This module turns those scores into
 
 * early-detection curves: accuracy and ROC AUC when the classifier has seen a
   fraction of the time grid (basis "time") or of the event's observed epochs
-  (basis "observed"), with the median (t - t0)/tE of the binaries reached by then;
+  (basis "observed"), with the median (t - t0)/tE of the binaries reached by then,
+  the one-sided Mann-Whitney p-value of "ROC AUC > 0.5" (does the classifier beat
+  chance there?) and the share of binaries whose light curve had by then departed
+  from a PSPL (``anomaly_time`` of the simulation), which bounds from above the
+  binaries that any classifier could have recognised;
 * detection times: the first step after which P(binary) stays above a threshold
   until the end (binaries give detections, PSPL events false alarms);
 * per-cadence metrics, tables and figures, and a comparison of the cadences.
@@ -32,6 +36,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 from matplotlib import colormaps
+from scipy.stats import mannwhitneyu
 from matplotlib.figure import Figure
 from tabulate import tabulate
 from tqdm.auto import tqdm
@@ -51,6 +56,8 @@ DEFAULT_FRACTIONS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
 DEFAULT_THRESHOLDS = (0.5, 0.8, 0.9, 0.95)
 DECISION_THRESHOLD = 0.5
 CONFIDENCE = 0.95
+# One-sided level at which an ROC AUC above 0.5 counts as beating chance.
+CHANCE_LEVEL = 0.05
 CHUNK_EVENTS = 2048
 CLASS_NAMES = ("PSPL", "binary")
 # At most this many ROC points go into metrics.json (compare_cadences redraws the curves from them).
@@ -428,7 +435,7 @@ def _classification_summary(labels: np.ndarray, prob: np.ndarray, threshold: flo
             "n_events": 0, "n_binary": 0, "n_pspl": 0, "tp": 0, "fp": 0, "tn": 0, "fn": 0, "n_correct": 0,
             **{k: _NAN for k in ("accuracy", "accuracy_low", "accuracy_high", "recall", "recall_low", "recall_high",
                                  "false_alarm_rate", "false_alarm_low", "false_alarm_high", "roc_auc", "aucpr",
-                                 "brier")},
+                                 "brier", "roc_auc_p_value")},
         }
     metrics = binary_metrics(labels, np.asarray(prob, dtype=np.float64), threshold=threshold)
     tp, fp, tn, fn = metrics["tp"], metrics["fp"], metrics["tn"], metrics["fn"]
@@ -456,9 +463,24 @@ def _classification_summary(labels: np.ndarray, prob: np.ndarray, threshold: flo
         "false_alarm_low": fa_low,
         "false_alarm_high": fa_high,
         "roc_auc": metrics["roc_auc"],
+        "roc_auc_p_value": auc_p_value(labels, prob),
         "aucpr": metrics["aucpr"],
         "brier": metrics["brier"],
     }
+
+
+def auc_p_value(labels, scores) -> float:
+    """One-sided p-value of ROC AUC > 0.5: the Mann-Whitney U test of binary scores above PSPL scores.
+
+    U / (n_binary n_pspl) is the ROC AUC (ties count one half), so this tests the AUC
+    itself against chance. NaN when a class is missing.
+    """
+    labels = np.asarray(labels)
+    scores = np.asarray(scores, dtype=np.float64)
+    positive, negative = scores[labels == 1], scores[labels == 0]
+    if len(positive) == 0 or len(negative) == 0:
+        return _NAN
+    return float(mannwhitneyu(positive, negative, alternative="greater").pvalue)
 
 
 def _subset_columns(labels, prob, threshold, pspl_like) -> dict[str, Any]:
@@ -472,7 +494,7 @@ def _subset_columns(labels, prob, threshold, pspl_like) -> dict[str, Any]:
     like_low, like_high = wilson_interval(called_binary, n_like, CONFIDENCE)
     columns = {key: everything[key] for key in (
         "n_events", "n_binary", "n_pspl", "n_correct", "accuracy", "accuracy_low", "accuracy_high", "roc_auc",
-        "aucpr", "recall", "recall_low", "recall_high", "false_alarm_rate", "false_alarm_low", "false_alarm_high",
+        "roc_auc_p_value", "aucpr", "recall", "recall_low", "recall_high", "false_alarm_rate", "false_alarm_low", "false_alarm_high",
     )}
     columns.update({
         "n_events_without_pspl_like": without["n_events"],
@@ -504,6 +526,7 @@ def _early_rows(
     times: np.ndarray | None,
     t0: np.ndarray | None,
     tE: np.ndarray | None,
+    anomaly_time: np.ndarray | None = None,
 ) -> list[dict[str, Any]]:
     binary = labels == 1
     rows = []
@@ -518,9 +541,13 @@ def _early_rows(
                 row["median_phase_binary"] = _median(phase)
             else:
                 row["median_phase_binary"] = _NAN
+            # NaN anomaly times (PSPL-like binaries) never count as departed.
+            row["departed_share_binary"] = (float(np.mean(anomaly_time[binary] <= step_times[binary]))
+                                            if anomaly_time is not None and binary.any() else _NAN)
         else:
             row["median_time_days"] = _NAN
             row["median_phase_binary"] = _NAN
+            row["departed_share_binary"] = _NAN
         row.update(_subset_columns(labels, gathered[:, j], threshold, pspl_like))
         rows.append(row)
     return rows
@@ -543,6 +570,7 @@ def early_detection(
     times=None,
     t0=None,
     tE=None,
+    anomaly_time=None,
     chunk_events: int = CHUNK_EVENTS,
     progress: bool | None = None,
 ) -> pd.DataFrame:
@@ -572,6 +600,11 @@ def early_detection(
         Time grid (T,), peak times and Einstein times (N,), in days. With all
         three, ``median_phase_binary`` is the median (t_step - t0)/tE over the
         binaries (how much of the event had been seen); otherwise NaN.
+    anomaly_time : array-like of shape (N,), optional (keyword only)
+        Per binary, the first time (days) its light curve departs from a PSPL
+        (NaN: never, and for PSPL events). With ``times``,
+        ``departed_share_binary`` is the share of binaries past it at each
+        fraction; otherwise NaN.
     chunk_events : int
         Rows per chunk.
     progress : bool, optional
@@ -583,7 +616,8 @@ def early_detection(
         One row per fraction: basis, fraction, median_step, median_time_days,
         median_phase_binary, n_events, n_binary, n_pspl, n_correct, accuracy,
         accuracy_low, accuracy_high (95 % Wilson), roc_auc (NaN with one
-        class), aucpr, recall(+_low/_high), false_alarm_rate(+_low/_high),
+        class), roc_auc_p_value (one-sided Mann-Whitney, AUC > 0.5),
+        departed_share_binary, aucpr, recall(+_low/_high), false_alarm_rate(+_low/_high),
         n_events_without_pspl_like, accuracy_without_pspl_like(+_low/_high),
         roc_auc_without_pspl_like, n_pspl_like, recall_pspl_like(+_low/_high).
 
@@ -607,9 +641,11 @@ def early_detection(
     else:
         mask = _check_mask_shape(mask, probabilities.shape)
     times, t0, tE = _check_phase_inputs(times, t0, tE, n_events, n_steps)
+    if anomaly_time is not None:
+        anomaly_time = _check_anomaly_time(anomaly_time, n_events)
     scan = _scan(probabilities, mask, fractions, (basis,), None, chunk_events, progress)
     rows = _early_rows(basis, fractions, scan["gathered"][basis], scan["steps"][basis], labels, pspl_like,
-                       threshold, times, t0, tE)
+                       threshold, times, t0, tE, anomaly_time)
     return pd.DataFrame(rows)
 
 
@@ -622,6 +658,15 @@ def _check_phase_inputs(times, t0, tE, n_events: int, n_steps: int):
         t0 = _check_event_column(t0, "t0", n_events)
         tE = _check_event_column(tE, "tE", n_events, positive=True)
     return times, t0, tE
+
+
+def _check_anomaly_time(values, n_events: int) -> np.ndarray:
+    array = np.asarray(values, dtype=np.float64)
+    if array.shape != (n_events,):
+        raise _ArrayProblem("events", f"anomaly_time has shape {array.shape}, expected ({n_events},)")
+    if np.isinf(array).any():
+        raise _ArrayProblem("events", "anomaly_time must be finite or NaN (never departed)")
+    return array
 
 
 def _events_arrays(events: pd.DataFrame, n_events: int, need_phase: bool = True) -> dict[str, np.ndarray]:
@@ -639,6 +684,8 @@ def _events_arrays(events: pd.DataFrame, n_events: int, need_phase: bool = True)
         "event_id": (events["event_id"].to_numpy(dtype=np.int64) if "event_id" in events.columns
                      else np.arange(n_events, dtype=np.int64)),
     }
+    if "anomaly_time" in events.columns:
+        arrays["anomaly_time"] = _check_anomaly_time(events["anomaly_time"].to_numpy(), n_events)
     if need_phase:
         arrays["t0"] = _check_event_column(events["t0"].to_numpy(), "t0", n_events)
         arrays["tE"] = _check_event_column(events["tE"].to_numpy(), "tE", n_events, positive=True)
@@ -903,7 +950,7 @@ def evaluate_cadence(
         row
         for basis in BASES
         for row in _early_rows(basis, fractions, scan["gathered"][basis], scan["steps"][basis], labels, pspl_like,
-                               threshold, times, arrays["t0"], arrays["tE"])
+                               threshold, times, arrays["t0"], arrays["tE"], arrays.get("anomaly_time"))
     ])
     detections = _detection_frame(scan["detection"], thresholds, arrays, times)
     summary = detection_summary(detections)
@@ -1212,9 +1259,14 @@ def _display_tables(summary: pd.DataFrame, early: pd.DataFrame, detection: pd.Da
         accuracy = text.pivot(index="fraction", columns="cadence", values="cell")
         accuracy = accuracy[[c for c in summary["cadence"] if c in accuracy.columns]].reset_index()
         tables[f"early_{basis}"] = accuracy
-        if "median_phase_binary" in rows.columns:
-            phase = rows.pivot(index="fraction", columns="cadence", values="median_phase_binary")
-            tables[f"phase_{basis}"] = phase[[c for c in summary["cadence"] if c in phase.columns]].reset_index()
+        for key, column in (("phase", "median_phase_binary"), ("departed", "departed_share_binary")):
+            if column in rows.columns and rows[column].notna().any():
+                values = rows.pivot(index="fraction", columns="cadence", values=column)
+                tables[f"{key}_{basis}"] = values[[c for c in summary["cadence"] if c in values.columns]].reset_index()
+        if "roc_auc_p_value" in rows.columns:
+            text = rows.assign(cell=[_auc_cell(auc, p) for auc, p in zip(rows["roc_auc"], rows["roc_auc_p_value"])])
+            auc = text.pivot(index="fraction", columns="cadence", values="cell")
+            tables[f"auc_{basis}"] = auc[[c for c in summary["cadence"] if c in auc.columns]].reset_index()
     has_quartiles = {"median_phase", "phase_q25", "phase_q75"} <= set(detection.columns)
     tables["detection"] = pd.DataFrame({
         "cadence": detection["cadence"],
@@ -1225,6 +1277,35 @@ def _display_tables(summary: pd.DataFrame, early: pd.DataFrame, detection: pd.Da
         "PSPL false alarms": _interval(detection, "false_alarm_fraction", "false_alarm_low", "false_alarm_high"),
     })
     return tables
+
+
+def _auc_cell(auc: float, p_value: float) -> str:
+    """ROC AUC with its one-sided p-value against chance; * marks p < CHANCE_LEVEL."""
+    if not (np.isfinite(auc) and np.isfinite(p_value)):
+        return "n/a"
+    p_text = "p<0.001" if p_value < 0.001 else f"p={p_value:.3f}"
+    return f"{auc:.3f} ({p_text}){' *' if p_value < CHANCE_LEVEL else ''}"
+
+
+def _chance_note(early: pd.DataFrame, basis: str) -> str:
+    """Where the classifier does not beat chance, and how many binaries had departed from a PSPL by then."""
+    rows = early[early["basis"] == basis]
+    if "roc_auc_p_value" not in rows.columns:
+        return ""
+    failing = rows[~(rows["roc_auc_p_value"] < CHANCE_LEVEL)]
+    if failing.empty:
+        return f"The ROC AUC beats chance (one-sided p < {CHANCE_LEVEL:g}) at every fraction for every cadence."
+    parts = []
+    for cadence, group in failing.groupby("cadence", sort=False):
+        fractions = ", ".join(f"{f:g}" for f in group["fraction"])
+        text = f"{cadence} at {fractions}"
+        if "departed_share_binary" in group.columns and group["departed_share_binary"].notna().any():
+            text += f" (by then at most {group['departed_share_binary'].max():.0%} of the binaries had departed from a PSPL)"
+        parts.append(text)
+    return (f"The ROC AUC does not beat chance (one-sided p >= {CHANCE_LEVEL:g}) for " + "; ".join(parts) + ". "
+            "Before a binary's light curve departs from every PSPL within the noise, no classifier can tell it "
+            "from a single lens, so the share of departed binaries is the most any classifier could recognise "
+            "at that point.")
 
 
 def _overlap_note(summary: pd.DataFrame, column: str, what: str) -> str:
@@ -1248,7 +1329,7 @@ def _overlap_note(summary: pd.DataFrame, column: str, what: str) -> str:
     return text
 
 
-def _report(summary, tables, thresholds_used, plain: bool) -> str:
+def _report(summary, tables, thresholds_used, plain: bool, chance_notes: Mapping[str, str]) -> str:
     """comparison.md (plain=False) or comparison.txt (plain=True)."""
 
     def table(frame: pd.DataFrame) -> str:
@@ -1286,6 +1367,15 @@ def _report(summary, tables, thresholds_used, plain: bool) -> str:
         if f"phase_{basis}" in tables:
             lines += ["Median (t - t0)/tE the binaries had reached at that point (negative: before the peak):", "",
                       table(tables[f"phase_{basis}"]), ""]
+        if f"auc_{basis}" in tables:
+            lines += [(f"ROC AUC at that point, with the one-sided Mann-Whitney p-value of AUC > 0.5 "
+                       f"(* beats chance at p < {CHANCE_LEVEL:g}):"), "", table(tables[f"auc_{basis}"]), ""]
+        if f"departed_{basis}" in tables:
+            lines += [("Share of the binaries whose noiseless light curve had departed from its best-fitting PSPL by "
+                       "more than the PSPL-like threshold (the most that any classifier could recognise):"), "",
+                      table(tables[f"departed_{basis}"]), ""]
+        if chance_notes.get(basis):
+            lines += [chance_notes[basis], ""]
     lines += heading("Detection times", 2)
     lines += [
         ("A binary is detected at the first step after which P(binary) stays at or above the threshold until the "
@@ -1342,6 +1432,8 @@ def compare_cadences(cadence_dirs: Mapping[str, str | Path], out_dir: str | Path
     notes = [note for note in (_overlap_note(summary, "accuracy", "final-step accuracy"),
                                _overlap_note(summary, "accuracy_without_pspl_like",
                                              "accuracy without PSPL-like binaries")) if note]
+    chance_notes = {basis: _chance_note(early, basis) for basis in BASES}
+    notes += [note for note in chance_notes.values() if note]
     result = _finite_or_none({
         "cadences": list(outputs),
         "decision_thresholds": thresholds_used,
@@ -1353,8 +1445,8 @@ def compare_cadences(cadence_dirs: Mapping[str, str | Path], out_dir: str | Path
     })
     write_table(out_dir / "summary.csv", summary)
     write_json(out_dir / "comparison.json", result)
-    write_text(out_dir / "comparison.md", _report(summary, tables, thresholds_used, plain=False))
-    write_text(out_dir / "comparison.txt", _report(summary, tables, thresholds_used, plain=True))
+    write_text(out_dir / "comparison.md", _report(summary, tables, thresholds_used, plain=False, chance_notes=chance_notes))
+    write_text(out_dir / "comparison.txt", _report(summary, tables, thresholds_used, plain=True, chance_notes=chance_notes))
     _save(out_dir / "early_detection_comparison.png",
           _early_detection_figure({name: out["early"] for name, out in outputs.items()},
                                   title=f"Early detection by cadence (threshold {threshold_text})",

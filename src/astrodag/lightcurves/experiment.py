@@ -28,6 +28,7 @@ from astrodag.errors import InputDataError
 from astrodag.evaluation.metrics import binary_metrics, measure_latency
 from astrodag.io import atomic_path, save_npy, write_json, write_table
 from astrodag.lightcurves.dataset import (
+    INPUT_LAYOUT,
     N_CHANNELS,
     LightCurveDataset,
     Normalisation,
@@ -122,7 +123,7 @@ def train_cadence_model(
         trainer_config,
         work_dir=Path(work_dir) if work_dir else out_dir / "checkpoints",
         evaluate=_checkpoint_metrics,
-        run_key=f"{cadence}:{data_digest}:{architecture.to_dict()}",
+        run_key=f"{cadence}:{data_digest}:{architecture.to_dict()}:{INPUT_LAYOUT}",
         to_probability=lambda logits: binary_probability(logits)[:, steps.to(logits.device)],
         progress=progress,
     )
@@ -137,6 +138,7 @@ def train_cadence_model(
         "seed": seed,
         "software_version": __version__,
         "architecture": architecture.to_dict(),
+        "inputs": INPUT_LAYOUT,
         "receptive_field_epochs": architecture.receptive_field,
         "time_grid": {"epochs": n_steps, "duration_days": float(duration_days)},
         "normalisation": normalisation.to_dict(),
@@ -167,6 +169,9 @@ def train_cadence_model(
 
 def load_model(model_path: str | Path, sidecar: dict[str, Any], device: torch.device) -> TimeDistributedCNN:
     """Rebuild the network from its sidecar and load the weights (``weights_only``)."""
+    if sidecar.get("inputs") != INPUT_LAYOUT:
+        raise InputDataError(model_path, f"was trained on inputs {sidecar.get('inputs')!r}, but this version builds "
+                                         f"{INPUT_LAYOUT!r}; retrain it (astrodag lightcurves train)")
     model = TimeDistributedCNN(TemporalCNNConfig.from_dict(sidecar["architecture"]))
     try:
         state = torch.load(model_path, map_location=device, weights_only=True)

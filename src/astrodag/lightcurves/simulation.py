@@ -18,6 +18,10 @@ A binary event is flagged ``pspl_like`` when the best-fitting PSPL light curve (
 t0, u0, tE, source flux and blend flux all free, fitted to the noiseless binary curve with the
 errors above) stays within ``pspl_like_max_deviation_sigma`` sigma of it at every epoch: such an
 event cannot be told apart from a single lens by any classifier, which the analysis reports.
+For the other binaries ``anomaly_time`` is the first epoch (days) at which the curve departs from
+that fit by more than the threshold: until then the light curve seen so far is matched by a PSPL
+within the noise, so the share of binaries past their ``anomaly_time`` bounds from above the
+binaries that any classifier can recognise at that point (NaN for PSPL and PSPL-like events).
 
 Reproducibility: the event parameters, labels and splits of a shard come from one generator
 seeded by ``(seed, shard_index)``; the noise of each light curve from its own generator seeded by
@@ -49,7 +53,7 @@ log = logging.getLogger(__name__)
 
 SPLITS = ("train", "validation", "test")
 EVENT_COLUMNS = ("event_id", "label", "split", "t0", "u0", "tE", "baseline_mag", "source_fraction",
-                 "s", "q", "alpha", "rho", "max_deviation_sigma", "pspl_like")
+                 "s", "q", "alpha", "rho", "max_deviation_sigma", "anomaly_time", "pspl_like")
 CONFIG_PREFIX = "microlensing.simulation"
 
 _MAG = 2.5 / math.log(10.0)  # dm = -_MAG df / f
@@ -143,7 +147,7 @@ class SimulationSettings:
 
     priors: Priors = field(default_factory=Priors)
     noise: NoiseModel = field(default_factory=NoiseModel)
-    split_fractions: tuple[float, float, float] = (0.7, 0.15, 0.15)  # train, validation, test
+    split_fractions: tuple[float, float, float] = (0.5, 0.1, 0.4)  # train, validation, test
     pspl_like_max_deviation_sigma: float = 3.0
 
     @classmethod
@@ -453,16 +457,25 @@ def fit_pspl(times, magnitudes, sigma, baseline_mag, t0, u0, tE, source_fraction
     }
 
 
-def max_deviation_sigma(times, magnitudes, sigma, events: pd.DataFrame) -> np.ndarray:
-    """``max_t |m - m_PSPL| / sigma`` against the best-fitting PSPL (``fit_pspl``), per row, in batches."""
-    out = np.empty(magnitudes.shape[0])
-    for first in range(0, magnitudes.shape[0], _FIT_BATCH):
-        rows = slice(first, first + _FIT_BATCH)
+def pspl_deviation(times, magnitudes, sigma, events: pd.DataFrame, threshold: float) -> tuple[np.ndarray, np.ndarray]:
+    """Departure of each row from its best-fitting PSPL (``fit_pspl``), in batches.
+
+    Returns ``max_t |m - m_PSPL| / sigma`` and the first time at which that ratio exceeds
+    ``threshold`` (NaN when it never does).
+    """
+    largest = np.empty(magnitudes.shape[0])
+    first = np.full(magnitudes.shape[0], np.nan)
+    for start in range(0, magnitudes.shape[0], _FIT_BATCH):
+        rows = slice(start, start + _FIT_BATCH)
         ev = events.iloc[rows]
         fit = fit_pspl(times, magnitudes[rows], sigma[rows], ev["baseline_mag"].to_numpy(), ev["t0"].to_numpy(),
                        ev["u0"].to_numpy(), ev["tE"].to_numpy(), ev["source_fraction"].to_numpy())
-        out[rows] = np.max(np.abs(magnitudes[rows] - fit["model"]) / sigma[rows], axis=1)
-    return out
+        ratio = np.abs(magnitudes[rows] - fit["model"]) / sigma[rows]
+        largest[rows] = np.max(ratio, axis=1)
+        above = ratio > threshold
+        departed = above.any(axis=1)
+        first[rows] = np.where(departed, times[np.argmax(above, axis=1)], np.nan)
+    return largest, first
 
 
 # --------------------------------------------------------------------------------------------
@@ -529,6 +542,7 @@ def simulate_shard(out_dir: str | Path, shard_index: int, events_per_shard: int,
     events = draw_events(n, times, settings, rng)
     events.insert(0, "event_id", np.int64(shard_index) * np.int64(n) + np.arange(n, dtype=np.int64))
     deviation = np.full(n, np.nan)
+    anomaly_time = np.full(n, np.nan)
     labels = events["label"].to_numpy()
     timing = {"pspl": 0.0, "binary": 0.0, "fit": 0.0}
 
@@ -567,7 +581,8 @@ def simulate_shard(out_dir: str | Path, shard_index: int, events_per_shard: int,
                 noise[i] = _noise_rng(seed, shard_index, int(row)).standard_normal(n_times)
             clock = time.perf_counter()
             if (~pspl).any():
-                deviation[rows[~pspl]] = max_deviation_sigma(times, true_mag[~pspl], sigma[~pspl], ev[~pspl])
+                deviation[rows[~pspl]], anomaly_time[rows[~pspl]] = pspl_deviation(
+                    times, true_mag[~pspl], sigma[~pspl], ev[~pspl], settings.pspl_like_max_deviation_sigma)
             timing["fit"] += time.perf_counter() - clock
 
             observed = true_mag + sigma * noise
@@ -579,6 +594,7 @@ def simulate_shard(out_dir: str | Path, shard_index: int, events_per_shard: int,
 
         events["max_deviation_sigma"] = deviation
         events["pspl_like"] = (labels == 1) & (deviation < settings.pspl_like_max_deviation_sigma)
+        events["anomaly_time"] = np.where(events["pspl_like"], np.nan, anomaly_time)
         events = events[list(EVENT_COLUMNS)]
         write_table(out_dir / "events.parquet", events)
 
