@@ -377,3 +377,10 @@ def test_two_worker_processes_answer_on_one_port(model_files, scorer):
     finally:
         process.terminate()
         process.wait(timeout=30)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc mallopt")
+def test_the_service_keeps_freed_memory_on_glibc():
+    from astrodag.imaging.service import retain_freed_memory
+
+    assert retain_freed_memory()

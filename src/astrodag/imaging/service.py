@@ -44,14 +44,16 @@ up during a model call are scored together in the next one.
 On a CPU, ``serve(..., workers=N)`` runs N processes on one port (uvicorn's workers), each with
 its own copy of the model and ``cores // N`` torch threads: receiving and decoding a request's
 body then overlaps with another worker's model call instead of competing with its threads
-(braai on 2 cores, batches of 256 under concurrent clients: about 1,750 triplets/s with one
-worker of 2 threads, 2,300/s with 2 workers of 1 thread).
+(braai in bfloat16 on 2 cores shared with the clients, batches of 256: about 2,700 triplets/s
+with one worker of 2 threads, 2,900-3,150/s with 2 workers of 1 thread; see
+``benchmarks/realbogus_service.py``).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import io
 import json
 import logging
@@ -271,6 +273,26 @@ class Batcher:
             start += len(batch)
 
 
+def retain_freed_memory() -> bool:
+    """Keep freed heap memory in the process instead of returning it to the system (glibc only).
+
+    The model runs in the scoring thread, whose glibc malloc arena hands the tens of MB of
+    activations of every forward pass back to the kernel (``madvise``) as soon as they are
+    freed, so the next pass page-faults them in again: braai's forward passes of 64 took
+    1.6 times as long as in the main thread (31 against 19 ms on 2 cores). Raising
+    ``M_MMAP_THRESHOLD`` to its maximum (32 MiB) and ``M_TRIM_THRESHOLD`` to 1 GiB keeps them;
+    the price is that the resident set stays at its peak. Returns False where there is no
+    glibc ``mallopt`` (macOS, musl) or it refuses the values.
+    """
+    try:
+        mallopt = ctypes.CDLL("libc.so.6").mallopt
+    except (OSError, AttributeError):
+        return False
+    mallopt.argtypes = (ctypes.c_int, ctypes.c_int)
+    m_trim_threshold, m_mmap_threshold = -1, -3
+    return bool(mallopt(m_mmap_threshold, 32 * 2 ** 20)) and bool(mallopt(m_trim_threshold, 2 ** 30))
+
+
 def _settle(future: asyncio.Future, result, error) -> None:
     # A request whose client went away has a cancelled future: nothing to deliver.
     if future.done():
@@ -431,6 +453,8 @@ def create_app(model_pt: str | Path, model_json: str | Path | None = None, max_b
         from astrodag.imaging.scoring import RealBogusScorer
         from astrodag.training.seeding import select_device
 
+        if not retain_freed_memory():
+            log.info("glibc mallopt unavailable: freed memory goes back to the system after every model call")
         torch_device = select_device(device)
         batch_size = forward_batch or (1024 if torch_device.type == "cuda" else 64)
         try:

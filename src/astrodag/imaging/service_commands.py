@@ -75,7 +75,7 @@ def add_serve_parser(tracks, common) -> None:
                        help="torch CPU threads per worker (default: torch's; with --workers, the cores divided among them)")
     serve.add_argument("--workers", type=int, default=1,
                        help="worker processes on the port, each with the model (default 1; on a CPU, 2 workers of "
-                            "1 thread score about 30 %% more than 1 of 2 threads on 2 cores)")
+                            "1 thread score about 15 %% more than 1 of 2 threads on 2 cores)")
     serve.add_argument("--forward-batch", type=int, help="triplets per forward pass (default 64 on CPU, 1024 on GPU)")
     serve.add_argument("--precision", choices=("auto", "float32", "bfloat16"), default="auto",
                        help="auto (default): bfloat16 on a CPU with AVX512-BF16/AMX-BF16, else float32 (GPUs too); "
