@@ -224,13 +224,13 @@ def write_review_queue(scored: str | Path | pd.DataFrame, pair_dirs: Iterable[st
         For a missing or invalid table, sidecar or pairs table, scores outside [0, 1], a
         queued pair without a directory, or pair images that changed since scoring.
     """
-    from astrodag.imaging.scoring import check_sidecar, read_sidecar
+    from astrodag.imaging.scoring import check_sidecar, read_sidecar, sidecar_normalisation
 
     if count < 1:
         raise ValueError(f"count must be at least 1, got {count}")
     sidecar = check_sidecar(model_json) if isinstance(model_json, Mapping) else read_sidecar(model_json)
     threshold = float(sidecar["threshold"])
-    normalisation = {"method": sidecar["normalisation"]["method"], "clip": float(sidecar["normalisation"]["clip"])}
+    normalisation = sidecar_normalisation(sidecar)
     size = int(sidecar["input_shape"][-1])
     out_dir = Path(out_dir)
 

@@ -186,6 +186,11 @@ def check_sidecar(sidecar: Mapping[str, Any], path: str | Path = "model.json") -
     return dict(sidecar)
 
 
+def sidecar_normalisation(sidecar: Mapping[str, Any]) -> dict[str, Any]:
+    """Keyword arguments of :func:`prepare_triplet` that reproduce a model's training data."""
+    return {"method": sidecar["normalisation"]["method"], "clip": float(sidecar["normalisation"]["clip"])}
+
+
 def read_sidecar(model_json: str | Path) -> dict[str, Any]:
     """Read and validate a ``model.json`` (see :func:`check_sidecar`).
 
@@ -359,7 +364,7 @@ class RealBogusScorer:
     @property
     def normalisation(self) -> dict[str, Any]:
         """Keyword arguments of :func:`prepare_triplet` that reproduce the training data's."""
-        return {"method": self.sidecar["normalisation"]["method"], "clip": float(self.sidecar["normalisation"]["clip"])}
+        return sidecar_normalisation(self.sidecar)
 
     def check(self, triplets: Any) -> np.ndarray:
         """``triplets`` as a float32 ``(n, C, S, S)`` array, or a ValueError saying what is wrong.

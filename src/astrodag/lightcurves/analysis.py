@@ -897,7 +897,8 @@ def evaluate_cadence(
     ----------
     evaluation_dir : path
         Holds ``probabilities.npy`` (float, N x T), ``mask.npy`` (0/1, N x T),
-        ``events.parquet`` (N rows with label, t0, tE, pspl_like, event_id) and
+        ``events.parquet`` (N rows with label, t0, tE, pspl_like, event_id and, optionally,
+        anomaly_time) and
         ``times.npy`` (T,). The arrays are memory-mapped and read in chunks.
     out_dir : path
         Receives metrics.json, early_detection.csv, detection_times.csv,
