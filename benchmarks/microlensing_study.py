@@ -3,7 +3,8 @@
 Prints wall time and peak memory (maximum resident set size) of
 
 1. simulating one shard (``astrodag lightcurves simulate``: PSPL and binary
-   magnification, noise, the best-PSPL fit of every binary), in its own
+   magnification, noise, the best-PSPL fit and the evidence-time search of
+   every binary), in its own
    process, at the demo's shard size and optionally at ``--big-shard`` events
    (the full config's 50 000 checks the ~2 GB memory bound);
 2. training and scoring one cadence (``astrodag lightcurves train`` /

@@ -9,6 +9,7 @@ import warnings
 import numpy as np
 import pandas as pd
 import pytest
+from sklearn.metrics import roc_auc_score
 from statsmodels.stats.proportion import proportion_confint
 
 from astrodag.errors import InputDataError
@@ -122,7 +123,6 @@ def test_early_detection_time_basis_hand_values(tiny):
 
 def test_auc_p_value_is_the_one_sided_mann_whitney_test_of_the_auc():
     from scipy.stats import mannwhitneyu
-    from sklearn.metrics import roc_auc_score
 
     rng = np.random.default_rng(3)
     labels = np.repeat([0, 1], 200)
@@ -137,20 +137,53 @@ def test_auc_p_value_is_the_one_sided_mann_whitney_test_of_the_auc():
     assert np.isnan(analysis.auc_p_value(np.ones(5), np.linspace(0, 1, 5)))
 
 
-def test_early_detection_departed_share_counts_binaries_past_their_anomaly(tiny):
-    # Binaries 0 and 1 (1 is PSPL-like: never departs); binary 0 departs at day 40.
-    anomaly_time = np.array([40.0, np.nan, np.nan, np.nan])
+def test_untied_auc_p_value_is_the_mann_whitney_test_of_distinct_scores():
+    from scipy.stats import mannwhitneyu
+
+    rng = np.random.default_rng(3)
+    for n_binary, n_pspl, shift in ((300, 250, 0.0), (300, 250, 0.2), (40, 60, 0.5)):
+        labels = np.r_[np.ones(n_binary, dtype=int), np.zeros(n_pspl, dtype=int)]
+        scores = rng.normal(size=labels.size) + shift * labels  # continuous: no ties
+        auc = roc_auc_score(labels, scores)
+        expected = mannwhitneyu(scores[labels == 1], scores[labels == 0], alternative="greater",
+                                method="asymptotic").pvalue
+        assert analysis.untied_auc_p_value(auc, n_binary, n_pspl) == pytest.approx(expected, rel=1e-9)
+    assert np.isnan(analysis.untied_auc_p_value(0.7, 0, 10))
+
+
+def test_early_detection_counts_binaries_past_their_evidence_time_and_the_ideal_auc(tiny):
+    # Binaries 0 and 1 (1 is never told apart from a PSPL); binary 0 is from day 40 on.
+    evidence_time = np.array([40.0, np.nan, np.nan, np.nan])
     table = early_detection(
         tiny["probabilities"], tiny["labels"], tiny["mask"], [0.3, 0.6, 1.0], "time",
-        pspl_like=tiny["pspl_like"], times=tiny["times"], t0=tiny["t0"], tE=tiny["tE"], anomaly_time=anomaly_time,
+        pspl_like=tiny["pspl_like"], times=tiny["times"], t0=tiny["t0"], tE=tiny["tE"], evidence_time=evidence_time,
     )
-    assert table["departed_share_binary"].tolist() == [0.0, 0.5, 0.5]
+    assert table["distinguishable_share_binary"].tolist() == [0.0, 0.5, 0.5]
+    # The ideal classifier ranks binary 0 above both PSPL events and binary 1 at random among them.
+    assert table["ideal_roc_auc"].tolist() == [0.5, 0.75, 0.75]
+    assert table["ideal_roc_auc_p_value"].tolist() == pytest.approx(
+        [analysis.untied_auc_p_value(auc, 2, 2) for auc in (0.5, 0.75, 0.75)])
     assert table["roc_auc_p_value"].notna().all()
     without = early_detection(tiny["probabilities"], tiny["labels"], tiny["mask"], [0.5], "time")
-    assert without["departed_share_binary"].isna().all()
-    with pytest.raises(ValueError, match="anomaly_time"):
+    assert without[["distinguishable_share_binary", "ideal_roc_auc", "ideal_roc_auc_p_value"]].isna().all().all()
+    with pytest.raises(ValueError, match="evidence_time"):
         early_detection(tiny["probabilities"], tiny["labels"], tiny["mask"], [0.5], "time", times=tiny["times"],
-                        anomaly_time=np.zeros(3))
+                        evidence_time=np.zeros(3))
+
+
+def test_chance_note_tells_what_no_classifier_could_show_from_the_classifiers_shortfall():
+    early = pd.DataFrame({
+        "cadence": ["dense"] * 3, "basis": ["time"] * 3, "fraction": [0.1, 0.2, 0.3],
+        "roc_auc_p_value": [0.6, 0.3, 0.2], "distinguishable_share_binary": [0.0, 0.02, 0.2],
+        "ideal_roc_auc": [0.5, 0.51, 0.6], "ideal_roc_auc_p_value": [0.5, 0.2, 1e-6],
+    })
+    note = analysis._chance_note(early, "time")
+    assert "does not beat chance (one-sided p >= 0.05) for dense at 0.1, 0.2, 0.3." in note
+    assert "At dense 0.1, 0.2 these test events could not show any classifier beating chance" in note
+    assert "by then at most 2.0% of the binaries" in note and "AUC 0.510, with p >= 0.200" in note
+    assert "At dense 0.3 an ideal classifier observing every epoch could have beaten chance" in note
+    early["roc_auc_p_value"] = 0.01
+    assert analysis._chance_note(early, "time").startswith("The ROC AUC beats chance")
 
 
 def test_early_detection_observed_basis_uses_each_events_own_step():
@@ -353,10 +386,10 @@ def _write_evaluation(directory, seed, n=240, steps=60, skill=0.6, missing=0.3):
     np.save(directory / "probabilities.npy", prob)
     np.save(directory / "mask.npy", mask)
     np.save(directory / "times.npy", times)
-    # Departures from a PSPL at the peak (never for PSPL events and PSPL-like binaries).
-    anomaly_time = np.where((label == 1) & ~pspl_like, t0, np.nan)
+    # Told apart from a PSPL at the peak (never for PSPL events and PSPL-like binaries).
+    evidence_time = np.where((label == 1) & ~pspl_like, t0, np.nan)
     pd.DataFrame({"event_id": np.arange(n) + 1000, "label": label, "split": "test", "t0": t0, "tE": tE,
-                  "pspl_like": pspl_like, "anomaly_time": anomaly_time}).to_parquet(directory / "events.parquet")
+                  "pspl_like": pspl_like, "evidence_time": evidence_time}).to_parquet(directory / "events.parquet")
     return directory
 
 
@@ -392,7 +425,7 @@ def test_evaluate_cadence_writes_files_that_agree_with_the_pure_functions(evalua
     assert written["basis"].tolist() == ["time"] * 3 + ["observed"] * 3
     for basis in analysis.BASES:
         direct = early_detection(prob, events["label"], mask, FRACTIONS, basis, pspl_like=events["pspl_like"],
-                                 times=times, t0=events["t0"], tE=events["tE"], anomaly_time=events["anomaly_time"])
+                                 times=times, t0=events["t0"], tE=events["tE"], evidence_time=events["evidence_time"])
         pd.testing.assert_frame_equal(written[written["basis"] == basis].reset_index(drop=True), direct,
                                       check_dtype=False)
 
@@ -482,9 +515,9 @@ def test_compare_cadences_tables_json_and_figures(evaluated, tmp_path):
     # The weaker, sparser cadence really is worse here, and the report says which is best.
     assert summary.loc[0, "accuracy"] > summary.loc[1, "accuracy"]
     assert "Highest final-step accuracy: dense" in markdown
-    # Beating chance: p-values per fraction, and where it fails, how many binaries had departed by then.
-    assert "Mann-Whitney" in markdown and "departed from its best-fitting PSPL" in markdown
-    assert "does not beat chance" in markdown and "of the binaries had departed from a PSPL" in markdown
+    # Beating chance: p-values per fraction, the ideal classifier's, and where it fails, which of the two it is.
+    assert "Mann-Whitney" in markdown and "an ideal classifier ranking exactly those binaries" in markdown
+    assert "does not beat chance" in markdown and "could not show any classifier beating chance" in markdown
     assert any("does not beat chance" in note for note in on_disk["notes"])
     assert "PSPL-like" in markdown and "Wilson" in markdown
     assert markdown.startswith("# ") and "|:--" in markdown

@@ -22,6 +22,7 @@ from astrodag.lightcurves.simulation import (
     fit_pspl,
     magnitudes_from_magnification,
     pspl_deviation,
+    pspl_evidence_time,
     simulate_shard,
     time_grid,
 )
@@ -197,15 +198,43 @@ def test_pspl_deviation_separates_pspl_like_from_caustic_crossing_binaries():
     amp = np.vstack([amp, pspl_magnification(TIMES, 250.0, 0.4, 30.0)])
     mags = magnitudes_from_magnification(amp, base, fs)
     sigma = NoiseModel().sigma(mags)
-    deviation, anomaly_time = pspl_deviation(TIMES, mags, sigma, events, threshold=3.0)
+    deviation, evidence_time = pspl_deviation(TIMES, mags, sigma, events, threshold=3.0)
     assert deviation[0] < 3.0
     assert deviation[1] > 100.0
     assert deviation[2] < 1e-3  # a PSPL is its own best PSPL
-    assert np.isnan(anomaly_time[[0, 2]]).all()
-    # The departure is seen before the caustic crossing is over (the fit's compromise shows in the wings).
-    assert TIMES[0] <= anomaly_time[1] < 250.0 + 40.0
-    _, again = pspl_deviation(TIMES, mags[1:2], sigma[1:2], events.iloc[1:2], threshold=deviation[1] / 2)
-    assert again[0] >= anomaly_time[1]  # a higher threshold is crossed no earlier
+    assert np.isnan(evidence_time[2])
+    # The caustic crossing gives the binary away while it happens, not before the event has begun.
+    assert 250.0 - 40.0 < evidence_time[1] < 250.0 + 40.0
+    _, again = pspl_deviation(TIMES, mags[1:2], sigma[1:2], events.iloc[1:2], threshold=10.0)
+    assert again[0] >= evidence_time[1]  # a higher threshold is crossed no earlier
+
+
+def test_evidence_time_is_where_the_prefix_fit_crosses_the_threshold(binaries):
+    """Against scipy: just before the evidence epoch some PSPL fits the curve seen so far, at it none does."""
+    events, mags, sigma = binaries
+    evidence = pspl_evidence_time(TIMES, mags, sigma, events, 9.0)
+    full = fit_pspl(TIMES, mags, sigma, events["baseline_mag"], events["t0"], events["u0"], events["tE"],
+                    events["source_fraction"])
+    np.testing.assert_array_equal(np.isnan(evidence), full["chi2"] <= 9.0)
+    assert np.isfinite(evidence).sum() >= 40 and np.isnan(evidence).sum() >= 1
+    # A few events with their evidence well before the end of the grid (bisection at work).
+    checked = np.flatnonzero(evidence < TIMES[-1] - 100.0)[:4]
+    assert checked.size == 4
+    for i in checked:
+        epoch = int(np.searchsorted(TIMES, evidence[i]))
+        fs = events["source_fraction"][i]
+        start = [events["t0"][i], math.log(max(events["u0"][i], 1e-4)), math.log(events["tE"][i]), 0.0, fs]
+        chi2 = {}
+        for last in (epoch - 1, epoch):
+            seen = slice(0, last + 1)
+            at_peak = list(start)
+            at_peak[0] = TIMES[seen][np.argmin(mags[i, seen])]
+            chi2[last] = scipy_best_chi2(TIMES[seen], mags[i, seen], sigma[i, seen], events["baseline_mag"][i],
+                                         [start, at_peak])
+        assert chi2[epoch - 1] <= 9.0 * (1 + 1e-3) and chi2[epoch] > 9.0 * (1 - 1e-3), (i, chi2)
+    # The same times whatever rows share the batch.
+    np.testing.assert_array_equal(pspl_evidence_time(TIMES, mags[checked], sigma[checked], events.iloc[checked], 9.0),
+                                  evidence[checked])
 
 
 # --- shards ------------------------------------------------------------------------------------
@@ -237,9 +266,10 @@ def test_shard_files_and_table(shard):
     binary = events[~pspl]
     assert binary["max_deviation_sigma"].notna().all()
     np.testing.assert_array_equal(binary["pspl_like"], binary["max_deviation_sigma"] < 3.0)
-    departed = ~binary["pspl_like"]
-    assert binary.loc[departed, "anomaly_time"].between(SMALL_TIMES[0], SMALL_TIMES[-1]).all()
-    assert binary.loc[~departed, "anomaly_time"].isna().all() and events.loc[pspl, "anomaly_time"].isna().all()
+    told_apart = binary["evidence_time"].notna()
+    assert binary.loc[told_apart, "evidence_time"].between(SMALL_TIMES[0], SMALL_TIMES[-1]).all()
+    assert told_apart.sum() >= binary["pspl_like"].eq(False).sum() > 0  # a 3-sigma epoch is evidence too
+    assert events.loc[pspl, "evidence_time"].isna().all()
     assert summary["events"] == 64 and summary["pspl"] == summary["binary"] == 32
     assert summary["pspl_like"] == binary["pspl_like"].sum()
     assert summary["pspl_like_fraction"] == pytest.approx(binary["pspl_like"].mean())

@@ -7,9 +7,12 @@ at step t uses only epochs <= t). This module turns those scores into
   fraction of the time grid (basis "time") or of the event's observed epochs
   (basis "observed"), with the median (t - t0)/tE of the binaries reached by then,
   the one-sided Mann-Whitney p-value of "ROC AUC > 0.5" (does the classifier beat
-  chance there?) and the share of binaries whose light curve had by then departed
-  from a PSPL (``anomaly_time`` of the simulation), which bounds from above the
-  binaries that any classifier could have recognised;
+  chance there?), the share of binaries that no PSPL fitted within the noise
+  by then (``evidence_time`` of the simulation: the most any classifier could
+  have recognised), and the ROC AUC and p-value of an ideal classifier that ranks
+  exactly those binaries above every PSPL (where even its p-value misses
+  significance, the test set cannot show a classifier with distinct scores
+  beating chance);
 * detection times: the first step after which P(binary) stays above a threshold
   until the end (binaries give detections, PSPL events false alarms);
 * per-cadence metrics, tables and figures, and a comparison of the cadences.
@@ -36,7 +39,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 from matplotlib import colormaps
-from scipy.stats import mannwhitneyu
+from scipy.stats import mannwhitneyu, norm
 from matplotlib.figure import Figure
 from tabulate import tabulate
 from tqdm.auto import tqdm
@@ -483,6 +486,19 @@ def auc_p_value(labels, scores) -> float:
     return float(mannwhitneyu(positive, negative, alternative="greater").pvalue)
 
 
+def untied_auc_p_value(auc: float, n_binary: int, n_pspl: int) -> float:
+    """One-sided p-value of ROC AUC > 0.5 for scores without ties that reach ``auc``.
+
+    The large-sample Mann-Whitney test (with continuity correction) that ``auc_p_value`` gives
+    for untied scores: the p-value a classifier with distinct scores would get at that AUC.
+    """
+    if n_binary == 0 or n_pspl == 0:
+        return _NAN
+    pairs = n_binary * n_pspl
+    sigma = math.sqrt(pairs * (n_binary + n_pspl + 1) / 12.0)
+    return float(norm.sf((auc * pairs - pairs / 2 - 0.5) / sigma))
+
+
 def _subset_columns(labels, prob, threshold, pspl_like) -> dict[str, Any]:
     """Columns of one early-detection row (or of the final step): all events, without and only PSPL-like."""
     everything = _classification_summary(labels, prob, threshold)
@@ -515,6 +531,26 @@ def _median(values: np.ndarray) -> float:
     return float(np.median(values)) if len(values) else _NAN
 
 
+def _ideal_columns(labels: np.ndarray, evidence_time: np.ndarray | None,
+                   step_times: np.ndarray | None) -> dict[str, float]:
+    """Share of binaries past their evidence time, and what a classifier that knows exactly which reaches.
+
+    The ideal classifier ranks those binaries above every other event and the rest at random:
+    its ROC AUC is 0.5 + share / 2, and ``ideal_roc_auc_p_value`` is the p-value of that AUC for
+    distinct scores (``untied_auc_p_value``), the test the classifier's own scores get. Where
+    it misses significance, these test events cannot show a classifier with distinct scores
+    beating chance at that point.
+    """
+    binary = labels == 1
+    if evidence_time is None or step_times is None or not binary.any():
+        return {"distinguishable_share_binary": _NAN, "ideal_roc_auc": _NAN, "ideal_roc_auc_p_value": _NAN}
+    # NaN evidence times (never told apart from a PSPL, and PSPL events) never count.
+    share = float(np.mean(evidence_time[binary] <= step_times[binary]))
+    ideal_auc = 0.5 + share / 2
+    return {"distinguishable_share_binary": share, "ideal_roc_auc": ideal_auc,
+            "ideal_roc_auc_p_value": untied_auc_p_value(ideal_auc, int(binary.sum()), int((~binary).sum()))}
+
+
 def _early_rows(
     basis: str,
     fractions: np.ndarray,
@@ -526,7 +562,7 @@ def _early_rows(
     times: np.ndarray | None,
     t0: np.ndarray | None,
     tE: np.ndarray | None,
-    anomaly_time: np.ndarray | None = None,
+    evidence_time: np.ndarray | None = None,
 ) -> list[dict[str, Any]]:
     binary = labels == 1
     rows = []
@@ -541,13 +577,11 @@ def _early_rows(
                 row["median_phase_binary"] = _median(phase)
             else:
                 row["median_phase_binary"] = _NAN
-            # NaN anomaly times (PSPL-like binaries) never count as departed.
-            row["departed_share_binary"] = (float(np.mean(anomaly_time[binary] <= step_times[binary]))
-                                            if anomaly_time is not None and binary.any() else _NAN)
+            row.update(_ideal_columns(labels, evidence_time, step_times))
         else:
             row["median_time_days"] = _NAN
             row["median_phase_binary"] = _NAN
-            row["departed_share_binary"] = _NAN
+            row.update(_ideal_columns(labels, None, None))
         row.update(_subset_columns(labels, gathered[:, j], threshold, pspl_like))
         rows.append(row)
     return rows
@@ -570,7 +604,7 @@ def early_detection(
     times=None,
     t0=None,
     tE=None,
-    anomaly_time=None,
+    evidence_time=None,
     chunk_events: int = CHUNK_EVENTS,
     progress: bool | None = None,
 ) -> pd.DataFrame:
@@ -600,11 +634,12 @@ def early_detection(
         Time grid (T,), peak times and Einstein times (N,), in days. With all
         three, ``median_phase_binary`` is the median (t_step - t0)/tE over the
         binaries (how much of the event had been seen); otherwise NaN.
-    anomaly_time : array-like of shape (N,), optional (keyword only)
-        Per binary, the first time (days) its light curve departs from a PSPL
-        (NaN: never, and for PSPL events). With ``times``,
-        ``departed_share_binary`` is the share of binaries past it at each
-        fraction; otherwise NaN.
+    evidence_time : array-like of shape (N,), optional (keyword only)
+        Per binary, the first time (days) at which no PSPL fits its light curve
+        seen so far (NaN: never, and for PSPL events). With ``times``,
+        ``distinguishable_share_binary`` is the share of binaries past it at each
+        fraction, and ``ideal_roc_auc`` / ``ideal_roc_auc_p_value`` those of a
+        classifier that ranks exactly them above everything else; otherwise NaN.
     chunk_events : int
         Rows per chunk.
     progress : bool, optional
@@ -617,7 +652,7 @@ def early_detection(
         median_phase_binary, n_events, n_binary, n_pspl, n_correct, accuracy,
         accuracy_low, accuracy_high (95 % Wilson), roc_auc (NaN with one
         class), roc_auc_p_value (one-sided Mann-Whitney, AUC > 0.5),
-        departed_share_binary, aucpr, recall(+_low/_high), false_alarm_rate(+_low/_high),
+        distinguishable_share_binary, ideal_roc_auc, ideal_roc_auc_p_value, aucpr, recall(+_low/_high), false_alarm_rate(+_low/_high),
         n_events_without_pspl_like, accuracy_without_pspl_like(+_low/_high),
         roc_auc_without_pspl_like, n_pspl_like, recall_pspl_like(+_low/_high).
 
@@ -641,11 +676,11 @@ def early_detection(
     else:
         mask = _check_mask_shape(mask, probabilities.shape)
     times, t0, tE = _check_phase_inputs(times, t0, tE, n_events, n_steps)
-    if anomaly_time is not None:
-        anomaly_time = _check_anomaly_time(anomaly_time, n_events)
+    if evidence_time is not None:
+        evidence_time = _check_evidence_time(evidence_time, n_events)
     scan = _scan(probabilities, mask, fractions, (basis,), None, chunk_events, progress)
     rows = _early_rows(basis, fractions, scan["gathered"][basis], scan["steps"][basis], labels, pspl_like,
-                       threshold, times, t0, tE, anomaly_time)
+                       threshold, times, t0, tE, evidence_time)
     return pd.DataFrame(rows)
 
 
@@ -660,12 +695,12 @@ def _check_phase_inputs(times, t0, tE, n_events: int, n_steps: int):
     return times, t0, tE
 
 
-def _check_anomaly_time(values, n_events: int) -> np.ndarray:
+def _check_evidence_time(values, n_events: int) -> np.ndarray:
     array = np.asarray(values, dtype=np.float64)
     if array.shape != (n_events,):
-        raise _ArrayProblem("events", f"anomaly_time has shape {array.shape}, expected ({n_events},)")
+        raise _ArrayProblem("events", f"evidence_time has shape {array.shape}, expected ({n_events},)")
     if np.isinf(array).any():
-        raise _ArrayProblem("events", "anomaly_time must be finite or NaN (never departed)")
+        raise _ArrayProblem("events", "evidence_time must be finite or NaN (never told apart from a PSPL)")
     return array
 
 
@@ -684,8 +719,8 @@ def _events_arrays(events: pd.DataFrame, n_events: int, need_phase: bool = True)
         "event_id": (events["event_id"].to_numpy(dtype=np.int64) if "event_id" in events.columns
                      else np.arange(n_events, dtype=np.int64)),
     }
-    if "anomaly_time" in events.columns:
-        arrays["anomaly_time"] = _check_anomaly_time(events["anomaly_time"].to_numpy(), n_events)
+    if "evidence_time" in events.columns:
+        arrays["evidence_time"] = _check_evidence_time(events["evidence_time"].to_numpy(), n_events)
     if need_phase:
         arrays["t0"] = _check_event_column(events["t0"].to_numpy(), "t0", n_events)
         arrays["tE"] = _check_event_column(events["tE"].to_numpy(), "tE", n_events, positive=True)
@@ -898,7 +933,7 @@ def evaluate_cadence(
     evaluation_dir : path
         Holds ``probabilities.npy`` (float, N x T), ``mask.npy`` (0/1, N x T),
         ``events.parquet`` (N rows with label, t0, tE, pspl_like, event_id and, optionally,
-        anomaly_time) and
+        evidence_time) and
         ``times.npy`` (T,). The arrays are memory-mapped and read in chunks.
     out_dir : path
         Receives metrics.json, early_detection.csv, detection_times.csv,
@@ -951,7 +986,7 @@ def evaluate_cadence(
         row
         for basis in BASES
         for row in _early_rows(basis, fractions, scan["gathered"][basis], scan["steps"][basis], labels, pspl_like,
-                               threshold, times, arrays["t0"], arrays["tE"], arrays.get("anomaly_time"))
+                               threshold, times, arrays["t0"], arrays["tE"], arrays.get("evidence_time"))
     ])
     detections = _detection_frame(scan["detection"], thresholds, arrays, times)
     summary = detection_summary(detections)
@@ -1260,10 +1295,14 @@ def _display_tables(summary: pd.DataFrame, early: pd.DataFrame, detection: pd.Da
         accuracy = text.pivot(index="fraction", columns="cadence", values="cell")
         accuracy = accuracy[[c for c in summary["cadence"] if c in accuracy.columns]].reset_index()
         tables[f"early_{basis}"] = accuracy
-        for key, column in (("phase", "median_phase_binary"), ("departed", "departed_share_binary")):
-            if column in rows.columns and rows[column].notna().any():
-                values = rows.pivot(index="fraction", columns="cadence", values=column)
-                tables[f"{key}_{basis}"] = values[[c for c in summary["cadence"] if c in values.columns]].reset_index()
+        if "median_phase_binary" in rows.columns and rows["median_phase_binary"].notna().any():
+            values = rows.pivot(index="fraction", columns="cadence", values="median_phase_binary")
+            tables[f"phase_{basis}"] = values[[c for c in summary["cadence"] if c in values.columns]].reset_index()
+        if "distinguishable_share_binary" in rows.columns and rows["distinguishable_share_binary"].notna().any():
+            text = rows.assign(cell=[f"{share:.3f}: {_auc_cell(auc, p)}" for share, auc, p in zip(
+                rows["distinguishable_share_binary"], rows["ideal_roc_auc"], rows["ideal_roc_auc_p_value"])])
+            ideal = text.pivot(index="fraction", columns="cadence", values="cell")
+            tables[f"ideal_{basis}"] = ideal[[c for c in summary["cadence"] if c in ideal.columns]].reset_index()
         if "roc_auc_p_value" in rows.columns:
             text = rows.assign(cell=[_auc_cell(auc, p) for auc, p in zip(rows["roc_auc"], rows["roc_auc_p_value"])])
             auc = text.pivot(index="fraction", columns="cadence", values="cell")
@@ -1289,24 +1328,43 @@ def _auc_cell(auc: float, p_value: float) -> str:
 
 
 def _chance_note(early: pd.DataFrame, basis: str) -> str:
-    """Where the classifier does not beat chance, and how many binaries had departed from a PSPL by then."""
+    """Where the classifier does not beat chance, split by whether an ideal classifier could have there."""
     rows = early[early["basis"] == basis]
     if "roc_auc_p_value" not in rows.columns:
         return ""
     failing = rows[~(rows["roc_auc_p_value"] < CHANCE_LEVEL)]
     if failing.empty:
         return f"The ROC AUC beats chance (one-sided p < {CHANCE_LEVEL:g}) at every fraction for every cadence."
-    parts = []
-    for cadence, group in failing.groupby("cadence", sort=False):
-        fractions = ", ".join(f"{f:g}" for f in group["fraction"])
-        text = f"{cadence} at {fractions}"
-        if "departed_share_binary" in group.columns and group["departed_share_binary"].notna().any():
-            text += f" (by then at most {group['departed_share_binary'].max():.0%} of the binaries had departed from a PSPL)"
-        parts.append(text)
-    return (f"The ROC AUC does not beat chance (one-sided p >= {CHANCE_LEVEL:g}) for " + "; ".join(parts) + ". "
-            "Before a binary's light curve departs from every PSPL within the noise, no classifier can tell it "
-            "from a single lens, so the share of departed binaries is the most any classifier could recognise "
-            "at that point.")
+    has_ideal = "ideal_roc_auc_p_value" in failing.columns and failing["ideal_roc_auc_p_value"].notna().any()
+    if not has_ideal:
+        parts = [f"{cadence} at {_fraction_list(group)}" for cadence, group in failing.groupby("cadence", sort=False)]
+        return f"The ROC AUC does not beat chance (one-sided p >= {CHANCE_LEVEL:g}) for " + "; ".join(parts) + "."
+    beyond_reach = failing["ideal_roc_auc_p_value"] >= CHANCE_LEVEL
+    sentences = [f"The ROC AUC does not beat chance (one-sided p >= {CHANCE_LEVEL:g}) for "
+                 + "; ".join(f"{cadence} at {_fraction_list(group)}"
+                             for cadence, group in failing.groupby("cadence", sort=False)) + "."]
+    if beyond_reach.any():
+        unreachable = failing[beyond_reach]
+        sentences.append(
+            "At " + "; ".join(f"{cadence} {_fraction_list(group)}"
+                              for cadence, group in unreachable.groupby("cadence", sort=False))
+            + " these test events could not show any classifier beating chance: by then at most "
+            f"{unreachable['distinguishable_share_binary'].max():.1%} of the binaries were fitted by no PSPL within "
+            "the noise, and even a classifier ranking exactly those above every PSPL would reach AUC "
+            f"{unreachable['ideal_roc_auc'].max():.3f}, with p >= {unreachable['ideal_roc_auc_p_value'].min():.3f} "
+            "for distinct scores.")
+    if (~beyond_reach).any():
+        short = failing[~beyond_reach]
+        sentences.append(
+            "At " + "; ".join(f"{cadence} {_fraction_list(group)}"
+                              for cadence, group in short.groupby("cadence", sort=False))
+            + " an ideal classifier observing every epoch could have beaten chance: there the classifier, or "
+            "the evidence lost in the cadence's gaps, fell short.")
+    return " ".join(sentences)
+
+
+def _fraction_list(group: pd.DataFrame) -> str:
+    return ", ".join(f"{f:g}" for f in group["fraction"])
 
 
 def _overlap_note(summary: pd.DataFrame, column: str, what: str) -> str:
@@ -1371,10 +1429,12 @@ def _report(summary, tables, thresholds_used, plain: bool, chance_notes: Mapping
         if f"auc_{basis}" in tables:
             lines += [(f"ROC AUC at that point, with the one-sided Mann-Whitney p-value of AUC > 0.5 "
                        f"(* beats chance at p < {CHANCE_LEVEL:g}):"), "", table(tables[f"auc_{basis}"]), ""]
-        if f"departed_{basis}" in tables:
-            lines += [("Share of the binaries whose noiseless light curve had departed from its best-fitting PSPL by "
-                       "more than the PSPL-like threshold (the most that any classifier could recognise):"), "",
-                      table(tables[f"departed_{basis}"]), ""]
+        if f"ideal_{basis}" in tables:
+            lines += [("Share of the binaries whose light curve seen so far no PSPL fitted within the noise "
+                       "(chi2 above the PSPL-like threshold squared, on the noiseless curve at every epoch: the most "
+                       "that any classifier could recognise), and the ROC AUC and p-value of an ideal classifier "
+                       "ranking exactly those binaries above every PSPL:"), "",
+                      table(tables[f"ideal_{basis}"]), ""]
         if chance_notes.get(basis):
             lines += [chance_notes[basis], ""]
     lines += heading("Detection times", 2)

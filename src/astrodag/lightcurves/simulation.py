@@ -18,10 +18,12 @@ A binary event is flagged ``pspl_like`` when the best-fitting PSPL light curve (
 t0, u0, tE, source flux and blend flux all free, fitted to the noiseless binary curve with the
 errors above) stays within ``pspl_like_max_deviation_sigma`` sigma of it at every epoch: such an
 event cannot be told apart from a single lens by any classifier, which the analysis reports.
-For the other binaries ``anomaly_time`` is the first epoch (days) at which the curve departs from
-that fit by more than the threshold: until then the light curve seen so far is matched by a PSPL
-within the noise, so the share of binaries past their ``anomaly_time`` bounds from above the
-binaries that any classifier can recognise at that point (NaN for PSPL and PSPL-like events).
+For every binary, ``evidence_time`` (days) is the first epoch at which the light curve seen so
+far (every epoch up to then, noiseless) is fitted by no PSPL to within chi2 = threshold**2 (9 for
+3 sigma: one epoch 3 sigma off, or many epochs less): before it, some single lens matches
+everything observed within the noise, so the share of binaries past their ``evidence_time`` bounds
+from above the binaries that any classifier can recognise at that point, at any cadence (gaps
+only remove evidence). NaN for PSPL events and for binaries that never get there.
 
 Reproducibility: the event parameters, labels and splits of a shard come from one generator
 seeded by ``(seed, shard_index)``; the noise of each light curve from its own generator seeded by
@@ -53,11 +55,13 @@ log = logging.getLogger(__name__)
 
 SPLITS = ("train", "validation", "test")
 EVENT_COLUMNS = ("event_id", "label", "split", "t0", "u0", "tE", "baseline_mag", "source_fraction",
-                 "s", "q", "alpha", "rho", "max_deviation_sigma", "anomaly_time", "pspl_like")
+                 "s", "q", "alpha", "rho", "max_deviation_sigma", "evidence_time", "pspl_like")
 CONFIG_PREFIX = "microlensing.simulation"
 
 _MAG = 2.5 / math.log(10.0)  # dm = -_MAG df / f
 _FIT_BATCH = 128  # curves per PSPL-fit batch: about 200 bytes per epoch each (40 MB at 1500 epochs)
+_PREFIX_BLOCK = 250  # epochs: prefix fits of the evidence search are cut to a multiple of this
+_EVIDENCE_BATCH = 4 * _FIT_BATCH  # curves per prefix fit (vectorised LM steps cost little per extra row)
 
 
 # --------------------------------------------------------------------------------------------
@@ -311,8 +315,11 @@ def _pspl_model(times, params, reference, jacobian=True):
     return model, jac
 
 
-def _lm(times, data, inv_sigma, reference, start, max_iter, rtol):
-    """Levenberg-Marquardt (Marquardt scaling) for all rows at once; returns params, chi2, iterations."""
+def _lm(times, data, inv_sigma, reference, start, max_iter, rtol, stop_below=-np.inf):
+    """Levenberg-Marquardt (Marquardt scaling) for all rows at once; returns params, chi2, iterations.
+
+    A row also stops once its chi2 is at most ``stop_below``.
+    """
     n = data.shape[0]
     params = start.copy()
     model, jac = _pspl_model(times, params, reference)
@@ -323,7 +330,7 @@ def _lm(times, data, inv_sigma, reference, start, max_iter, rtol):
     iterations = np.zeros(n, dtype=np.int64)
     # Working set: the rows still iterating, with their data, weighted Jacobian and residuals.
     # Converged rows are only marked; the set is compacted once a quarter of it has converged.
-    rows = np.flatnonzero(np.isfinite(chi2))
+    rows = np.flatnonzero(np.isfinite(chi2) & (chi2 > stop_below))
     work = {"data": data[rows], "inv_sigma": inv_sigma[rows], "reference": reference[rows],
             "jac": jac[rows] * inv_sigma[rows, None, :], "resid": resid[rows]}
     del model, jac, resid
@@ -376,7 +383,7 @@ def _lm(times, data, inv_sigma, reference, start, max_iter, rtol):
             t_jac *= work["inv_sigma"][where][:, None, :]
             work["jac"][where] = t_jac
             work["resid"][where] = t_resid[better]
-        converged = np.where(better, old - t_chi2 <= rtol * old + 1e-9, lam[idx] > 1e9)
+        converged = np.where(better, old - t_chi2 <= rtol * old + 1e-9, lam[idx] > 1e9) | (chi2[idx] <= stop_below)
         running[live[converged]] = False
     return params, chi2, iterations
 
@@ -388,7 +395,7 @@ def _peak_u0(amplitude: np.ndarray) -> np.ndarray:
 
 
 def fit_pspl(times, magnitudes, sigma, baseline_mag, t0, u0, tE, source_fraction, *,
-             max_iter: int = 100, rtol: float = 1e-8) -> dict[str, np.ndarray]:
+             max_iter: int = 100, rtol: float = 1e-8, stop_below: float = -np.inf) -> dict[str, np.ndarray]:
     """Best-fitting PSPL light curve (weighted least squares in magnitudes) for each row.
 
     Free parameters: ``t0``, ``u0``, ``tE``, the baseline flux and the source fraction
@@ -405,7 +412,7 @@ def fit_pspl(times, magnitudes, sigma, baseline_mag, t0, u0, tE, source_fraction
     ----------
     times : array_like, shape (T,)
     magnitudes, sigma : array_like, shape (N, T)
-        The curves to fit and their 1-sigma errors.
+        The curves to fit and their 1-sigma errors; an ``inf`` error leaves that epoch out.
     baseline_mag : array_like, shape (N,)
         Starting baseline magnitude (also the reference of the flux unit).
     t0, u0, tE, source_fraction : array_like, shape (N,)
@@ -413,6 +420,9 @@ def fit_pspl(times, magnitudes, sigma, baseline_mag, t0, u0, tE, source_fraction
     max_iter, rtol : int, float
         Iterations per start; a row stops when an accepted step lowers chi2 by less than
         ``rtol * chi2`` (or the damping grows beyond 1e9).
+    stop_below : float
+        A row also stops, and skips its second start, once its chi2 is at most this: enough when
+        the question is only whether some PSPL fits within a given chi2.
 
     Returns
     -------
@@ -431,24 +441,21 @@ def fit_pspl(times, magnitudes, sigma, baseline_mag, t0, u0, tE, source_fraction
     truth = np.clip(truth, _LOWER, _UPPER)
 
     # Second start: centred on the brightest epoch, with the u0 that reproduces its brightness.
-    peak = np.argmin(data, axis=1)
+    peak = np.argmin(np.where(np.isfinite(sigma), data, np.inf), axis=1)  # among the fitted epochs
     peak_flux = np.exp(-(data[np.arange(n), peak] - reference) / _MAG)
     at_peak = truth.copy()
     at_peak[:, 0] = times[peak]
     at_peak[:, 1] = np.log(np.clip(_peak_u0((peak_flux - (1.0 - fs)) / fs), 1e-4, 3.0))
 
-    best, best_chi2 = None, None
-    iterations = np.zeros(n, dtype=np.int64)
     inv_sigma = 1.0 / sigma
     with np.errstate(all="ignore"):  # rejected trial steps may overflow; they are never used
-        for start in (truth, at_peak):
-            params, chi2, its = _lm(times, data, inv_sigma, reference, start, max_iter, rtol)
-            iterations += its
-            if best is None:
-                best, best_chi2 = params, chi2
-            else:
-                better = chi2 < best_chi2
-                best[better], best_chi2[better] = params[better], chi2[better]
+        best, best_chi2, iterations = _lm(times, data, inv_sigma, reference, truth, max_iter, rtol, stop_below)
+        again = np.flatnonzero(~(best_chi2 <= stop_below))
+        params, chi2, its = _lm(times, data[again], inv_sigma[again], reference[again], at_peak[again],
+                                max_iter, rtol, stop_below)
+        iterations[again] += its
+        better = chi2 < best_chi2[again]
+        best[again[better]], best_chi2[again[better]] = params[better], chi2[better]
         model, _ = _pspl_model(times, best, reference, jacobian=False)
     return {
         "t0": best[:, 0], "u0": np.exp(best[:, 1]), "tE": np.exp(best[:, 2]),
@@ -460,22 +467,99 @@ def fit_pspl(times, magnitudes, sigma, baseline_mag, t0, u0, tE, source_fraction
 def pspl_deviation(times, magnitudes, sigma, events: pd.DataFrame, threshold: float) -> tuple[np.ndarray, np.ndarray]:
     """Departure of each row from its best-fitting PSPL (``fit_pspl``), in batches.
 
-    Returns ``max_t |m - m_PSPL| / sigma`` and the first time at which that ratio exceeds
-    ``threshold`` (NaN when it never does).
+    Returns ``max_t |m - m_PSPL| / sigma`` and the ``evidence_time`` (``pspl_evidence_time``
+    with ``chi2 > threshold**2``; NaN when never).
     """
-    largest = np.empty(magnitudes.shape[0])
-    first = np.full(magnitudes.shape[0], np.nan)
-    for start in range(0, magnitudes.shape[0], _FIT_BATCH):
+    n = magnitudes.shape[0]
+    largest = np.empty(n)
+    full_fit = {key: np.empty(n) for key in _START_KEYS + ("chi2",)}
+    full_fit["model"] = np.empty(magnitudes.shape)
+    for start in range(0, n, _FIT_BATCH):
         rows = slice(start, start + _FIT_BATCH)
-        ev = events.iloc[rows]
-        fit = fit_pspl(times, magnitudes[rows], sigma[rows], ev["baseline_mag"].to_numpy(), ev["t0"].to_numpy(),
-                       ev["u0"].to_numpy(), ev["tE"].to_numpy(), ev["source_fraction"].to_numpy())
-        ratio = np.abs(magnitudes[rows] - fit["model"]) / sigma[rows]
-        largest[rows] = np.max(ratio, axis=1)
-        above = ratio > threshold
-        departed = above.any(axis=1)
-        first[rows] = np.where(departed, times[np.argmax(above, axis=1)], np.nan)
-    return largest, first
+        fit = fit_pspl(times, magnitudes[rows], sigma[rows], *_fit_start(events.iloc[rows]))
+        largest[rows] = np.max(np.abs(magnitudes[rows] - fit["model"]) / sigma[rows], axis=1)
+        for key, values in full_fit.items():
+            values[rows] = fit[key]
+    return largest, pspl_evidence_time(times, magnitudes, sigma, events, threshold**2, full_fit=full_fit)
+
+
+_START_KEYS = ("baseline_mag", "t0", "u0", "tE", "source_fraction")  # fit_pspl's starting-point arguments
+
+
+def _fit_start(events: pd.DataFrame) -> tuple[np.ndarray, ...]:
+    return tuple(events[key].to_numpy() for key in _START_KEYS)
+
+
+def pspl_evidence_time(times, magnitudes, sigma, events: pd.DataFrame, chi2_threshold: float, *,
+                       full_fit: dict[str, np.ndarray] | None = None) -> np.ndarray:
+    """First epoch at which no PSPL fits the curve seen so far within ``chi2_threshold``.
+
+    For each row, the smallest ``t`` such that the best-fitting PSPL (``fit_pspl``, every
+    parameter free) to the epochs ``<= t`` has chi2 above the threshold; NaN when even the whole
+    curve is fitted within it. Before that time an ideal observer holding the noiseless curve
+    could not rule out a single lens.
+
+    The best chi2 over a prefix of the epochs never decreases as the prefix grows, so the epoch
+    is found by bisection (about log2(T) prefix fits a row, each stopped as soon as a PSPL within
+    the threshold is found). The whole-curve fit (``full_fit``, ``fit_pspl``'s output, computed
+    when not given) brackets it from below: its chi2 summed over a prefix bounds that prefix's
+    best chi2 from above, and so does every prefix fit for the prefixes around it. Each prefix fit
+    starts from the last PSPL found within the threshold on a shorter prefix (at first the
+    whole-curve fit) and, where that ends above the threshold, again from the truth, each time
+    also from the brightest epoch seen (``fit_pspl``'s second start). Fewer starts leave about 1 %
+    of the rows in a local minimum above the threshold: false evidence.
+    Prefix fits are cut to a multiple of ``_PREFIX_BLOCK`` epochs, fixed per row, so the result
+    does not depend on which rows share a batch.
+    """
+    times = np.asarray(times, dtype=np.float64)
+    magnitudes = np.asarray(magnitudes, dtype=np.float64)
+    sigma = np.asarray(sigma, dtype=np.float64)
+    if full_fit is None:
+        full_fit = fit_pspl(times, magnitudes, sigma, *_fit_start(events))
+    # ``truth`` and ``start`` are (baseline_mag, t0, u0, tE, source_fraction) per row.
+    truth = _fit_start(events)
+    start = [np.array(full_fit[key], dtype=np.float64) for key in _START_KEYS]
+    n, n_times = magnitudes.shape
+    prefix_chi2 = np.cumsum(((magnitudes - full_fit["model"]) / sigma) ** 2, axis=1)
+    reached = full_fit["chi2"] > chi2_threshold
+    # Bracket per row: no evidence with the epochs up to ``low``, evidence with those up to ``high``.
+    low = np.where(reached, np.sum(prefix_chi2 <= chi2_threshold, axis=1) - 1, -1)
+    high = np.full(n, n_times - 1)
+    epochs = np.arange(n_times)
+    while True:
+        active = np.flatnonzero(reached & (high - low > 1))
+        if active.size == 0:
+            break
+        middle = (low[active] + high[active]) // 2
+        width = np.minimum((middle // _PREFIX_BLOCK + 1) * _PREFIX_BLOCK, n_times)
+        for cut in np.unique(width):
+            group = np.flatnonzero(width == cut)
+            for first in range(0, group.size, _EVIDENCE_BATCH):
+                rows, last = active[group[first:first + _EVIDENCE_BATCH]], middle[group[first:first + _EVIDENCE_BATCH]]
+                prefix_sigma = np.where(epochs[None, :cut] <= last[:, None], sigma[rows, :cut], np.inf)
+                fit = fit_pspl(times[:cut], magnitudes[rows, :cut], prefix_sigma, *(values[rows] for values in start),
+                               stop_below=chi2_threshold)
+                again = np.flatnonzero(fit["chi2"] > chi2_threshold)
+                if again.size:  # the evidence must hold from the truth too
+                    retry = fit_pspl(times[:cut], magnitudes[rows[again], :cut], prefix_sigma[again],
+                                     *(values[rows[again]] for values in truth), stop_below=chi2_threshold)
+                    better = retry["chi2"] < fit["chi2"][again]
+                    for key in _START_KEYS + ("chi2", "model"):
+                        fit[key][again[better]] = retry[key][better]
+                found = fit["chi2"] > chi2_threshold
+                high[rows[found]] = last[found]
+                # The fitted PSPL also bounds the best chi2 of every other prefix within the cut: where its
+                # running chi2 is still within the threshold there is no evidence yet (often well past ``last``).
+                running = np.cumsum(((magnitudes[rows, :cut] - fit["model"]) / sigma[rows, :cut]) ** 2, axis=1)
+                bound = np.sum(running <= chi2_threshold, axis=1) - 1
+                low[rows] = np.maximum(low[rows], bound)
+                for values, key in zip(start, _START_KEYS):
+                    values[rows[~found]] = fit[key][~found]
+        # A PSPL within the threshold past ``high`` shows that evidence there was a fit's local minimum.
+        wrong = reached & (low >= high)
+        reached[wrong & (low >= n_times - 1)] = False
+        high[wrong] = n_times - 1
+    return np.where(reached, times[high], np.nan)
 
 
 # --------------------------------------------------------------------------------------------
@@ -542,7 +626,7 @@ def simulate_shard(out_dir: str | Path, shard_index: int, events_per_shard: int,
     events = draw_events(n, times, settings, rng)
     events.insert(0, "event_id", np.int64(shard_index) * np.int64(n) + np.arange(n, dtype=np.int64))
     deviation = np.full(n, np.nan)
-    anomaly_time = np.full(n, np.nan)
+    evidence_time = np.full(n, np.nan)
     labels = events["label"].to_numpy()
     timing = {"pspl": 0.0, "binary": 0.0, "fit": 0.0}
 
@@ -581,7 +665,7 @@ def simulate_shard(out_dir: str | Path, shard_index: int, events_per_shard: int,
                 noise[i] = _noise_rng(seed, shard_index, int(row)).standard_normal(n_times)
             clock = time.perf_counter()
             if (~pspl).any():
-                deviation[rows[~pspl]], anomaly_time[rows[~pspl]] = pspl_deviation(
+                deviation[rows[~pspl]], evidence_time[rows[~pspl]] = pspl_deviation(
                     times, true_mag[~pspl], sigma[~pspl], ev[~pspl], settings.pspl_like_max_deviation_sigma)
             timing["fit"] += time.perf_counter() - clock
 
@@ -594,7 +678,7 @@ def simulate_shard(out_dir: str | Path, shard_index: int, events_per_shard: int,
 
         events["max_deviation_sigma"] = deviation
         events["pspl_like"] = (labels == 1) & (deviation < settings.pspl_like_max_deviation_sigma)
-        events["anomaly_time"] = np.where(events["pspl_like"], np.nan, anomaly_time)
+        events["evidence_time"] = evidence_time
         events = events[list(EVENT_COLUMNS)]
         write_table(out_dir / "events.parquet", events)
 
