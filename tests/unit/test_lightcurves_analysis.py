@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import shutil
 import warnings
 
@@ -171,19 +172,31 @@ def test_early_detection_counts_binaries_past_their_evidence_time_and_the_ideal_
                         evidence_time=np.zeros(3))
 
 
-def test_chance_note_tells_what_no_classifier_could_show_from_the_classifiers_shortfall():
+def test_chance_note_tells_what_the_test_events_resolve_from_the_classifiers_shortfall():
     early = pd.DataFrame({
         "cadence": ["dense"] * 3, "basis": ["time"] * 3, "fraction": [0.1, 0.2, 0.3],
+        "n_binary": [700] * 3, "n_pspl": [730] * 3,
         "roc_auc_p_value": [0.6, 0.3, 0.2], "distinguishable_share_binary": [0.0, 0.02, 0.2],
         "ideal_roc_auc": [0.5, 0.51, 0.6], "ideal_roc_auc_p_value": [0.5, 0.2, 1e-6],
     })
     note = analysis._chance_note(early, "time")
     assert "does not beat chance (one-sided p >= 0.05) for dense at 0.1, 0.2, 0.3." in note
-    assert "At dense 0.1, 0.2 these test events could not show any classifier beating chance" in note
-    assert "by then at most 2.0% of the binaries" in note and "AUC 0.510, with p >= 0.200" in note
-    assert "At dense 0.3 an ideal classifier observing every epoch could have beaten chance" in note
+    assert f"resolve an AUC of {analysis.resolvable_auc(700, 730):.3f} or more" in note
+    assert "At dense 0.1, 0.2 at most 2.0% of the binaries were fitted by no PSPL" in note
+    assert f"would reach AUC 0.510 at most, below {analysis.resolvable_auc(700, 730):.3f}." in note
+    assert "how typical the light curve seen so far is" in note
+    assert "At dense 0.3 a classifier knowing which binaries no PSPL fits" in note
     early["roc_auc_p_value"] = 0.01
     assert analysis._chance_note(early, "time").startswith("The ROC AUC beats chance")
+
+
+def test_resolvable_auc_inverts_the_untied_p_value():
+    for n_binary, n_pspl in ((716, 716), (50, 80), (75_000, 75_000)):
+        auc = analysis.resolvable_auc(n_binary, n_pspl)
+        assert analysis.untied_auc_p_value(auc, n_binary, n_pspl) == pytest.approx(0.05, rel=1e-9)
+        assert 0.5 < auc < 0.75
+    assert analysis.resolvable_auc(716, 716) == pytest.approx(0.5 + 1.645 * math.sqrt(1433 / 12) / 716, abs=1e-3)
+    assert np.isnan(analysis.resolvable_auc(0, 3))
 
 
 def test_early_detection_observed_basis_uses_each_events_own_step():
@@ -517,7 +530,7 @@ def test_compare_cadences_tables_json_and_figures(evaluated, tmp_path):
     assert "Highest final-step accuracy: dense" in markdown
     # Beating chance: p-values per fraction, the ideal classifier's, and where it fails, which of the two it is.
     assert "Mann-Whitney" in markdown and "an ideal classifier ranking exactly those binaries" in markdown
-    assert "does not beat chance" in markdown and "could not show any classifier beating chance" in markdown
+    assert "does not beat chance" in markdown and "These test events resolve an AUC of" in markdown
     assert any("does not beat chance" in note for note in on_disk["notes"])
     assert "PSPL-like" in markdown and "Wilson" in markdown
     assert markdown.startswith("# ") and "|:--" in markdown

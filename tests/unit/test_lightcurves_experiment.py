@@ -125,10 +125,10 @@ def test_checkpoint_steps():
     assert checkpoint_steps(1500).tolist() == [149, 299, 449, 599, 749, 899, 1049, 1199, 1349, 1499]
 
 
-def train(toy, out_dir, **kwargs):
+def train(toy, out_dir, training=TINY_TRAINING, **kwargs):
     return train_cadence_model(
         [d for d, _ in toy], [m for _, m in toy], out_dir, cadence="toy", duration_days=DURATION, seed=3,
-        model_options=TINY_MODEL, training_options=TINY_TRAINING, threads=1, progress=False, **kwargs,
+        model_options=TINY_MODEL, training_options=training, threads=1, progress=False, **kwargs,
     )
 
 
@@ -159,6 +159,7 @@ def test_training_is_reproducible_resumable_and_scores_the_test_split(toy, tmp_p
     # A model trained on differently built inputs (an older version) is refused by name.
     sidecar = json.loads((tmp_path / "a" / "model.json").read_text())
     assert sidecar["inputs"] == INPUT_LAYOUT
+    assert sidecar["precision"] == "float32" == sidecar["trainer"]["cpu_precision"]
     stale = tmp_path / "stale.json"
     stale.write_text(json.dumps({key: value for key, value in sidecar.items() if key != "inputs"}))
     with pytest.raises(InputDataError, match="model.pt.*retrain"):
@@ -210,3 +211,13 @@ def test_classify_files_end_to_end(toy, tmp_path):
     assert series["p_binary"].iloc[-1] == pytest.approx(row["p_binary_last"], abs=1e-6)
     sidecar = json.loads((tmp_path / "model" / "model.json").read_text())
     assert sidecar["time_grid"] == {"epochs": STEPS, "duration_days": DURATION}
+
+
+def test_bfloat16_training_is_recorded_and_still_reproducible(toy, tmp_path):
+    options = {**TINY_TRAINING, "cpu_precision": "bfloat16"}
+    first = train(toy, tmp_path / "a", training=options)
+    train(toy, tmp_path / "b", training=options)
+    assert first["precision"] == "bfloat16"
+    weights_a = torch.load(tmp_path / "a" / "model.pt", weights_only=True)
+    weights_b = torch.load(tmp_path / "b" / "model.pt", weights_only=True)
+    assert all(weights_a[k].dtype == torch.float32 and torch.equal(weights_a[k], weights_b[k]) for k in weights_a)

@@ -12,21 +12,21 @@ from realbogus_helpers import raw_triplet, triplets, write_dataset, write_pair
 
 from astrodag.cli import _add_common
 from astrodag.errors import ConfigError, InputDataError
-from astrodag.imaging import realbogus_commands, scoring
+from astrodag.imaging import realbogus_commands
 from astrodag.imaging.pipeline import read_products
 from astrodag.imaging.scoring import (
     RealBogusScorer,
     ScoringSettings,
-    cpu_has_native_bf16,
     load_realbogus_model,
     prepare_triplet,
-    resolve_precision,
     save_realbogus_model,
     score_batch,
     score_pair,
 )
 from astrodag.imaging.triplets import cutouts, normalise
 from astrodag.models.braai import build_realbogus_model
+from astrodag.training import precision
+from astrodag.training.precision import cpu_has_native_bf16, resolve_precision
 
 SIDECAR = {"architecture": "braai", "options": {"dropout": 0.5}, "input_shape": [3, 63, 63],
            "normalisation": {"method": "robust", "clip": 30.0}, "threshold": 0.4}
@@ -90,7 +90,7 @@ def test_wrong_inputs_are_rejected_clearly(scorer, bad, message):
 
 @pytest.mark.parametrize("native", [True, False])
 def test_auto_precision_follows_the_cpu_check_and_explicit_values_are_kept(model_dir, monkeypatch, native):
-    monkeypatch.setattr(scoring, "cpu_has_native_bf16", lambda: native)
+    monkeypatch.setattr(precision, "cpu_has_native_bf16", lambda: native)
     auto = RealBogusScorer.from_files(model_dir / "model.pt", device="cpu")
     assert auto.precision == ("bfloat16" if native else "float32")
     assert ScoringSettings().precision == "auto" and resolve_precision("auto", "cpu") == auto.precision
@@ -124,7 +124,7 @@ def test_native_bf16_check_reads_torch_then_proc_cpuinfo(monkeypatch, tmp_path):
         assert cpu_has_native_bf16() is expected
     monkeypatch.delattr(torch.cpu, "get_capabilities")
     cpuinfo = tmp_path / "cpuinfo"
-    monkeypatch.setattr(scoring, "CPUINFO", cpuinfo)
+    monkeypatch.setattr(precision, "CPUINFO", cpuinfo)
     assert cpu_has_native_bf16() is False  # no such file
     cpuinfo.write_text("processor\t: 0\nflags\t\t: fpu avx512f avx512bw avx512_vnni\n")
     assert cpu_has_native_bf16() is False
@@ -227,7 +227,7 @@ def _parser():
 
 def test_cli_stages_train_evaluate_score(tmp_path, monkeypatch, caplog):
     # A CPU with native bfloat16: the score stage's "auto" picks it, the evaluation stays float32.
-    monkeypatch.setattr(scoring, "cpu_has_native_bf16", lambda: True)
+    monkeypatch.setattr(precision, "cpu_has_native_bf16", lambda: True)
     data = write_dataset(tmp_path / "data", {"train": 32, "validation": 16, "test": 16})
     parser = _parser()
     assert realbogus_commands.run(parser.parse_args(["other"])) is False

@@ -19,10 +19,11 @@ import uvicorn
 from astropy.io import fits
 
 from astrodag.errors import ConfigError, InputDataError
-from astrodag.imaging import scoring, service_commands
+from astrodag.imaging import service_commands
 from astrodag.imaging.scoring import RealBogusScorer, prepare_triplet, save_realbogus_model
 from astrodag.imaging.service import create_app
 from astrodag.models.braai import BraaiCNN
+from astrodag.training import precision
 
 SIZE = 31
 MAX_BATCH = 16
@@ -117,7 +118,7 @@ def test_health_reports_the_resolved_auto_precision(model_files, monkeypatch, na
         async with app.router.lifespan_context(app):  # the server's start-up: loads the model
             return app.state.service.health()
 
-    monkeypatch.setattr(scoring, "cpu_has_native_bf16", lambda: native)
+    monkeypatch.setattr(precision, "cpu_has_native_bf16", lambda: native)
     auto = asyncio.run(health(create_app(model_files["model"], device="cpu")))  # precision "auto"
     assert auto["precision"] == ("bfloat16" if native else "float32")
     assert asyncio.run(health(create_app(model_files["model"], device="cpu", precision="bfloat16")))["precision"] \

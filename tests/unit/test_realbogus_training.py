@@ -19,6 +19,7 @@ from astrodag.imaging.realbogus import (
     threshold_for_fnr,
     train_realbogus,
 )
+from astrodag.training import precision
 
 QUICK = {"braai": {"max_epochs": 1, "batch_size": 32}}
 
@@ -94,7 +95,7 @@ def test_bfloat16_scores_of_a_trained_model_agree_with_float32(trained):
 
 def test_evaluation_scores_in_float32_where_auto_would_pick_bfloat16(trained, dataset, tmp_path, monkeypatch):
     out, _, metrics = trained
-    monkeypatch.setattr(scoring, "cpu_has_native_bf16", lambda: True)
+    monkeypatch.setattr(precision, "cpu_has_native_bf16", lambda: True)
     assert scoring.RealBogusScorer.from_files(out / "model" / "model.pt", device="cpu").precision == "bfloat16"
     settings = RealBogusSettings.from_config({"braai": {"max_epochs": 4, "batch_size": 32}})
     again = evaluate_realbogus(out / "model", dataset, tmp_path, settings, threads=1)

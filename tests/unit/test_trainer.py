@@ -143,3 +143,35 @@ def test_focal_loss_positive_weight_scales_positive_examples_only():
     positive, negative = torch.tensor([1.0, 1.0]), torch.tensor([0.0, 0.0])
     assert torch.allclose(weighted(logits, positive), 5 * plain(logits, positive))
     assert torch.allclose(weighted(logits, negative), plain(logits, negative))
+
+
+@pytest.mark.parametrize("cpu_precision, native, expected", [
+    ("float32", True, torch.float32),
+    ("bfloat16", False, torch.bfloat16),
+    ("auto", True, torch.bfloat16),
+    ("auto", False, torch.float32),
+])
+def test_cpu_precision_sets_the_autocast_of_training_and_validation(tmp_path, monkeypatch, cpu_precision, native,
+                                                                    expected):
+    from astrodag.training import precision
+
+    monkeypatch.setattr(precision, "cpu_has_native_bf16", lambda: native)
+    seen = []
+
+    def loss(outputs, targets):
+        seen.append(outputs.dtype)
+        return nn.functional.binary_cross_entropy_with_logits(outputs.float(), targets)
+
+    config = TrainerConfig(max_epochs=4, batch_size=32, learning_rate=1e-2, tensorboard=False, device="cpu",
+                           early_stopping_patience=10, cpu_precision=cpu_precision)
+    torch.manual_seed(3)
+    trainer = Trainer(TinyNet(), loss, config, tmp_path, evaluate=lambda y, p: binary_metrics(y, p), progress=False)
+    assert trainer.precision == str(expected).removeprefix("torch.")
+    result = trainer.fit(make_data(0), make_data(1, 200))
+    # Training batches see the autocast dtype; the validation loss is taken on float32 outputs.
+    assert set(seen) == {expected, torch.float32} and result.best_score > 0.8
+
+
+def test_cpu_precision_must_be_a_known_name():
+    with pytest.raises(ValueError, match="precision must be"):
+        TrainerConfig(cpu_precision="float16")

@@ -21,7 +21,7 @@ from differenced pairs (``difference.fits``, ``significance.fits``, ``mask.fits`
 
 Precision: ``"float32"``, ``"bfloat16"`` (``torch.autocast``) or ``"auto"``, which
 :func:`resolve_precision` turns into ``bfloat16`` on a CPU with native bfloat16 instructions
-(AVX512-BF16 or AMX-BF16, :func:`cpu_has_native_bf16`; braai on 2 such cores scores about
+(AVX512-BF16 or AMX-BF16, :func:`astrodag.training.precision.cpu_has_native_bf16`; braai on 2 such cores scores about
 3,400 triplets/s against 2,000/s in float32) and into ``float32`` anywhere else, GPUs
 included. :attr:`RealBogusScorer.precision` is the resolved value. The evaluation
 (:func:`astrodag.imaging.realbogus.evaluate_realbogus`) always scores in float32.
@@ -48,6 +48,7 @@ from astrodag.errors import ConfigError, InputDataError
 from astrodag.imaging.settings import Settings, choice, flag, number, optional, setting
 from astrodag.io import atomic_path, write_json, write_table
 from astrodag.logs import progress_enabled
+from astrodag.training.precision import PRECISIONS, check_precision, resolve_precision
 from astrodag.training.seeding import select_device
 
 log = logging.getLogger(__name__)
@@ -57,10 +58,6 @@ CHANNELS = ("science", "reference", "difference")
 REQUIRED_SIDECAR_KEYS = ("architecture", "options", "input_shape", "normalisation", "threshold")
 # Cut-outs made at once in score_pair (the forward passes then go in the scorer's smaller batches).
 CUTOUT_BATCH = 1024
-PRECISIONS = ("auto", "float32", "bfloat16")
-# CPU features that execute bfloat16 arithmetic natively (oneDNN uses them under autocast).
-NATIVE_BF16_FLAGS = ("avx512_bf16", "amx_bf16")
-CPUINFO = Path("/proc/cpuinfo")  # read when torch cannot tell the CPU's features
 SCORED_COLUMNS = ("candidate_id", "pair_id", "x", "y", "ra", "dec", "significance", "score", "is_real", "kept",
                   "masked_fraction")
 
@@ -70,52 +67,6 @@ def device_name(key: str, value: Any) -> str:
     if not isinstance(value, str) or not value:
         raise ConfigError(key, f"must be a device name such as 'auto', 'cpu' or 'cuda:0', got {value!r}")
     return value
-
-
-def cpu_has_native_bf16() -> bool:
-    """True when this CPU executes bfloat16 arithmetic natively (AVX512-BF16 or AMX-BF16).
-
-    Asks torch's own CPU feature detection (``torch.cpu.get_capabilities()``, cpuinfo);
-    with a torch that lacks it, reads the flags of ``/proc/cpuinfo``. Without such
-    instructions, bfloat16 autocast on a CPU is emulated and slower than float32. (torch's
-    ``torch.ops.mkldnn._is_mkldnn_bf16_supported()`` is not this check: it is true on any
-    AVX-512 CPU, bfloat16 emulated or not.)
-    """
-    capabilities = getattr(torch.cpu, "get_capabilities", None)
-    if capabilities is not None:
-        found = capabilities()
-        return any(bool(found.get(flag)) for flag in NATIVE_BF16_FLAGS)
-    try:
-        text = CPUINFO.read_text()
-    except OSError:
-        return False
-    flags = {word for line in text.splitlines() if line.startswith("flags") for word in line.split()}
-    return any(flag in flags for flag in NATIVE_BF16_FLAGS)
-
-
-def check_precision(precision: Any) -> str:
-    """``precision`` if it is ``"auto"``, ``"float32"`` or ``"bfloat16"``, else a ValueError."""
-    if precision not in PRECISIONS:
-        raise ValueError(f"precision must be 'auto', 'float32' or 'bfloat16', got {precision!r}")
-    return precision
-
-
-def resolve_precision(precision: str, device: str | torch.device) -> str:
-    """The precision that ``precision`` means on ``device``: ``"float32"`` or ``"bfloat16"``.
-
-    ``"auto"`` is ``"bfloat16"`` on a CPU with native bfloat16 instructions
-    (:func:`cpu_has_native_bf16`) and ``"float32"`` on any other CPU, on CUDA and on other
-    devices; ``"float32"`` and ``"bfloat16"`` are kept as given.
-
-    Raises
-    ------
-    ValueError
-        For anything but ``"auto"``, ``"float32"`` or ``"bfloat16"``.
-    """
-    if check_precision(precision) != "auto":
-        return precision
-    device_type = device.type if isinstance(device, torch.device) else torch.device(device).type
-    return "bfloat16" if device_type == "cpu" and cpu_has_native_bf16() else "float32"
 
 
 @dataclass(frozen=True)

@@ -8,11 +8,12 @@ at step t uses only epochs <= t). This module turns those scores into
   (basis "observed"), with the median (t - t0)/tE of the binaries reached by then,
   the one-sided Mann-Whitney p-value of "ROC AUC > 0.5" (does the classifier beat
   chance there?), the share of binaries that no PSPL fitted within the noise
-  by then (``evidence_time`` of the simulation: the most any classifier could
-  have recognised), and the ROC AUC and p-value of an ideal classifier that ranks
-  exactly those binaries above every PSPL (where even its p-value misses
-  significance, the test set cannot show a classifier with distinct scores
-  beating chance);
+  by then (``evidence_time`` of the simulation), and the ROC AUC and p-value of
+  an ideal classifier that ranks exactly those binaries above every other event.
+  Where even that misses significance, a classifier has only how typical the
+  light curve seen so far is of each simulated population to go on: a weak
+  signal that needs more test events than the smallest AUC they resolve
+  (``resolvable_auc``);
 * detection times: the first step after which P(binary) stays above a threshold
   until the end (binaries give detections, PSPL events false alarms);
 * per-cadence metrics, tables and figures, and a comparison of the cadences.
@@ -486,6 +487,18 @@ def auc_p_value(labels, scores) -> float:
     return float(mannwhitneyu(positive, negative, alternative="greater").pvalue)
 
 
+def resolvable_auc(n_binary: int, n_pspl: int, level: float = CHANCE_LEVEL) -> float:
+    """The smallest ROC AUC that distinct scores of these many events show beating chance at ``level``.
+
+    The inverse of ``untied_auc_p_value``: ``untied_auc_p_value(resolvable_auc(b, p), b, p) == level``.
+    """
+    if n_binary == 0 or n_pspl == 0:
+        return _NAN
+    pairs = n_binary * n_pspl
+    sigma = math.sqrt(pairs * (n_binary + n_pspl + 1) / 12.0)
+    return float(0.5 + (norm.isf(level) * sigma + 0.5) / pairs)
+
+
 def untied_auc_p_value(auc: float, n_binary: int, n_pspl: int) -> float:
     """One-sided p-value of ROC AUC > 0.5 for scores without ties that reach ``auc``.
 
@@ -537,9 +550,9 @@ def _ideal_columns(labels: np.ndarray, evidence_time: np.ndarray | None,
 
     The ideal classifier ranks those binaries above every other event and the rest at random:
     its ROC AUC is 0.5 + share / 2, and ``ideal_roc_auc_p_value`` is the p-value of that AUC for
-    distinct scores (``untied_auc_p_value``), the test the classifier's own scores get. Where
-    it misses significance, these test events cannot show a classifier with distinct scores
-    beating chance at that point.
+    distinct scores (``untied_auc_p_value``), the test the classifier's own scores get. It is
+    not a bound on every classifier: one can also learn how typical a light curve that some
+    PSPL fits is of each simulated population.
     """
     binary = labels == 1
     if evidence_time is None or step_times is None or not binary.any():
@@ -652,7 +665,8 @@ def early_detection(
         median_phase_binary, n_events, n_binary, n_pspl, n_correct, accuracy,
         accuracy_low, accuracy_high (95 % Wilson), roc_auc (NaN with one
         class), roc_auc_p_value (one-sided Mann-Whitney, AUC > 0.5),
-        distinguishable_share_binary, ideal_roc_auc, ideal_roc_auc_p_value, aucpr, recall(+_low/_high), false_alarm_rate(+_low/_high),
+        distinguishable_share_binary, ideal_roc_auc, ideal_roc_auc_p_value, aucpr,
+        recall(+_low/_high), false_alarm_rate(+_low/_high),
         n_events_without_pspl_like, accuracy_without_pspl_like(+_low/_high),
         roc_auc_without_pspl_like, n_pspl_like, recall_pspl_like(+_low/_high).
 
@@ -1328,43 +1342,47 @@ def _auc_cell(auc: float, p_value: float) -> str:
 
 
 def _chance_note(early: pd.DataFrame, basis: str) -> str:
-    """Where the classifier does not beat chance, split by whether an ideal classifier could have there."""
+    """Where the classifier does not beat chance, what the test events resolve, and what the light curves held."""
     rows = early[early["basis"] == basis]
     if "roc_auc_p_value" not in rows.columns:
         return ""
     failing = rows[~(rows["roc_auc_p_value"] < CHANCE_LEVEL)]
     if failing.empty:
         return f"The ROC AUC beats chance (one-sided p < {CHANCE_LEVEL:g}) at every fraction for every cadence."
-    has_ideal = "ideal_roc_auc_p_value" in failing.columns and failing["ideal_roc_auc_p_value"].notna().any()
-    if not has_ideal:
-        parts = [f"{cadence} at {_fraction_list(group)}" for cadence, group in failing.groupby("cadence", sort=False)]
-        return f"The ROC AUC does not beat chance (one-sided p >= {CHANCE_LEVEL:g}) for " + "; ".join(parts) + "."
-    beyond_reach = failing["ideal_roc_auc_p_value"] >= CHANCE_LEVEL
     sentences = [f"The ROC AUC does not beat chance (one-sided p >= {CHANCE_LEVEL:g}) for "
                  + "; ".join(f"{cadence} at {_fraction_list(group)}"
                              for cadence, group in failing.groupby("cadence", sort=False)) + "."]
+    smallest = min(resolvable_auc(int(b), int(p)) for b, p in zip(failing["n_binary"], failing["n_pspl"]))
+    sentences.append(f"These test events resolve an AUC of {smallest:.3f} or more from chance (distinct scores, "
+                     f"one-sided p < {CHANCE_LEVEL:g}).")
+    if "ideal_roc_auc_p_value" not in failing.columns or failing["ideal_roc_auc_p_value"].isna().all():
+        return " ".join(sentences)
+    beyond_reach = failing["ideal_roc_auc_p_value"] >= CHANCE_LEVEL
     if beyond_reach.any():
-        unreachable = failing[beyond_reach]
+        weak = failing[beyond_reach]
         sentences.append(
-            "At " + "; ".join(f"{cadence} {_fraction_list(group)}"
-                              for cadence, group in unreachable.groupby("cadence", sort=False))
-            + " these test events could not show any classifier beating chance: by then at most "
-            f"{unreachable['distinguishable_share_binary'].max():.1%} of the binaries were fitted by no PSPL within "
-            "the noise, and even a classifier ranking exactly those above every PSPL would reach AUC "
-            f"{unreachable['ideal_roc_auc'].max():.3f}, with p >= {unreachable['ideal_roc_auc_p_value'].min():.3f} "
-            "for distinct scores.")
+            "At " + _cadence_fractions(weak)
+            + f" at most {weak['distinguishable_share_binary'].max():.1%} of the binaries were fitted by no PSPL "
+            "within the noise: a classifier ranking exactly those above every other event would reach AUC "
+            f"{weak['ideal_roc_auc'].max():.3f} at most, below {smallest:.3f}. Beyond those, a classifier has only how "
+            "typical the light curve seen so far is of each simulated population to go on, a weak signal that "
+            "needs more test events to show.")
     if (~beyond_reach).any():
         short = failing[~beyond_reach]
         sentences.append(
-            "At " + "; ".join(f"{cadence} {_fraction_list(group)}"
-                              for cadence, group in short.groupby("cadence", sort=False))
-            + " an ideal classifier observing every epoch could have beaten chance: there the classifier, or "
-            "the evidence lost in the cadence's gaps, fell short.")
+            "At " + _cadence_fractions(short)
+            + " a classifier knowing which binaries no PSPL fits (every epoch observed) would have beaten chance: "
+            "there the classifier, or the evidence lost in the cadence's gaps, fell short.")
     return " ".join(sentences)
 
 
 def _fraction_list(group: pd.DataFrame) -> str:
     return ", ".join(f"{f:g}" for f in group["fraction"])
+
+
+def _cadence_fractions(rows: pd.DataFrame) -> str:
+    """``"sparse 0.1, 0.2; lsst 0.1"``: each cadence with its fractions."""
+    return "; ".join(f"{cadence} {_fraction_list(group)}" for cadence, group in rows.groupby("cadence", sort=False))
 
 
 def _overlap_note(summary: pd.DataFrame, column: str, what: str) -> str:
@@ -1431,9 +1449,10 @@ def _report(summary, tables, thresholds_used, plain: bool, chance_notes: Mapping
                        f"(* beats chance at p < {CHANCE_LEVEL:g}):"), "", table(tables[f"auc_{basis}"]), ""]
         if f"ideal_{basis}" in tables:
             lines += [("Share of the binaries whose light curve seen so far no PSPL fitted within the noise "
-                       "(chi2 above the PSPL-like threshold squared, on the noiseless curve at every epoch: the most "
-                       "that any classifier could recognise), and the ROC AUC and p-value of an ideal classifier "
-                       "ranking exactly those binaries above every PSPL:"), "",
+                       "(chi2 above the PSPL-like threshold squared, on the noiseless curve at every epoch), and the "
+                       "ROC AUC and p-value (distinct scores) of an ideal classifier ranking exactly those binaries "
+                       "above every other event. It ignores how typical a light curve is of each simulated "
+                       "population, which a classifier can also learn:"), "",
                       table(tables[f"ideal_{basis}"]), ""]
         if chance_notes.get(basis):
             lines += [chance_notes[basis], ""]

@@ -144,6 +144,7 @@ def train_cadence_model(
         "normalisation": normalisation.to_dict(),
         "trainer": trainer_config.__dict__,
         "device": str(trainer.device),
+        "precision": trainer.precision,
         "parameters": sum(p.numel() for p in model.parameters()),
         "data": {
             "shards": [str(d) for d in shard_dirs],

@@ -5,7 +5,9 @@ What it does for a model and two datasets:
 - seeds Python, NumPy and torch and shuffles with its own generator, so the
   same seed gives the same weights bit for bit on CPU;
 - AdamW with a cosine learning-rate schedule after a linear warm-up, gradient
-  clipping, and mixed precision on CUDA (bfloat16 where supported);
+  clipping, and mixed precision on CUDA (bfloat16 where supported) and, when
+  ``cpu_precision`` asks for it, bfloat16 autocast on a CPU (``"auto"``: where
+  the CPU runs bfloat16 natively, see ``astrodag.training.precision``);
 - evaluates on the validation set after every epoch, keeps the best epoch by a
   monitored metric and stops early after ``early_stopping_patience`` epochs
   without improvement;
@@ -38,6 +40,7 @@ from tqdm.auto import tqdm
 
 from astrodag.io import atomic_path, write_json, write_table
 from astrodag.logs import progress_enabled
+from astrodag.training.precision import check_precision, resolve_precision
 from astrodag.training.seeding import seed_everything, select_device
 
 logger = logging.getLogger(__name__)
@@ -63,6 +66,7 @@ class TrainerConfig:
     seed: int = 0
     device: str = "auto"
     mixed_precision: bool = True
+    cpu_precision: str = "float32"
     threads: int | None = None
     tensorboard: bool = True
 
@@ -77,6 +81,7 @@ class TrainerConfig:
             raise ValueError(f"monitor_mode must be 'max' or 'min', got {self.monitor_mode!r}")
         if self.early_stopping_patience < 1:
             raise ValueError("early_stopping_patience must be >= 1")
+        check_precision(self.cpu_precision)
 
     @classmethod
     def from_dict(cls, values: dict[str, Any], **overrides: Any) -> TrainerConfig:
@@ -158,6 +163,10 @@ class Trainer:
         self.amp_dtype = (
             torch.bfloat16 if self.use_amp and torch.cuda.is_bf16_supported() else torch.float16
         )
+        if self.device.type == "cpu" and resolve_precision(config.cpu_precision, self.device) == "bfloat16":
+            self.use_amp, self.amp_dtype = True, torch.bfloat16
+        # What the forward passes run in, for the model's sidecar.
+        self.precision = str(self.amp_dtype).removeprefix("torch.") if self.use_amp else "float32"
         self.scaler = torch.amp.GradScaler(
             "cuda", enabled=self.use_amp and self.amp_dtype == torch.float16
         )
@@ -239,7 +248,7 @@ class Trainer:
         if state:
             logger.info("resuming from %s after epoch %d", self.last_path, start_epoch)
         logger.info(
-            "training on %s (CUDA_VISIBLE_DEVICES=%s, %d CPU threads, mixed precision %s)",
+            "training on %s (CUDA_VISIBLE_DEVICES=%s, %d CPU threads, autocast %s)",
             self.device, os.environ.get("CUDA_VISIBLE_DEVICES", "unset"), torch.get_num_threads(),
             self.amp_dtype if self.use_amp else "off",
         )
