@@ -499,6 +499,12 @@ def _fit_start(events: pd.DataFrame) -> tuple[np.ndarray, ...]:
     return tuple(events[key].to_numpy() for key in _START_KEYS)
 
 
+def _last_epoch_within(magnitudes, model, sigma, chi2_threshold: float) -> np.ndarray:
+    """Per row, the last epoch up to which ``model``'s running chi2 stays within the threshold (-1: none)."""
+    running = np.cumsum(((magnitudes - model) / sigma) ** 2, axis=1)
+    return np.sum(running <= chi2_threshold, axis=1) - 1
+
+
 def pspl_evidence_time(times, magnitudes, sigma, events: pd.DataFrame, chi2_threshold: float, *,
                        full_fit: dict[str, np.ndarray] | None = None) -> np.ndarray:
     """First epoch at which no PSPL fits the curve seen so far within ``chi2_threshold``.
@@ -529,10 +535,9 @@ def pspl_evidence_time(times, magnitudes, sigma, events: pd.DataFrame, chi2_thre
     truth = _fit_start(events)
     start = [np.array(full_fit[key], dtype=np.float64) for key in _START_KEYS]
     n, n_times = magnitudes.shape
-    prefix_chi2 = np.cumsum(((magnitudes - full_fit["model"]) / sigma) ** 2, axis=1)
     reached = full_fit["chi2"] > chi2_threshold
     # Bracket per row: no evidence with the epochs up to ``low``, evidence with those up to ``high``.
-    low = np.where(reached, np.sum(prefix_chi2 <= chi2_threshold, axis=1) - 1, -1)
+    low = np.where(reached, _last_epoch_within(magnitudes, full_fit["model"], sigma, chi2_threshold), -1)
     high = np.full(n, n_times - 1)
     epochs = np.arange(n_times)
     while True:
@@ -559,9 +564,8 @@ def pspl_evidence_time(times, magnitudes, sigma, events: pd.DataFrame, chi2_thre
                 high[rows[found]] = last[found]
                 # The fitted PSPL also bounds the best chi2 of every other prefix within the cut: where its
                 # running chi2 is still within the threshold there is no evidence yet (often well past ``last``).
-                running = np.cumsum(((magnitudes[rows, :cut] - fit["model"]) / sigma[rows, :cut]) ** 2, axis=1)
-                bound = np.sum(running <= chi2_threshold, axis=1) - 1
-                low[rows] = np.maximum(low[rows], bound)
+                low[rows] = np.maximum(low[rows], _last_epoch_within(magnitudes[rows, :cut], fit["model"],
+                                                                     sigma[rows, :cut], chi2_threshold))
                 for values, key in zip(start, _START_KEYS):
                     values[rows[~found]] = fit[key][~found]
         # A PSPL within the threshold past ``high`` shows that evidence there was a fit's local minimum.
