@@ -18,10 +18,10 @@ validate(config, "workflow/schemas/config.schema.yaml")
 
 include: "workflow/rules/common.smk"
 include: "workflow/rules/flares.smk"
-include: "workflow/rules/lightcurves.smk"
-include: "workflow/rules/archive.smk"
-include: "workflow/rules/imaging.smk"
-include: "workflow/rules/realbogus.smk"
+include: "workflow/rules/microlensing.smk"
+include: "workflow/rules/supernova_archive.smk"
+include: "workflow/rules/supernova_imaging.smk"
+include: "workflow/rules/supernova_realbogus.smk"
 
 
 wildcard_constraints:

@@ -8,7 +8,7 @@ and 16 transients of known flux (S/N 12 each by PSF photometry on the science im
 a grid over the central half. Both pipelines then run alignment -> subtraction -> detection
 on it, in one process:
 
-* ours: ``astrodag.imaging`` (affine-checked alignment with bicubic interpolation, Background2D,
+* ours: ``astrodag.supernova.imaging`` (affine-checked alignment with bicubic interpolation, Background2D,
   empirical PSFs, star-based flux ratio, ZOGY with per-pixel variance, 5-sigma detection with
   shape cuts), through the same functions the workflow stages call (``difference_pair`` with
   no fake-source injection, then ``detect_pair``), including reading and writing the FITS files;
@@ -60,8 +60,8 @@ def make_pair(directory: Path, size: int, seed: int = 0):
     from astropy.io import fits
     from astropy.wcs import WCS
 
-    from astrodag.imaging.inject import add_point_sources
-    from astrodag.imaging.psf import gaussian_psf
+    from astrodag.supernova.imaging.inject import add_point_sources
+    from astrodag.supernova.imaging.psf import gaussian_psf
 
     rng = np.random.default_rng(seed)
     shape = (size, size)
@@ -113,7 +113,7 @@ def optimal_significance(flux: float) -> float:
     """Background-limited ZOGY S/N of a transient of ``flux`` (eq. 41) for the benchmark's true PSFs."""
     import numpy as np
 
-    from astrodag.imaging.psf import gaussian_psf
+    from astrodag.supernova.imaging.psf import gaussian_psf
 
     n = 64
     pn, pr = (np.fft.fft2(np.roll(np.pad(gaussian_psf(fwhm, 25), (0, n - 25)), (-12, -12), (0, 1)))
@@ -126,7 +126,7 @@ def optimal_significance(flux: float) -> float:
 def run_ours(science: Path, reference: Path, out_dir: Path, transient) -> dict:
     from astropy.io import fits
 
-    from astrodag.imaging.pipeline import DifferenceSettings, detect_pair, difference_pair
+    from astrodag.supernova.imaging.pipeline import DifferenceSettings, detect_pair, difference_pair
 
     started = time.perf_counter()
     record = difference_pair(science, reference, out_dir, DifferenceSettings.from_config({"inject": {"count": 0}}))
@@ -166,8 +166,8 @@ def run_baseline(science_path: Path, reference_path: Path, transient) -> dict:
     from photutils.detection import DAOStarFinder
     from reproject import reproject_interp
 
-    from astrodag.imaging.fitsio import load_image
-    from astrodag.imaging.subtract import gaussian_difference
+    from astrodag.supernova.imaging.fitsio import load_image
+    from astrodag.supernova.imaging.subtract import gaussian_difference
 
     steps, memory = {}, {}
     tracing = tracemalloc.is_tracing()

@@ -28,7 +28,7 @@ import time
 
 import numpy as np
 
-from astrodag.lightcurves.magnification import binary_magnification, pspl_magnification
+from astrodag.microlensing.magnification import binary_magnification, pspl_magnification
 
 
 def draw_events(n: int, rng: np.random.Generator) -> dict[str, np.ndarray]:

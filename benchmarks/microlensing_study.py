@@ -2,12 +2,12 @@
 
 Prints wall time and peak memory (maximum resident set size) of
 
-1. simulating one shard (``astrodag lightcurves simulate``: PSPL and binary
+1. simulating one shard (``astrodag microlensing simulate``: PSPL and binary
    magnification, noise, the best-PSPL fit and the evidence-time search of
    every binary), in its own
    process, at the demo's shard size and optionally at ``--big-shard`` events
    (the full config's 50 000 checks the ~2 GB memory bound);
-2. training and scoring one cadence (``astrodag lightcurves train`` /
+2. training and scoring one cadence (``astrodag microlensing train`` /
    ``predict``) on the demo data, with the demo's thread count;
 3. the whole demo track (``snakemake --cores N microlensing``) in a fresh
    directory, with per-rule totals from the rules' ``benchmark:`` files.
@@ -50,7 +50,7 @@ def measure(command: list[str]) -> tuple[float, float]:
 
 
 def astrodag(*args: str) -> list[str]:
-    return [sys.executable, "-m", "astrodag", "lightcurves", *args]
+    return [sys.executable, "-m", "astrodag", "microlensing", *args]
 
 
 def main() -> None:

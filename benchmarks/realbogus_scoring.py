@@ -14,8 +14,8 @@ Variants:
 ``bfloat16``           channels-last, ``torch.autocast`` to bfloat16 (native on AVX512-BF16/AMX CPUs)
 ``jit``                channels-last, ``torch.jit.trace`` + ``freeze`` + ``optimize_for_inference``
 ``compile``            channels-last, ``torch.compile`` (inductor; compile time reported separately)
-``onnxruntime``        the model exported by :mod:`astrodag.imaging.onnx_export`, ONNX Runtime CPU
-``scorer``             :class:`astrodag.imaging.scoring.RealBogusScorer.score` (the production path:
+``onnxruntime``        the model exported by :mod:`astrodag.models.onnx_export`, ONNX Runtime CPU
+``scorer``             :class:`astrodag.supernova.realbogus.scoring.RealBogusScorer.score` (the production path:
                        input checks, channels-last float32, forward passes of 64)
 ``scorer-bf16``        the same with ``precision="bfloat16"``, which the scorer's default
                        ``precision="auto"`` chooses on CPUs with native bfloat16 (printed at the top)
@@ -91,7 +91,7 @@ def _predictor(variant: str, architecture: str, options: dict, model_dir: Path, 
     import numpy as np
     import torch
 
-    from astrodag.imaging.scoring import RealBogusScorer, load_realbogus_model
+    from astrodag.supernova.realbogus.scoring import RealBogusScorer, load_realbogus_model
 
     started = time.perf_counter()
     model, _ = load_realbogus_model(model_dir / "model.pt")
@@ -100,7 +100,7 @@ def _predictor(variant: str, architecture: str, options: dict, model_dir: Path, 
                                             precision="bfloat16" if variant == "scorer-bf16" else "float32")
         return scorer.score, time.perf_counter() - started
     if variant == "onnxruntime":
-        from astrodag.imaging.onnx_export import export_onnx, onnx_session, score_onnx
+        from astrodag.models.onnx_export import export_onnx, onnx_session, score_onnx
 
         export_onnx(model_dir / "model.pt", None, model_dir / "model.onnx", check=False)
         session = onnx_session(model_dir / "model.onnx", threads=threads)
@@ -160,7 +160,7 @@ def main() -> None:
     import numpy as np
     import torch
 
-    from astrodag.imaging.scoring import resolve_precision, save_realbogus_model
+    from astrodag.supernova.realbogus.scoring import resolve_precision, save_realbogus_model
     from astrodag.models.braai import build_realbogus_model
 
     torch.set_num_threads(args.threads)

@@ -1,6 +1,6 @@
 """Benchmark the real/bogus HTTP service: triplets scored per second under concurrent clients.
 
-The service (``astrodag.imaging.service.serve``) runs in its own process on 127.0.0.1, as
+The service (``astrodag.supernova.realbogus.service.serve``) runs in its own process on 127.0.0.1, as
 ``astrodag serve`` runs it; this process is the clients (``httpx`` on asyncio), so on one
 machine both share its cores, as a broker feeding a co-located scorer would. For each number
 of service workers (``--workers``, 1 and 2 by default: processes on one port, each with the model
@@ -46,7 +46,7 @@ def make_model(directory: Path, architecture: str, size: int) -> Path:
     """A randomly initialised (seeded) model saved as training saves one; returns model.pt."""
     import torch
 
-    from astrodag.imaging.scoring import save_realbogus_model
+    from astrodag.supernova.realbogus.scoring import save_realbogus_model
     from astrodag.models.braai import build_realbogus_model
 
     torch.manual_seed(0)
@@ -62,7 +62,7 @@ def model_alone(model_pt: Path, device: str, threads: int | None, forward_batch:
     """Triplets per second of ``RealBogusScorer.score`` on batches of 256 (the service's forward passes), no HTTP."""
     import numpy as np
 
-    from astrodag.imaging.scoring import RealBogusScorer
+    from astrodag.supernova.realbogus.scoring import RealBogusScorer
 
     scorer = RealBogusScorer.from_files(model_pt, device=device, threads=threads, batch_size=forward_batch,
                                         precision=precision)
@@ -83,7 +83,7 @@ def free_port() -> int:
 
 def start_server(model_pt: Path, port: int, device: str, threads: int | None, precision: str, workers: int,
                  log: Path) -> subprocess.Popen:
-    code = ("import sys; from astrodag.imaging.service import serve; "
+    code = ("import sys; from astrodag.supernova.realbogus.service import serve; "
             f"serve({str(model_pt)!r}, port={port}, device={device!r}, threads={threads!r}, "
             f"precision={precision!r}, workers={workers}, log_level='warning')")
     with open(log, "w") as handle:

@@ -127,16 +127,16 @@ def build_parser() -> argparse.ArgumentParser:
     analyze.add_argument("--seed", type=int, default=0, help="seed of the bootstrap")
     _add_common(analyze)
 
-    _add_lightcurve_parsers(tracks)
+    _add_microlensing_parsers(tracks)
     _add_supernova_parsers(tracks)
     return parser
 
 
 def _add_supernova_parsers(tracks) -> None:
     # Each package owns its stages; their modules import only argparse-level code here.
-    from astrodag.archive import commands as archive_commands
-    from astrodag.imaging import commands as imaging_commands
-    from astrodag.imaging import realbogus_commands, service_commands
+    from astrodag.supernova.archive import commands as archive_commands
+    from astrodag.supernova.imaging import commands as imaging_commands
+    from astrodag.supernova.realbogus import commands as realbogus_commands, service_commands
 
     supernova = tracks.add_parser("supernova", help="supernova detection by image differencing")
     stages = supernova.add_subparsers(dest="stage", required=True, metavar="STAGE")
@@ -172,9 +172,9 @@ def _add_supernova_parsers(tracks) -> None:
     _add_common(compare)
 
 
-def _add_lightcurve_parsers(tracks) -> None:
-    lightcurves = tracks.add_parser("lightcurves", help="microlensing: PSPL vs binary-lens light curves")
-    stages = lightcurves.add_subparsers(dest="stage", required=True, metavar="STAGE")
+def _add_microlensing_parsers(tracks) -> None:
+    microlensing = tracks.add_parser("microlensing", help="microlensing: PSPL vs binary-lens light curves")
+    stages = microlensing.add_subparsers(dest="stage", required=True, metavar="STAGE")
 
     simulate = stages.add_parser("simulate", help="simulate one shard of PSPL and binary-lens light curves")
     simulate.add_argument("--out-dir", type=Path, required=True, help="shard directory to write")
@@ -262,16 +262,16 @@ def _named_dirs(items: list[str], option: str = "cadence-dirs") -> dict[str, Pat
     return named
 
 
-def _run_lightcurves(args: argparse.Namespace) -> None:
+def _run_microlensing(args: argparse.Namespace) -> None:
     if args.stage == "simulate":
-        from astrodag.lightcurves.simulation import SimulationSettings, simulate_shard, time_grid
+        from astrodag.microlensing.simulation import SimulationSettings, simulate_shard, time_grid
 
         summary = simulate_shard(args.out_dir, args.shard, args.events, SimulationSettings.from_config(args.settings),
                                  time_grid(args.epochs, args.duration_days), args.seed, progress=args.progress)
         logger.info("simulated %s", json.dumps(summary, default=str))
     elif args.stage == "mask":
-        from astrodag.lightcurves.cadence import load_cadences, write_cadence_masks
-        from astrodag.lightcurves.simulation import time_grid
+        from astrodag.microlensing.cadence import load_cadences, write_cadence_masks
+        from astrodag.microlensing.simulation import time_grid
 
         cadences = load_cadences(args.cadences)
         if args.cadence not in cadences:
@@ -279,28 +279,28 @@ def _run_lightcurves(args: argparse.Namespace) -> None:
         write_cadence_masks(args.events, args.out, cadences[args.cadence], time_grid(args.epochs, args.duration_days),
                             args.seed, progress=args.progress)
     elif args.stage == "train":
-        from astrodag.lightcurves.experiment import train_cadence_model
+        from astrodag.microlensing.experiment import train_cadence_model
 
         train_cadence_model(args.shards, args.masks, args.out_dir, cadence=args.cadence,
                             duration_days=args.duration_days, seed=args.seed, model_options=args.model_options,
                             training_options=args.training_options, threads=args.threads,
                             work_dir=args.work_dir, progress=args.progress)
     elif args.stage == "predict":
-        from astrodag.lightcurves.experiment import predict_split
+        from astrodag.microlensing.experiment import predict_split
 
         predict_split(args.model, args.model_json, args.shards, args.masks, args.out_dir, split=args.split,
                       batch_size=args.batch_size, threads=args.threads, progress=args.progress)
     elif args.stage == "evaluate":
-        from astrodag.lightcurves.analysis import evaluate_cadence
+        from astrodag.microlensing.analysis import evaluate_cadence
 
         evaluate_cadence(args.evaluation_dir, args.out_dir, args.cadence, fractions=tuple(args.fractions),
                          thresholds=tuple(args.thresholds))
     elif args.stage == "compare":
-        from astrodag.lightcurves.analysis import compare_cadences
+        from astrodag.microlensing.analysis import compare_cadences
 
         compare_cadences(_named_dirs(args.cadence_dirs), args.out_dir)
     elif args.stage == "classify":
-        from astrodag.lightcurves.classify import classify_files
+        from astrodag.microlensing.classify import classify_files
 
         sidecar = args.model_json or args.model.with_name("model.json")
         summary = classify_files(args.files, args.model, sidecar, flux=args.flux, zeropoint=args.zeropoint,
@@ -315,20 +315,20 @@ def _run_lightcurves(args: argparse.Namespace) -> None:
 
 
 def _run_supernova(args: argparse.Namespace) -> None:
-    from astrodag.archive import commands as archive_commands
-    from astrodag.imaging import commands as imaging_commands
-    from astrodag.imaging import realbogus_commands, service_commands
+    from astrodag.supernova.archive import commands as archive_commands
+    from astrodag.supernova.imaging import commands as imaging_commands
+    from astrodag.supernova.realbogus import commands as realbogus_commands, service_commands
 
     if any(module.run(args) for module in (archive_commands, imaging_commands, realbogus_commands,
                                             service_commands)):
         return
     if args.stage == "summarize":
-        from astrodag.imaging.summary import summarize_imaging_track
+        from astrodag.supernova.imaging.summary import summarize_imaging_track
 
         summarize_imaging_track(args.pairs, args.decisions, args.yield_summary, args.catalog, args.pair_dirs,
                                 args.out_dir, dataset_summary=args.dataset_summary, truth=args.truth)
     elif args.stage == "compare":
-        from astrodag.imaging.realbogus_report import compare_realbogus
+        from astrodag.supernova.realbogus.report import compare_realbogus
 
         compare_realbogus(_named_dirs(args.experiments, "experiments"), args.deployed, args.scored,
                           args.pairs_summary, args.index, args.catalog, args.out_dir)
@@ -384,12 +384,12 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.track == "flares":
             _run_flares(args)
-        elif args.track == "lightcurves":
-            _run_lightcurves(args)
+        elif args.track == "microlensing":
+            _run_microlensing(args)
         elif args.track == "supernova":
             _run_supernova(args)
         elif args.track == "serve":
-            from astrodag.imaging.service_commands import run_serve
+            from astrodag.supernova.realbogus.service_commands import run_serve
 
             run_serve(args)
     except (AstrodagError, ValueError) as error:

@@ -147,7 +147,7 @@ def test_supernova_track_outputs(finished_run):
         assert images.shape[1:] == (3, 63, 63) and len(images) == len(rows)
 
 
-def test_realbogus_outputs(finished_run):
+def test_supernova_realbogus_outputs(finished_run):
     results = finished_run / "results" / "supernova"
     for experiment in ("braai_seed0", "resnet18_seed0"):
         metrics = json.loads((results / "realbogus" / experiment / "evaluation" / "metrics.json").read_text())

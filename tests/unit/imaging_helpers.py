@@ -10,7 +10,7 @@ import pytest
 from astropy.io import fits
 from astropy.wcs import WCS
 
-from astrodag.imaging.psf import gaussian_psf
+from astrodag.supernova.imaging.psf import gaussian_psf
 
 RA, DEC = 150.0, 2.0
 
@@ -95,7 +95,7 @@ PAIR_SHAPE = (144, 144)
 
 def process_pair(directory: Path, seed=0, settings=None, **pair_options):
     """A pair made, differenced and detected: returns (pair directory, science WCS, record)."""
-    from astrodag.imaging.pipeline import DifferenceSettings, detect_pair, difference_pair
+    from astrodag.supernova.imaging.pipeline import DifferenceSettings, detect_pair, difference_pair
 
     science, reference, wcs = make_pair(directory, shape=PAIR_SHAPE, seed=seed, n_stars=45,
                                         transient=TRANSIENT, **pair_options)

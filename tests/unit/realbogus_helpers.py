@@ -9,7 +9,7 @@ import pandas as pd
 from astropy.io import fits
 from astropy.wcs import WCS
 
-from astrodag.imaging.triplets import normalise
+from astrodag.supernova.imaging.triplets import normalise
 
 SIZE = 63
 INDEX_COLUMNS = ("split", "row", "pair_id", "sn_name", "mission", "filter", "label", "source", "x", "y", "ra", "dec",

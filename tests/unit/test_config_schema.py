@@ -10,14 +10,14 @@ from pathlib import Path
 import pytest
 import yaml
 
-from astrodag.archive.backends import BackendSettings
-from astrodag.archive.pairing import PairSettings
-from astrodag.archive.synthetic import SurveySettings
-from astrodag.imaging.detect import DetectSettings
-from astrodag.imaging.pipeline import DifferenceSettings
-from astrodag.imaging.realbogus import RealBogusSettings
-from astrodag.imaging.scoring import ScoringSettings
-from astrodag.imaging.triplets import DatasetSettings, TripletSettings
+from astrodag.supernova.archive.backends import BackendSettings
+from astrodag.supernova.archive.pairing import PairSettings
+from astrodag.supernova.archive.synthetic import SurveySettings
+from astrodag.supernova.imaging.detect import DetectSettings
+from astrodag.supernova.imaging.pipeline import DifferenceSettings
+from astrodag.supernova.realbogus.training import RealBogusSettings
+from astrodag.supernova.realbogus.scoring import ScoringSettings
+from astrodag.supernova.imaging.triplets import DatasetSettings, TripletSettings
 
 REPO = Path(__file__).resolve().parents[2]
 DEFS = yaml.safe_load((REPO / "workflow" / "schemas" / "config.schema.yaml").read_text())["$defs"]

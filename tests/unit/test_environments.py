@@ -11,18 +11,18 @@ REPO = Path(__file__).resolve().parents[2]
 CONDA_NAMES = {"torch": "pytorch", "uvicorn": "uvicorn-standard"}
 # Dependencies that only one rule family imports -> its environment file.
 TRACK_ONLY = {
-    "vbmicrolensing": "lightcurves.yaml",
-    "reproject": "imaging.yaml",
-    "photutils": "imaging.yaml",
-    "astroquery": "imaging.yaml",
-    "requests": "imaging.yaml",
-    "shapely": "imaging.yaml",
-    "onnx": "imaging.yaml",
-    "onnxscript": "imaging.yaml",
-    "onnxruntime": "imaging.yaml",
-    "fastapi": "imaging.yaml",
-    "uvicorn-standard": "imaging.yaml",
-    "python-multipart": "imaging.yaml",
+    "vbmicrolensing": "microlensing.yaml",
+    "reproject": "supernova.yaml",
+    "photutils": "supernova.yaml",
+    "astroquery": "supernova.yaml",
+    "requests": "supernova.yaml",
+    "shapely": "supernova.yaml",
+    "onnx": "supernova.yaml",
+    "onnxscript": "supernova.yaml",
+    "onnxruntime": "supernova.yaml",
+    "fastapi": "supernova.yaml",
+    "uvicorn-standard": "supernova.yaml",
+    "python-multipart": "supernova.yaml",
 }
 
 

@@ -1,0 +1,243 @@
+"""Train the causal per-timestep classifier for one cadence and score the test split.
+
+Training uses the shared :class:`~astrodag.training.trainer.Trainer`
+(checkpoints, resume, early stopping, warm-up + cosine schedule, AMP on CUDA)
+with a cross-entropy over every time step: the event's class is the target at
+every epoch, as in the seed system. Validation metrics are taken at the
+checkpoints 10 %, 20 %, ..., 100 % of the grid; the test split is only scored
+by :func:`predict_split`, after training has finished.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.nn import functional
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+
+from astrodag import __version__
+from astrodag.errors import InputDataError
+from astrodag.evaluation.metrics import binary_metrics, measure_latency
+from astrodag.io import atomic_path, save_npy, write_json, write_table
+from astrodag.microlensing.dataset import (
+    INPUT_LAYOUT,
+    N_CHANNELS,
+    LightCurveDataset,
+    Normalisation,
+    fit_normalisation,
+    load_shard,
+    shards_digest,
+)
+from astrodag.logs import progress_enabled
+from astrodag.models.temporal_cnn import TemporalCNNConfig, TimeDistributedCNN
+from astrodag.training.seeding import select_device
+from astrodag.training.trainer import Trainer, TrainerConfig
+
+logger = logging.getLogger(__name__)
+
+CHECKPOINT_FRACTIONS = tuple(round(0.1 * k, 1) for k in range(1, 11))
+
+
+def checkpoint_steps(n_steps: int, fractions: Sequence[float] = CHECKPOINT_FRACTIONS) -> np.ndarray:
+    """Step index at which a fraction ``f`` of the grid has been seen: ``ceil(f * n) - 1``."""
+    return np.array([max(int(np.ceil(f * n_steps)) - 1, 0) for f in fractions], dtype=np.int64)
+
+
+def per_step_cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy averaged over events and time steps; the event's class is every step's target."""
+    n_steps = logits.shape[1]
+    return functional.cross_entropy(
+        logits.reshape(-1, logits.shape[-1]).float(), targets.long().repeat_interleave(n_steps)
+    )
+
+
+def binary_probability(logits: torch.Tensor) -> torch.Tensor:
+    """P(binary) at every step from logits ``(batch, steps, 2)``."""
+    return torch.softmax(logits.float(), dim=-1)[..., 1]
+
+
+def _checkpoint_metrics(targets: np.ndarray, probabilities: np.ndarray) -> dict[str, float]:
+    """Validation metrics from P(binary) at the checkpoint steps (last column = final step)."""
+    final = binary_metrics(targets, probabilities[:, -1])
+    accuracies = [np.mean((probabilities[:, k] >= 0.5) == (targets == 1)) for k in range(probabilities.shape[1])]
+    return {
+        "accuracy": final["accuracy"],
+        "roc_auc": final["roc_auc"],
+        "aucpr": final["aucpr"],
+        "mean_checkpoint_accuracy": float(np.mean(accuracies)),
+    }
+
+
+def _open_shards(shard_dirs: Sequence[str | Path], mask_paths: Sequence[str | Path]):
+    if len(shard_dirs) != len(mask_paths) or not shard_dirs:
+        raise ValueError(f"need one mask per shard, got {len(shard_dirs)} shards and {len(mask_paths)} masks")
+    shards = [load_shard(d, m) for d, m in zip(shard_dirs, mask_paths)]
+    steps = {shard.magnitudes.shape[1] for shard in shards}
+    if len(steps) != 1:
+        raise InputDataError(Path(shard_dirs[0]).parent, f"shards have different numbers of epochs: {sorted(steps)}")
+    return shards, steps.pop()
+
+
+def train_cadence_model(
+    shard_dirs: Sequence[str | Path],
+    mask_paths: Sequence[str | Path],
+    out_dir: str | Path,
+    cadence: str,
+    duration_days: float,
+    seed: int,
+    model_options: dict[str, Any] | None = None,
+    training_options: dict[str, Any] | None = None,
+    threads: int | None = None,
+    work_dir: str | Path | None = None,
+    progress: bool | None = None,
+) -> dict[str, Any]:
+    """Train on the training split, select on validation; write ``model.pt``, ``model.json``, ``history.csv``."""
+    out_dir = Path(out_dir)
+    shards, n_steps = _open_shards(shard_dirs, mask_paths)
+    if threads:
+        torch.set_num_threads(threads)
+    started = time.perf_counter()
+    normalisation = fit_normalisation(shards)
+    datasets = {split: LightCurveDataset(shards, split, normalisation) for split in ("train", "validation")}
+    for split, dataset in datasets.items():
+        if len(dataset) == 0 or len(np.unique(dataset.labels)) < 2:
+            raise InputDataError(Path(shard_dirs[0]), f"the {split} split needs events of both classes")
+    architecture = TemporalCNNConfig.from_dict({"in_channels": N_CHANNELS, **(model_options or {})})
+    options = {"monitor": "loss", "monitor_mode": "min", **(training_options or {})}
+    trainer_config = TrainerConfig.from_dict(options, seed=seed, threads=threads)
+    steps = torch.from_numpy(checkpoint_steps(n_steps))
+    data_digest = shards_digest(shard_dirs, mask_paths)
+    torch.manual_seed(seed)
+    model = TimeDistributedCNN(architecture)
+    trainer = Trainer(
+        model,
+        per_step_cross_entropy,
+        trainer_config,
+        work_dir=Path(work_dir) if work_dir else out_dir / "checkpoints",
+        evaluate=_checkpoint_metrics,
+        run_key=f"{cadence}:{data_digest}:{architecture.to_dict()}:{INPUT_LAYOUT}",
+        to_probability=lambda logits: binary_probability(logits)[:, steps.to(logits.device)],
+        progress=progress,
+    )
+    result = trainer.fit(datasets["train"], datasets["validation"])
+    with atomic_path(out_dir / "model.pt") as tmp:
+        torch.save(trainer.model.state_dict(), tmp)
+    write_table(out_dir / "history.csv", result.history)
+    validation = trainer.validate(datasets["validation"])
+    sidecar = {
+        "model": "TimeDistributedCNN",
+        "cadence": cadence,
+        "seed": seed,
+        "software_version": __version__,
+        "architecture": architecture.to_dict(),
+        "inputs": INPUT_LAYOUT,
+        "receptive_field_epochs": architecture.receptive_field,
+        "time_grid": {"epochs": n_steps, "duration_days": float(duration_days)},
+        "normalisation": normalisation.to_dict(),
+        "trainer": trainer_config.__dict__,
+        "device": str(trainer.device),
+        "precision": trainer.precision,
+        "parameters": sum(p.numel() for p in model.parameters()),
+        "data": {
+            "shards": [str(d) for d in shard_dirs],
+            "masks": [str(m) for m in mask_paths],
+            "sha256": data_digest,
+            "events": {split: len(dataset) for split, dataset in datasets.items()},
+        },
+        "best_epoch": result.best_epoch,
+        "epochs_run": result.epochs_run,
+        "resumed_from_epoch": result.resumed_from_epoch,
+        "stopped_early": result.stopped_early,
+        "training_seconds": time.perf_counter() - started,
+        "validation_metrics": validation,
+    }
+    write_json(out_dir / "model.json", sidecar)
+    logger.info(
+        "cadence %s: validation loss %.4f, final-step accuracy %.3f, AUC %.3f after %d epochs in %.0f s",
+        cadence, validation["loss"], validation["accuracy"], validation["roc_auc"], result.epochs_run,
+        sidecar["training_seconds"],
+    )
+    return sidecar
+
+
+def load_model(model_path: str | Path, sidecar: dict[str, Any], device: torch.device) -> TimeDistributedCNN:
+    """Rebuild the network from its sidecar and load the weights (``weights_only``)."""
+    if sidecar.get("inputs") != INPUT_LAYOUT:
+        raise InputDataError(model_path, f"was trained on inputs {sidecar.get('inputs')!r}, but this version builds "
+                                         f"{INPUT_LAYOUT!r}; retrain it (astrodag microlensing train)")
+    model = TimeDistributedCNN(TemporalCNNConfig.from_dict(sidecar["architecture"]))
+    try:
+        state = torch.load(model_path, map_location=device, weights_only=True)
+        model.load_state_dict(state)
+    except (RuntimeError, OSError, EOFError) as error:
+        raise InputDataError(model_path, f"cannot load the model weights ({error})") from error
+    return model.to(device).eval()
+
+
+def predict_split(
+    model_path: str | Path,
+    sidecar_path: str | Path,
+    shard_dirs: Sequence[str | Path],
+    mask_paths: Sequence[str | Path],
+    out_dir: str | Path,
+    split: str = "test",
+    batch_size: int = 256,
+    threads: int | None = None,
+    device: str = "auto",
+    progress: bool | None = None,
+) -> dict[str, Any]:
+    """Score every event of ``split`` at every step, streaming into memory-mapped files.
+
+    Writes ``probabilities.npy`` (float32, events x steps), ``mask.npy``,
+    ``events.parquet`` and ``times.npy`` into ``out_dir``: the inputs of
+    :func:`astrodag.microlensing.analysis.evaluate_cadence`.
+    """
+    out_dir = Path(out_dir)
+    sidecar = json.loads(Path(sidecar_path).read_text())
+    if threads:
+        torch.set_num_threads(threads)
+    shards, n_steps = _open_shards(shard_dirs, mask_paths)
+    if n_steps != sidecar["time_grid"]["epochs"]:
+        raise InputDataError(shard_dirs[0], f"{n_steps} epochs, but the model was trained on {sidecar['time_grid']['epochs']}")
+    torch_device = select_device(device)
+    model = load_model(model_path, sidecar, torch_device)
+    dataset = LightCurveDataset(shards, split, Normalisation.from_dict(sidecar["normalisation"]))
+    if len(dataset) == 0:
+        raise InputDataError(shard_dirs[0], f"the {split} split is empty")
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False)
+    started = time.perf_counter()
+    with atomic_path(out_dir / "probabilities.npy") as tmp_probabilities, atomic_path(out_dir / "mask.npy") as tmp_mask:
+        probabilities = np.lib.format.open_memmap(tmp_probabilities, mode="w+", dtype=np.float32,
+                                                  shape=(len(dataset), n_steps))
+        masks = np.lib.format.open_memmap(tmp_mask, mode="w+", dtype=np.uint8, shape=(len(dataset), n_steps))
+        position = 0
+        with torch.inference_mode():
+            for inputs, _ in tqdm(loader, desc=f"scoring {split}", disable=not progress_enabled(progress)):
+                batch = binary_probability(model(inputs.to(torch_device))).cpu().numpy()
+                probabilities[position:position + len(batch)] = batch
+                masks[position:position + len(batch)] = inputs[:, 3, :].numpy().astype(np.uint8)
+                position += len(batch)
+        probabilities.flush()
+        masks.flush()
+        del probabilities, masks
+    seconds = time.perf_counter() - started
+    write_table(out_dir / "events.parquet", dataset.events())
+    duration = sidecar["time_grid"]["duration_days"]
+    save_npy(out_dir / "times.npy", np.linspace(0.0, duration, n_steps, endpoint=False))
+    sample = torch.stack([dataset[i][0] for i in range(min(len(dataset), 64))]).to(torch_device)
+    with torch.inference_mode():
+        latency = measure_latency(lambda batch: model(batch), sample, batch_size=batch_size, repeats=2)
+    summary = {"split": split, "events": len(dataset), "seconds": seconds,
+               "events_per_second": len(dataset) / seconds, "device": str(torch_device), "latency": latency}
+    write_json(out_dir / "scoring.json", summary)
+    logger.info("scored %d %s events in %.1f s (%.0f events/s)", len(dataset), split, seconds,
+                summary["events_per_second"])
+    return summary

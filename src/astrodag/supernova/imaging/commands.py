@@ -1,0 +1,127 @@
+"""CLI stages of the imaging package: ``astrodag supernova difference|detect|triplets|dataset``.
+
+Only argparse, pathlib and json are imported at module level so that ``astrodag --help``
+stays fast; the numerical modules are imported when a stage runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+STAGES = ("difference", "detect", "triplets", "dataset")
+
+
+def add_parsers(stages, common) -> None:
+    """Add this package's stages to the ``supernova`` track's subparsers.
+
+    Parameters
+    ----------
+    stages : argparse._SubParsersAction
+        The track's subparsers.
+    common : callable
+        Adds ``--log/--verbose/--progress`` to a parser.
+    """
+    from astrodag.cli import _json_or_yaml
+
+    difference = stages.add_parser("difference", help="align, subtract (ZOGY) and inject fakes for one image pair")
+    difference.add_argument("--science", type=Path, required=True, help="science (new) image, FITS")
+    difference.add_argument("--reference", type=Path, required=True, help="reference image, FITS")
+    difference.add_argument("--out-dir", type=Path, required=True,
+                            help="pair directory: difference.fits, significance.fits, mask.fits, injections.csv, "
+                                 "difference.json")
+    difference.add_argument("--settings", type=_json_or_yaml, default={},
+                            help="supernova.difference settings (align, background, psf, subtract, inject) as "
+                                 "JSON/YAML or @file")
+    difference.add_argument("--seed", type=int, default=0, help="seed of the fake-source injection")
+    common(difference)
+
+    detect = stages.add_parser("detect", help="5-sigma candidates with shape cuts on a differenced pair")
+    detect.add_argument("--pair-dir", type=Path, required=True, help="directory written by the difference stage")
+    detect.add_argument("--settings", type=_json_or_yaml, default={},
+                        help="supernova.detection settings as JSON/YAML or @file")
+    detect.add_argument("--out", type=Path, help="candidates table (default PAIR_DIR/candidates.csv)")
+    common(detect)
+
+    triplets = stages.add_parser("triplets", help="real/bogus (science, reference, difference) cut-outs of one pair")
+    triplets.add_argument("--pair-dir", type=Path, required=True, help="directory of the differenced, detected pair")
+    triplets.add_argument("--pairs", type=Path, required=True, help="pairs.csv (sn_name, mission, filter per pair)")
+    triplets.add_argument("--pair-id", required=True, help="the pair's pair_id in pairs.csv")
+    triplets.add_argument("--catalog", type=Path, required=True,
+                          help="supernova catalogue CSV (sn_name, ra, dec, discovery_mjd, type, redshift, host)")
+    triplets.add_argument("--settings", type=_json_or_yaml, default={},
+                          help="supernova.triplets settings as JSON/YAML or @file")
+    triplets.add_argument("--seed", type=int, default=0, help="seed of the random artefact positions")
+    triplets.add_argument("--out", type=Path, help="output .npz (default PAIR_DIR/triplets.npz)")
+    common(triplets)
+
+    dataset = stages.add_parser("dataset", help="split, balanced, augmented triplet dataset from all pairs")
+    dataset.add_argument("--triplets", type=Path, nargs="+", required=True, help="triplets.npz of each pair")
+    dataset.add_argument("--out-dir", type=Path, required=True,
+                         help="writes {train,validation,test}.npy, index.parquet, summary.json, previews/")
+    dataset.add_argument("--settings", type=_json_or_yaml, default={},
+                         help="supernova.dataset settings as JSON/YAML or @file")
+    dataset.add_argument("--seed", type=int, default=0, help="seed of the split, subsampling and augmentation")
+    common(dataset)
+
+
+def _pair_row(pairs: Path, pair_id: str, catalog: Path) -> dict:
+    """sn_name, mission, filter of a pair and its supernova's position (pandas reads the CSVs)."""
+    import pandas as pd
+
+    from astrodag.errors import InputDataError
+
+    tables = {}
+    for path, columns in ((pairs, ("pair_id", "sn_name", "mission", "filter")), (catalog, ("sn_name", "ra", "dec"))):
+        if not path.is_file():
+            raise InputDataError(path, "file does not exist")
+        table = pd.read_csv(path, comment="#", dtype={"pair_id": str, "sn_name": str, "mission": str, "filter": str})
+        missing = [c for c in columns if c not in table.columns]
+        if missing:
+            raise InputDataError(path, f"lacks the columns {missing}")
+        tables[path] = table
+    rows = tables[pairs][tables[pairs]["pair_id"] == pair_id]
+    if len(rows) != 1:
+        raise InputDataError(pairs, f"has {len(rows)} rows with pair_id {pair_id!r} (expected 1)")
+    row = rows.iloc[0]
+    sn = tables[catalog][tables[catalog]["sn_name"].str.strip() == str(row["sn_name"]).strip()]
+    if len(sn) != 1:
+        raise InputDataError(catalog, f"has {len(sn)} rows for {row['sn_name']!r} (expected 1)")
+    return {"sn_name": str(row["sn_name"]), "mission": str(row["mission"]), "filter": str(row["filter"]),
+            "sn_ra": float(sn.iloc[0]["ra"]), "sn_dec": float(sn.iloc[0]["dec"])}
+
+
+def run(args: argparse.Namespace) -> bool:
+    """Run ``args.stage`` if it is one of this package's; return False if it is not."""
+    import logging
+
+    if getattr(args, "stage", None) not in STAGES:
+        return False
+    log = logging.getLogger("astrodag.supernova.imaging")
+    if args.stage == "difference":
+        from astrodag.supernova.imaging.pipeline import DifferenceSettings, difference_pair
+
+        record = difference_pair(args.science, args.reference, args.out_dir,
+                                 DifferenceSettings.from_config(args.settings), seed=args.seed)
+        log.info("difference: %s", json.dumps(record["seconds"]))
+    elif args.stage == "detect":
+        from astrodag.supernova.imaging.detect import DetectSettings
+        from astrodag.supernova.imaging.pipeline import detect_pair
+
+        summary = detect_pair(args.pair_dir, DetectSettings.from_config(args.settings), out=args.out)
+        log.info("detect: %s", json.dumps(summary))
+    elif args.stage == "triplets":
+        from astrodag.supernova.imaging.triplets import TripletSettings, cut_triplets
+
+        settings = TripletSettings.from_config(args.settings)
+        pair = _pair_row(args.pairs, args.pair_id, args.catalog)
+        summary = cut_triplets(args.pair_dir, pair["sn_ra"], pair["sn_dec"], args.pair_id, pair["sn_name"],
+                               pair["mission"], pair["filter"], settings, seed=args.seed, out=args.out)
+        log.info("triplets: %s", json.dumps(summary))
+    else:
+        from astrodag.supernova.imaging.triplets import DatasetSettings, build_dataset
+
+        summary = build_dataset(args.triplets, args.out_dir, DatasetSettings.from_config(args.settings), seed=args.seed)
+        log.info("dataset: %s", json.dumps(summary["triplets"]))
+    return True

@@ -1,0 +1,477 @@
+"""One (science, reference) pair from FITS files to a difference image and transient candidates.
+
+:func:`difference_pair` runs, timing each step:
+
+1. ``load``: both images (:func:`astrodag.supernova.imaging.fitsio.load_image`);
+2. ``align``: the reference onto the science grid (:mod:`astrodag.supernova.imaging.align`);
+3. ``background``: sky and noise maps of both (photutils ``Background2D``); the reference's
+   sky noise is measured on its own grid too, because resampling correlates and so lowers the
+   per-pixel noise, and ZOGY's noise model needs the independent-pixel value;
+4. ``psf``: stars, FWHM and empirical PSF of both (:mod:`astrodag.supernova.imaging.psf`); with
+   ``align.refine``, a significant residual shift between the two star lists is corrected by
+   resampling the reference again (and its background is re-measured);
+5. ``inject``: fake point sources into the science image (:mod:`astrodag.supernova.imaging.inject`);
+6. ``flux``: science/reference flux ratio from the matched stars;
+7. ``subtract``: ZOGY (or the Gaussian baseline) with per-pixel variance maps (sky noise
+   squared plus the photon noise of the sources), then the removal of D's smooth residual
+   offset (``subtract.difference_background``);
+8. ``write``: the products below.
+
+Products in ``out_dir`` (all FITS on the science grid, with its WCS and provenance cards):
+
+``difference.fits``
+    Primary: D, the proper difference image (unit noise; ``gaussian``: science units).
+    Header: ``FLUXZPD`` (F_D), ``FLUXSCL`` (F_S: transient flux = S / F_S), ``FWHM_D``,
+    ``FWHMSCI``, ``FWHMREF``, ``FLXRATIO``, ``SUBMETH``. Extensions: ``SCIENCE`` (science with
+    the injected sources, background-subtracted), ``REFERENCE`` (aligned, background-subtracted,
+    multiplied by the flux ratio: science units), ``PSF_D``, ``PSF_SCI``, ``PSF_REF`` (stamps)
+    and ``SOURCES`` (table of the science image's brightest sources: ``x, y, snr``).
+``significance.fits``
+    Primary: S_corr (sigma); extension ``SCORE``: S.
+``mask.fits``
+    uint8 bit mask: 1 bad science pixel (non-finite, saturated or flagged), 2 bad reference
+    pixel, 4 outside the reference footprint, 8 within ``subtract.mask_grow_px`` of those.
+``injections.csv``
+    The injected sources (:data:`astrodag.supernova.imaging.inject.INJECTION_COLUMNS`).
+``difference.json``
+    Timings per step, FWHMs, flux ratio, overlap fraction, alignment method and error,
+    noise levels, S_corr statistics (median, robust std, the typical offset removed by
+    ``subtract.difference_background``), settings and seed (and the peak traced memory per
+    step when run under ``tracemalloc``, as the benchmark does).
+
+:func:`detect_pair` reads them back and writes ``candidates.csv``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import logging
+import math
+import time
+import tracemalloc
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import ClassVar
+
+import numpy as np
+import pandas as pd
+from astropy.io import fits
+from astropy.wcs import WCS
+from astropy.wcs.utils import proj_plane_pixel_area
+from photutils.psf import fit_fwhm
+from scipy import ndimage
+
+from astrodag.errors import InputDataError
+from astrodag.supernova.imaging.align import AlignSettings, align_reference
+from astrodag.supernova.imaging.background import BackgroundSettings, NoiseModel, estimate_background, noise_level
+from astrodag.supernova.imaging.detect import DetectSettings, detect_candidates
+from astrodag.supernova.imaging.fitsio import Image, load_image, write_image
+from astrodag.supernova.imaging.inject import InjectSettings, inject_sources
+from astrodag.supernova.imaging.psf import PSF, PSFSettings, estimate_psf, gaussian_psf
+from astrodag.settings import Settings, section
+from astrodag.supernova.imaging.subtract import (SubtractSettings, flux_ratio, gaussian_difference, match_stars,
+                                       zogy_tiled)
+from astrodag.io import file_digest, write_json, write_table
+
+log = logging.getLogger(__name__)
+
+MASK_BITS = {"science_bad": 1, "reference_bad": 2, "no_coverage": 4, "grown": 8}
+MAX_SOURCES_RECORDED = 200
+
+
+@dataclass(frozen=True)
+class DifferenceSettings(Settings):
+    """Everything the ``difference`` stage does (config ``supernova.difference``).
+
+    Keys
+    ----
+    align : mapping
+        :class:`astrodag.supernova.imaging.align.AlignSettings`.
+    background : mapping
+        :class:`astrodag.supernova.imaging.background.BackgroundSettings`.
+    psf : mapping
+        :class:`astrodag.supernova.imaging.psf.PSFSettings`.
+    subtract : mapping
+        :class:`astrodag.supernova.imaging.subtract.SubtractSettings`.
+    inject : mapping
+        :class:`astrodag.supernova.imaging.inject.InjectSettings`.
+    """
+
+    PREFIX: ClassVar[str] = "supernova.difference"
+
+    align: AlignSettings = section(AlignSettings)
+    background: BackgroundSettings = section(BackgroundSettings)
+    psf: PSFSettings = section(PSFSettings)
+    subtract: SubtractSettings = section(SubtractSettings)
+    inject: InjectSettings = section(InjectSettings)
+
+
+class _Timer:
+    """Wall time per named step (seconds) and, while ``tracemalloc`` traces, its peak memory (MiB)."""
+
+    def __init__(self):
+        self.seconds: dict[str, float] = {}
+        self.peak_mib: dict[str, float] = {}
+
+    @contextlib.contextmanager
+    def __call__(self, step: str):
+        tracing = tracemalloc.is_tracing()
+        if tracing:
+            tracemalloc.reset_peak()
+        started = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[step] = self.seconds.get(step, 0.0) + time.perf_counter() - started
+            if tracing:
+                peak = tracemalloc.get_traced_memory()[1] / 2 ** 20
+                self.peak_mib[step] = max(self.peak_mib.get(step, 0.0), peak)
+
+
+def pair_rng(seed: int, name: str) -> np.random.Generator:
+    """Generator of one pair: the same seed gives each pair its own, reproducible stream."""
+    return np.random.default_rng([int(seed), zlib.crc32(name.encode())])
+
+
+def _fwhm_on_science_grid(science: Image, reference: Image) -> float | None:
+    if reference.fwhm is None:
+        return None
+    return reference.fwhm * math.sqrt(proj_plane_pixel_area(reference.wcs) / proj_plane_pixel_area(science.wcs))
+
+
+def _residual_shift(psf_sci: PSF, psf_ref: PSF, radius: float) -> tuple[float, float, float, float, int]:
+    """Median offset (reference - science) of matched stars and its robust scatter per axis."""
+    i, j = match_stars(psf_sci.stars, psf_ref.stars, radius)
+    if len(i) == 0:
+        return 0.0, 0.0, 0.0, 0.0, 0
+    dx = psf_ref.stars["x"].to_numpy()[j] - psf_sci.stars["x"].to_numpy()[i]
+    dy = psf_ref.stars["y"].to_numpy()[j] - psf_sci.stars["y"].to_numpy()[i]
+    mx, my = float(np.median(dx)), float(np.median(dy))
+    sx = 1.4826 * float(np.median(np.abs(dx - mx)))
+    sy = 1.4826 * float(np.median(np.abs(dy - my)))
+    return mx, my, sx, sy, len(i)
+
+
+def _source_flux(data: np.ndarray, rms: np.ndarray) -> np.ndarray:
+    """Flux of the sources per pixel, for their photon noise in the variance maps.
+
+    The image smoothed by a 1-pixel Gaussian where that exceeds 3 times its noise, else 0:
+    clipping the raw pixels at 0 instead would count the sky's own positive fluctuations
+    again (+68 % variance at 0.4 photons a pixel).
+    """
+    smooth = ndimage.gaussian_filter(data, 1.0)
+    # A 1-pixel Gaussian lowers white noise by 1 / (2 sqrt(pi)).
+    return np.where(smooth > 3.0 * rms / (2 * math.sqrt(math.pi)), smooth, 0.0).astype(np.float32)
+
+
+def _robust_stats(values: np.ndarray) -> tuple[float, float]:
+    if values.size == 0:
+        return float("nan"), float("nan")
+    median = float(np.median(values))
+    return median, 1.4826 * float(np.median(np.abs(values - median)))
+
+
+def difference_pair(science_path: str | Path, reference_path: str | Path, out_dir: str | Path,
+                    settings: DifferenceSettings | None = None, seed: int = 0) -> dict:
+    """Difference one pair and write the products listed in the module notes.
+
+    Parameters
+    ----------
+    science_path, reference_path : str or Path
+        FITS images (the reference is resampled onto the science grid).
+    out_dir : str or Path
+        Where the products go (its name seeds the injections together with ``seed``).
+    settings : DifferenceSettings, optional
+    seed : int
+        Seed of the fake-source injection.
+
+    Returns
+    -------
+    dict
+        The record written to ``difference.json``.
+    """
+    settings = settings or DifferenceSettings()
+    out_dir = Path(out_dir)
+    timer = _Timer()
+    started = time.perf_counter()
+
+    with timer("load"):
+        science = load_image(science_path)
+        reference = load_image(reference_path)
+
+    with timer("align"):
+        aligned = align_reference(science, reference, settings.align)
+
+    sci_noise = NoiseModel(science.gain, science.read_noise)
+    ref_noise = NoiseModel(reference.gain, reference.read_noise)
+    with timer("background"):
+        sci_bkg = estimate_background(science.data, science.mask, settings=settings.background, noise=sci_noise)
+        ref_bkg = estimate_background(aligned.data, aligned.mask, ~aligned.footprint, settings.background, ref_noise)
+        # Noise of independent reference pixels, before resampling correlated them.
+        sigma_ref = noise_level(reference.data, reference.mask, settings.background, ref_noise)
+    new = science.data - sci_bkg.background
+    ref = aligned.data - ref_bkg.background
+    ref_bad = aligned.mask | ~aligned.footprint
+
+    with timer("psf"):
+        sci_saturation = None if science.saturation is None else science.saturation - sci_bkg.median
+        ref_saturation = None if reference.saturation is None else reference.saturation - ref_bkg.median
+        psf_sci = estimate_psf(new, sci_bkg.rms, science.mask, settings.psf, science.fwhm, sci_saturation)
+        psf_ref = estimate_psf(ref, ref_bkg.rms, ref_bad, settings.psf, _fwhm_on_science_grid(science, reference),
+                               ref_saturation)
+        radius = settings.subtract.match_radius_fwhm * max(psf_sci.fwhm, psf_ref.fwhm)
+        shift_x, shift_y, scatter_x, scatter_y, n_matched = _residual_shift(psf_sci, psf_ref, radius)
+    if settings.align.refine and n_matched >= 5 and math.hypot(shift_x, shift_y) > settings.align.refine_min_shift_px:
+        log.info("residual shift (%.3f, %.3f) px from %d stars: resampling the reference again",
+                 shift_x, shift_y, n_matched)
+        with timer("align"):
+            aligned = align_reference(science, reference, settings.align, shift=(shift_x, shift_y))
+        with timer("background"):
+            ref_bkg = estimate_background(aligned.data, aligned.mask, ~aligned.footprint, settings.background,
+                                          ref_noise)
+        ref = aligned.data - ref_bkg.background
+        ref_bad = aligned.mask | ~aligned.footprint
+        for table in ("stars", "sources"):
+            frame = getattr(psf_ref, table)
+            setattr(psf_ref, table, frame.assign(x=frame["x"] - shift_x, y=frame["y"] - shift_y))
+
+    with timer("inject"):
+        # Fakes keep clear of the bright sources of either image (their residuals would be confused).
+        bright = np.vstack([psf.sources[psf.sources["snr"] > 50][["x", "y"]].to_numpy(float)
+                            for psf in (psf_sci, psf_ref)])
+        injections = inject_sources(new, sci_bkg.rms, science.mask | ref_bad, psf_sci.image, psf_sci.fwhm,
+                                    sci_bkg.rms_median, science.wcs, settings.inject, pair_rng(seed, out_dir.name),
+                                    zeropoint=science.zeropoint, gain=science.gain, avoid=bright)
+
+    bad = science.mask | ref_bad
+    grown = ndimage.binary_dilation(bad, iterations=settings.subtract.mask_grow_px) \
+        if settings.subtract.mask_grow_px and bad.any() else bad.copy()
+    with timer("flux"):
+        i, _ = match_stars(psf_sci.stars, psf_ref.stars, radius)
+        positions = psf_sci.stars[["x", "y"]].to_numpy(float)[i]
+        scale = flux_ratio(np.nan_to_num(new), np.nan_to_num(ref), positions,
+                           settings.subtract.aperture_radius_fwhm * max(psf_sci.fwhm, psf_ref.fwhm), mask=grown,
+                           min_stars=settings.subtract.min_flux_stars,
+                           zeropoints=(science.zeropoint, reference.zeropoint))
+
+    with timer("subtract"):
+        new_filled = np.where(grown, 0.0, new).astype(np.float32)
+        ref_filled = np.where(grown, 0.0, ref).astype(np.float32)
+        ref_rms = ref_bkg.rms * np.float32(sigma_ref / ref_bkg.rms_median if ref_bkg.rms_median > 0 else 1.0)
+        if settings.subtract.method == "zogy":
+            var_new = sci_bkg.rms.astype(np.float32) ** 2
+            var_ref = ref_rms.astype(np.float32) ** 2
+            if settings.subtract.source_noise:
+                if science.gain:
+                    var_new += _source_flux(new_filled, sci_bkg.rms) / np.float32(science.gain)
+                if reference.gain:
+                    var_ref += _source_flux(ref_filled, ref_rms) / np.float32(reference.gain)
+            var_new[grown], var_ref[grown] = sci_bkg.rms_median ** 2, sigma_ref ** 2
+            if settings.subtract.astrometric_noise_px is None:
+                astrometric = (min(scatter_x, 0.5), min(scatter_y, 0.5)) if n_matched >= 5 else (0.0, 0.0)
+            else:
+                astrometric = (settings.subtract.astrometric_noise_px,) * 2
+            result = zogy_tiled(new_filled, ref_filled, psf_sci.image, psf_ref.image, sci_bkg.rms_median, sigma_ref,
+                                f_new=1.0, f_ref=1.0 / scale.ratio, var_new=var_new, var_ref=var_ref,
+                                astrometric_noise=astrometric, tile_size=settings.subtract.tile_size,
+                                overlap=settings.subtract.tile_overlap_px, workers=settings.subtract.workers)
+            del var_new, var_ref
+            psf_d, f_d, f_s = result.psf, result.flux_zeropoint, result.flux_scale
+        else:
+            astrometric = (0.0, 0.0)
+            result = gaussian_difference(new_filled, ref_filled, psf_sci.fwhm, psf_ref.fwhm, scale.ratio, mask=grown,
+                                         workers=settings.subtract.workers)
+            psf_d, f_d, f_s = gaussian_psf(result.fwhm), 1.0, result.flux_scale
+        difference, score, significance = result.difference, result.score, result.significance
+        offset_sigma = 0.0
+        if settings.subtract.difference_background:
+            # S = F_D D (x) P_D with a unit-sum P_D: an offset b of D is an offset F_D b of S. The
+            # estimate's own noise is amplified the same way (by 1 / sqrt(sum P_D^2) ~ 4.5 in
+            # S_corr), hence boxes twice the sky's, every pixel used.
+            d_settings = dataclasses.replace(settings.background, box_size=2 * settings.background.box_size,
+                                             subsample=1, estimator="median")
+            offset = estimate_background(difference, grown, settings=d_settings).background
+            difference -= offset
+            score -= np.float32(f_d) * offset
+            significance = score / result.score_noise
+            # The typical S_corr offset removed, for the record.
+            removed = np.abs(np.float32(f_d) * offset / result.score_noise)
+            offset_sigma = float(np.median(removed[~grown])) if (~grown).any() else 0.0
+        fwhm_d = float(fit_fwhm(psf_d, fit_shape=psf_d.shape[0])[0])
+        for array in (difference, score, significance):
+            array[grown] = np.nan
+
+    good = significance[~grown]
+    good = good[np.isfinite(good)]
+    scorr_median, scorr_std = _robust_stats(good[::max(1, good.size // 1_000_000)])
+    record = {
+        "science": str(science_path), "reference": str(reference_path), "seed": int(seed),
+        "shape": list(science.shape),
+        "alignment": {"method": aligned.method, "affine_error_px": aligned.affine_error_px,
+                      "overlap_fraction": aligned.overlap_fraction,
+                      "residual_shift_px": [shift_x, shift_y], "shift_applied_px": list(aligned.shift_px),
+                      "registration_scatter_px": [scatter_x, scatter_y], "matched_stars": n_matched},
+        "psf": {"science_fwhm_px": psf_sci.fwhm, "reference_fwhm_px": psf_ref.fwhm, "difference_fwhm_px": fwhm_d,
+                "science_method": psf_sci.method, "reference_method": psf_ref.method,
+                "science_stars": psf_sci.n_stars, "reference_stars": psf_ref.n_stars},
+        "flux": {"ratio": scale.ratio, "error": scale.error, "stars": scale.n_stars, "method": scale.method},
+        "noise": {"science_sky": sci_bkg.median, "science_sigma": sci_bkg.rms_median,
+                  "sky_estimator": [sci_bkg.estimator, ref_bkg.estimator],
+                  "reference_sky": ref_bkg.median, "reference_sigma": sigma_ref,
+                  "reference_sigma_resampled": ref_bkg.rms_median,
+                  "astrometric_noise_px": list(astrometric),
+                  "significance_median": scorr_median, "significance_robust_std": scorr_std,
+                  "difference_offset_sigma": offset_sigma},
+        "subtraction": {"method": settings.subtract.method, "flux_zeropoint": f_d, "flux_scale": f_s,
+                        "masked_fraction": float(grown.mean())},
+        "injected": int(len(injections)),
+        "settings": settings.as_dict(),
+    }
+
+    with timer("write"):
+        _write_products(out_dir, science, reference, record, new, ref * np.float32(scale.ratio), difference, score,
+                        significance, psf_d, psf_sci, psf_ref, science.mask, aligned, grown, injections)
+    record["seconds"] = {**{k: round(v, 4) for k, v in timer.seconds.items()},
+                         "total": round(time.perf_counter() - started, 4)}
+    if timer.peak_mib:
+        record["peak_mib"] = {k: round(v, 1) for k, v in timer.peak_mib.items()}
+    write_json(out_dir / "difference.json", record)
+    log.info("%s: %s, FWHM %.2f/%.2f px, ratio %.4g, %d injected, S_corr robust std %.3f, %.2f s", out_dir.name,
+             aligned.method, psf_sci.fwhm, psf_ref.fwhm, scale.ratio, len(injections), scorr_std,
+             record["seconds"]["total"])
+    return record
+
+
+def _write_products(out_dir, science, reference, record, new, ref_scaled, difference, score, significance, psf_d,
+                    psf_sci, psf_ref, science_bad, aligned, grown, injections) -> None:
+    digests = {"science": file_digest(science.path), "reference": file_digest(reference.path)}
+    provenance = {"stage": "difference", "inputs": {"science": science.path, "reference": reference.path},
+                  "digests": digests, "parameters": {"settings": record["settings"], "seed": record["seed"]}}
+    header = fits.Header()
+    header["SUBMETH"] = (record["subtraction"]["method"], "subtraction method")
+    header["FLUXZPD"] = (record["subtraction"]["flux_zeropoint"], "F_D, flux zero point of D")
+    header["FLUXSCL"] = (record["subtraction"]["flux_scale"], "F_S: transient flux = S / F_S")
+    header["FWHM_D"] = (record["psf"]["difference_fwhm_px"], "FWHM of P_D, pixels")
+    header["FWHMSCI"] = (record["psf"]["science_fwhm_px"], "science PSF FWHM, pixels")
+    header["FWHMREF"] = (record["psf"]["reference_fwhm_px"], "reference PSF FWHM (science pixels)")
+    header["FLXRATIO"] = (record["flux"]["ratio"], "science / reference flux ratio")
+    header["ALIGNMTH"] = (record["alignment"]["method"], "alignment method")
+    header["OVERLAP"] = (record["alignment"]["overlap_fraction"], "fraction of science pixels covered")
+    wcs_header = science.wcs.to_header(relax=True)
+
+    def image(name, data):
+        return fits.ImageHDU(data=np.asarray(data, np.float32), header=wcs_header if data.ndim == 2
+                             and data.shape == science.shape else None, name=name)
+
+    sources = psf_sci.sources.head(MAX_SOURCES_RECORDED)
+    table = fits.BinTableHDU.from_columns([
+        fits.Column(name="x", format="D", array=sources["x"].to_numpy(float)),
+        fits.Column(name="y", format="D", array=sources["y"].to_numpy(float)),
+        fits.Column(name="snr", format="D", array=sources["snr"].to_numpy(float))], name="SOURCES")
+    unit = "" if record["subtraction"]["method"] == "zogy" else science.unit
+    write_image(out_dir / "difference.fits", difference, science.wcs, provenance, unit=unit or None, header=header,
+                extensions=[image("SCIENCE", np.where(science_bad, np.nan, new)),
+                            image("REFERENCE", np.where(~aligned.footprint, np.nan, ref_scaled)),
+                            image("PSF_D", psf_d), image("PSF_SCI", psf_sci.image), image("PSF_REF", psf_ref.image),
+                            table])
+    write_image(out_dir / "significance.fits", significance, science.wcs, provenance, unit="sigma", header=header,
+                extensions=[image("SCORE", score)])
+    bits = (science_bad.astype(np.uint8) * MASK_BITS["science_bad"]
+            | aligned.mask.astype(np.uint8) * MASK_BITS["reference_bad"]
+            | (~aligned.footprint).astype(np.uint8) * MASK_BITS["no_coverage"])
+    bits |= ((bits == 0) & grown).astype(np.uint8) * MASK_BITS["grown"]
+    mask_header = fits.Header()
+    for name, bit in MASK_BITS.items():
+        mask_header[f"MASKB{bit}"] = (name, f"meaning of bit value {bit}")
+    write_image(out_dir / "mask.fits", bits, science.wcs, provenance, header=mask_header)
+    write_table(out_dir / "injections.csv", injections)
+
+
+@dataclass
+class PairProducts:
+    """The products of :func:`difference_pair` read back for detection and cut-outs."""
+
+    difference: np.ndarray
+    significance: np.ndarray
+    score: np.ndarray
+    science: np.ndarray
+    reference: np.ndarray
+    mask: np.ndarray
+    psf: np.ndarray
+    wcs: WCS
+    header: fits.Header
+    sources: pd.DataFrame
+
+
+def read_products(pair_dir: str | Path) -> PairProducts:
+    """Read ``difference.fits``, ``significance.fits`` and ``mask.fits`` of a pair directory.
+
+    Raises
+    ------
+    InputDataError
+        If one is missing or lacks an expected extension.
+    """
+    pair_dir = Path(pair_dir)
+    arrays = {}
+    for name in ("difference.fits", "significance.fits", "mask.fits"):
+        path = pair_dir / name
+        if not path.is_file():
+            raise InputDataError(path, "missing: run the difference stage for this pair first")
+        try:
+            with fits.open(path, memmap=False) as hdul:
+                arrays[name] = {hdu.name: (hdu.data, hdu.header) for hdu in hdul}
+        except (OSError, TypeError, ValueError) as error:
+            raise InputDataError(path, f"not a readable FITS file: {error}") from error
+    difference = arrays["difference.fits"]
+    significance = arrays["significance.fits"]
+    try:
+        sources = difference["SOURCES"][0]
+        return PairProducts(
+            difference=np.asarray(difference["PRIMARY"][0], np.float32),
+            significance=np.asarray(significance["PRIMARY"][0], np.float32),
+            score=np.asarray(significance["SCORE"][0], np.float32),
+            science=np.asarray(difference["SCIENCE"][0], np.float32),
+            reference=np.asarray(difference["REFERENCE"][0], np.float32),
+            mask=np.asarray(arrays["mask.fits"]["PRIMARY"][0]) != 0,
+            psf=np.asarray(difference["PSF_D"][0], float),
+            wcs=WCS(difference["PRIMARY"][1]).celestial, header=difference["PRIMARY"][1],
+            sources=pd.DataFrame({"x": np.asarray(sources["x"], float), "y": np.asarray(sources["y"], float),
+                                  "snr": np.asarray(sources["snr"], float)}))
+    except KeyError as error:
+        raise InputDataError(pair_dir / "difference.fits", f"lacks the {error} extension (written by an older "
+                                                           "version? rerun the difference stage)") from error
+
+
+def detect_pair(pair_dir: str | Path, settings: DetectSettings | None = None, out: str | Path | None = None) -> dict:
+    """Detect candidates in a differenced pair and write ``candidates.csv``.
+
+    Parameters
+    ----------
+    pair_dir : str or Path
+        Directory holding the products of :func:`difference_pair`.
+    settings : DetectSettings, optional
+    out : str or Path, optional
+        Output table (default ``pair_dir/candidates.csv``).
+
+    Returns
+    -------
+    dict
+        Counts (candidates, kept, per reject reason) and the time taken.
+    """
+    settings = settings or DetectSettings()
+    started = time.perf_counter()
+    products = read_products(pair_dir)
+    header = products.header
+    candidates = detect_candidates(products.significance, products.score, products.difference, products.mask,
+                                   products.psf, float(header["FLUXSCL"]), float(header["FLUXZPD"]), products.wcs,
+                                   settings, fwhm=float(header["FWHM_D"]))
+    out = Path(out) if out is not None else Path(pair_dir) / "candidates.csv"
+    write_table(out, candidates)
+    summary = {"candidates": int(len(candidates)), "kept": int(candidates["kept"].sum()),
+               "rejected": {reason: int(n) for reason, n in
+                            candidates.loc[~candidates["kept"], "reject_reason"].value_counts().items()},
+               "seconds": round(time.perf_counter() - started, 4)}
+    log.info("%s: %d candidates, %d kept", Path(pair_dir).name, summary["candidates"], summary["kept"])
+    return summary

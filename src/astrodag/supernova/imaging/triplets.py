@@ -1,0 +1,469 @@
+"""Real/bogus triplets: (science, reference, difference) cut-outs and the split dataset.
+
+Per pair (:func:`cut_triplets`), cut-outs of ``size`` x ``size`` pixels (63 by default) from
+the ``SCIENCE`` and ``REFERENCE`` extensions and the difference D of ``difference.fits``:
+
+* real (label 1): the supernova at its catalogue position (``source = sn``) and every
+  injected source (``injected``), each only where a kept candidate lies within
+  ``match_radius_px`` (the classifier scores candidates; a faded SN or a fake below the limit
+  would be a real label on an empty difference image);
+* bogus (label 0): every candidate of ``candidates.csv`` (kept or rejected) farther than
+  ``match_radius_px`` from all real and undetected injected positions (``candidate``), plus sampled artefacts
+  (``artefact``): the brightest science sources (star residuals) and random positions in the
+  footprint, also away from real positions.
+
+Cut-outs are centred on the nearest pixel; parts outside the image or masked are 0 after
+normalisation; positions whose cut-out is more than ``max_masked_fraction`` masked (or
+outside the image) are dropped. Normalisation (``normalisation``), per channel:
+
+``robust`` (default)
+    ``(x - median) / (1.4826 MAD)`` over the valid pixels of the cut-out, clipped to
+    ``[-clip, clip]``: sky at 0, noise about 1, bright cores saturate at ``clip``.
+``l2``
+    ``x / ||x||_2`` (braai, Duev et al. 2019), valid pixels only.
+
+The dataset (:func:`build_dataset`) splits by supernova (all pairs of one SN in one split;
+seeded), subsamples the bogus examples of each split to at most ``bogus_per_real`` times its
+real ones, adds ``augment_copies`` augmented copies (a random non-identity flip/90-degree
+rotation) of each example of the ``augment_splits``, shuffles each split and writes
+``{split}.npy`` (``(n, 3, size, size)`` float32, memory-mappable, filled pair by pair through
+``numpy.lib.format.open_memmap`` so the dataset never has to fit in memory), ``index.parquet``
+(one row per array row), ``summary.json`` and ``previews/{split}.png``.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import ClassVar
+
+import numpy as np
+import pandas as pd
+from scipy.spatial import cKDTree
+
+from astrodag.errors import ConfigError, InputDataError
+from astrodag.supernova.imaging.pipeline import pair_rng, read_products
+from astrodag.settings import Settings, choice, fractions, number, optional, setting, subset
+from astrodag.io import atomic_path, save_figure, write_json, write_table
+
+log = logging.getLogger(__name__)
+
+SPLITS = ("train", "validation", "test")
+SOURCES = ("sn", "injected", "candidate", "artefact", "reviewed")
+CHANNELS = ("science", "reference", "difference")
+INDEX_COLUMNS = ("split", "row", "pair_id", "sn_name", "mission", "filter", "label", "source", "x", "y", "ra", "dec",
+                 "significance", "augmentation")
+TABLE_COLUMNS = ("label", "source", "x", "y", "ra", "dec", "significance")
+# The eight symmetries of the square: k quarter turns (numpy.rot90), then an optional left-right flip.
+AUGMENTATIONS = tuple(f"rot{90 * k}" + ("+flip" if flip else "") for flip in (False, True) for k in range(4))
+
+
+@dataclass(frozen=True)
+class TripletSettings(Settings):
+    """Cut-outs of one pair (config ``supernova.triplets``).
+
+    Keys
+    ----
+    size : int, default 63
+        Cut-out side in pixels (odd).
+    match_radius_px : float, default 3.0
+        A candidate within this distance of a real position is that real source, not bogus.
+    max_candidates : int, default 200
+        Most significant bogus candidates cut per pair.
+    star_count : int, default 10
+        Brightest science sources cut as star-residual artefacts.
+    random_count : int, default 10
+        Random footprint positions cut as artefacts.
+    normalisation : {"robust", "l2"}, default "robust"
+        Per-channel normalisation (see the module notes).
+    clip : float, default 30.0
+        Clip of the ``robust`` normalisation.
+    max_masked_fraction : float, default 0.5
+        Cut-outs with more invalid pixels than this fraction are dropped.
+    """
+
+    PREFIX: ClassVar[str] = "supernova.triplets"
+
+    size: int = setting(63, number(9, 255, integer=True))
+    match_radius_px: float = setting(3.0, number(0.0, low_open=True))
+    max_candidates: int = setting(200, number(0, integer=True))
+    star_count: int = setting(10, number(0, integer=True))
+    random_count: int = setting(10, number(0, integer=True))
+    normalisation: str = setting("robust", choice("robust", "l2"))
+    clip: float = setting(30.0, number(1.0))
+    max_masked_fraction: float = setting(0.5, number(0.0, 1.0))
+
+    def validate(self, prefix: str) -> None:
+        if self.size % 2 == 0:
+            raise ConfigError(f"{prefix}.size", f"must be odd (a centre pixel), got {self.size}")
+
+
+@dataclass(frozen=True)
+class DatasetSettings(Settings):
+    """The triplet dataset (config ``supernova.dataset``).
+
+    Keys
+    ----
+    split_fractions : mapping, default {train: 0.7, validation: 0.15, test: 0.15}
+        Target fractions of triplets per split; whole supernovae are assigned (seeded).
+    bogus_per_real : float or null, default 1.0
+        Bogus examples kept per real one in each split (subsampled, seeded); null keeps all.
+    augment_copies : int, default 1
+        Augmented copies added per example of the augmented splits.
+    augment_splits : list, default [train]
+        Splits that get augmented copies.
+    previews : int, default 16
+        Triplets drawn in ``previews/{split}.png`` (0: no previews).
+    """
+
+    PREFIX: ClassVar[str] = "supernova.dataset"
+
+    split_fractions: dict = setting({"train": 0.7, "validation": 0.15, "test": 0.15}, fractions(*SPLITS))
+    bogus_per_real: float | None = setting(1.0, optional(number(0.0, low_open=True)))
+    augment_copies: int = setting(1, number(0, 7, integer=True))
+    augment_splits: tuple[str, ...] = setting(("train",), subset(*SPLITS))
+    previews: int = setting(16, number(0, 200, integer=True))
+
+
+# --------------------------------------------------------------------------------------------
+# cut-outs of one pair
+# --------------------------------------------------------------------------------------------
+
+
+def normalise(cutout: np.ndarray, method: str = "robust", clip: float = 30.0) -> np.ndarray:
+    """One channel normalised (see the module notes); invalid (NaN) pixels become 0."""
+    valid = np.isfinite(cutout)
+    out = np.zeros(cutout.shape, np.float32)
+    if not valid.any():
+        return out
+    values = cutout[valid].astype(np.float64)
+    if method == "l2":
+        norm = float(np.sqrt(np.sum(values ** 2)))
+        out[valid] = values / norm if norm > 0 else 0.0
+        return out
+    median = float(np.median(values))
+    scale = 1.4826 * float(np.median(np.abs(values - median)))
+    if not scale > 0:
+        scale = float(np.std(values)) or 1.0
+    out[valid] = np.clip((values - median) / scale, -clip, clip)
+    return out
+
+
+def cutouts(planes: list[np.ndarray], invalid: np.ndarray, x: np.ndarray, y: np.ndarray, size: int,
+            method: str, clip: float) -> tuple[np.ndarray, np.ndarray]:
+    """Normalised ``(n, len(planes), size, size)`` cut-outs and each one's invalid-pixel fraction."""
+    half = size // 2
+    ny, nx = invalid.shape
+    padded_invalid = np.pad(invalid, half, constant_values=True)
+    padded = [np.pad(plane, half, constant_values=np.nan) for plane in planes]
+    stack = np.zeros((len(x), len(planes), size, size), np.float32)
+    fraction = np.ones(len(x))
+    for i, (xc, yc) in enumerate(zip(np.rint(x).astype(int), np.rint(y).astype(int))):
+        if not (0 <= xc < nx and 0 <= yc < ny):
+            continue
+        window = (slice(yc, yc + size), slice(xc, xc + size))  # padded coordinates: centre at yc + half
+        bad = padded_invalid[window]
+        fraction[i] = bad.mean()
+        for c, plane in enumerate(padded):
+            stack[i, c] = normalise(np.where(bad, np.nan, plane[window]), method, clip)
+    return stack, fraction
+
+
+def _far_from(points: np.ndarray, real: np.ndarray, radius: float) -> np.ndarray:
+    if len(real) == 0 or len(points) == 0:
+        return np.ones(len(points), bool)
+    distance, _ = cKDTree(real).query(points, distance_upper_bound=radius)
+    return ~np.isfinite(distance)
+
+
+def cut_triplets(pair_dir: str | Path, sn_ra: float, sn_dec: float, pair_id: str, sn_name: str, mission: str,
+                 filter: str, settings: TripletSettings | None = None, seed: int = 0,
+                 out: str | Path | None = None) -> dict:
+    """Cut the real and bogus triplets of one pair and write them as one ``.npz``.
+
+    Parameters
+    ----------
+    pair_dir : str or Path
+        Holds ``difference.fits``, ``significance.fits``, ``mask.fits``, ``injections.csv``
+        and ``candidates.csv``.
+    sn_ra, sn_dec : float
+        Catalogue position of the supernova (degrees).
+    pair_id, sn_name, mission, filter : str
+        Recorded with every triplet.
+    settings : TripletSettings, optional
+    seed : int
+        Seed of the random artefact positions (combined with ``pair_id``).
+    out : str or Path, optional
+        Output file (default ``pair_dir/triplets.npz``).
+
+    Returns
+    -------
+    dict
+        Counts per source and the number dropped for masking.
+
+    Notes
+    -----
+    The ``.npz`` holds ``cutouts`` (``(n, 3, size, size)`` float32), the columns
+    ``TABLE_COLUMNS`` as arrays (``source`` as fixed-width strings) and the 0-d string arrays
+    ``pair_id``, ``sn_name``, ``mission``, ``filter``; it loads without pickle.
+    """
+    settings = settings or TripletSettings()
+    pair_dir = Path(pair_dir)
+    products = read_products(pair_dir)
+    injections = _read_csv(pair_dir / "injections.csv", ("x", "y"))
+    candidates = _read_csv(pair_dir / "candidates.csv", ("x", "y", "significance", "kept"))
+    ny, nx = products.mask.shape
+
+    sn_x, sn_y = (float(v) for v in products.wcs.world_to_pixel_values(sn_ra, sn_dec))
+    rows = []
+    # Real examples are real sources that were detected: the classifier only ever sees candidates.
+    # A faded SN (a science epoch long after discovery) or a fake injected below the detection
+    # limit would otherwise be labelled real on an empty difference image.
+    kept = candidates[candidates["kept"].astype(bool)][["x", "y"]].to_numpy(float)
+
+    def detected(x: float, y: float) -> bool:
+        return bool(len(kept)) and bool(np.min(np.hypot(kept[:, 0] - x, kept[:, 1] - y)) <= settings.match_radius_px)
+
+    if not (0 <= sn_x < nx and 0 <= sn_y < ny):
+        log.warning("%s: the supernova (%.5f, %.5f) falls outside the science image", pair_id, sn_ra, sn_dec)
+    elif detected(sn_x, sn_y):
+        rows.append(("sn", sn_x, sn_y))
+    else:
+        log.info("%s: no kept candidate at the supernova's position; it is not cut as a real example", pair_id)
+    fakes = injections[["x", "y"]].to_numpy(float)
+    found = [detected(x, y) for x, y in fakes]
+    rows += [("injected", x, y) for (x, y), hit in zip(fakes, found, strict=True) if hit]
+    undetected = fakes[~np.array(found, bool)] if len(fakes) else fakes
+    # Undetected fakes are neither real examples nor places to cut bogus ones.
+    real = np.concatenate([np.array([(x, y) for _, x, y in rows]).reshape(-1, 2), undetected.reshape(-1, 2)])
+
+    bogus = candidates.sort_values("significance", ascending=False, kind="stable")
+    bogus = bogus[_far_from(bogus[["x", "y"]].to_numpy(float), real, settings.match_radius_px)]
+    rows += [("candidate", x, y) for x, y in bogus[["x", "y"]].to_numpy(float)[:settings.max_candidates]]
+
+    taken = np.concatenate([np.array([(x, y) for _, x, y in rows]).reshape(-1, 2), undetected.reshape(-1, 2)])
+    stars = products.sources[["x", "y"]].to_numpy(float)
+    stars = stars[_far_from(stars, taken, settings.match_radius_px)][:settings.star_count]
+    rows += [("artefact", x, y) for x, y in stars]
+    rng = pair_rng(seed, pair_id)
+    half = settings.size // 2
+    valid = np.flatnonzero(~products.mask[half:ny - half, half:nx - half].ravel()) if ny > 2 * half \
+        and nx > 2 * half else np.array([], int)
+    if settings.random_count and valid.size:
+        picks = valid[rng.choice(valid.size, size=min(valid.size, 4 * settings.random_count), replace=False)]
+        points = np.column_stack([picks % (nx - 2 * half) + half, picks // (nx - 2 * half) + half]).astype(float)
+        points = points[_far_from(points, taken, settings.match_radius_px)][:settings.random_count]
+        rows += [("artefact", x, y) for x, y in points]
+
+    source = np.array([r[0] for r in rows], dtype="<U9")
+    x = np.array([r[1] for r in rows], float)
+    y = np.array([r[2] for r in rows], float)
+    planes = [products.science, products.reference, products.difference]
+    invalid = products.mask | ~np.isfinite(products.difference)
+    stack, fraction = cutouts(planes, invalid, x, y, settings.size, settings.normalisation, settings.clip)
+    keep = fraction <= settings.max_masked_fraction
+    dropped = {name: int(np.sum(~keep & (source == name))) for name in SOURCES}
+    stack, source, x, y = stack[keep], source[keep], x[keep], y[keep]
+    ra, dec = products.wcs.pixel_to_world_values(x, y) if len(x) else (np.array([]), np.array([]))
+    ix, iy = np.rint(x).astype(int), np.rint(y).astype(int)
+    significance = products.significance[iy, ix].astype(float) if len(x) else np.array([])
+    label = np.isin(source, ("sn", "injected")).astype(np.int8)
+
+    out = Path(out) if out is not None else pair_dir / "triplets.npz"
+    with atomic_path(out) as tmp, open(tmp, "wb") as handle:
+        np.savez(handle, cutouts=stack, label=label, source=source, x=x, y=y, ra=np.asarray(ra, float),
+                 dec=np.asarray(dec, float), significance=significance, pair_id=np.array(pair_id),
+                 sn_name=np.array(sn_name), mission=np.array(mission), filter=np.array(filter))
+    counts = {name: int(np.sum(source == name)) for name in SOURCES}
+    log.info("%s: %d triplets (%s), %d dropped for masking", pair_id, len(source), counts, sum(dropped.values()))
+    return {"triplets": int(len(source)), "per_source": counts, "dropped_masked": dropped,
+            "undetected_sn": int("sn" not in source and 0 <= sn_x < nx and 0 <= sn_y < ny),
+            "undetected_injected": int(len(undetected))}
+
+
+def _read_csv(path: Path, columns: tuple[str, ...]) -> pd.DataFrame:
+    if not path.is_file():
+        raise InputDataError(path, "missing: run the difference and detect stages for this pair first")
+    frame = pd.read_csv(path)
+    missing = [c for c in columns if c not in frame.columns]
+    if missing:
+        raise InputDataError(path, f"lacks the columns {missing}")
+    return frame
+
+
+# --------------------------------------------------------------------------------------------
+# the dataset
+# --------------------------------------------------------------------------------------------
+
+
+def assign_splits(counts: pd.Series, fractions_: dict[str, float], rng: np.random.Generator) -> dict[str, str]:
+    """Supernova -> split, filling each split's target share of the triplets.
+
+    The supernovae are shuffled; the first ones go one to each split with a non-zero fraction
+    (largest fraction last, so small splits are not left empty), then each next one to the
+    split furthest below its target.
+    """
+    names = list(counts.index)
+    order = [names[i] for i in rng.permutation(len(names))]
+    total = float(counts.sum())
+    targets = {split: fractions_[split] * total for split in SPLITS}
+    filled = dict.fromkeys(SPLITS, 0.0)
+    active = sorted((s for s in SPLITS if fractions_[s] > 0), key=lambda s: fractions_[s])
+    assignment = {}
+    for name in order:
+        empty = [s for s in active if filled[s] == 0]
+        split = empty[0] if empty else max(active, key=lambda s: targets[s] - filled[s])
+        assignment[name] = split
+        filled[split] += float(counts[name])
+    return assignment
+
+
+def augment(cutout: np.ndarray, name: str) -> np.ndarray:
+    """Apply one of ``AUGMENTATIONS`` to a ``(channels, size, size)`` cut-out."""
+    k = int(name[3:].split("+")[0]) // 90
+    out = np.rot90(cutout, k, axes=(1, 2))
+    return np.ascontiguousarray(out[:, :, ::-1] if name.endswith("+flip") else out)
+
+
+def _load_table(path: Path) -> pd.DataFrame:
+    if not path.is_file():
+        raise InputDataError(path, "missing triplet file")
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            table = pd.DataFrame({column: npz[column] for column in TABLE_COLUMNS})
+            for key in ("pair_id", "sn_name", "mission", "filter"):
+                table[key] = str(npz[key])
+            size = npz["cutouts"].shape[-1]
+    except (OSError, KeyError, ValueError) as error:
+        raise InputDataError(path, f"not a triplet file written by the triplets stage: {error}") from error
+    table["file"] = str(path)
+    table["file_row"] = np.arange(len(table))
+    table.attrs["size"] = size
+    return table
+
+
+def build_dataset(triplet_files: list[str | Path], out_dir: str | Path, settings: DatasetSettings | None = None,
+                  seed: int = 0) -> dict:
+    """Assemble the split real/bogus dataset from per-pair triplet files (see the module notes).
+
+    Parameters
+    ----------
+    triplet_files : list of str or Path
+        ``triplets.npz`` of each pair.
+    out_dir : str or Path
+        Receives ``{train,validation,test}.npy``, ``index.parquet``, ``summary.json`` and
+        ``previews/``.
+    settings : DatasetSettings, optional
+    seed : int
+        Seed of the split, the subsampling, the augmentations and the shuffles.
+
+    Returns
+    -------
+    dict
+        The summary written to ``summary.json``.
+    """
+    settings = settings or DatasetSettings()
+    out_dir = Path(out_dir)
+    rng = np.random.default_rng(seed)
+    tables = [_load_table(Path(path)) for path in triplet_files]
+    sizes = {t.attrs["size"] for t in tables}
+    if len(sizes) > 1:
+        raise InputDataError(Path(triplet_files[0]), f"triplet files have different cut-out sizes {sorted(sizes)}")
+    size = sizes.pop() if sizes else 63
+    table = pd.concat(tables, ignore_index=True) if tables else pd.DataFrame(
+        columns=[*TABLE_COLUMNS, "pair_id", "sn_name", "mission", "filter", "file", "file_row"])
+    if len(table) and (table["source"] == "reviewed").any():
+        # A reviewed cut-out (active learning) replaces the pair's own copy of that candidate,
+        # whose label it may correct; both belong to the same SN, hence to the same split.
+        key = table["pair_id"] + ":" + table["x"].round(2).astype(str) + ":" + table["y"].round(2).astype(str)
+        reviewed = table["source"] == "reviewed"
+        table = table[reviewed | ~key.isin(set(key[reviewed]))].reset_index(drop=True)
+    per_sn = table.groupby("sn_name").size() if len(table) else pd.Series(dtype=int)
+    split_of = assign_splits(per_sn, settings.split_fractions, rng) if len(per_sn) else {}
+    table["split"] = table["sn_name"].map(split_of)
+
+    index_parts = []
+    for split in SPLITS:
+        part = table[table["split"] == split]
+        real, bogus = part[part["label"] == 1], part[part["label"] == 0]
+        if settings.bogus_per_real is not None and len(bogus) > settings.bogus_per_real * len(real):
+            keep = int(math.floor(settings.bogus_per_real * len(real)))
+            bogus = bogus.iloc[np.sort(rng.choice(len(bogus), size=keep, replace=False))]
+        part = pd.concat([real, bogus]).assign(augmentation="none")
+        if split in settings.augment_splits and settings.augment_copies:
+            copies = [part.assign(augmentation=rng.choice(AUGMENTATIONS[1:], size=len(part)))
+                      for _ in range(settings.augment_copies)]
+            part = pd.concat([part, *copies])
+        part = part.iloc[rng.permutation(len(part))].reset_index(drop=True)
+        part["row"] = np.arange(len(part))
+        index_parts.append(part)
+        _write_split(out_dir / f"{split}.npy", part, size)
+    index = pd.concat(index_parts, ignore_index=True)
+    write_table(out_dir / "index.parquet", index[list(INDEX_COLUMNS)].astype({"label": "int8", "row": "int64"}))
+
+    summary = {
+        "seed": int(seed), "cutout_shape": [3, size, size], "channels": list(CHANNELS),
+        "normalisation": "per channel, as cut by the triplets stage (see astrodag.supernova.imaging.triplets)",
+        "pairs": int(table["pair_id"].nunique()) if len(table) else 0,
+        "supernovae": {split: sorted(n for n, s in split_of.items() if s == split) for split in SPLITS},
+        "triplets": {split: {"real": int((p["label"] == 1).sum()), "bogus": int((p["label"] == 0).sum()),
+                             "total": int(len(p)),
+                             "per_source": {src: int((p["source"] == src).sum()) for src in SOURCES},
+                             "augmented": int((p["augmentation"] != "none").sum())}
+                     for split, p in zip(SPLITS, index_parts)},
+        "available": {"real": int((table["label"] == 1).sum()), "bogus": int((table["label"] == 0).sum())},
+        "settings": settings.as_dict(),
+    }
+    write_json(out_dir / "summary.json", summary)
+    (out_dir / "previews").mkdir(parents=True, exist_ok=True)
+    if settings.previews:
+        for split, part in zip(SPLITS, index_parts):
+            if len(part):
+                _preview(out_dir / "previews" / f"{split}.png", out_dir / f"{split}.npy", part, settings.previews, rng)
+    log.info("dataset: %s", {s: v["total"] for s, v in summary["triplets"].items()})
+    return summary
+
+
+def _write_split(path: Path, part: pd.DataFrame, size: int) -> None:
+    """Fill ``{split}.npy`` file by file through a memory map (bounded memory)."""
+    with atomic_path(path) as tmp:
+        array = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=(len(part), 3, size, size))
+        for file, rows in part.groupby("file", sort=False):
+            with np.load(file, allow_pickle=False) as npz:
+                cut = npz["cutouts"]
+            for row, file_row, name in zip(rows["row"], rows["file_row"], rows["augmentation"]):
+                array[row] = cut[file_row] if name == "none" else augment(cut[file_row], name)
+        array.flush()
+        del array
+
+
+def _preview(path: Path, array_path: Path, part: pd.DataFrame, count: int, rng: np.random.Generator) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    array = np.load(array_path, mmap_mode="r")
+    # Half real, half bogus where possible, so both classes show.
+    chosen = []
+    for label in (1, 0):
+        rows = part.index[part["label"] == label].to_numpy()
+        chosen += list(rng.choice(rows, size=min(len(rows), (count + 1) // 2), replace=False))
+    chosen = chosen[:count]
+    figure, axes = plt.subplots(len(chosen), 3, figsize=(4.5, 1.5 * len(chosen)), squeeze=False)
+    for line, row in zip(axes, chosen):
+        info = part.loc[row]
+        for c, axis in enumerate(line):
+            image = np.asarray(array[info["row"], c])
+            low, high = np.percentile(image, [1, 99.5])
+            axis.imshow(image, origin="lower", cmap="gray", vmin=low, vmax=high if high > low else low + 1)
+            axis.set_xticks([])
+            axis.set_yticks([])
+            if c == 0:
+                axis.set_ylabel(f"{'real' if info['label'] else 'bogus'}\n{info['source']}", fontsize=7)
+    for c, name in enumerate(CHANNELS):
+        axes[0, c].set_title(name, fontsize=8)
+    save_figure(path, figure)
+    plt.close(figure)

@@ -1,0 +1,228 @@
+"""Triplet cut-outs per pair, the split dataset, and the four CLI stages of the package."""
+
+import argparse
+import json
+import shutil
+
+import numpy as np
+import pandas as pd
+import pytest
+from imaging_helpers import RA, DEC, TRANSIENT, processed_pair  # noqa: F401
+
+from astrodag.cli import _add_common
+from astrodag.errors import ConfigError, InputDataError
+from astrodag.supernova.imaging import commands
+from astrodag.supernova.imaging.triplets import (AUGMENTATIONS, INDEX_COLUMNS, DatasetSettings, TripletSettings, assign_splits,
+                                       augment, build_dataset, cut_triplets, normalise)
+
+SN_NAMES = ("SN 2011fe", "SN 2014J", "SN 2023ixf", "SN 2017eaw")
+
+
+def _sn_position(processed_pair):  # noqa: F811
+    _, wcs, _ = processed_pair
+    ra, dec = wcs.pixel_to_world_values(TRANSIENT[0], TRANSIENT[1])
+    return float(ra), float(dec)
+
+
+def test_normalisation():
+    rng = np.random.default_rng(0)
+    cutout = rng.normal(10.0, 3.0, (63, 63))
+    cutout[5, 5] = np.nan
+    cutout[30, 30] = 1e6
+    robust = normalise(cutout)
+    assert robust[5, 5] == 0 and robust[30, 30] == 30.0
+    assert abs(np.median(robust)) < 0.05 and np.median(np.abs(robust)) * 1.4826 == pytest.approx(1.0, rel=0.05)
+    l2 = normalise(cutout, "l2")
+    assert np.sqrt(np.sum(l2 ** 2)) == pytest.approx(1.0) and l2[5, 5] == 0
+    assert not normalise(np.full((9, 9), np.nan)).any()
+    assert np.isfinite(normalise(np.ones((9, 9)))).all()
+
+
+def test_cut_triplets_labels_and_file(processed_pair, tmp_path):  # noqa: F811
+    pair_dir, _, _ = processed_pair
+    ra, dec = _sn_position(processed_pair)
+    out = tmp_path / "t.npz"
+    summary = cut_triplets(pair_dir, ra, dec, "pair1", "SN 2011fe", "SYN", "g", TripletSettings(), seed=1, out=out)
+    injections = pd.read_csv(pair_dir / "injections.csv")
+    with np.load(out, allow_pickle=False) as npz:
+        cutouts, label, source = npz["cutouts"], npz["label"], npz["source"]
+        x, y, significance = npz["x"], npz["y"], npz["significance"]
+        assert str(npz["pair_id"]) == "pair1" and str(npz["sn_name"]) == "SN 2011fe" and str(npz["filter"]) == "g"
+    assert cutouts.shape == (len(label), 3, 63, 63) and cutouts.dtype == np.float32
+    # Only detected fakes are real examples: a kept candidate within match_radius_px of the fake.
+    kept = pd.read_csv(pair_dir / "candidates.csv", keep_default_na=False).query("kept")
+    hit = [np.hypot(kept["x"] - fx, kept["y"] - fy).min() <= 3.0 for fx, fy in injections[["x", "y"]].to_numpy()]
+    assert 0 < sum(hit) < len(injections)  # the faintest fakes (S/N ~3) stay below the 5-sigma threshold
+    assert summary["per_source"]["sn"] == 1 and summary["per_source"]["injected"] == sum(hit)
+    assert summary["undetected_injected"] == len(injections) - sum(hit)
+    sn = np.flatnonzero(source == "sn")[0]
+    assert x[sn] == pytest.approx(TRANSIENT[0], abs=1e-6) and label[sn] == 1 and significance[sn] > 20
+    # The transient is the SN here: its detection must not come back as a bogus candidate.
+    bogus = label == 0
+    assert np.hypot(x[bogus] - TRANSIENT[0], y[bogus] - TRANSIENT[1]).min() > 3
+    assert set(source[label == 1]) == {"sn", "injected"} and set(source[bogus]) <= {"candidate", "artefact"}
+    assert summary["per_source"]["artefact"] > 0
+    # The difference channel of the SN cut-out peaks at its centre.
+    centre = cutouts[sn, 2, 28:35, 28:35].max()
+    assert centre == cutouts[sn, 2].max() and centre > 10
+
+
+def test_sn_outside_the_image_is_left_out(processed_pair, tmp_path):  # noqa: F811
+    pair_dir, _, _ = processed_pair
+    summary = cut_triplets(pair_dir, RA + 1.0, DEC, "pair1", "SN X", "SYN", "g", out=tmp_path / "t.npz")
+    assert summary["per_source"]["sn"] == 0 and summary["per_source"]["injected"] > 0
+    with pytest.raises(InputDataError, match="run the difference stage"):
+        cut_triplets(tmp_path, RA, DEC, "p", "SN X", "SYN", "g")
+    with pytest.raises(ConfigError, match="supernova.triplets.size"):
+        TripletSettings.from_config({"size": 64})
+
+
+@pytest.fixture(scope="module")
+def triplet_files(processed_pair, tmp_path_factory):  # noqa: F811
+    """Triplets of four 'supernovae' (the same pair cut four times with different seeds)."""
+    pair_dir, _, _ = processed_pair
+    ra, dec = _sn_position(processed_pair)
+    root = tmp_path_factory.mktemp("triplets")
+    files = []
+    for seed, name in enumerate(SN_NAMES):
+        path = root / f"{seed}.npz"
+        cut_triplets(pair_dir, ra, dec, f"pair{seed}", name, "SYN", "g", seed=seed, out=path)
+        files.append(path)
+    return files
+
+
+def test_build_dataset(triplet_files, tmp_path):
+    settings = DatasetSettings.from_config({"bogus_per_real": 1.0, "augment_copies": 1, "previews": 4})
+    summary = build_dataset(triplet_files, tmp_path, settings, seed=3)
+    index = pd.read_parquet(tmp_path / "index.parquet")
+    assert tuple(index.columns) == INDEX_COLUMNS
+    # Split by supernova: each SN in exactly one split, every split used.
+    assert (index.groupby("sn_name")["split"].nunique() == 1).all() and index["split"].nunique() == 3
+    for split in ("train", "validation", "test"):
+        array = np.load(tmp_path / f"{split}.npy", mmap_mode="r")
+        part = index[index["split"] == split]
+        assert array.shape == (len(part), 3, 63, 63) and array.dtype == np.float32
+        assert sorted(part["row"]) == list(range(len(part)))
+        counts = summary["triplets"][split]
+        assert counts["total"] == len(part) and counts["real"] == int((part["label"] == 1).sum())
+        originals = part[part["augmentation"] == "none"]
+        assert (originals["label"] == 0).sum() <= (originals["label"] == 1).sum()  # bogus_per_real = 1
+        assert (tmp_path / "previews" / f"{split}.png").is_file()
+    train = index[index["split"] == "train"]
+    assert (train["augmentation"] != "none").sum() == (train["augmentation"] == "none").sum()
+    assert (index.loc[index["split"] != "train", "augmentation"] == "none").all()
+    # An augmented row is its original transformed.
+    array = np.load(tmp_path / "train.npy", mmap_mode="r")
+    copy = train[train["augmentation"] != "none"].iloc[0]
+    original = train[(train["augmentation"] == "none") & (train["pair_id"] == copy["pair_id"])
+                     & (train["x"] == copy["x"]) & (train["y"] == copy["y"])].iloc[0]
+    np.testing.assert_array_equal(array[copy["row"]], augment(np.asarray(array[original["row"]]),
+                                                              copy["augmentation"]))
+    saved = json.loads((tmp_path / "summary.json").read_text())
+    assert saved["triplets"] == summary["triplets"] and saved["cutout_shape"] == [3, 63, 63]
+
+    again = tmp_path / "again"
+    build_dataset(triplet_files, again, settings, seed=3)
+    pd.testing.assert_frame_equal(pd.read_parquet(again / "index.parquet"), index)
+    np.testing.assert_array_equal(np.load(again / "test.npy"), np.load(tmp_path / "test.npy"))
+
+
+def test_split_assignment_and_augmentations():
+    counts = pd.Series({"a": 100, "b": 10, "c": 10, "d": 50, "e": 30})
+    splits = assign_splits(counts, {"train": 0.7, "validation": 0.15, "test": 0.15}, np.random.default_rng(0))
+    assert set(splits.values()) == {"train", "validation", "test"}
+    only_train = assign_splits(counts, {"train": 1.0, "validation": 0.0, "test": 0.0}, np.random.default_rng(0))
+    assert set(only_train.values()) == {"train"}
+    cutout = np.random.default_rng(1).normal(size=(3, 9, 9))
+    variants = [augment(cutout, name) for name in AUGMENTATIONS]
+    assert all(not np.array_equal(a, b) for i, a in enumerate(variants) for b in variants[i + 1:])
+    np.testing.assert_array_equal(variants[0], cutout)
+    with pytest.raises(ConfigError, match="supernova.dataset.split_fractions"):
+        DatasetSettings.from_config({"split_fractions": {"train": 0.8, "validation": 0.1, "test": 0.2}})
+    with pytest.raises(ConfigError, match="supernova.dataset.augment_splits"):
+        DatasetSettings.from_config({"augment_splits": ["training"]})
+
+
+# ---- CLI ---------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def parser():
+    parser = argparse.ArgumentParser(prog="astrodag supernova")
+    stages = parser.add_subparsers(dest="stage", required=True)
+    commands.add_parsers(stages, _add_common)
+    return parser
+
+
+def test_cli_stages(parser, processed_pair, tmp_path):  # noqa: F811
+    source_dir, _, _ = processed_pair
+    pair_dir = tmp_path / "SN2011fe__SYN_X_g__1_2"
+    pair_dir.mkdir()
+    for name in ("science.fits", "reference.fits"):
+        shutil.copy(source_dir / name, pair_dir / name)
+    ra, dec = _sn_position(processed_pair)
+    pd.DataFrame({"sn_name": ["SN 2011fe"], "ra": [ra], "dec": [dec], "discovery_mjd": [55797.2], "type": ["Ia"],
+                  "redshift": [0.0008], "host": ["M101"]}).to_csv(tmp_path / "catalog.csv", index=False)
+    pd.DataFrame({"pair_id": [pair_dir.name], "sn_name": ["SN 2011fe"], "mission": ["SYN"], "filter": ["g"]}) \
+        .to_csv(tmp_path / "pairs.csv", index=False)
+    runs = [
+        ["difference", "--science", str(pair_dir / "science.fits"), "--reference", str(pair_dir / "reference.fits"),
+         "--out-dir", str(pair_dir), "--settings", '{"inject": {"count": 4}}', "--seed", "2"],
+        ["detect", "--pair-dir", str(pair_dir), "--settings", "{threshold: 5.5}", "--out",
+         str(pair_dir / "candidates.csv")],
+        ["triplets", "--pair-dir", str(pair_dir), "--pairs", str(tmp_path / "pairs.csv"), "--pair-id", pair_dir.name,
+         "--catalog", str(tmp_path / "catalog.csv"), "--seed", "2", "--out", str(pair_dir / "triplets.npz")],
+        ["dataset", "--triplets", str(pair_dir / "triplets.npz"), "--out-dir", str(tmp_path / "dataset"),
+         "--settings", '{"split_fractions": {"train": 1.0, "validation": 0.0, "test": 0.0}}'],
+    ]
+    for argv in runs:
+        assert commands.run(parser.parse_args(argv)) is True
+    with np.load(pair_dir / "triplets.npz") as npz:
+        assert str(npz["sn_name"]) == "SN 2011fe" and (npz["source"] == "sn").sum() == 1
+    assert len(np.load(tmp_path / "dataset" / "train.npy", mmap_mode="r")) > 0
+    assert len(np.load(tmp_path / "dataset" / "test.npy", mmap_mode="r")) == 0
+
+    bad = parser.parse_args(["triplets", "--pair-dir", str(pair_dir), "--pairs", str(tmp_path / "pairs.csv"),
+                             "--pair-id", "nope", "--catalog", str(tmp_path / "catalog.csv")])
+    with pytest.raises(InputDataError, match="pair_id 'nope'"):
+        commands.run(bad)
+    typo = parser.parse_args(["detect", "--pair-dir", str(pair_dir), "--settings", '{"threshhold": 5}'])
+    with pytest.raises(ConfigError, match="supernova.detection.threshhold"):
+        commands.run(typo)
+    assert commands.run(argparse.Namespace(stage="survey")) is False
+
+
+def test_undetected_supernova_is_not_cut_as_a_real_example(processed_pair, tmp_path):  # noqa: F811
+    # A science epoch long after discovery: the SN has faded and no candidate sits at its position.
+    pair_dir, _, _ = processed_pair
+    faded = tmp_path / "faded"
+    shutil.copytree(pair_dir, faded)
+    candidates = pd.read_csv(faded / "candidates.csv", keep_default_na=False)
+    near = np.hypot(candidates["x"] - TRANSIENT[0], candidates["y"] - TRANSIENT[1]) <= 3
+    candidates[~near].to_csv(faded / "candidates.csv", index=False)
+    ra, dec = _sn_position(processed_pair)
+    summary = cut_triplets(faded, ra, dec, "pair1", "SN 2011fe", "SYN", "g", TripletSettings(), seed=1)
+    assert summary["per_source"]["sn"] == 0 and summary["per_source"]["injected"] > 0
+
+
+def test_a_reviewed_cutout_replaces_the_pairs_own_copy(processed_pair, tmp_path):  # noqa: F811
+    pair_dir, _, _ = processed_pair
+    ra, dec = _sn_position(processed_pair)
+    own = tmp_path / "own.npz"
+    cut_triplets(pair_dir, ra, dec, "pair1", "SN 2011fe", "SYN", "g", TripletSettings(), seed=1, out=own)
+    with np.load(own, allow_pickle=False) as npz:
+        arrays = {key: npz[key] for key in npz.files}
+    bogus = int(np.flatnonzero(arrays["label"] == 0)[0])
+    # A reviewer says this "bogus" candidate is real.
+    reviewed = {key: (value[bogus:bogus + 1] if value.ndim else value) for key, value in arrays.items()}
+    reviewed["label"] = np.array([1], np.int8)
+    reviewed["source"] = np.array(["reviewed"], dtype="<U9")
+    np.savez(tmp_path / "reviewed.npz", **reviewed)
+    settings = DatasetSettings.from_config({"previews": 0, "bogus_per_real": None, "augment_copies": 0,
+                                            "split_fractions": {"train": 1.0, "validation": 0.0, "test": 0.0}})
+    summary = build_dataset([own, tmp_path / "reviewed.npz"], tmp_path / "dataset", settings, seed=0)
+    index = pd.read_parquet(tmp_path / "dataset" / "index.parquet")
+    same = index[(index["x"] == arrays["x"][bogus]) & (index["y"] == arrays["y"][bogus])]
+    assert len(same) == 1 and same["source"].iloc[0] == "reviewed" and same["label"].iloc[0] == 1
+    assert summary["triplets"]["train"]["total"] == len(arrays["label"])
+    assert summary["triplets"]["train"]["per_source"]["reviewed"] == 1

@@ -1,0 +1,209 @@
+# Microlensing early classification: shards of simulated events -> cadence masks ->
+# one causal per-timestep CNN per cadence -> test-split scores -> analysis -> comparison.
+
+
+rule simulate_events:
+    output:
+        magnitudes=f"{ML_EVENTS}/magnitudes.npy",
+        errors=f"{ML_EVENTS}/errors.npy",
+        events=f"{ML_EVENTS}/events.parquet",
+    log:
+        f"{ML_LOGS}/simulate_events/shard{{shard}}.log",
+    benchmark:
+        f"{ML_BENCHMARKS}/simulate_events/shard{{shard}}.tsv"
+    conda:
+        "../../envs/microlensing.yaml"
+    threads: 1
+    resources:
+        mem_mb=MICROLENSING["resources"]["simulate_mem_mb"],
+        runtime=MICROLENSING["resources"]["simulate_runtime"],
+    params:
+        out_dir=lambda wildcards, output: Path(output.events).parent,
+        events=MICROLENSING["simulation"]["events_per_shard"],
+        epochs=MICROLENSING["time_grid"]["epochs"],
+        duration=MICROLENSING["time_grid"]["duration_days"],
+        seed=MICROLENSING["simulation"]["seed"],
+        settings=as_json(
+            {
+                key: MICROLENSING["simulation"][key]
+                for key in (
+                    "priors",
+                    "noise",
+                    "split_fractions",
+                    "pspl_like_max_deviation_sigma",
+                )
+            }
+        ),
+    shell:
+        "python -m astrodag microlensing simulate --out-dir {params.out_dir} --shard {wildcards.shard}"
+        " --events {params.events} --epochs {params.epochs} --duration-days {params.duration}"
+        " --seed {params.seed} --settings '{params.settings}' --log {log}"
+
+
+rule mask_cadence:
+    input:
+        events=f"{ML_EVENTS}/events.parquet",
+        cadences=CADENCES_TSV,
+    output:
+        ML_MASK,
+    log:
+        f"{ML_LOGS}/mask_cadence/{{cadence}}_shard{{shard}}.log",
+    conda:
+        "../../envs/microlensing.yaml"
+    resources:
+        mem_mb=1000,
+        runtime=20,
+    params:
+        epochs=MICROLENSING["time_grid"]["epochs"],
+        duration=MICROLENSING["time_grid"]["duration_days"],
+        seed=MICROLENSING["mask_seed"],
+    shell:
+        "python -m astrodag microlensing mask --events {input.events} --cadences {input.cadences}"
+        " --cadence {wildcards.cadence} --out {output} --epochs {params.epochs}"
+        " --duration-days {params.duration} --seed {params.seed} --log {log}"
+
+
+rule train_microlensing_model:
+    input:
+        events=microlensing_shards,
+        masks=microlensing_masks,
+    output:
+        weights=f"{ML_CADENCE}/model/model.pt",
+        sidecar=f"{ML_CADENCE}/model/model.json",
+        history=f"{ML_CADENCE}/model/history.csv",
+    log:
+        f"{ML_LOGS}/train/{{cadence}}.log",
+    benchmark:
+        f"{ML_BENCHMARKS}/train/{{cadence}}.tsv"
+    conda:
+        "../../envs/microlensing.yaml"
+    threads: MICROLENSING["resources"]["train_threads"]
+    resources:
+        mem_mb=MICROLENSING["resources"]["train_mem_mb"],
+        runtime=MICROLENSING["resources"]["train_runtime"],
+        gpu=MICROLENSING["resources"]["train_gpus"],
+    params:
+        shards=lambda wildcards, input: shard_dirs(input.events),
+        out_dir=lambda wildcards, output: Path(output.weights).parent,
+        duration=MICROLENSING["time_grid"]["duration_days"],
+        seed=MICROLENSING["seed"],
+        model=as_json(MICROLENSING["model"]),
+        training=as_json(MICROLENSING["training"]),
+    shell:
+        "python -m astrodag microlensing train --shards {params.shards} --masks {input.masks}"
+        " --out-dir {params.out_dir} --cadence {wildcards.cadence} --duration-days {params.duration}"
+        " --seed {params.seed} --model-options '{params.model}' --training-options '{params.training}'"
+        " --threads {threads} --log {log}"
+
+
+rule predict_microlensing_test:
+    input:
+        events=microlensing_shards,
+        masks=microlensing_masks,
+        weights=rules.train_microlensing_model.output.weights,
+        sidecar=rules.train_microlensing_model.output.sidecar,
+    output:
+        probabilities=f"{ML_CADENCE}/evaluation/probabilities.npy",
+        mask=f"{ML_CADENCE}/evaluation/mask.npy",
+        events=f"{ML_CADENCE}/evaluation/events.parquet",
+        times=f"{ML_CADENCE}/evaluation/times.npy",
+        scoring=f"{ML_CADENCE}/evaluation/scoring.json",
+    log:
+        f"{ML_LOGS}/predict/{{cadence}}.log",
+    benchmark:
+        f"{ML_BENCHMARKS}/predict/{{cadence}}.tsv"
+    conda:
+        "../../envs/microlensing.yaml"
+    threads: MICROLENSING["resources"]["train_threads"]
+    resources:
+        mem_mb=2000,
+        runtime=60,
+    params:
+        shards=lambda wildcards, input: shard_dirs(input.events),
+        out_dir=lambda wildcards, output: Path(output.probabilities).parent,
+        batch_size=MICROLENSING["resources"]["predict_batch_size"],
+    shell:
+        "python -m astrodag microlensing predict --shards {params.shards} --masks {input.masks}"
+        " --model {input.weights} --model-json {input.sidecar} --out-dir {params.out_dir}"
+        " --split test --batch-size {params.batch_size} --threads {threads} --log {log}"
+
+
+rule evaluate_microlensing_cadence:
+    input:
+        rules.predict_microlensing_test.output,
+    output:
+        metrics=f"{ML_CADENCE}/analysis/metrics.json",
+        early=f"{ML_CADENCE}/analysis/early_detection.csv",
+        detection=f"{ML_CADENCE}/analysis/detection_summary.csv",
+        detection_times=f"{ML_CADENCE}/analysis/detection_times.csv",
+        figures=multiext(
+            f"{ML_CADENCE}/analysis/",
+            "roc.png",
+            "confusion_matrix.png",
+            "early_detection.png",
+            "detection_times.png",
+        ),
+    log:
+        f"{ML_LOGS}/evaluate/{{cadence}}.log",
+    conda:
+        "../../envs/microlensing.yaml"
+    resources:
+        mem_mb=2000,
+        runtime=30,
+    params:
+        evaluation_dir=lambda wildcards, input: Path(input[0]).parent,
+        out_dir=lambda wildcards, output: Path(output.metrics).parent,
+        fractions=" ".join(str(f) for f in MICROLENSING["analysis"]["fractions"]),
+        thresholds=" ".join(
+            str(t) for t in MICROLENSING["analysis"]["detection_thresholds"]
+        ),
+    shell:
+        "python -m astrodag microlensing evaluate --evaluation-dir {params.evaluation_dir}"
+        " --out-dir {params.out_dir} --cadence {wildcards.cadence}"
+        " --fractions {params.fractions} --thresholds {params.thresholds} --log {log}"
+
+
+rule compare_cadences:
+    input:
+        expand(f"{ML_CADENCE}/analysis/metrics.json", cadence=CADENCES),
+    output:
+        report=report(
+            f"{ML_COMPARISON}/comparison.md",
+            caption="../report/microlensing_comparison.rst",
+            category="Microlensing",
+        ),
+        text=f"{ML_COMPARISON}/comparison.txt",
+        json=f"{ML_COMPARISON}/comparison.json",
+        summary=report(
+            f"{ML_COMPARISON}/summary.csv",
+            caption="../report/microlensing_summary.rst",
+            category="Microlensing",
+        ),
+        figures=report(
+            multiext(
+                f"{ML_COMPARISON}/",
+                "early_detection_comparison.png",
+                "roc_comparison.png",
+                "accuracy_comparison.png",
+            ),
+            caption="../report/microlensing_figures.rst",
+            category="Microlensing",
+        ),
+    log:
+        f"{ML_LOGS}/compare_cadences.log",
+    conda:
+        "../../envs/microlensing.yaml"
+    params:
+        cadence_dirs=lambda wildcards, input: " ".join(
+            f"{name}={Path(path).parent}" for name, path in zip(CADENCES, input)
+        ),
+        out_dir=lambda wildcards, output: Path(output.report).parent,
+    shell:
+        "python -m astrodag microlensing compare --cadence-dirs {params.cadence_dirs}"
+        " --out-dir {params.out_dir} --log {log}"
+
+
+rule microlensing:
+    default_target: False
+    input:
+        rules.compare_cadences.output,

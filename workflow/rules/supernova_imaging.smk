@@ -1,0 +1,155 @@
+# Supernova differencing, one pair per job: alignment + ZOGY subtraction -> 5-sigma candidates ->
+# (science, reference, difference) triplets; then the split triplet dataset and the track's summary.
+
+
+rule difference_pair:
+    input:
+        science=f"{SN_PAIR}/science.fits",
+        reference=f"{SN_PAIR}/reference.fits",
+    output:
+        difference=f"{SN_PAIR}/difference.fits",
+        significance=f"{SN_PAIR}/significance.fits",
+        mask=f"{SN_PAIR}/mask.fits",
+        injections=f"{SN_PAIR}/injections.csv",
+        record=f"{SN_PAIR}/difference.json",
+    log:
+        f"{SN_LOGS}/difference_pair/{{pair_id}}.log",
+    benchmark:
+        f"{SN_BENCHMARKS}/difference_pair/{{pair_id}}.tsv"
+    conda:
+        "../../envs/supernova.yaml"
+    threads: 1
+    resources:
+        mem_mb=SUPERNOVA["resources"]["difference_mem_mb"],
+        runtime=SUPERNOVA["resources"]["difference_runtime"],
+    params:
+        out_dir=lambda wildcards, output: Path(output.record).parent,
+        settings=as_json(SUPERNOVA["difference"]),
+        seed=SUPERNOVA["seed"],
+    shell:
+        "python -m astrodag supernova difference --science {input.science} --reference {input.reference}"
+        " --out-dir {params.out_dir} --settings '{params.settings}' --seed {params.seed} --log {log}"
+
+
+rule detect_candidates:
+    input:
+        rules.difference_pair.output,
+    output:
+        f"{SN_PAIR}/candidates.csv",
+    log:
+        f"{SN_LOGS}/detect_candidates/{{pair_id}}.log",
+    conda:
+        "../../envs/supernova.yaml"
+    resources:
+        mem_mb=SUPERNOVA["resources"]["difference_mem_mb"],
+        runtime=20,
+    params:
+        pair_dir=lambda wildcards, output: Path(output[0]).parent,
+        settings=as_json(SUPERNOVA["detection"]),
+    shell:
+        "python -m astrodag supernova detect --pair-dir {params.pair_dir}"
+        " --settings '{params.settings}' --out {output} --log {log}"
+
+
+rule cut_triplets:
+    input:
+        candidates=f"{SN_PAIR}/candidates.csv",
+        images=rules.difference_pair.output,
+        pairs=f"{SN_ARCHIVE}/pairs.csv",
+        catalog=SN_CATALOG,
+    output:
+        f"{SN_PAIR}/triplets.npz",
+    log:
+        f"{SN_LOGS}/cut_triplets/{{pair_id}}.log",
+    conda:
+        "../../envs/supernova.yaml"
+    resources:
+        mem_mb=1000,
+        runtime=20,
+    params:
+        pair_dir=lambda wildcards, output: Path(output[0]).parent,
+        settings=as_json(SUPERNOVA["triplets"]),
+        seed=SUPERNOVA["seed"],
+    shell:
+        "python -m astrodag supernova triplets --pair-dir {params.pair_dir} --pairs {input.pairs}"
+        " --pair-id {wildcards.pair_id} --catalog {input.catalog} --settings '{params.settings}'"
+        " --seed {params.seed} --out {output} --log {log}"
+
+
+rule build_triplet_dataset:
+    input:
+        triplets=supernova_pair_files("triplets.npz"),
+        reviewed=reviewed_triplets,
+    output:
+        splits=expand(
+            f"{SN_TRIPLETS}/{{split}}.npy", split=("train", "validation", "test")
+        ),
+        index=f"{SN_TRIPLETS}/index.parquet",
+        summary=f"{SN_TRIPLETS}/summary.json",
+        previews=directory(f"{SN_TRIPLETS}/previews"),
+    log:
+        f"{SN_LOGS}/build_triplet_dataset.log",
+    benchmark:
+        f"{SN_BENCHMARKS}/build_triplet_dataset.tsv"
+    conda:
+        "../../envs/supernova.yaml"
+    resources:
+        mem_mb=2000,
+        runtime=30,
+    params:
+        out_dir=lambda wildcards, output: Path(output.index).parent,
+        settings=as_json(SUPERNOVA["dataset"]),
+        seed=SUPERNOVA["seed"],
+        # Reviewed candidates (active learning) join as extra per-pair triplet files.
+        reviewed=lambda wildcards, input: (
+            f"$(ls {Path(input.reviewed[0]).parent}/*.npz)" if input.reviewed else ""
+        ),
+    shell:
+        "python -m astrodag supernova dataset --triplets {input.triplets} {params.reviewed} --out-dir {params.out_dir}"
+        " --settings '{params.settings}' --seed {params.seed} --log {log}"
+
+
+rule summarize_imaging:
+    input:
+        pairs=f"{SN_ARCHIVE}/pairs.csv",
+        decisions=f"{SN_ARCHIVE}/decisions.csv",
+        yield_summary=f"{SN_ARCHIVE}/yield.csv",
+        catalog=SN_CATALOG,
+        records=supernova_pair_files("difference.json"),
+        candidates=supernova_pair_files("candidates.csv"),
+        dataset=f"{SN_TRIPLETS}/summary.json",
+        truth=(
+            [f"{SN_SYNTHETIC}/truth.csv"] if SUPERNOVA["source"] == "synthetic" else []
+        ),
+    output:
+        report=report(
+            "results/supernova/imaging_report.md",
+            caption="../report/supernova_imaging.rst",
+            category="Supernova",
+        ),
+        json="results/supernova/imaging_report.json",
+        per_pair=report(
+            "results/supernova/pairs_summary.csv",
+            caption="../report/supernova_pairs.rst",
+            category="Supernova",
+        ),
+    log:
+        f"{SN_LOGS}/summarize_imaging.log",
+    conda:
+        "../../envs/supernova.yaml"
+    params:
+        truth=lambda wildcards, input: f"--truth {input.truth}" if input.truth else "",
+        pair_dirs=lambda wildcards, input: " ".join(
+            shlex.quote(str(Path(p).parent)) for p in input.records
+        ),
+        out_dir=lambda wildcards, output: Path(output.report).parent,
+    shell:
+        "python -m astrodag supernova summarize --pairs {input.pairs} --decisions {input.decisions}"
+        " --yield-summary {input.yield_summary} --catalog {input.catalog} --pair-dirs {params.pair_dirs}"
+        " --dataset-summary {input.dataset} {params.truth} --out-dir {params.out_dir} --log {log}"
+
+
+rule supernova_imaging:
+    default_target: False
+    input:
+        rules.summarize_imaging.output,
