@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
 
 
 class AstrodagError(Exception):
@@ -28,26 +26,10 @@ class InputDataError(AstrodagError):
         super().__init__(f"{self.path}: {problem}")
 
 
-class ConfigError(AstrodagError):
-    """A configuration value is missing, of the wrong type, or out of range."""
+class ConfigError(AstrodagError, ValueError):
+    """A configuration key is unknown, or its value is missing, of the wrong type, or out of range."""
 
     def __init__(self, key: str, problem: str):
         self.key = key
         self.problem = problem
         super().__init__(f"config key '{key}': {problem}")
-
-
-def check_keys(prefix: str, mapping: Any, known: tuple[str, ...]) -> Mapping:
-    """``mapping`` (``None`` counts as empty) after checking that it is a mapping of known keys only.
-
-    A typo in a config section fails here with the full key named, e.g.
-    ``config key 'supernova.pairing.overlap_treshold': unknown key (known: ...)``.
-    """
-    if mapping is None:
-        return {}
-    if not isinstance(mapping, Mapping):
-        raise ConfigError(prefix, f"must be a mapping, got {type(mapping).__name__}")
-    for key in mapping:
-        if key not in known:
-            raise ConfigError(f"{prefix}.{key}", f"unknown key (known: {', '.join(known)})")
-    return mapping

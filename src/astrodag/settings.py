@@ -1,19 +1,22 @@
-"""Settings dataclasses validated field by field from config mappings.
+"""Settings dataclasses validated field by field from config mappings: the one mechanism of every track.
 
-Every stage of the imaging package takes its options as one mapping (a section of
-``config/config.yaml``, passed to the CLI as ``--settings JSON``). A settings class derives
-from :class:`Settings` and declares each key as a dataclass field made with :func:`setting`
-(a default and a check) or :func:`section` (a nested settings class). ``from_config`` rejects
-unknown keys and invalid values with a ``ConfigError`` that names the full key, e.g.
-``supernova.difference.align.method``, so a typo fails before any work is done.
+Every stage takes its options as one mapping (a section of ``config/config.yaml``, passed to
+the CLI as ``--settings JSON``). A settings class derives from :class:`Settings`, declares the
+dotted config key it reads as ``PREFIX`` and each key as a dataclass field made with
+:func:`setting` (a default and a check) or :func:`section` (a nested settings class).
+``from_config`` rejects unknown keys and invalid values with a ``ConfigError`` that names the
+full key, e.g. ``supernova.difference.align.method``, and for an unknown key the nearest known
+one, so a typo fails before any work is done. A track that wants other defaults for a shared
+class (the trainer's, say) derives from it and redeclares those fields.
 """
 
 from __future__ import annotations
 
 import copy
 import dataclasses
+import difflib
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, ClassVar
 
 from astrodag.errors import ConfigError
@@ -82,17 +85,47 @@ def flag(key: str, value: Any) -> bool:
     return value
 
 
-def interval(low: float | None = None, high: float | None = None) -> Check:
-    """A ``[lower, upper]`` pair of numbers with ``lower <= upper``, both within ``[low, high]``."""
-    bound = number(low, high)
+def interval(low: float | None = None, high: float | None = None, *, integer: bool = False,
+             low_open: bool = False) -> Check:
+    """A ``[lower, upper]`` pair of numbers with ``lower <= upper``, both accepted by ``number(low, high, ...)``."""
+    bound = number(low, high, integer=integer, low_open=low_open)
 
     def check(key: str, value: Any) -> tuple[float, float]:
-        if isinstance(value, (str, bytes, Mapping)) or not hasattr(value, "__len__") or len(value) != 2:
+        if not _is_list(value) or len(value) != 2:
             raise ConfigError(key, f"must be a list [lower, upper], got {value!r}")
         lower, upper = (bound(key, item) for item in value)
         if lower > upper:
             raise ConfigError(key, f"lower bound {lower} is above the upper bound {upper}")
         return lower, upper
+
+    return check
+
+
+def text(key: str, value: Any) -> str:
+    """A non-empty string."""
+    if not isinstance(value, str) or not value:
+        raise ConfigError(key, f"must be a non-empty string, got {value!r}")
+    return value
+
+
+def device_name(key: str, value: Any) -> str:
+    """A torch device name (``auto``, ``cpu``, ``cuda``, ``cuda:1``...)."""
+    if not isinstance(value, str) or not value:
+        raise ConfigError(key, f"must be a device name such as 'auto', 'cpu' or 'cuda:0', got {value!r}")
+    return value
+
+
+def _is_list(value: Any) -> bool:
+    return not isinstance(value, (str, bytes, Mapping)) and hasattr(value, "__len__") and hasattr(value, "__iter__")
+
+
+def sequence(item: Check, *, min_items: int = 1) -> Check:
+    """A list of at least ``min_items`` values, each accepted by ``item`` (returned as a tuple)."""
+
+    def check(key: str, value: Any) -> tuple:
+        if not _is_list(value) or len(value) < min_items:
+            raise ConfigError(key, f"must be a list of at least {min_items} item(s), got {value!r}")
+        return tuple(item(key, entry) for entry in value)
 
     return check
 
@@ -114,6 +147,13 @@ def subset(*options: str) -> Check:
     return check
 
 
+def unknown_key(name: str, known: Sequence[str]) -> str:
+    """The problem text of an unknown key: the nearest known key, when one is close, and all of them."""
+    nearest = difflib.get_close_matches(name, list(known), n=1)
+    hint = f"; did you mean '{nearest[0]}'?" if nearest else ""
+    return f"unknown key{hint} (known: {', '.join(known)})"
+
+
 def fractions(*names: str) -> Check:
     """A mapping ``{name: fraction}`` holding every one of ``names``, each >= 0, summing to 1."""
     part = number(0.0, 1.0)
@@ -121,10 +161,12 @@ def fractions(*names: str) -> Check:
     def check(key: str, value: Any) -> dict[str, float]:
         if not isinstance(value, Mapping):
             raise ConfigError(key, f"must be a mapping of {', '.join(names)}, got {value!r}")
-        unknown = [name for name in value if name not in names]
+        for name in value:
+            if name not in names:
+                raise ConfigError(f"{key}.{name}", unknown_key(name, names))
         missing = [name for name in names if name not in value]
-        if unknown or missing:
-            raise ConfigError(key, f"must hold exactly {', '.join(names)} (unknown: {unknown}, missing: {missing})")
+        if missing:
+            raise ConfigError(key, f"must hold exactly {', '.join(names)} (missing: {', '.join(missing)})")
         result = {name: part(f"{key}.{name}", value[name]) for name in names}
         if abs(sum(result.values()) - 1.0) > 1e-6:
             raise ConfigError(key, f"must sum to 1, got {sum(result.values()):.6g}")
@@ -135,9 +177,13 @@ def fractions(*names: str) -> Check:
 
 @dataclasses.dataclass(frozen=True)
 class Settings:
-    """Base of the settings classes: ``from_config`` validation and ``as_dict`` for the records."""
+    """Base of the settings classes: ``from_config`` validation and ``as_dict`` for the records.
 
-    PREFIX: ClassVar[str] = "supernova"
+    A subclass sets ``PREFIX`` to the dotted config key of its section (``"microlensing.training"``);
+    a class without one (a shared section such as the trainer's) needs the prefix passed.
+    """
+
+    PREFIX: ClassVar[str]
 
     @classmethod
     def from_config(cls, mapping: Mapping | None = None, prefix: str | None = None):
@@ -146,9 +192,14 @@ class Settings:
         Raises
         ------
         ConfigError
-            For an unknown key or an invalid value, naming the full key.
+            For an unknown key (naming it and the nearest known key) or an invalid value, naming the full key.
+        TypeError
+            When neither ``prefix`` nor the class's ``PREFIX`` says which config key this is.
         """
-        prefix = cls.PREFIX if prefix is None else prefix
+        if prefix is None:
+            prefix = getattr(cls, "PREFIX", None)
+            if prefix is None:
+                raise TypeError(f"{cls.__name__} declares no PREFIX: pass the config key as prefix=")
         if mapping is None:
             mapping = {}
         if not isinstance(mapping, Mapping):
@@ -157,7 +208,7 @@ class Settings:
         values = {}
         for name, value in mapping.items():
             if name not in fields:
-                raise ConfigError(f"{prefix}.{name}", f"unknown key (known: {', '.join(fields)})")
+                raise ConfigError(f"{prefix}.{name}", unknown_key(str(name), tuple(fields)))
             metadata = fields[name].metadata
             key = f"{prefix}.{name}"
             if "section" in metadata:

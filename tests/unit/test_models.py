@@ -6,27 +6,28 @@ import torch
 from sklearn.linear_model import LogisticRegression
 
 from astrodag.models.baseline import LogisticBaseline
-from astrodag.models.transformer import EverestTransformer, TransformerConfig
+from astrodag.errors import ConfigError
+from astrodag.models.transformer import EverestTransformer, TransformerSettings
 from astrodag.models.baseline import window_summary
 
 
 def test_transformer_returns_one_logit_per_window():
-    model = EverestTransformer(TransformerConfig(n_features=9, n_steps=10, embed_dim=16, num_heads=4,
-                                                 ff_dim=32, num_blocks=2))
+    model = EverestTransformer(TransformerSettings(embed_dim=16, num_heads=4, ff_dim=32, num_blocks=2),
+                               n_features=9, n_steps=10)
     assert model(torch.randn(7, 10, 9)).shape == (7,)
     with pytest.raises(ValueError, match=r"\(batch, 10, 9\)"):
         model(torch.randn(7, 12, 9))
 
 
 def test_transformer_published_size_builds():
-    model = EverestTransformer(TransformerConfig(n_features=9, n_steps=10))
+    model = EverestTransformer(TransformerSettings(), n_features=9, n_steps=10)
     assert len(model.encoder.layers) == 6
-    assert model.config.embed_dim == 128
+    assert model.settings.embed_dim == 128
 
 
 def test_heads_must_divide_embedding():
-    with pytest.raises(ValueError, match="divisible"):
-        TransformerConfig(n_features=9, n_steps=10, embed_dim=30, num_heads=4)
+    with pytest.raises(ConfigError, match="'flares.everest.embed_dim'.*divisible"):
+        TransformerSettings.from_config({"embed_dim": 30, "num_heads": 4}, "flares.everest")
 
 
 def test_logistic_baseline_matches_scikit_learn_and_round_trips():

@@ -3,6 +3,7 @@
 import pytest
 import torch
 
+from astrodag.errors import ConfigError
 from astrodag.models.braai import BraaiCNN, build_realbogus_model, resnet18_triplet
 
 
@@ -58,7 +59,7 @@ def test_build_by_name_and_its_errors():
     assert model.conv1.stride == (2, 2) and model.fc[1].in_features == 64
     with pytest.raises(ValueError, match="unknown real/bogus architecture 'vgg'"):
         build_realbogus_model("vgg")
-    with pytest.raises(ValueError, match="unknown option.*width for braai"):
+    with pytest.raises(ConfigError, match="'braai options.width': unknown key"):
         build_realbogus_model("braai", {"width": 8})
     with pytest.raises(ValueError, match="stem_stride"):
         build_realbogus_model("resnet18", {"stem_stride": 3})

@@ -8,7 +8,8 @@ from torch import nn
 from torch.utils.data import TensorDataset
 
 from astrodag.evaluation.metrics import binary_metrics
-from astrodag.training import BinaryFocalLoss, Trainer, TrainerConfig
+from astrodag.errors import ConfigError
+from astrodag.training import BinaryFocalLoss, Trainer, TrainerSettings
 
 
 def make_data(seed=0, n=400):
@@ -29,11 +30,11 @@ class TinyNet(nn.Module):
 
 def train(work_dir, max_epochs=4, callbacks=(), seed=3, **overrides):
     torch.manual_seed(seed)
-    options = {"max_epochs": max_epochs, "batch_size": 32, "seed": seed, "tensorboard": False,
+    options = {"max_epochs": max_epochs, "batch_size": 32, "tensorboard": False,
                "early_stopping_patience": 10, "learning_rate": 1e-2, **overrides}
-    config = TrainerConfig(**options)
-    trainer = Trainer(TinyNet(), nn.BCEWithLogitsLoss(), config, work_dir,
-                      evaluate=lambda y, p: binary_metrics(y, p), progress=False, callbacks=callbacks)
+    settings = TrainerSettings.from_config(options, "training")
+    trainer = Trainer(TinyNet(), nn.BCEWithLogitsLoss(), settings, work_dir,
+                      evaluate=lambda y, p: binary_metrics(y, p), progress=False, callbacks=callbacks, seed=seed)
     result = trainer.fit(make_data(0), make_data(1, 200))
     return trainer, result
 
@@ -96,8 +97,8 @@ def test_corrupt_last_checkpoint_starts_over(tmp_path):
 def test_early_stopping_stops_when_the_monitor_stalls(tmp_path):
     # Monitoring a constant metric never improves after epoch 1.
     torch.manual_seed(0)
-    config = TrainerConfig(max_epochs=20, batch_size=64, early_stopping_patience=2, monitor="constant",
-                           tensorboard=False)
+    config = TrainerSettings(max_epochs=20, batch_size=64, early_stopping_patience=2, monitor="constant",
+                             tensorboard=False)
     trainer = Trainer(TinyNet(), nn.BCEWithLogitsLoss(), config, tmp_path,
                       evaluate=lambda y, p: {"constant": 1.0}, progress=False)
     result = trainer.fit(make_data(0), make_data(1, 100))
@@ -105,7 +106,7 @@ def test_early_stopping_stops_when_the_monitor_stalls(tmp_path):
 
 
 def test_unknown_monitor_is_reported_by_name(tmp_path):
-    config = TrainerConfig(max_epochs=1, monitor="nonexistent", tensorboard=False)
+    config = TrainerSettings(max_epochs=1, monitor="nonexistent", tensorboard=False)
     trainer = Trainer(TinyNet(), nn.BCEWithLogitsLoss(), config, tmp_path,
                       evaluate=lambda y, p: binary_metrics(y, p), progress=False)
     with pytest.raises(KeyError, match="nonexistent"):
@@ -117,13 +118,17 @@ def test_tensorboard_events_are_written(tmp_path):
     assert list((tmp_path / "tensorboard").glob("events.out.tfevents.*"))
 
 
-def test_config_rejects_unknown_options_and_bad_values():
-    with pytest.raises(ValueError, match="learnin_rate"):
-        TrainerConfig.from_dict({"learnin_rate": 0.1})
-    with pytest.raises(ValueError):
-        TrainerConfig(max_epochs=0)
-    with pytest.raises(ValueError):
-        TrainerConfig(monitor_mode="up")
+def test_settings_reject_unknown_options_and_bad_values():
+    with pytest.raises(ConfigError, match="'training.learnin_rate': unknown key; did you mean 'learning_rate'"):
+        TrainerSettings.from_config({"learnin_rate": 0.1}, "training")
+    with pytest.raises(ConfigError, match="training.max_epochs"):
+        TrainerSettings.from_config({"max_epochs": 0}, "training")
+    with pytest.raises(ConfigError, match="training.monitor_mode"):
+        TrainerSettings.from_config({"monitor_mode": "up"}, "training")
+    with pytest.raises(ConfigError, match="training.warmup_fraction"):
+        TrainerSettings.from_config({"warmup_fraction": 1.0}, "training")
+    with pytest.raises(TypeError, match="PREFIX"):
+        TrainerSettings.from_config({})
 
 
 def test_focal_loss_reduces_to_cross_entropy_and_downweights_easy_examples():
@@ -162,8 +167,8 @@ def test_cpu_precision_sets_the_autocast_of_training_and_validation(tmp_path, mo
         seen.append(outputs.dtype)
         return nn.functional.binary_cross_entropy_with_logits(outputs.float(), targets)
 
-    config = TrainerConfig(max_epochs=4, batch_size=32, learning_rate=1e-2, tensorboard=False, device="cpu",
-                           early_stopping_patience=10, cpu_precision=cpu_precision)
+    config = TrainerSettings(max_epochs=4, batch_size=32, learning_rate=1e-2, tensorboard=False, device="cpu",
+                             early_stopping_patience=10, cpu_precision=cpu_precision)
     torch.manual_seed(3)
     trainer = Trainer(TinyNet(), loss, config, tmp_path, evaluate=lambda y, p: binary_metrics(y, p), progress=False)
     assert trainer.precision == str(expected).removeprefix("torch.")
@@ -173,5 +178,5 @@ def test_cpu_precision_sets_the_autocast_of_training_and_validation(tmp_path, mo
 
 
 def test_cpu_precision_must_be_a_known_name():
-    with pytest.raises(ValueError, match="precision must be"):
-        TrainerConfig(cpu_precision="float16")
+    with pytest.raises(ConfigError, match="training.cpu_precision"):
+        TrainerSettings.from_config({"cpu_precision": "float16"}, "training")

@@ -20,6 +20,7 @@ from astrodag import __version__
 from astrodag.errors import InputDataError
 from astrodag.evaluation.metrics import binary_metrics, measure_latency
 from astrodag.flares.dataset import label_column, load_dataset
+from astrodag.flares.settings import BaselineSettings, EverestSettings, FlareTrainerSettings
 from astrodag.flares.sharp import SHARP_KEYWORDS
 from astrodag.io import atomic_path, file_digest, write_json, write_table
 from astrodag.models.baseline import LogisticBaseline
@@ -110,8 +111,6 @@ def train_experiment(
     """
     if model_name not in MODEL_NAMES:
         raise ValueError(f"unknown model {model_name!r}; choose one of {', '.join(MODEL_NAMES)}")
-    model_options = dict(model_options or {})
-    training_options = dict(training_options or {})
     out_dir = Path(out_dir)
     target = label_column(flare_class, window_hours)
     features, index = load_dataset(features_path, index_path, mmap=True)
@@ -145,11 +144,12 @@ def train_experiment(
     }
     if model_name == "everest":
         probabilities, details = _train_transformer(
-            inputs, targets, out_dir, seed, model_options, training_options, threads, work_dir, progress,
+            inputs, targets, out_dir, seed, EverestSettings.from_config(model_options),
+            FlareTrainerSettings.from_config(training_options), threads, work_dir, progress,
             run_key=f"{target}:{sidecar['data']['index_sha256']}",
         )
     else:
-        probabilities, details = _train_baseline(inputs, targets, seed, model_options)
+        probabilities, details = _train_baseline(inputs, targets, seed, BaselineSettings.from_config(model_options))
     sidecar.update(details)
     sidecar["training_seconds"] = time.perf_counter() - started
     sidecar["validation_metrics"] = binary_metrics(targets["validation"], probabilities["validation"])
@@ -171,40 +171,38 @@ def train_experiment(
     return sidecar
 
 
-def _train_transformer(inputs, targets, out_dir, seed, model_options, training_options, threads, work_dir,
-                       progress, run_key):
+def _train_transformer(inputs, targets, out_dir, seed, settings, training, threads, work_dir, progress, run_key):
     # torch is imported here so that the baseline's jobs do not pay for it.
     import torch
     from torch.utils.data import TensorDataset
 
-    from astrodag.models.transformer import EverestTransformer, TransformerConfig
+    from astrodag.models.transformer import EverestTransformer
     from astrodag.training.losses import BinaryFocalLoss
-    from astrodag.training.trainer import Trainer, TrainerConfig
+    from astrodag.training.trainer import Trainer
 
     if threads:
         torch.set_num_threads(threads)
-    focal_gamma = model_options.pop("focal_gamma", 2.0)
-    focal_alpha = model_options.pop("focal_alpha", None)
+    focal_gamma, focal_alpha = settings.focal_gamma, settings.focal_alpha
     positives = float(targets["train"].sum())
     # Weigh the rare class up to parity, as the baseline's balanced class weights do.
     positive_weight = 1.0
-    if model_options.pop("balance_classes", True):
+    if settings.balance_classes:
         positive_weight = (len(targets["train"]) - positives) / positives
-    architecture = TransformerConfig(
-        n_features=inputs["train"].shape[-1], n_steps=inputs["train"].shape[1], **model_options
-    )
-    trainer_config = TrainerConfig.from_dict(training_options, seed=seed, threads=threads)
+    architecture = settings.architecture()
+    n_features, n_steps = inputs["train"].shape[-1], inputs["train"].shape[1]
     # Seeding happens in the Trainer, so build the model after it to get seed-determined weights.
     torch.manual_seed(seed)
-    model = EverestTransformer(architecture)
+    model = EverestTransformer(architecture, n_features=n_features, n_steps=n_steps)
     trainer = Trainer(
         model,
         BinaryFocalLoss(gamma=focal_gamma, alpha=focal_alpha, positive_weight=positive_weight),
-        trainer_config,
+        training,
         work_dir=Path(work_dir) if work_dir else out_dir / "checkpoints",
         evaluate=lambda y, p: binary_metrics(y, p),
         run_key=run_key,
         progress=progress,
+        seed=seed,
+        threads=threads,
     )
     datasets = {
         split: TensorDataset(torch.from_numpy(inputs[split]), torch.from_numpy(targets[split]))
@@ -221,10 +219,11 @@ def _train_transformer(inputs, targets, out_dir, seed, model_options, training_o
     with torch.inference_mode():
         latency = measure_latency(lambda batch: model(batch), test_tensor, batch_size=256)
     return probabilities, {
-        "architecture": {"name": "EverestTransformer", **architecture.__dict__},
+        "architecture": {"name": "EverestTransformer", "n_features": n_features, "n_steps": n_steps,
+                         **architecture.as_dict()},
         "loss": {"name": "BinaryFocalLoss", "gamma": focal_gamma, "alpha": focal_alpha,
                  "positive_weight": positive_weight},
-        "trainer": trainer_config.__dict__,
+        "trainer": trainer.record(),
         "device": str(trainer.device),
         "parameters": sum(p.numel() for p in model.parameters()),
         "best_epoch": result.best_epoch,
@@ -235,8 +234,8 @@ def _train_transformer(inputs, targets, out_dir, seed, model_options, training_o
     }
 
 
-def _train_baseline(inputs, targets, seed, model_options):
-    baseline = LogisticBaseline(seed=seed, **model_options).fit(inputs["train"], targets["train"])
+def _train_baseline(inputs, targets, seed, settings):
+    baseline = LogisticBaseline(settings.inverse_regularization, seed=seed).fit(inputs["train"], targets["train"])
     probabilities = {split: baseline.predict_proba(inputs[split]) for split in ("validation", "test")}
     latency = measure_latency(baseline.predict_proba, inputs["test"], batch_size=256)
     return probabilities, {

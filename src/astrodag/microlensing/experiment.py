@@ -10,12 +10,13 @@ by :func:`predict_split`, after training has finished.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -37,13 +38,34 @@ from astrodag.microlensing.dataset import (
     shards_digest,
 )
 from astrodag.logs import progress_enabled
-from astrodag.models.temporal_cnn import TemporalCNNConfig, TimeDistributedCNN
+from astrodag.models.temporal_cnn import TemporalCNNSettings, TimeDistributedCNN
+from astrodag.settings import choice, number, setting
 from astrodag.training.seeding import select_device
-from astrodag.training.trainer import Trainer, TrainerConfig
+from astrodag.training.trainer import Trainer, TrainerSettings
 
 logger = logging.getLogger(__name__)
 
 CHECKPOINT_FRACTIONS = tuple(round(0.1 * k, 1) for k in range(1, 11))
+N_CLASSES = 2  # PSPL, binary lens
+MODEL_PREFIX = "microlensing.model"
+
+
+@dataclasses.dataclass(frozen=True)
+class MicrolensingTrainerSettings(TrainerSettings):
+    """The shared trainer's settings with this track's defaults (config ``microlensing.training``).
+
+    Early stopping watches the per-step validation loss (or a final-step metric: ``accuracy``,
+    ``roc_auc``, ``aucpr``, ``mean_checkpoint_accuracy``); small batches keep the memory of
+    1500-step activations low.
+    """
+
+    PREFIX: ClassVar[str] = "microlensing.training"
+
+    batch_size: int = setting(64, number(1, integer=True))
+    eval_batch_size: int = setting(256, number(1, integer=True))
+    early_stopping_patience: int = setting(3, number(1, integer=True))
+    monitor: str = setting("loss", choice("loss", "accuracy", "roc_auc", "aucpr", "mean_checkpoint_accuracy"))
+    monitor_mode: str = setting("min", choice("max", "min"))
 
 
 def checkpoint_steps(n_steps: int, fractions: Sequence[float] = CHECKPOINT_FRACTIONS) -> np.ndarray:
@@ -110,22 +132,24 @@ def train_cadence_model(
     for split, dataset in datasets.items():
         if len(dataset) == 0 or len(np.unique(dataset.labels)) < 2:
             raise InputDataError(Path(shard_dirs[0]), f"the {split} split needs events of both classes")
-    architecture = TemporalCNNConfig.from_dict({"in_channels": N_CHANNELS, **(model_options or {})})
-    options = {"monitor": "loss", "monitor_mode": "min", **(training_options or {})}
-    trainer_config = TrainerConfig.from_dict(options, seed=seed, threads=threads)
+    settings = TemporalCNNSettings.from_config(model_options, MODEL_PREFIX)
+    architecture = {**settings.as_dict(), "in_channels": N_CHANNELS, "n_classes": N_CLASSES}
+    training = MicrolensingTrainerSettings.from_config(training_options)
     steps = torch.from_numpy(checkpoint_steps(n_steps))
     data_digest = shards_digest(shard_dirs, mask_paths)
     torch.manual_seed(seed)
-    model = TimeDistributedCNN(architecture)
+    model = TimeDistributedCNN(settings, N_CHANNELS, N_CLASSES)
     trainer = Trainer(
         model,
         per_step_cross_entropy,
-        trainer_config,
+        training,
         work_dir=Path(work_dir) if work_dir else out_dir / "checkpoints",
         evaluate=_checkpoint_metrics,
-        run_key=f"{cadence}:{data_digest}:{architecture.to_dict()}:{INPUT_LAYOUT}",
+        run_key=f"{cadence}:{data_digest}:{architecture}:{INPUT_LAYOUT}",
         to_probability=lambda logits: binary_probability(logits)[:, steps.to(logits.device)],
         progress=progress,
+        seed=seed,
+        threads=threads,
     )
     result = trainer.fit(datasets["train"], datasets["validation"])
     with atomic_path(out_dir / "model.pt") as tmp:
@@ -137,12 +161,12 @@ def train_cadence_model(
         "cadence": cadence,
         "seed": seed,
         "software_version": __version__,
-        "architecture": architecture.to_dict(),
+        "architecture": architecture,
         "inputs": INPUT_LAYOUT,
-        "receptive_field_epochs": architecture.receptive_field,
+        "receptive_field_epochs": settings.receptive_field,
         "time_grid": {"epochs": n_steps, "duration_days": float(duration_days)},
         "normalisation": normalisation.to_dict(),
-        "trainer": trainer_config.__dict__,
+        "trainer": trainer.record(),
         "device": str(trainer.device),
         "precision": trainer.precision,
         "parameters": sum(p.numel() for p in model.parameters()),
@@ -173,7 +197,9 @@ def load_model(model_path: str | Path, sidecar: dict[str, Any], device: torch.de
     if sidecar.get("inputs") != INPUT_LAYOUT:
         raise InputDataError(model_path, f"was trained on inputs {sidecar.get('inputs')!r}, but this version builds "
                                          f"{INPUT_LAYOUT!r}; retrain it (astrodag microlensing train)")
-    model = TimeDistributedCNN(TemporalCNNConfig.from_dict(sidecar["architecture"]))
+    architecture = dict(sidecar["architecture"])
+    shape = {key: architecture.pop(key) for key in ("in_channels", "n_classes") if key in architecture}
+    model = TimeDistributedCNN(TemporalCNNSettings.from_config(architecture, f"{model_path} architecture"), **shape)
     try:
         state = torch.load(model_path, map_location=device, weights_only=True)
         model.load_state_dict(state)

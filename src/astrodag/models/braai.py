@@ -14,17 +14,40 @@ trade accuracy for speed on a CPU.
 
 Both return logits of shape ``(n,)``; P(real) is their sigmoid. Build either by
 name with :func:`build_realbogus_model`, which is what a model's ``model.json``
-sidecar records (``architecture`` and ``options``).
+sidecar records (``architecture`` and ``options``). The architecture options of each
+are a settings class (:class:`BraaiCNNSettings`, :class:`ResNet18Settings`); the input
+shape (``in_channels``, ``size``) is given when the network is built.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import torch
 from torch import nn
 
-ARCHITECTURES = ("braai", "resnet18")
+from astrodag.settings import Settings, number, setting
+
+
+@dataclasses.dataclass(frozen=True)
+class BraaiCNNSettings(Settings):
+    """Architecture options of :class:`BraaiCNN`: dropout before the output layer."""
+
+    dropout: float = setting(0.5, number(0.0, 0.95))
+
+
+@dataclasses.dataclass(frozen=True)
+class ResNet18Settings(Settings):
+    """Architecture options of :func:`resnet18_triplet` (see there)."""
+
+    dropout: float = setting(0.0, number(0.0, 0.95))
+    stem_stride: int = setting(1, number(1, 2, integer=True))
+    width: int = setting(64, number(4, 512, integer=True))
+
+
+ARCHITECTURES: dict[str, type[Settings]] = {"braai": BraaiCNNSettings, "resnet18": ResNet18Settings}
+SHAPE_OPTIONS = {"braai": ("in_channels", "size"), "resnet18": ("in_channels",)}
 
 
 def _check_common(in_channels: int, dropout: float) -> None:
@@ -177,21 +200,19 @@ def build_realbogus_model(architecture: str, options: dict[str, Any] | None = No
     ----------
     architecture : {"braai", "resnet18"}
     options : dict, optional
-        Keyword arguments of :class:`BraaiCNN` (``in_channels``, ``size``, ``dropout``) or
-        :func:`resnet18_triplet` (``in_channels``, ``dropout``, ``stem_stride``, ``width``).
+        The input shape (``in_channels``, and ``size`` for braai) and the architecture's
+        settings (:class:`BraaiCNNSettings` or :class:`ResNet18Settings`).
 
     Raises
     ------
     ValueError
-        For an unknown architecture or option, naming the accepted ones.
+        For an unknown architecture; ``ConfigError`` (a ``ValueError``) for an unknown or invalid
+        option, naming it and the nearest accepted one.
     """
-    options = dict(options or {})
-    builders = {"braai": (BraaiCNN, ("in_channels", "size", "dropout")),
-                "resnet18": (resnet18_triplet, ("in_channels", "dropout", "stem_stride", "width"))}
-    if architecture not in builders:
+    if architecture not in ARCHITECTURES:
         raise ValueError(f"unknown real/bogus architecture {architecture!r}; choose one of {', '.join(ARCHITECTURES)}")
-    builder, accepted = builders[architecture]
-    unknown = sorted(set(options) - set(accepted))
-    if unknown:
-        raise ValueError(f"unknown option(s) {', '.join(unknown)} for {architecture}; accepted: {', '.join(accepted)}")
-    return builder(**options)
+    options = dict(options or {})
+    shape = {name: options.pop(name) for name in SHAPE_OPTIONS[architecture] if name in options}
+    settings = ARCHITECTURES[architecture].from_config(options, f"{architecture} options")
+    builder = BraaiCNN if architecture == "braai" else resnet18_triplet
+    return builder(**shape, **settings.as_dict())

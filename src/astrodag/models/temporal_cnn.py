@@ -18,12 +18,13 @@ seed exactly.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
-from typing import Any
 
 import torch
 from torch import nn
 from torch.nn import functional
+
+from astrodag.errors import ConfigError
+from astrodag.settings import Settings, choice, number, sequence, setting
 
 
 class CausalConv1d(nn.Conv1d):
@@ -38,40 +39,37 @@ class CausalConv1d(nn.Conv1d):
 
 
 @dataclasses.dataclass(frozen=True)
-class TemporalCNNConfig:
-    """Architecture of :class:`TimeDistributedCNN` (defaults are the seed's)."""
+class TemporalCNNSettings(Settings):
+    """Architecture of :class:`TimeDistributedCNN` (defaults are the seed's; config ``microlensing.model``).
 
-    in_channels: int = 4
-    channels: Sequence[int] = (128, 64, 32)
-    kernel_sizes: Sequence[int] = (5, 3, 3)
-    dropout: float = 0.3
-    dense_units: int = 64
-    n_classes: int = 2
-    memory: str = "cummax"
+    The input channels and the number of classes are given when the network is built.
 
-    def __post_init__(self) -> None:
-        if self.memory not in ("cummax", "none"):
-            raise ValueError(f"memory must be 'cummax' or 'none', got {self.memory!r}")
-        if len(self.channels) != len(self.kernel_sizes) or not self.channels:
-            raise ValueError("channels and kernel_sizes must be non-empty and of the same length")
-        if min(self.channels) < 1 or min(self.kernel_sizes) < 1 or self.in_channels < 1:
-            raise ValueError("channel counts and kernel sizes must be >= 1")
-        if not 0 <= self.dropout < 1:
-            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
-        object.__setattr__(self, "channels", tuple(int(c) for c in self.channels))
-        object.__setattr__(self, "kernel_sizes", tuple(int(k) for k in self.kernel_sizes))
+    Keys
+    ----
+    channels : list of int, default [128, 64, 32]
+        Filters of each causal convolution.
+    kernel_sizes : list of int, default [5, 3, 3]
+        Kernel of each convolution (as many as ``channels``).
+    dropout : float, default 0.3
+        Dropout after every convolution, in [0, 1).
+    dense_units : int, default 64
+        Units of the per-step dense layer.
+    memory : {"cummax", "none"}, default "cummax"
+        ``cummax``: the head also sees the running maximum of the features; ``none``: the seed.
+    """
 
-    @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> TemporalCNNConfig:
-        known = {field.name for field in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ValueError(f"unknown model option(s): {', '.join(unknown)}")
-        return cls(**values)
+    channels: tuple[int, ...] = setting((128, 64, 32), sequence(number(1, integer=True)))
+    kernel_sizes: tuple[int, ...] = setting((5, 3, 3), sequence(number(1, integer=True)))
+    dropout: float = setting(0.3, number(0.0, 1.0))
+    dense_units: int = setting(64, number(1, integer=True))
+    memory: str = setting("cummax", choice("cummax", "none"))
 
-    def to_dict(self) -> dict[str, Any]:
-        return {**dataclasses.asdict(self), "channels": list(self.channels),
-                "kernel_sizes": list(self.kernel_sizes)}
+    def validate(self, prefix: str) -> None:
+        if len(self.channels) != len(self.kernel_sizes):
+            raise ConfigError(f"{prefix}.kernel_sizes", f"must have as many entries as channels ({len(self.channels)})"
+                                                        f", got {list(self.kernel_sizes)}")
+        if self.dropout >= 1.0:
+            raise ConfigError(f"{prefix}.dropout", f"must be < 1, got {self.dropout}")
 
     @property
     def receptive_field(self) -> int:
@@ -80,27 +78,27 @@ class TemporalCNNConfig:
 
 
 class TimeDistributedCNN(nn.Module):
-    """Inputs ``(batch, channels, steps)`` -> logits ``(batch, steps, n_classes)``."""
+    """Inputs ``(batch, in_channels, steps)`` -> logits ``(batch, steps, n_classes)``."""
 
-    def __init__(self, config: TemporalCNNConfig = TemporalCNNConfig()):
+    def __init__(self, settings: TemporalCNNSettings = TemporalCNNSettings(), in_channels: int = 4, n_classes: int = 2):
         super().__init__()
-        self.config = config
+        self.settings = settings
         layers: list[nn.Module] = []
-        width = config.in_channels
-        for out_channels, kernel_size in zip(config.channels, config.kernel_sizes):
-            layers += [CausalConv1d(width, out_channels, kernel_size), nn.ReLU(), nn.Dropout(config.dropout)]
+        width = in_channels
+        for out_channels, kernel_size in zip(settings.channels, settings.kernel_sizes):
+            layers += [CausalConv1d(width, out_channels, kernel_size), nn.ReLU(), nn.Dropout(settings.dropout)]
             width = out_channels
         self.features = nn.Sequential(*layers)
-        head_width = 2 * width if config.memory == "cummax" else width
+        head_width = 2 * width if settings.memory == "cummax" else width
         # A Dense layer applied at every step is a 1x1 convolution.
         self.head = nn.Sequential(
-            nn.Conv1d(head_width, config.dense_units, 1),
+            nn.Conv1d(head_width, settings.dense_units, 1),
             nn.ReLU(),
-            nn.Conv1d(config.dense_units, config.n_classes, 1),
+            nn.Conv1d(settings.dense_units, n_classes, 1),
         )
 
     def forward(self, inputs: torch.Tensor) -> torch.Tensor:
         features = self.features(inputs)
-        if self.config.memory == "cummax":
+        if self.settings.memory == "cummax":
             features = torch.cat([features, torch.cummax(features, dim=2).values], dim=1)
         return self.head(features).transpose(1, 2)

@@ -13,22 +13,33 @@ import dataclasses
 import torch
 from torch import nn
 
+from astrodag.errors import ConfigError
+from astrodag.settings import Settings, number, setting
+
 
 @dataclasses.dataclass(frozen=True)
-class TransformerConfig:
-    n_features: int
-    n_steps: int
-    embed_dim: int = 128
-    num_heads: int = 4
-    ff_dim: int = 256
-    num_blocks: int = 6
-    dropout: float = 0.2
+class TransformerSettings(Settings):
+    """Architecture of :class:`EverestTransformer` (defaults: the published setting).
 
-    def __post_init__(self) -> None:
+    The window's shape (steps, features) is given when the model is built. A track's config
+    section derives from this class with its ``PREFIX`` (``flares.everest``).
+    """
+
+    embed_dim: int = setting(128, number(4, integer=True))
+    num_heads: int = setting(4, number(1, integer=True))
+    ff_dim: int = setting(256, number(4, integer=True))
+    num_blocks: int = setting(6, number(1, integer=True))
+    dropout: float = setting(0.2, number(0.0, 0.9))
+
+    def validate(self, prefix: str) -> None:
         if self.embed_dim % self.num_heads:
-            raise ValueError(
-                f"embed_dim ({self.embed_dim}) must be divisible by num_heads ({self.num_heads})"
-            )
+            raise ConfigError(f"{prefix}.embed_dim",
+                              f"({self.embed_dim}) must be divisible by num_heads ({self.num_heads})")
+
+    def architecture(self) -> TransformerSettings:
+        """The architecture fields alone (a derived section may hold more, such as its loss)."""
+        return TransformerSettings(**{field.name: getattr(self, field.name)
+                                      for field in dataclasses.fields(TransformerSettings)})
 
 
 class AttentionPooling(nn.Module):
@@ -44,32 +55,42 @@ class AttentionPooling(nn.Module):
 
 
 class EverestTransformer(nn.Module):
-    """Binary classifier on (batch, steps, features) windows; returns logits of shape (batch,)."""
+    """Binary classifier on (batch, steps, features) windows; returns logits of shape (batch,).
 
-    def __init__(self, config: TransformerConfig):
+    Parameters
+    ----------
+    settings : TransformerSettings
+        The architecture.
+    n_features, n_steps : int
+        The shape of one window.
+    """
+
+    def __init__(self, settings: TransformerSettings, n_features: int, n_steps: int):
         super().__init__()
-        self.config = config
-        self.embed = nn.Linear(config.n_features, config.embed_dim)
-        self.position = nn.Parameter(torch.zeros(1, config.n_steps, config.embed_dim))
+        self.settings = settings
+        self.n_features = n_features
+        self.n_steps = n_steps
+        self.embed = nn.Linear(n_features, settings.embed_dim)
+        self.position = nn.Parameter(torch.zeros(1, n_steps, settings.embed_dim))
         nn.init.normal_(self.position, std=0.02)
         block = nn.TransformerEncoderLayer(
-            d_model=config.embed_dim,
-            nhead=config.num_heads,
-            dim_feedforward=config.ff_dim,
-            dropout=config.dropout,
+            d_model=settings.embed_dim,
+            nhead=settings.num_heads,
+            dim_feedforward=settings.ff_dim,
+            dropout=settings.dropout,
             batch_first=True,
             norm_first=True,
         )
         # The nested-tensor fast path only applies to post-norm layers; disable it to avoid a warning.
-        self.encoder = nn.TransformerEncoder(block, config.num_blocks, enable_nested_tensor=False)
-        self.norm = nn.LayerNorm(config.embed_dim)
-        self.pool = AttentionPooling(config.embed_dim)
-        self.head = nn.Sequential(nn.Dropout(config.dropout), nn.Linear(config.embed_dim, 1))
+        self.encoder = nn.TransformerEncoder(block, settings.num_blocks, enable_nested_tensor=False)
+        self.norm = nn.LayerNorm(settings.embed_dim)
+        self.pool = AttentionPooling(settings.embed_dim)
+        self.head = nn.Sequential(nn.Dropout(settings.dropout), nn.Linear(settings.embed_dim, 1))
 
     def forward(self, windows: torch.Tensor) -> torch.Tensor:
-        if windows.ndim != 3 or windows.shape[1:] != (self.config.n_steps, self.config.n_features):
+        if windows.ndim != 3 or windows.shape[1:] != (self.n_steps, self.n_features):
             raise ValueError(
-                f"expected windows of shape (batch, {self.config.n_steps}, {self.config.n_features}), "
+                f"expected windows of shape (batch, {self.n_steps}, {self.n_features}), "
                 f"got {tuple(windows.shape)}"
             )
         hidden = self.encoder(self.embed(windows) + self.position)

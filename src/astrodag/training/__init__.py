@@ -2,6 +2,6 @@
 
 from astrodag.training.losses import BinaryFocalLoss
 from astrodag.training.seeding import seed_everything, select_device
-from astrodag.training.trainer import Trainer, TrainerConfig, TrainingResult
+from astrodag.training.trainer import Trainer, TrainerSettings, TrainingResult
 
-__all__ = ["BinaryFocalLoss", "Trainer", "TrainerConfig", "TrainingResult", "seed_everything", "select_device"]
+__all__ = ["BinaryFocalLoss", "Trainer", "TrainerSettings", "TrainingResult", "seed_everything", "select_device"]

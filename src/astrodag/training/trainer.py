@@ -38,9 +38,11 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
+from astrodag.errors import ConfigError
 from astrodag.io import atomic_path, write_json, write_table
 from astrodag.logs import progress_enabled
-from astrodag.training.precision import check_precision, resolve_precision
+from astrodag.settings import Settings, choice, device_name, flag, number, optional, setting, text
+from astrodag.training.precision import PRECISIONS, resolve_precision
 from astrodag.training.seeding import seed_everything, select_device
 
 logger = logging.getLogger(__name__)
@@ -50,47 +52,60 @@ EpochCallback = Callable[[int, dict[str, float]], None]
 
 
 @dataclasses.dataclass(frozen=True)
-class TrainerConfig:
-    """Hyper-parameters of one training run (all of them enter the resume fingerprint)."""
+class TrainerSettings(Settings):
+    """Hyper-parameters of one training run (all of them enter the resume fingerprint).
 
-    max_epochs: int = 20
-    batch_size: int = 256
-    eval_batch_size: int = 1024
-    learning_rate: float = 1e-3
-    weight_decay: float = 1e-2
-    warmup_fraction: float = 0.05
-    grad_clip_norm: float | None = 1.0
-    early_stopping_patience: int = 5
-    monitor: str = "aucpr"
-    monitor_mode: str = "max"
-    seed: int = 0
-    device: str = "auto"
-    mixed_precision: bool = True
-    cpu_precision: str = "float32"
-    threads: int | None = None
-    tensorboard: bool = True
+    One section class for every track: a track whose config section wants other defaults
+    derives from it with its ``PREFIX`` and redeclares those fields (as the flare and
+    microlensing ``training`` sections do), so every option reaches every track.
 
-    def __post_init__(self) -> None:
-        if self.max_epochs < 1:
-            raise ValueError(f"max_epochs must be >= 1, got {self.max_epochs}")
-        if self.batch_size < 1 or self.eval_batch_size < 1:
-            raise ValueError("batch sizes must be >= 1")
-        if not 0 <= self.warmup_fraction < 1:
-            raise ValueError(f"warmup_fraction must be in [0, 1), got {self.warmup_fraction}")
-        if self.monitor_mode not in ("max", "min"):
-            raise ValueError(f"monitor_mode must be 'max' or 'min', got {self.monitor_mode!r}")
-        if self.early_stopping_patience < 1:
-            raise ValueError("early_stopping_patience must be >= 1")
-        check_precision(self.cpu_precision)
+    Keys
+    ----
+    max_epochs : int, default 20
+    batch_size : int, default 256
+        Training batch size.
+    eval_batch_size : int, default 1024
+        Batch size of validation and prediction passes.
+    learning_rate : float, default 0.001
+        Peak AdamW learning rate (linear warm-up, cosine decay).
+    weight_decay : float, default 0.01
+    warmup_fraction : float, default 0.05
+        Share of the training steps spent warming the learning rate up, in [0, 1).
+    grad_clip_norm : float or null, default 1.0
+        Gradient-norm clipping (null: none).
+    early_stopping_patience : int, default 5
+        Epochs without a better monitored score before training stops.
+    monitor : str, default "aucpr"
+        Validation metric of early stopping and the best checkpoint.
+    monitor_mode : {"max", "min"}, default "max"
+    device : str, default "auto"
+        ``auto`` (CUDA when present), ``cpu`` or a torch device string.
+    mixed_precision : bool, default true
+        Autocast on CUDA (bfloat16 where supported).
+    cpu_precision : {"float32", "bfloat16", "auto"}, default "float32"
+        Autocast on a CPU; ``auto``: bfloat16 where the CPU runs it natively.
+    tensorboard : bool, default true
+        Write TensorBoard events into the work directory.
+    """
 
-    @classmethod
-    def from_dict(cls, values: dict[str, Any], **overrides: Any) -> TrainerConfig:
-        """Build from a config mapping, rejecting unknown keys by name."""
-        known = {field.name for field in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ValueError(f"unknown trainer option(s): {', '.join(unknown)}")
-        return cls(**{**values, **overrides})
+    max_epochs: int = setting(20, number(1, integer=True))
+    batch_size: int = setting(256, number(1, integer=True))
+    eval_batch_size: int = setting(1024, number(1, integer=True))
+    learning_rate: float = setting(1e-3, number(0.0, low_open=True))
+    weight_decay: float = setting(1e-2, number(0.0))
+    warmup_fraction: float = setting(0.05, number(0.0, 1.0))
+    grad_clip_norm: float | None = setting(1.0, optional(number(0.0, low_open=True)))
+    early_stopping_patience: int = setting(5, number(1, integer=True))
+    monitor: str = setting("aucpr", text)
+    monitor_mode: str = setting("max", choice("max", "min"))
+    device: str = setting("auto", device_name)
+    mixed_precision: bool = setting(True, flag)
+    cpu_precision: str = setting("float32", choice(*PRECISIONS))
+    tensorboard: bool = setting(True, flag)
+
+    def validate(self, prefix: str) -> None:
+        if self.warmup_fraction >= 1.0:
+            raise ConfigError(f"{prefix}.warmup_fraction", f"must be < 1, got {self.warmup_fraction}")
 
 
 @dataclasses.dataclass
@@ -119,15 +134,19 @@ class Trainer:
         Returns logits; ``to_probability`` turns them into probabilities.
     loss_fn : callable
         ``loss_fn(outputs, targets) -> scalar tensor``.
-    config : TrainerConfig
+    settings : TrainerSettings
     work_dir : path
         Where ``best.pt``, ``last.pt``, history and TensorBoard events go.
     evaluate : callable
         ``evaluate(targets, probabilities) -> dict`` of validation metrics; it
-        must contain ``config.monitor`` (or ``"loss"`` may be monitored).
+        must contain ``settings.monitor`` (or ``"loss"`` may be monitored).
     run_key : str
         Anything else that identifies the run (data hash, architecture); a
-        ``last.pt`` written for another key or config is not resumed from.
+        ``last.pt`` written for another key or settings is not resumed from.
+    seed : int
+        Seeds Python, NumPy and torch and the shuffling generator.
+    threads : int, optional
+        CPU threads for torch.
     to_probability : callable
         Maps a batch of model outputs to probabilities.
     progress : bool or None
@@ -138,32 +157,36 @@ class Trainer:
         self,
         model: nn.Module,
         loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
-        config: TrainerConfig,
+        settings: TrainerSettings,
         work_dir: str | Path,
         evaluate: Evaluator,
         run_key: str = "",
         to_probability: Callable[[torch.Tensor], torch.Tensor] = sigmoid_probabilities,
         progress: bool | None = None,
         callbacks: Sequence[EpochCallback] = (),
+        seed: int = 0,
+        threads: int | None = None,
     ):
-        self.config = config
+        self.settings = settings
+        self.seed = seed
+        self.threads = threads
         self.work_dir = Path(work_dir)
         self.work_dir.mkdir(parents=True, exist_ok=True)
         self.evaluate = evaluate
         self.to_probability = to_probability
         self.progress = progress_enabled(progress)
         self.callbacks = list(callbacks)
-        if config.threads:
-            torch.set_num_threads(config.threads)
-        self.generator = seed_everything(config.seed)
-        self.device = select_device(config.device)
+        if threads:
+            torch.set_num_threads(threads)
+        self.generator = seed_everything(seed)
+        self.device = select_device(settings.device)
         self.model = model.to(self.device)
         self.loss_fn = loss_fn
-        self.use_amp = config.mixed_precision and self.device.type == "cuda"
+        self.use_amp = settings.mixed_precision and self.device.type == "cuda"
         self.amp_dtype = (
             torch.bfloat16 if self.use_amp and torch.cuda.is_bf16_supported() else torch.float16
         )
-        if self.device.type == "cpu" and resolve_precision(config.cpu_precision, self.device) == "bfloat16":
+        if self.device.type == "cpu" and resolve_precision(settings.cpu_precision, self.device) == "bfloat16":
             self.use_amp, self.amp_dtype = True, torch.bfloat16
         # What the forward passes run in, for the model's sidecar.
         self.precision = str(self.amp_dtype).removeprefix("torch.") if self.use_amp else "float32"
@@ -171,8 +194,12 @@ class Trainer:
             "cuda", enabled=self.use_amp and self.amp_dtype == torch.float16
         )
         self.fingerprint = hashlib.sha256(
-            json.dumps([dataclasses.asdict(config), run_key], sort_keys=True, default=str).encode()
+            json.dumps([self.record(), run_key], sort_keys=True, default=str).encode()
         ).hexdigest()
+
+    def record(self) -> dict[str, Any]:
+        """The settings, seed and threads of this run, for the model's sidecar."""
+        return {**self.settings.as_dict(), "seed": self.seed, "threads": self.threads}
 
     @property
     def best_path(self) -> Path:
@@ -184,7 +211,7 @@ class Trainer:
 
     # -- data -----------------------------------------------------------------
     def _loader(self, dataset: Dataset, shuffle: bool) -> DataLoader:
-        batch_size = self.config.batch_size if shuffle else self.config.eval_batch_size
+        batch_size = self.settings.batch_size if shuffle else self.settings.eval_batch_size
         return DataLoader(
             dataset,
             batch_size=batch_size,
@@ -225,15 +252,15 @@ class Trainer:
     # -- training ----------------------------------------------------------------
     def fit(self, train_data: Dataset, val_data: Dataset) -> TrainingResult:
         """Train until ``max_epochs`` or early stopping; leave the best weights in the model."""
-        config = self.config
+        settings = self.settings
         train_loader = self._loader(train_data, shuffle=True)
         steps_per_epoch = len(train_loader)
         if steps_per_epoch == 0:
             raise ValueError("the training set is empty")
-        total_steps = steps_per_epoch * config.max_epochs
-        warmup_steps = int(config.warmup_fraction * total_steps)
+        total_steps = steps_per_epoch * settings.max_epochs
+        warmup_steps = int(settings.warmup_fraction * total_steps)
         optimizer = torch.optim.AdamW(
-            self.model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay
+            self.model.parameters(), lr=settings.learning_rate, weight_decay=settings.weight_decay
         )
         scheduler = torch.optim.lr_scheduler.LambdaLR(
             optimizer, lambda step: _warmup_cosine(step, warmup_steps, total_steps)
@@ -256,10 +283,10 @@ class Trainer:
         writer = self._tensorboard_writer()
         epoch = start_epoch
         bar = tqdm(
-            total=config.max_epochs, initial=start_epoch, desc="epochs", disable=not self.progress, leave=False
+            total=settings.max_epochs, initial=start_epoch, desc="epochs", disable=not self.progress, leave=False
         )
         try:
-            while not completed and epoch < config.max_epochs:
+            while not completed and epoch < settings.max_epochs:
                 epoch += 1
                 started = time.perf_counter()
                 train_loss = self._train_epoch(train_loader, optimizer, scheduler)
@@ -272,18 +299,18 @@ class Trainer:
                     **{f"val_{name}": value for name, value in metrics.items()},
                 }
                 history.append(row)
-                if config.monitor not in metrics:
+                if settings.monitor not in metrics:
                     raise KeyError(
-                        f"monitored metric {config.monitor!r} is not among the validation metrics "
+                        f"monitored metric {settings.monitor!r} is not among the validation metrics "
                         f"({', '.join(sorted(metrics))})"
                     )
-                score = metrics[config.monitor]
-                if _improved(score, best_score, config.monitor_mode) or best_epoch == 0:
+                score = metrics[settings.monitor]
+                if _improved(score, best_score, settings.monitor_mode) or best_epoch == 0:
                     best_score, best_epoch, stale_epochs = score, epoch, 0
                     self._save(self.best_path, {"model": self.model.state_dict(), "epoch": epoch, "score": score})
                 else:
                     stale_epochs += 1
-                completed = stale_epochs >= config.early_stopping_patience or epoch >= config.max_epochs
+                completed = stale_epochs >= settings.early_stopping_patience or epoch >= settings.max_epochs
                 self._save(
                     self.last_path,
                     {
@@ -311,11 +338,11 @@ class Trainer:
                     writer.flush()
                 logger.info(
                     "epoch %d/%d train_loss=%.4f val_loss=%.4f val_%s=%.4f (best %.4f at epoch %d)",
-                    epoch, config.max_epochs, train_loss, metrics["loss"], config.monitor, score,
+                    epoch, settings.max_epochs, train_loss, metrics["loss"], settings.monitor, score,
                     best_score, best_epoch,
                 )
                 bar.update(1)
-                bar.set_postfix(train_loss=f"{train_loss:.4f}", **{f"val_{config.monitor}": f"{score:.4f}"})
+                bar.set_postfix(train_loss=f"{train_loss:.4f}", **{f"val_{settings.monitor}": f"{score:.4f}"})
                 for callback in self.callbacks:
                     callback(epoch, row)
         finally:
@@ -331,7 +358,7 @@ class Trainer:
             best_score=float(best_score),
             epochs_run=len(history),
             resumed_from_epoch=start_epoch,
-            stopped_early=len(history) < config.max_epochs,
+            stopped_early=len(history) < settings.max_epochs,
             history=pd.DataFrame(history),
         )
 
@@ -344,9 +371,9 @@ class Trainer:
             with self._autocast():
                 loss = self.loss_fn(self.model(inputs), targets)
             self.scaler.scale(loss).backward()
-            if self.config.grad_clip_norm:
+            if self.settings.grad_clip_norm:
                 self.scaler.unscale_(optimizer)
-                nn.utils.clip_grad_norm_(self.model.parameters(), self.config.grad_clip_norm)
+                nn.utils.clip_grad_norm_(self.model.parameters(), self.settings.grad_clip_norm)
             self.scaler.step(optimizer)
             self.scaler.update()
             scheduler.step()
@@ -384,7 +411,7 @@ class Trainer:
         write_json(self.work_dir / "history.json", history)
 
     def _tensorboard_writer(self):
-        if not self.config.tensorboard:
+        if not self.settings.tensorboard:
             return None
         from torch.utils.tensorboard import SummaryWriter  # imported late: it is slow to import
 

@@ -45,7 +45,7 @@ import torch
 from torch import nn
 
 from astrodag.errors import ConfigError, InputDataError
-from astrodag.settings import Settings, choice, flag, number, optional, setting
+from astrodag.settings import Settings, choice, device_name, flag, number, optional, setting
 from astrodag.io import atomic_path, write_json, write_table
 from astrodag.logs import progress_enabled
 from astrodag.training.precision import PRECISIONS, check_precision, resolve_precision
@@ -60,13 +60,6 @@ REQUIRED_SIDECAR_KEYS = ("architecture", "options", "input_shape", "normalisatio
 CUTOUT_BATCH = 1024
 SCORED_COLUMNS = ("candidate_id", "pair_id", "x", "y", "ra", "dec", "significance", "score", "is_real", "kept",
                   "masked_fraction")
-
-
-def device_name(key: str, value: Any) -> str:
-    """Settings check of a torch device name (``auto``, ``cpu``, ``cuda``, ``cuda:1``...)."""
-    if not isinstance(value, str) or not value:
-        raise ConfigError(key, f"must be a device name such as 'auto', 'cpu' or 'cuda:0', got {value!r}")
-    return value
 
 
 @dataclass(frozen=True)

@@ -28,7 +28,7 @@ import logging
 import math
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -39,8 +39,11 @@ from torch.utils.data import Dataset
 
 from astrodag import __version__
 from astrodag.errors import ConfigError, InputDataError
-from astrodag.supernova.realbogus.scoring import CHANNELS, RealBogusScorer, device_name, save_realbogus_model
-from astrodag.settings import Settings, choice, flag, number, optional, section, setting, subset
+from astrodag.models.braai import BraaiCNNSettings, ResNet18Settings
+from astrodag.settings import Settings, choice, device_name, flag, number, optional, section, setting, subset
+from astrodag.supernova.realbogus.scoring import CHANNELS, RealBogusScorer, save_realbogus_model
+from astrodag.training.precision import PRECISIONS
+from astrodag.training.trainer import TrainerSettings
 from astrodag.io import save_figure, write_json, write_table
 
 log = logging.getLogger(__name__)
@@ -68,7 +71,7 @@ def _fraction_list(key: str, value: Any) -> tuple[float, ...]:
 
 
 @dataclass(frozen=True)
-class BraaiSettings(Settings):
+class BraaiSettings(BraaiCNNSettings):
     """The braai CNN and its training length (config ``supernova.realbogus.braai``).
 
     Keys
@@ -86,17 +89,17 @@ class BraaiSettings(Settings):
 
     PREFIX: ClassVar[str] = "supernova.realbogus.braai"
 
-    dropout: float = setting(0.5, number(0.0, 0.95))
     max_epochs: int = setting(6, number(1, integer=True))
     batch_size: int = setting(64, number(1, integer=True))
     learning_rate: float = setting(1e-3, number(0.0, low_open=True))
 
     def model_options(self) -> dict[str, Any]:
-        return {"dropout": self.dropout}
+        """The architecture fields (:class:`~astrodag.models.braai.BraaiCNNSettings`)."""
+        return {field.name: getattr(self, field.name) for field in fields(BraaiCNNSettings)}
 
 
 @dataclass(frozen=True)
-class ResNetSettings(Settings):
+class ResNetSettings(ResNet18Settings):
     """The ResNet-18 variant and its training length (config ``supernova.realbogus.resnet18``).
 
     Keys
@@ -118,7 +121,6 @@ class ResNetSettings(Settings):
 
     PREFIX: ClassVar[str] = "supernova.realbogus.resnet18"
 
-    dropout: float = setting(0.0, number(0.0, 0.95))
     stem_stride: int = setting(2, number(1, 2, integer=True))
     width: int = setting(32, number(4, 512, integer=True))
     max_epochs: int = setting(3, number(1, integer=True))
@@ -126,7 +128,8 @@ class ResNetSettings(Settings):
     learning_rate: float = setting(1e-3, number(0.0, low_open=True))
 
     def model_options(self) -> dict[str, Any]:
-        return {"dropout": self.dropout, "stem_stride": self.stem_stride, "width": self.width}
+        """The architecture fields (:class:`~astrodag.models.braai.ResNet18Settings`)."""
+        return {field.name: getattr(self, field.name) for field in fields(ResNet18Settings)}
 
 
 @dataclass(frozen=True)
@@ -168,6 +171,9 @@ class RealBogusSettings(Settings):
         ``auto`` (CUDA when present), ``cpu`` or a torch device string.
     mixed_precision : bool, default true
         bfloat16/float16 autocast on CUDA (ignored on CPU).
+    cpu_precision : {"float32", "bfloat16", "auto"}, default "float32"
+        Training autocast on a CPU (the shared trainer's option; ``auto``: bfloat16 where the
+        CPU runs it natively).
     channels_last : bool, default true
         Train in the channels-last memory format (about 1.35 times faster for braai on CPU;
         the saved weights are in the default format either way).
@@ -205,6 +211,7 @@ class RealBogusSettings(Settings):
     eval_batch_size: int = setting(256, number(1, integer=True))
     device: str = setting("auto", device_name)
     mixed_precision: bool = setting(True, flag)
+    cpu_precision: str = setting("float32", choice(*PRECISIONS))
     channels_last: bool = setting(True, flag)
     tensorboard: bool = setting(False, flag)
     threshold_rule: str = setting("fnr", choice(*THRESHOLD_RULES))
@@ -218,6 +225,20 @@ class RealBogusSettings(Settings):
         if name not in ("braai", "resnet18"):
             raise ConfigError(f"{self.PREFIX}.architecture", f"must be 'braai' or 'resnet18', got {name!r}")
         return getattr(self, name)
+
+    def trainer(self, architecture: str) -> TrainerSettings:
+        """The shared trainer's settings of ``architecture``: its training length, the rest from here.
+
+        The config keeps its flat keys (``supernova.realbogus.weight_decay``, ``braai.max_epochs``...);
+        early stopping always watches the validation AUCPR.
+        """
+        model = self.architecture(architecture)
+        return TrainerSettings(
+            max_epochs=model.max_epochs, batch_size=model.batch_size, eval_batch_size=self.eval_batch_size,
+            learning_rate=model.learning_rate, weight_decay=self.weight_decay, warmup_fraction=self.warmup_fraction,
+            grad_clip_norm=self.grad_clip_norm, early_stopping_patience=self.early_stopping_patience,
+            monitor="aucpr", monitor_mode="max", device=self.device, mixed_precision=self.mixed_precision,
+            cpu_precision=self.cpu_precision, tensorboard=self.tensorboard)
 
 
 # --------------------------------------------------------------------------------------------
@@ -550,7 +571,7 @@ def train_realbogus(triplets_dir: str | Path, out_dir: str | Path, architecture:
     from astrodag.evaluation.metrics import binary_metrics
     from astrodag.models.braai import build_realbogus_model
     from astrodag.training.losses import BinaryFocalLoss
-    from astrodag.training.trainer import Trainer, TrainerConfig
+    from astrodag.training.trainer import Trainer
 
     settings = settings or RealBogusSettings()
     model_settings = settings.architecture(architecture)
@@ -575,13 +596,6 @@ def train_realbogus(triplets_dir: str | Path, out_dir: str | Path, architecture:
     channels, size, _ = splits.input_shape
     options = {"in_channels": channels, **({"size": size} if architecture == "braai" else {}),
                **model_settings.model_options()}
-    trainer_config = TrainerConfig(
-        max_epochs=model_settings.max_epochs, batch_size=model_settings.batch_size,
-        eval_batch_size=settings.eval_batch_size, learning_rate=model_settings.learning_rate,
-        weight_decay=settings.weight_decay, warmup_fraction=settings.warmup_fraction,
-        grad_clip_norm=settings.grad_clip_norm, early_stopping_patience=settings.early_stopping_patience,
-        monitor="aucpr", monitor_mode="max", seed=seed, device=settings.device,
-        mixed_precision=settings.mixed_precision, threads=threads, tensorboard=settings.tensorboard)
     digest = triplets_digest(splits)
     # What else decides the weights (the Trainer adds its own config): a checkpoint of another run is not resumed.
     run_key = repr((architecture, options, digest, settings.class_balance, settings.focal_gamma, settings.augment,
@@ -593,8 +607,8 @@ def train_realbogus(triplets_dir: str | Path, out_dir: str | Path, architecture:
         # Convolutions then produce channels-last activations from ordinary inputs.
         model = model.to(memory_format=torch.channels_last)
     trainer = Trainer(model, BinaryFocalLoss(gamma=settings.focal_gamma, positive_weight=positive_weight),
-                      trainer_config, work_dir=out_dir / "checkpoints", evaluate=binary_metrics, run_key=run_key,
-                      progress=progress)
+                      settings.trainer(architecture), work_dir=out_dir / "checkpoints", evaluate=binary_metrics,
+                      run_key=run_key, progress=progress, seed=seed, threads=threads)
     fit_started = time.perf_counter()
     result = trainer.fit(datasets["train"], datasets["validation"])
     fit_seconds = time.perf_counter() - fit_started
@@ -619,7 +633,7 @@ def train_realbogus(triplets_dir: str | Path, out_dir: str | Path, architecture:
         "loss": {"name": "BinaryFocalLoss", "gamma": settings.focal_gamma, "positive_weight": positive_weight,
                  "class_balance": settings.class_balance},
         "augment": list(settings.augment),
-        "trainer": trainer_config.__dict__,
+        "trainer": trainer.record(),
         "device": str(trainer.device),
         "parameters": int(sum(p.numel() for p in model.parameters())),
         "best_epoch": result.best_epoch,

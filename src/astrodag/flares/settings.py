@@ -1,0 +1,140 @@
+"""Settings of the flare study's config sections (``flares.dataset``, ``everest``, ``training``, ...).
+
+Each class is one section of ``config/config.yaml``, checked by :func:`astrodag.config.validate_config`
+when the workflow starts; the defaults are those a section gets when it omits a key.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, ClassVar
+
+from astrodag.errors import ConfigError
+from astrodag.evaluation.thresholds import EVEREST_WEIGHTS, validate_weights
+from astrodag.models.transformer import TransformerSettings
+from astrodag.settings import Settings, choice, flag, fractions, number, optional, setting
+from astrodag.training.trainer import TrainerSettings
+
+
+def _open_fraction(key: str, value: Any) -> float:
+    """A number strictly between 0 and 1."""
+    value = number(0.0, 1.0, low_open=True)(key, value)
+    if value >= 1.0:
+        raise ConfigError(key, f"must be < 1, got {value}")
+    return value
+
+
+@dataclasses.dataclass(frozen=True)
+class FlareDatasetSettings(Settings):
+    """Windows of SHARP keywords and their split (config ``flares.dataset``).
+
+    Keys
+    ----
+    window_steps : int, default 10
+        Samples per input window.
+    cadence_minutes : int, default 60
+        SHARP samples are resampled to this cadence.
+    stride : int, default 1
+        Steps between consecutive window ends (1: every window).
+    split_fractions : mapping, default {train: 0.6, validation: 0.2, test: 0.2}
+        Shares of the active regions in each split.
+    split_seed : int, default 7
+    """
+
+    PREFIX: ClassVar[str] = "flares.dataset"
+
+    window_steps: int = setting(10, number(2, integer=True))
+    cadence_minutes: int = setting(60, number(1, integer=True))
+    stride: int = setting(1, number(1, integer=True))
+    split_fractions: dict[str, float] = setting({"train": 0.6, "validation": 0.2, "test": 0.2},
+                                                fractions("train", "validation", "test"))
+    split_seed: int = setting(7, number(0, integer=True))
+
+
+@dataclasses.dataclass(frozen=True)
+class EverestSettings(TransformerSettings):
+    """The EVEREST transformer and its loss (config ``flares.everest``; published: 128, 4, 256, 6, 0.2).
+
+    Keys
+    ----
+    embed_dim, num_heads, ff_dim, num_blocks, dropout
+        The architecture (:class:`~astrodag.models.transformer.TransformerSettings`).
+    focal_gamma : float, default 2.0
+        Focusing parameter of the focal loss.
+    focal_alpha : float or null, default null
+        Weight of the positive class in the focal loss, in (0, 1); null weighs both classes equally.
+    balance_classes : bool, default true
+        Weigh positives by n_negative / n_positive of the training split in the loss.
+    """
+
+    PREFIX: ClassVar[str] = "flares.everest"
+
+    focal_gamma: float = setting(2.0, number(0.0))
+    focal_alpha: float | None = setting(None, optional(_open_fraction))
+    balance_classes: bool = setting(True, flag)
+
+
+@dataclasses.dataclass(frozen=True)
+class FlareTrainerSettings(TrainerSettings):
+    """The shared trainer's settings with this track's defaults (config ``flares.training``)."""
+
+    PREFIX: ClassVar[str] = "flares.training"
+
+    eval_batch_size: int = setting(2048, number(1, integer=True))
+    monitor: str = setting("aucpr", choice("aucpr", "roc_auc", "tss", "f1", "loss", "brier"))
+
+
+@dataclasses.dataclass(frozen=True)
+class BaselineSettings(Settings):
+    """The logistic-regression baseline (config ``flares.baseline``).
+
+    Keys
+    ----
+    inverse_regularization : float, default 1.0
+        scikit-learn's ``C`` of the L2-regularised fit.
+    """
+
+    PREFIX: ClassVar[str] = "flares.baseline"
+
+    inverse_regularization: float = setting(1.0, number(0.0, low_open=True))
+
+
+@dataclasses.dataclass(frozen=True)
+class SweepSettings(Settings):
+    """The decision-threshold sweep on the validation split (config ``flares.sweep``).
+
+    Keys
+    ----
+    start, stop : float, default 0.1, 0.9
+        Range of the thresholds tried, in [0, 1].
+    num : int, default 81
+        Thresholds tried (evenly spaced).
+    weights : mapping, default {tss: 0.4, f1: 0.2, precision: 0.15, recall: 0.15, specificity: 0.1}
+        Weights of the threshold score (EVEREST's), keyed by metric name.
+    """
+
+    PREFIX: ClassVar[str] = "flares.sweep"
+
+    start: float = setting(0.1, number(0.0, 1.0))
+    stop: float = setting(0.9, number(0.0, 1.0))
+    num: int = setting(81, number(2, integer=True))
+    weights: dict[str, float] = setting(EVEREST_WEIGHTS, lambda key, value: validate_weights(value, key))
+
+
+@dataclasses.dataclass(frozen=True)
+class FlareAnalysisSettings(Settings):
+    """Bootstrap intervals of the study's analysis (config ``flares.analysis``).
+
+    Keys
+    ----
+    confidence : float, default 0.95
+        Level of the intervals, in (0, 1).
+    bootstrap_resamples : int, default 9999
+    seed : int, default 0
+    """
+
+    PREFIX: ClassVar[str] = "flares.analysis"
+
+    confidence: float = setting(0.95, _open_fraction)
+    bootstrap_resamples: int = setting(9999, number(100, integer=True))
+    seed: int = setting(0, number(0, integer=True))
