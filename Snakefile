@@ -3,6 +3,7 @@
 
 import os
 import re
+import sys
 
 from snakemake.utils import min_version, validate
 
@@ -14,6 +15,10 @@ configfile: os.path.join(workflow.basedir, "config", "config.yaml")
 
 
 validate(config, "workflow/schemas/config.schema.yaml")
+sys.path.insert(0, os.path.join(workflow.basedir, "src"))
+from astrodag.config import validate_config  # noqa: E402  (the package is found on the path above)
+
+validate_config(config)
 
 
 include: "workflow/rules/common.smk"

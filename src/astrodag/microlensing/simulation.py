@@ -38,26 +38,25 @@ import contextlib
 import logging
 import math
 import time
-from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
-from astrodag.errors import ConfigError, check_keys
+from astrodag.errors import ConfigError
 from astrodag.io import atomic_path, write_table
 from astrodag.microlensing.magnification import binary_magnification, pspl_magnification
 from astrodag.logs import progress_enabled
+from astrodag.settings import Settings, fractions, interval, number, section, setting
 
 log = logging.getLogger(__name__)
 
 SPLITS = ("train", "validation", "test")
 EVENT_COLUMNS = ("event_id", "label", "split", "t0", "u0", "tE", "baseline_mag", "source_fraction",
                  "s", "q", "alpha", "rho", "max_deviation_sigma", "evidence_time", "pspl_like")
-CONFIG_PREFIX = "microlensing.simulation"
 
 _MAG = 2.5 / math.log(10.0)  # dm = -_MAG df / f
 _FIT_BATCH = 128  # curves per PSPL-fit batch: about 200 bytes per epoch each (40 MB at 1500 epochs)
@@ -79,61 +78,30 @@ def time_grid(epochs: int, duration_days: float) -> np.ndarray:
     return np.linspace(0.0, float(duration_days), int(epochs), endpoint=False)
 
 
-def _number(key: str, value: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float, np.number)) or not math.isfinite(value):
-        raise ConfigError(key, f"must be a finite number, got {value!r}")
-    return float(value)
-
-
-def _range(key: str, value: Any, *, low: float | None = None, high: float | None = None,
-           positive: bool = False) -> tuple[float, float]:
-    if isinstance(value, (str, bytes, Mapping)) or not hasattr(value, "__len__") or len(value) != 2:
-        raise ConfigError(key, f"must be a list [low, high], got {value!r}")
-    a, b = (_number(key, v) for v in value)
-    if a > b:
-        raise ConfigError(key, f"low {a} is above high {b}")
-    if positive and a <= 0:
-        raise ConfigError(key, f"is drawn log-uniformly, so both bounds must be > 0, got {[a, b]}")
-    if low is not None and a < low:
-        raise ConfigError(key, f"low {a} is below the allowed minimum {low}")
-    if high is not None and b > high:
-        raise ConfigError(key, f"high {b} is above the allowed maximum {high}")
-    return a, b
+_log_uniform = interval(0.0, low_open=True)  # both bounds > 0: drawn log-uniformly
 
 
 @dataclass(frozen=True)
-class Priors:
+class Priors(Settings):
     """``[low, high]`` of each event parameter; ``tE_days``, ``s``, ``q`` and ``rho`` are log-uniform."""
 
-    t0_fraction: tuple[float, float] = (0.2, 0.8)  # t0 = times[0] + fraction * (times[-1] - times[0])
-    u0: tuple[float, float] = (0.0, 0.5)
-    tE_days: tuple[float, float] = (10.0, 100.0)
-    baseline_mag: tuple[float, float] = (16.0, 21.0)
-    source_fraction: tuple[float, float] = (0.1, 1.0)
-    s: tuple[float, float] = (0.3, 3.0)
-    q: tuple[float, float] = (0.01, 1.0)
-    rho: tuple[float, float] = (0.0003, 0.01)
-
-
-_PRIOR_LIMITS = {
-    "t0_fraction": {"low": 0.0, "high": 1.0},
-    "u0": {"low": 0.0},
-    "tE_days": {"positive": True},
-    "baseline_mag": {},
-    "source_fraction": {"low": 1e-6, "high": 1.0},
-    "s": {"positive": True},
-    "q": {"positive": True},
-    "rho": {"positive": True},
-}
+    t0_fraction: tuple[float, float] = setting((0.2, 0.8), interval(0.0, 1.0))  # t0 = times[0] + f * span
+    u0: tuple[float, float] = setting((0.0, 0.5), interval(0.0))
+    tE_days: tuple[float, float] = setting((10.0, 100.0), _log_uniform)
+    baseline_mag: tuple[float, float] = setting((16.0, 21.0), interval())
+    source_fraction: tuple[float, float] = setting((0.1, 1.0), interval(1e-6, 1.0))
+    s: tuple[float, float] = setting((0.3, 3.0), _log_uniform)
+    q: tuple[float, float] = setting((0.01, 1.0), _log_uniform)
+    rho: tuple[float, float] = setting((0.0003, 0.01), _log_uniform)
 
 
 @dataclass(frozen=True)
-class NoiseModel:
+class NoiseModel(Settings):
     """Magnitude errors: a photon-noise term that scales with flux, plus a floor in quadrature."""
 
-    reference_mag: float = 18.0
-    sigma_at_reference: float = 0.01
-    systematic_floor: float = 0.003
+    reference_mag: float = setting(18.0, number())
+    sigma_at_reference: float = setting(0.01, number(0.0, low_open=True))
+    systematic_floor: float = setting(0.003, number(0.0))
 
     def sigma(self, magnitudes: np.ndarray) -> np.ndarray:
         """1-sigma error (mag) at the given (noiseless) magnitudes."""
@@ -142,68 +110,30 @@ class NoiseModel:
 
 
 @dataclass(frozen=True)
-class SimulationSettings:
+class SimulationSettings(Settings):
     """Everything that defines the simulated events except the grid, the size and the seed.
 
-    Build it with ``SimulationSettings.from_config(mapping)`` from the config keys ``priors``,
-    ``noise``, ``split_fractions`` and ``pspl_like_max_deviation_sigma`` (all optional; the
-    defaults are those of ``config/config.yaml``).
+    Build it with ``SimulationSettings.from_config(mapping)`` from the config keys (all optional;
+    the defaults are those of ``config/config.yaml``) of ``microlensing.simulation``:
+
+    Keys
+    ----
+    priors : mapping
+        :class:`Priors`.
+    noise : mapping
+        :class:`NoiseModel`.
+    split_fractions : mapping, default {train: 0.5, validation: 0.1, test: 0.4}
+        Shares of the events in each split (by event).
+    pspl_like_max_deviation_sigma : float, default 3.0
+        A binary is PSPL-like when no epoch deviates from its best PSPL by more than this many sigma.
     """
 
-    priors: Priors = field(default_factory=Priors)
-    noise: NoiseModel = field(default_factory=NoiseModel)
-    split_fractions: tuple[float, float, float] = (0.5, 0.1, 0.4)  # train, validation, test
-    pspl_like_max_deviation_sigma: float = 3.0
+    PREFIX: ClassVar[str] = "microlensing.simulation"
 
-    @classmethod
-    def from_config(cls, mapping: Mapping | None, prefix: str = CONFIG_PREFIX) -> SimulationSettings:
-        """Settings from a config mapping; unknown or invalid keys raise ``ConfigError`` naming the key."""
-        mapping = check_keys(prefix, mapping, ("priors", "noise", "split_fractions", "pspl_like_max_deviation_sigma"))
-
-        prior_keys = tuple(_PRIOR_LIMITS)
-        given = check_keys(f"{prefix}.priors", mapping.get("priors"), prior_keys)
-        priors = Priors(**{
-            key: _range(f"{prefix}.priors.{key}", value, **_PRIOR_LIMITS[key]) for key, value in given.items()
-        })
-
-        noise_keys = ("reference_mag", "sigma_at_reference", "systematic_floor")
-        given = check_keys(f"{prefix}.noise", mapping.get("noise"), noise_keys)
-        values = {key: _number(f"{prefix}.noise.{key}", value) for key, value in given.items()}
-        if values.get("sigma_at_reference", 1.0) <= 0:
-            raise ConfigError(f"{prefix}.noise.sigma_at_reference", f"must be > 0, got {values['sigma_at_reference']}")
-        if values.get("systematic_floor", 0.0) < 0:
-            raise ConfigError(f"{prefix}.noise.systematic_floor", f"must be >= 0, got {values['systematic_floor']}")
-        noise = NoiseModel(**values)
-
-        split = cls.split_fractions
-        if "split_fractions" in mapping:
-            given = check_keys(f"{prefix}.split_fractions", mapping["split_fractions"], SPLITS)
-            missing = [name for name in SPLITS if name not in given]
-            if missing:
-                raise ConfigError(f"{prefix}.split_fractions", f"missing {', '.join(missing)}")
-            split = tuple(_number(f"{prefix}.split_fractions.{name}", given[name]) for name in SPLITS)
-            for name, value in zip(SPLITS, split):
-                if value < 0:
-                    raise ConfigError(f"{prefix}.split_fractions.{name}", f"must be >= 0, got {value}")
-            if abs(sum(split) - 1.0) > 1e-6:
-                raise ConfigError(f"{prefix}.split_fractions", f"must sum to 1, got {sum(split):.6g}")
-
-        threshold = cls.pspl_like_max_deviation_sigma
-        if "pspl_like_max_deviation_sigma" in mapping:
-            key = f"{prefix}.pspl_like_max_deviation_sigma"
-            threshold = _number(key, mapping["pspl_like_max_deviation_sigma"])
-            if threshold <= 0:
-                raise ConfigError(key, f"must be > 0, got {threshold}")
-        return cls(priors=priors, noise=noise, split_fractions=split, pspl_like_max_deviation_sigma=threshold)
-
-    def to_dict(self) -> dict[str, Any]:
-        """The settings as plain config values (``from_config(to_dict())`` gives them back)."""
-        return {
-            "priors": {key: list(value) for key, value in asdict(self.priors).items()},
-            "noise": asdict(self.noise),
-            "split_fractions": dict(zip(SPLITS, self.split_fractions)),
-            "pspl_like_max_deviation_sigma": self.pspl_like_max_deviation_sigma,
-        }
+    priors: Priors = section(Priors)
+    noise: NoiseModel = section(NoiseModel)
+    split_fractions: dict[str, float] = setting({"train": 0.5, "validation": 0.1, "test": 0.4}, fractions(*SPLITS))
+    pspl_like_max_deviation_sigma: float = setting(3.0, number(0.0, low_open=True))
 
 
 # --------------------------------------------------------------------------------------------
@@ -223,7 +153,8 @@ def draw_events(n_events: int, times: np.ndarray, settings: SimulationSettings,
     labels = np.zeros(n_events, dtype=np.int8)
     labels[n_events // 2:] = 1
     labels = rng.permutation(labels)
-    shares = np.asarray(settings.split_fractions) / sum(settings.split_fractions)  # exact sum for numpy
+    split = tuple(settings.split_fractions[name] for name in SPLITS)
+    shares = np.asarray(split) / sum(split)  # exact sum for numpy
     split_index = rng.choice(len(SPLITS), size=n_events, p=shares)
     split = np.asarray(SPLITS, dtype=object)[split_index]
 

@@ -23,23 +23,23 @@ import re
 import time
 import urllib.parse
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import pandas as pd
 from shapely.geometry import Point
 
-from astrodag.supernova.archive.catalog import catalog_entry, config_number, load_catalog
+from astrodag.supernova.archive.catalog import catalog_entry, load_catalog
 from astrodag.supernova.archive.download import DownloadError, FetchResult, TransferSettings, cache_path, fetch, with_retries
 from astrodag.supernova.archive.pairing import OBSERVATION_COLUMNS, check_observations, footprint
-from astrodag.errors import ConfigError, InputDataError, check_keys
+from astrodag.errors import ConfigError, InputDataError
+from astrodag.settings import Settings, number, section, setting
 from astrodag.io import file_digest, write_table
 
 log = logging.getLogger(__name__)
 
-CONFIG_PREFIX = "supernova.archive"
 
 QUERY_COLUMNS = OBSERVATION_COLUMNS + ("size", "checksum")
 IMAGE_EXTENSIONS = (".fits", ".fits.gz", ".fits.fz", ".fit", ".fts", ".img", ".img.gz")
@@ -334,7 +334,7 @@ def make_backend(name: str, **options: Any) -> ArchiveBackend:
 
 
 @dataclass(frozen=True)
-class BackendSettings:
+class BackendSettings(Settings):
     """Options of the archive backends (keys of ``supernova.archive``).
 
     Attributes
@@ -345,20 +345,10 @@ class BackendSettings:
         MAST only: lowest CAOM calibration level kept (0-4). Default 2.
     """
 
-    transfer: TransferSettings = field(default_factory=TransferSettings)
-    min_calib_level: int = 2
+    PREFIX: ClassVar[str] = "supernova.archive"
 
-    @classmethod
-    def from_config(cls, mapping: Mapping | None, prefix: str = CONFIG_PREFIX) -> BackendSettings:
-        """Settings from a config mapping; unknown or invalid keys raise ``ConfigError`` naming the key."""
-        mapping = check_keys(prefix, mapping, tuple(cls.__dataclass_fields__))
-        values: dict[str, Any] = {}
-        if "transfer" in mapping:
-            values["transfer"] = TransferSettings.from_config(mapping["transfer"], f"{prefix}.transfer")
-        if "min_calib_level" in mapping:
-            values["min_calib_level"] = config_number(f"{prefix}.min_calib_level", mapping["min_calib_level"],
-                                                      low=0, high=4, integer=True)
-        return cls(**values)
+    transfer: TransferSettings = section(TransferSettings)
+    min_calib_level: int = setting(2, number(0, 4, integer=True))
 
     def backend(self, name: str, archive_dir: str | Path | None = None,
                 sleep: Callable[[float], None] = time.sleep) -> ArchiveBackend:
@@ -382,7 +372,7 @@ def query_supernova(catalog_path: str | Path, sn: str, backend: ArchiveBackend, 
     """
     catalog = load_catalog(catalog_path)
     entry = catalog_entry(catalog, sn, catalog_path)
-    radius = float(config_number("supernova.archive.radius_arcmin", radius_arcmin, above=0.0, high=600.0))
+    radius = number(0.0, 600.0, low_open=True)("supernova.query.radius_arcmin", radius_arcmin)
     missions = sorted(_missions(missions)) if missions else None
     cached = None
     if cache_dir is not None:

@@ -31,19 +31,19 @@ import urllib.error
 import urllib.parse
 import urllib.request
 import warnings
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, ClassVar, TypeVar
 
 from astrodag import __version__
-from astrodag.supernova.archive.catalog import config_number, safe_name
-from astrodag.errors import InputDataError, check_keys
+from astrodag.errors import InputDataError
+from astrodag.settings import Settings, number, setting
+from astrodag.supernova.archive.catalog import safe_name
 from astrodag.io import atomic_path, file_digest, write_json
 
 log = logging.getLogger(__name__)
 
-CONFIG_PREFIX = "supernova.archive.transfer"
 _CHUNK = 1 << 20
 _RETRY_HTTP = {408, 429}
 
@@ -51,7 +51,7 @@ T = TypeVar("T")
 
 
 @dataclass(frozen=True)
-class TransferSettings:
+class TransferSettings(Settings):
     """Retries and time-outs of archive queries and downloads (keys of ``supernova.archive.transfer``).
 
     Attributes
@@ -65,29 +65,11 @@ class TransferSettings:
         (``astroquery.mast.conf.timeout``). Default 60.0.
     """
 
-    max_attempts: int = 5
-    backoff_seconds: float = 2.0
-    timeout_seconds: float = 60.0
+    PREFIX: ClassVar[str] = "supernova.archive.transfer"
 
-    @classmethod
-    def from_config(cls, mapping: Mapping | None, prefix: str = CONFIG_PREFIX) -> TransferSettings:
-        """Settings from a config mapping; unknown or invalid keys raise ``ConfigError`` naming the key."""
-        mapping = check_keys(prefix, mapping, tuple(cls.__dataclass_fields__))
-        values: dict[str, Any] = {}
-        if "max_attempts" in mapping:
-            values["max_attempts"] = config_number(f"{prefix}.max_attempts", mapping["max_attempts"], low=1,
-                                                   integer=True)
-        if "backoff_seconds" in mapping:
-            values["backoff_seconds"] = float(config_number(f"{prefix}.backoff_seconds", mapping["backoff_seconds"],
-                                                            low=0.0))
-        if "timeout_seconds" in mapping:
-            values["timeout_seconds"] = float(config_number(f"{prefix}.timeout_seconds", mapping["timeout_seconds"],
-                                                            above=0.0))
-        return cls(**values)
-
-    def to_dict(self) -> dict[str, Any]:
-        """The settings as plain config values."""
-        return asdict(self)
+    max_attempts: int = setting(5, number(1, integer=True))
+    backoff_seconds: float = setting(2.0, number(0.0))
+    timeout_seconds: float = setting(60.0, number(0.0, low_open=True))
 
     def delay(self, attempt: int) -> float:
         """Seconds to wait after failed try number ``attempt`` (1-based)."""

@@ -40,9 +40,9 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Iterable, Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import pandas as pd
@@ -50,13 +50,13 @@ import shapely
 from shapely.geometry import Point, Polygon
 from shapely.geometry.base import BaseGeometry
 
-from astrodag.supernova.archive.catalog import config_number, load_catalog, safe_name
-from astrodag.errors import InputDataError, check_keys
+from astrodag.errors import InputDataError
+from astrodag.settings import Settings, number, setting
+from astrodag.supernova.archive.catalog import load_catalog, safe_name
 from astrodag.io import write_table
 
 log = logging.getLogger(__name__)
 
-CONFIG_PREFIX = "supernova.pairing"
 
 OBSERVATION_COLUMNS = ("obsid", "obs_id", "obs_collection", "instrument_name", "filters", "target_name",
                        "dataproduct_type", "calib_level", "t_min", "t_max", "t_exptime", "s_ra", "s_dec",
@@ -179,7 +179,7 @@ def overlap_fraction(reference: BaseGeometry, science: BaseGeometry) -> float:
 
 
 @dataclass(frozen=True)
-class PairSettings:
+class PairSettings(Settings):
     """How reference/science pairs are chosen (keys of ``supernova.pairing``).
 
     Attributes
@@ -196,30 +196,12 @@ class PairSettings:
         The supernova must lie at least this far inside a footprint (>= 0). Default 0.0.
     """
 
-    overlap_threshold: float = 0.85
-    max_pairs_per_sn: int = 2
-    reference_gap_days: float = 0.0
-    edge_margin_arcsec: float = 0.0
+    PREFIX: ClassVar[str] = "supernova.pairing"
 
-    @classmethod
-    def from_config(cls, mapping: Mapping | None, prefix: str = CONFIG_PREFIX) -> PairSettings:
-        """Settings from a config mapping; unknown or invalid keys raise ``ConfigError`` naming the key."""
-        mapping = check_keys(prefix, mapping, tuple(cls.__dataclass_fields__))
-        values: dict[str, Any] = {}
-        if "overlap_threshold" in mapping:
-            values["overlap_threshold"] = float(config_number(f"{prefix}.overlap_threshold",
-                                                              mapping["overlap_threshold"], above=0.0, high=1.0))
-        if "max_pairs_per_sn" in mapping:
-            values["max_pairs_per_sn"] = config_number(f"{prefix}.max_pairs_per_sn", mapping["max_pairs_per_sn"],
-                                                       low=1, integer=True)
-        for key in ("reference_gap_days", "edge_margin_arcsec"):
-            if key in mapping:
-                values[key] = float(config_number(f"{prefix}.{key}", mapping[key], low=0.0))
-        return cls(**values)
-
-    def to_dict(self) -> dict[str, Any]:
-        """The settings as plain config values."""
-        return asdict(self)
+    overlap_threshold: float = setting(0.85, number(0.0, 1.0, low_open=True))
+    max_pairs_per_sn: int = setting(2, number(1, integer=True))
+    reference_gap_days: float = setting(0.0, number(0.0))
+    edge_margin_arcsec: float = setting(0.0, number(0.0))
 
 
 # --------------------------------------------------------------------------------------------

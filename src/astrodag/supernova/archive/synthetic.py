@@ -56,9 +56,9 @@ import logging
 import math
 import time
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import pandas as pd
@@ -66,14 +66,15 @@ from scipy.signal import fftconvolve
 from scipy.special import gamma, gammaincinv
 
 from astrodag import __version__
-from astrodag.supernova.archive.catalog import config_number, config_range, load_catalog
+from astrodag.errors import ConfigError
+import astrodag.settings as checks
+from astrodag.settings import Settings, setting, subset, unknown_key
+from astrodag.supernova.archive.catalog import load_catalog
 from astrodag.supernova.archive.pairing import tangent_plane
-from astrodag.errors import ConfigError, check_keys
 from astrodag.io import atomic_path, write_json, write_table
 
 log = logging.getLogger(__name__)
 
-CONFIG_PREFIX = "supernova.survey"
 TRUTH_COLUMNS = ("obsid", "sn_name", "mission", "filter", "mjd", "sn_ra", "sn_dec", "sn_injected", "sn_mag",
                  "sn_flux", "x", "y")
 FORMATS = ("fits", "fits.gz", "fits.fz")
@@ -156,39 +157,44 @@ _GRISM = Band("UGRISM", 0.0, 0.0, 170.0, 650.0, 0.0, 0.0, 0.0, "gu")
 # settings
 # --------------------------------------------------------------------------------------------
 
-_RANGES = {  # key: (low limit, high limit, integer)
-    "bands_per_mission": (1, 3, True),
-    "visits_before": (0, 20, True),
-    "visits_after": (0, 20, True),
-    "reference_days_before": (0.0, 20000.0, False),
-    "science_days_after": (0.0, 20000.0, False),
-    "sn_peak_mag": (5.0, 30.0, False),
-    "host_mag": (5.0, 30.0, False),
-    "host_reff_arcsec": (0.1, 600.0, False),
-    "host_sersic_n": (0.3, 8.0, False),
-    "host_offset_arcsec": (0.0, 600.0, False),
-    "stars_per_image": (0, 5000, True),
-    "cosmic_rays_per_image": (0, 5000, True),
-}
-_NUMBERS = {  # key: (low, high, integer)
-    "extra_mission_probability": (0.0, 1.0, False),
-    "reference_probability": (0.0, 1.0, False),
-    "sn_rise_days": (0.5, 100.0, False),
-    "sn_decline_mag_per_day": (0.0, 1.0, False),
-    "saturated_stars": (0, 100, True),
-    "sky_gradient": (0.0, 0.5, False),
-    "pointing_offset_fraction": (0.0, 0.2, False),
-    "rotation_jitter_deg": (0.0, 45.0, False),
-    "poor_overlap_observations": (0, 100, True),
-    "outside_footprint_observations": (0, 100, True),
-    "non_image_products": (0, 100, True),
-    "extension_fraction": (0.0, 1.0, False),
-    "field_group_arcmin": (0.0, 600.0, False),
-}
+def _missions(key: str, value: Any) -> tuple[str, ...]:
+    """A non-empty list of distinct missions."""
+    missions = subset(*MISSIONS)(key, value)
+    if not missions:
+        raise ConfigError(key, f"must be a non-empty list of {', '.join(MISSIONS)}, got {value!r}")
+    return missions
+
+
+def _image_size(key: str, value: Any) -> dict[str, int]:
+    """Pixels per side: one number for every mission, or a mapping of some missions (the others keep the default)."""
+    side = checks.number(32, 4096, integer=True)
+    if not isinstance(value, Mapping):
+        size = side(key, value)
+        return {mission: size for mission in MISSIONS}
+    for mission in value:
+        if mission not in MISSIONS:
+            raise ConfigError(f"{key}.{mission}", unknown_key(str(mission), tuple(MISSIONS)))
+    return {**_DEFAULT_IMAGE_SIZE, **{mission: side(f"{key}.{mission}", size) for mission, size in value.items()}}
+
+
+def _format_weights(key: str, value: Any) -> dict[str, float]:
+    """Relative frequency of each file format (formats left out: 0); at least one above 0."""
+    if not isinstance(value, Mapping):
+        raise ConfigError(key, f"must be a mapping of {', '.join(FORMATS)}, got {value!r}")
+    for fmt in value:
+        if fmt not in FORMATS:
+            raise ConfigError(f"{key}.{fmt}", unknown_key(str(fmt), FORMATS))
+    weights = {fmt: checks.number(0.0)(f"{key}.{fmt}", value[fmt]) if fmt in value else 0.0 for fmt in FORMATS}
+    if sum(weights.values()) <= 0:
+        raise ConfigError(key, "at least one format needs a weight > 0")
+    return weights
+
+
+_DEFAULT_IMAGE_SIZE = {"SWIFT": 256, "GALEX": 256, "PS1": 512}
 
 
 @dataclass(frozen=True)
-class SurveySettings:
+class SurveySettings(Settings):
     """What the synthetic survey holds (keys of ``supernova.survey``; defaults are the demo's).
 
     Ranges ``[low, high]`` are drawn uniformly (integers inclusive).
@@ -252,77 +258,36 @@ class SurveySettings:
         Supernovae closer than this share one simulated sky. Default 10.0.
     """
 
-    missions: tuple[str, ...] = ("SWIFT", "GALEX", "PS1")
-    image_size: dict[str, int] = field(default_factory=lambda: {"SWIFT": 256, "GALEX": 256, "PS1": 512})
-    bands_per_mission: tuple[int, int] = (1, 2)
-    visits_before: tuple[int, int] = (1, 2)
-    visits_after: tuple[int, int] = (1, 2)
-    reference_days_before: tuple[float, float] = (20.0, 2000.0)
-    science_days_after: tuple[float, float] = (2.0, 60.0)
-    extra_mission_probability: float = 0.3
-    reference_probability: float = 0.8
-    sn_peak_mag: tuple[float, float] = (14.0, 16.5)
-    sn_rise_days: float = 15.0
-    sn_decline_mag_per_day: float = 0.03
-    host_mag: tuple[float, float] = (12.5, 15.0)
-    host_reff_arcsec: tuple[float, float] = (4.0, 15.0)
-    host_sersic_n: tuple[float, float] = (0.8, 4.0)
-    host_offset_arcsec: tuple[float, float] = (3.0, 12.0)
-    stars_per_image: tuple[int, int] = (50, 90)
-    saturated_stars: int = 1
-    cosmic_rays_per_image: tuple[int, int] = (3, 12)
-    sky_gradient: float = 0.05
-    pointing_offset_fraction: float = 0.02
-    rotation_jitter_deg: float = 1.5
-    poor_overlap_observations: int = 2
-    outside_footprint_observations: int = 1
-    non_image_products: int = 1
-    format_weights: dict[str, float] = field(default_factory=lambda: {"fits": 1.0, "fits.gz": 1.0, "fits.fz": 1.0})
-    extension_fraction: float = 0.5
-    field_group_arcmin: float = 10.0
+    PREFIX: ClassVar[str] = "supernova.survey"
 
-    @classmethod
-    def from_config(cls, mapping: Mapping | None, prefix: str = CONFIG_PREFIX) -> SurveySettings:
-        """Settings from a config mapping; unknown or invalid keys raise ``ConfigError`` naming the key."""
-        mapping = check_keys(prefix, mapping, tuple(cls.__dataclass_fields__))
-        values: dict[str, Any] = {}
-        for key, value in mapping.items():
-            name = f"{prefix}.{key}"
-            if key in _RANGES:
-                low, high, integer = _RANGES[key]
-                values[key] = config_range(name, value, low=low, high=high, integer=integer)
-            elif key in _NUMBERS:
-                low, high, integer = _NUMBERS[key]
-                values[key] = config_number(name, value, low=low, high=high, integer=integer)
-            elif key == "missions":
-                if isinstance(value, str) or not isinstance(value, (list, tuple)) or not value:
-                    raise ConfigError(name, f"must be a non-empty list of {', '.join(MISSIONS)}, got {value!r}")
-                unknown = [m for m in value if m not in MISSIONS]
-                if unknown or len(set(value)) != len(value):
-                    raise ConfigError(name, f"must list distinct missions from {', '.join(MISSIONS)}, got {value!r}")
-                values[key] = tuple(value)
-            elif key == "image_size":
-                sizes = dict(cls().image_size)
-                if isinstance(value, Mapping):
-                    given = check_keys(name, value, tuple(MISSIONS))
-                    sizes.update({m: config_number(f"{name}.{m}", given[m], low=32, high=4096, integer=True)
-                                  for m in given})
-                else:
-                    size = config_number(name, value, low=32, high=4096, integer=True)
-                    sizes = {m: size for m in MISSIONS}
-                values[key] = sizes
-            elif key == "format_weights":
-                given = check_keys(name, value, FORMATS)
-                weights = {fmt: float(config_number(f"{name}.{fmt}", given[fmt], low=0.0)) for fmt in given}
-                weights = {fmt: weights.get(fmt, 0.0) for fmt in FORMATS}
-                if sum(weights.values()) <= 0:
-                    raise ConfigError(name, "at least one format needs a weight > 0")
-                values[key] = weights
-        return cls(**values)
-
-    def to_dict(self) -> dict[str, Any]:
-        """The settings as plain config values (``from_config(to_dict())`` gives them back)."""
-        return {key: list(value) if isinstance(value, tuple) else value for key, value in asdict(self).items()}
+    missions: tuple[str, ...] = setting(("SWIFT", "GALEX", "PS1"), _missions)
+    image_size: dict[str, int] = setting(_DEFAULT_IMAGE_SIZE, _image_size)
+    bands_per_mission: tuple[int, int] = setting((1, 2), checks.interval(1, 3, integer=True))
+    visits_before: tuple[int, int] = setting((1, 2), checks.interval(0, 20, integer=True))
+    visits_after: tuple[int, int] = setting((1, 2), checks.interval(0, 20, integer=True))
+    reference_days_before: tuple[float, float] = setting((20.0, 2000.0), checks.interval(0.0, 20000.0))
+    science_days_after: tuple[float, float] = setting((2.0, 60.0), checks.interval(0.0, 20000.0))
+    extra_mission_probability: float = setting(0.3, checks.number(0.0, 1.0))
+    reference_probability: float = setting(0.8, checks.number(0.0, 1.0))
+    sn_peak_mag: tuple[float, float] = setting((14.0, 16.5), checks.interval(5.0, 30.0))
+    sn_rise_days: float = setting(15.0, checks.number(0.5, 100.0))
+    sn_decline_mag_per_day: float = setting(0.03, checks.number(0.0, 1.0))
+    host_mag: tuple[float, float] = setting((12.5, 15.0), checks.interval(5.0, 30.0))
+    host_reff_arcsec: tuple[float, float] = setting((4.0, 15.0), checks.interval(0.1, 600.0))
+    host_sersic_n: tuple[float, float] = setting((0.8, 4.0), checks.interval(0.3, 8.0))
+    host_offset_arcsec: tuple[float, float] = setting((3.0, 12.0), checks.interval(0.0, 600.0))
+    stars_per_image: tuple[int, int] = setting((50, 90), checks.interval(0, 5000, integer=True))
+    saturated_stars: int = setting(1, checks.number(0, 100, integer=True))
+    cosmic_rays_per_image: tuple[int, int] = setting((3, 12), checks.interval(0, 5000, integer=True))
+    sky_gradient: float = setting(0.05, checks.number(0.0, 0.5))
+    pointing_offset_fraction: float = setting(0.02, checks.number(0.0, 0.2))
+    rotation_jitter_deg: float = setting(1.5, checks.number(0.0, 45.0))
+    poor_overlap_observations: int = setting(2, checks.number(0, 100, integer=True))
+    outside_footprint_observations: int = setting(1, checks.number(0, 100, integer=True))
+    non_image_products: int = setting(1, checks.number(0, 100, integer=True))
+    format_weights: dict[str, float] = setting({"fits": 1.0, "fits.gz": 1.0, "fits.fz": 1.0}, _format_weights)
+    extension_fraction: float = setting(0.5, checks.number(0.0, 1.0))
+    field_group_arcmin: float = setting(10.0, checks.number(0.0, 600.0))
 
     def size(self, mission: str) -> int:
         """Pixels per side of the images of ``mission``."""
@@ -915,7 +880,7 @@ def generate_survey(catalog_path: str | Path, out_dir: str | Path, settings: Sur
         "sn_injected_images": int(sum(row["sn_injected"] for row in truth)),
         "bytes": int(observations["size"].sum()),
         "elapsed_s": round(time.perf_counter() - started, 2),
-        "settings": settings.to_dict(),
+        "settings": settings.as_dict(),
         "astrodag_version": __version__,
     }
     write_json(out_dir / "summary.json", summary)

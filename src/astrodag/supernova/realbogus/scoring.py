@@ -44,7 +44,7 @@ import pandas as pd
 import torch
 from torch import nn
 
-from astrodag.errors import ConfigError, InputDataError
+from astrodag.errors import InputDataError
 from astrodag.settings import Settings, choice, device_name, flag, number, optional, setting
 from astrodag.io import atomic_path, write_json, write_table
 from astrodag.logs import progress_enabled

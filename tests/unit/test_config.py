@@ -1,0 +1,99 @@
+"""Every settings section of a workflow config is checked by its class at workflow start."""
+
+import copy
+from pathlib import Path
+
+import pytest
+import yaml
+
+from astrodag.config import sections, validate_config
+from astrodag.errors import ConfigError
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def load(name):
+    return yaml.safe_load((REPO / name).read_text())
+
+
+def merged(base, override):
+    """Snakemake's merge of a --configfile over the default config file."""
+    result = copy.deepcopy(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(result.get(key), dict):
+            result[key] = merged(result[key], value)
+        else:
+            result[key] = value
+    return result
+
+
+@pytest.mark.parametrize("name", ["config/config.yaml", "config/full.yaml", "tests/data/config_tiny.yaml"])
+def test_shipped_configs_validate_and_keep_their_values(name):
+    config = merged(load("config/config.yaml"), load(name))
+    checked = validate_config(copy.deepcopy(config))
+    assert checked["flares"]["training"]["max_epochs"] == config["flares"]["training"]["max_epochs"]
+    assert checked["microlensing"]["simulation"]["shards"] == config["microlensing"]["simulation"]["shards"]
+    # Checked and filled sections validate again to the same values.
+    assert validate_config(copy.deepcopy(checked)) == checked
+
+
+def test_omitted_sections_get_their_class_defaults():
+    checked = validate_config({"flares": {}, "microlensing": {}, "supernova": {}})
+    for dotted, cls in sections().items():
+        track, name = dotted.split(".")
+        assert checked[track][name] == cls().as_dict()
+    assert checked["flares"]["dataset"]["stride"] == 1 and checked["microlensing"]["training"]["monitor"] == "loss"
+
+
+@pytest.mark.parametrize("dotted", sorted(sections()))
+def test_every_settings_class_accepts_its_own_defaults(dotted):
+    cls = sections()[dotted]
+    assert cls.from_config({}, dotted) == cls() == cls.from_config(cls().as_dict(), dotted)
+
+
+@pytest.mark.parametrize("section, typo, nearest", [
+    ("flares.dataset", "strde", "stride"),
+    ("flares.everest", "embed_dims", "embed_dim"),
+    ("flares.training", "learnig_rate", "learning_rate"),
+    ("flares.baseline", "inverse_regularisation", "inverse_regularization"),
+    ("flares.sweep", "strat", "start"),
+    ("flares.analysis", "confidense", "confidence"),
+    ("microlensing.simulation", "split_fraction", "split_fractions"),
+    ("microlensing.model", "chanels", "channels"),
+    ("microlensing.training", "max_epoch", "max_epochs"),
+    ("supernova.survey", "mission", "missions"),
+    ("supernova.archive", "min_calib_lvl", "min_calib_level"),
+    ("supernova.pairing", "overlap_treshold", "overlap_threshold"),
+    ("supernova.difference", "injct", "inject"),
+    ("supernova.detection", "treshold", "threshold"),
+    ("supernova.triplets", "sise", "size"),
+    ("supernova.dataset", "previewz", "previews"),
+    ("supernova.realbogus", "class_balanse", "class_balance"),
+    ("supernova.scoring", "batchsize", "batch_size"),
+])
+def test_a_typo_in_any_section_names_the_dotted_key_and_the_nearest_key(section, typo, nearest):
+    track, name = section.split(".")
+    config = {track: {name: {typo: 1}}}
+    with pytest.raises(ConfigError) as error:
+        validate_config(config)
+    assert error.value.key == f"{section}.{typo}"
+    assert f"did you mean '{nearest}'?" in str(error.value)
+
+
+def test_nested_typos_and_bad_values_name_the_full_key():
+    with pytest.raises(ConfigError, match=r"'microlensing.simulation.priors.u_0': unknown key; did you mean 'u0'"):
+        validate_config({"microlensing": {"simulation": {"priors": {"u_0": [0, 1]}}}})
+    with pytest.raises(ConfigError, match=r"'supernova.difference.align.methd': unknown key; did you mean 'method'"):
+        validate_config({"supernova": {"difference": {"align": {"methd": "interp"}}}})
+    with pytest.raises(ConfigError, match=r"'supernova.realbogus.braai.max_epochs'"):
+        validate_config({"supernova": {"realbogus": {"braai": {"max_epochs": 0}}}})
+    with pytest.raises(ConfigError, match=r"'flares.training.monitor'"):
+        validate_config({"flares": {"training": {"monitor": "accuracy"}}})
+    with pytest.raises(ConfigError, match=r"'flares.dataset': must be a mapping"):
+        validate_config({"flares": {"dataset": [1, 2]}})
+
+
+def test_the_simulation_section_keeps_the_workflow_keys():
+    checked = validate_config({"microlensing": {"simulation": {"shards": 4, "seed": 9, "noise": {"reference_mag": 17}}}})
+    simulation = checked["microlensing"]["simulation"]
+    assert simulation["shards"] == 4 and simulation["seed"] == 9 and simulation["noise"]["reference_mag"] == 17.0
