@@ -55,8 +55,8 @@ def test_time_grid_is_the_designs_grid():
 def test_settings_defaults_are_the_config_values_and_round_trip():
     settings = SimulationSettings.from_config(CONFIG)
     assert settings == SimulationSettings.from_config({}) == SimulationSettings.from_config(None)
-    assert SimulationSettings.from_config(settings.to_dict()) == settings
-    assert settings.priors.tE_days == (10.0, 100.0) and settings.split_fractions == (0.5, 0.1, 0.4)
+    assert SimulationSettings.from_config(settings.as_dict()) == settings
+    assert settings.priors.tE_days == (10.0, 100.0) and settings.split_fractions == {"train": 0.5, "validation": 0.1, "test": 0.4}
     with pytest.raises(dataclasses.FrozenInstanceError):
         settings.pspl_like_max_deviation_sigma = 1.0  # frozen
     custom = SimulationSettings.from_config({"priors": {"u0": [0.1, 0.2]}, "pspl_like_max_deviation_sigma": 5})

@@ -4,9 +4,8 @@ from pathlib import Path
 
 import pytest
 
-from astrodag.supernova.archive.catalog import (CATALOG_COLUMNS, catalog_entry, config_number, config_range,
-                                      load_catalog, safe_name)
-from astrodag.errors import ConfigError, InputDataError, check_keys
+from astrodag.errors import InputDataError
+from astrodag.supernova.archive.catalog import CATALOG_COLUMNS, catalog_entry, load_catalog, safe_name
 
 CATALOG = Path(__file__).resolve().parents[2] / "resources" / "supernovae.csv"
 HEADER = ",".join(CATALOG_COLUMNS)
@@ -68,15 +67,3 @@ def test_missing_catalogue_and_unknown_supernova(tmp_path):
         load_catalog(tmp_path / "none.csv")
     with pytest.raises(InputDataError, match="'SN 2099zz' is not in the catalogue"):
         catalog_entry(load_catalog(CATALOG), "SN 2099zz", CATALOG)
-
-
-def test_config_checks_name_the_key():
-    with pytest.raises(ConfigError, match="'a.typo': unknown key"):
-        check_keys("a", {"typo": 1}, ("known",))
-    with pytest.raises(ConfigError, match="'a.n': must be an integer"):
-        config_number("a.n", 1.5, integer=True)
-    with pytest.raises(ConfigError, match="must be > 0"):
-        config_number("a.x", 0.0, above=0.0)
-    with pytest.raises(ConfigError, match="low 3 is above high 1"):
-        config_range("a.r", [3, 1])
-    assert config_range("a.r", [1, 3], integer=True) == (1, 3)

@@ -161,13 +161,14 @@ def test_settings_validation_and_round_trip():
     settings = SurveySettings.from_config({"missions": ["PS1"], "visits_after": [2, 3],
                                            "format_weights": {"fits.fz": 1}})
     assert settings.missions == ("PS1",) and settings.format_weights == {"fits": 0.0, "fits.gz": 0.0, "fits.fz": 1.0}
-    assert SurveySettings.from_config(SurveySettings().to_dict()) == SurveySettings()
+    assert SurveySettings.from_config(SurveySettings().as_dict()) == SurveySettings()
     assert SurveySettings.from_config({"image_size": {"PS1": 128}}).image_size == {"SWIFT": 256, "GALEX": 256,
                                                                                    "PS1": 128}
     assert set(SurveySettings.from_config({"image_size": 64}).image_size.values()) == {64}
     for config, message in [({"image_sise": 64}, "supernova.survey.image_sise': unknown key"),
-                            ({"missions": ["HST"]}, "must list distinct missions"),
-                            ({"visits_after": [3, 1]}, "low 3 is above high 1"),
+                            ({"missions": ["HST"]}, "'HST' is not one of"),
+                            ({"missions": []}, "non-empty list"),
+                            ({"visits_after": [3, 1]}, "lower bound 3 is above the upper bound 1"),
                             ({"image_size": 10}, "must be >= 32"),
                             ({"image_size": {"HST": 64}}, "image_size.HST': unknown key"),
                             ({"format_weights": {"fits.bz2": 1}}, "format_weights.fits.bz2': unknown key"),

@@ -3,13 +3,14 @@
 import pytest
 import torch
 
-from astrodag.models.temporal_cnn import CausalConv1d, TemporalCNNConfig, TimeDistributedCNN
+from astrodag.errors import ConfigError
+from astrodag.models.temporal_cnn import CausalConv1d, TemporalCNNSettings, TimeDistributedCNN
 
 
 @pytest.mark.parametrize("memory", ["cummax", "none"])
 def test_changing_the_future_does_not_change_past_outputs(memory):
     torch.manual_seed(0)
-    model = TimeDistributedCNN(TemporalCNNConfig(memory=memory)).eval()
+    model = TimeDistributedCNN(TemporalCNNSettings(memory=memory)).eval()
     inputs = torch.randn(3, 4, 200)
     changed = inputs.clone()
     cut = 120
@@ -30,7 +31,7 @@ def test_gradient_of_an_output_reaches_no_later_input():
     assert torch.all(gradient[step + 1:] == 0)
     assert gradient[step] > 0
     # With the running-max memory, epochs far before the receptive field still matter.
-    assert gradient[: step - TemporalCNNConfig().receptive_field].sum() > 0
+    assert gradient[: step - TemporalCNNSettings().receptive_field].sum() > 0
 
 
 def test_seed_layer_layout_and_output_shape():
@@ -42,13 +43,20 @@ def test_seed_layer_layout_and_output_shape():
     assert dropouts == [0.3, 0.3, 0.3]
     assert model.head[0].out_channels == 64 and model.head[2].out_channels == 2
     assert model(torch.zeros(2, 4, 1500)).shape == (2, 1500, 2)
-    assert TemporalCNNConfig().receptive_field == 9
+    assert TemporalCNNSettings().receptive_field == 9
 
 
-def test_config_rejects_bad_options():
-    with pytest.raises(ValueError, match="unknown model option"):
-        TemporalCNNConfig.from_dict({"chanels": [1]})
-    with pytest.raises(ValueError, match="memory"):
-        TemporalCNNConfig(memory="lstm")
-    with pytest.raises(ValueError, match="same length"):
-        TemporalCNNConfig(channels=(8, 8), kernel_sizes=(3,))
+def test_settings_reject_bad_options():
+    with pytest.raises(ConfigError, match="'microlensing.model.chanels': unknown key; did you mean 'channels'"):
+        TemporalCNNSettings.from_config({"chanels": [1]}, "microlensing.model")
+    with pytest.raises(ConfigError, match="microlensing.model.memory"):
+        TemporalCNNSettings.from_config({"memory": "lstm"}, "microlensing.model")
+    with pytest.raises(ConfigError, match="microlensing.model.kernel_sizes"):
+        TemporalCNNSettings.from_config({"channels": [8, 8], "kernel_sizes": [3]}, "microlensing.model")
+    with pytest.raises(ConfigError, match="microlensing.model.dropout"):
+        TemporalCNNSettings.from_config({"dropout": 1.0}, "microlensing.model")
+
+
+def test_input_channels_and_classes_are_given_when_the_network_is_built():
+    model = TimeDistributedCNN(TemporalCNNSettings(channels=(8,), kernel_sizes=(3,)), in_channels=2, n_classes=3)
+    assert model(torch.zeros(1, 2, 20)).shape == (1, 20, 3)

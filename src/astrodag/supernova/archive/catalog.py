@@ -8,15 +8,12 @@ the row and the problem.
 
 from __future__ import annotations
 
-import math
 import re
-from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
 
 import pandas as pd
 
-from astrodag.errors import ConfigError, InputDataError
+from astrodag.errors import InputDataError
 
 CATALOG_COLUMNS = ("sn_name", "ra", "dec", "discovery_mjd", "type", "redshift", "host")
 
@@ -108,37 +105,3 @@ def catalog_entry(catalog: pd.DataFrame, name: str, path: str | Path = "catalogu
     if match.empty:
         raise InputDataError(path, f"supernova {name!r} is not in the catalogue")
     return match.iloc[0]
-
-
-# --------------------------------------------------------------------------------------------
-# checks of config values (used by every settings dataclass of the archive package)
-# --------------------------------------------------------------------------------------------
-
-
-def config_number(key: str, value: Any, *, low: float | None = None, high: float | None = None,
-                  integer: bool = False, above: float | None = None) -> float | int:
-    """A finite number (an ``int`` if ``integer``) within ``[low, high]`` and strictly above ``above``."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise ConfigError(key, f"must be a finite number, got {value!r}")
-    if integer:
-        if float(value) != int(value):
-            raise ConfigError(key, f"must be an integer, got {value!r}")
-        value = int(value)
-    if low is not None and value < low:
-        raise ConfigError(key, f"must be >= {low}, got {value}")
-    if high is not None and value > high:
-        raise ConfigError(key, f"must be <= {high}, got {value}")
-    if above is not None and value <= above:
-        raise ConfigError(key, f"must be > {above}, got {value}")
-    return value
-
-
-def config_range(key: str, value: Any, *, low: float | None = None, high: float | None = None,
-                 integer: bool = False) -> tuple:
-    """A ``[low, high]`` pair of numbers (ints if ``integer``) with ``low <= high`` inside the limits."""
-    if isinstance(value, (str, bytes, Mapping)) or not hasattr(value, "__len__") or len(value) != 2:
-        raise ConfigError(key, f"must be a list [low, high], got {value!r}")
-    a, b = (config_number(key, v, low=low, high=high, integer=integer) for v in value)
-    if a > b:
-        raise ConfigError(key, f"low {a} is above high {b}")
-    return a, b
