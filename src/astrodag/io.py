@@ -115,9 +115,9 @@ def _kind(dtype) -> str:
     raise ValueError(f"unsupported table dtype {dtype!r} (use str, float, int or bool)")
 
 
-def _where(path: Path, position: int) -> str:
+def row_label(path: str | Path, position: int) -> str:
     """Row ``position`` (0-based, data rows) in words; CSV and TSV also give the file line (header = line 1)."""
-    if path.suffix == ".parquet":
+    if Path(path).suffix == ".parquet":
         return f"row {position + 1}"
     return f"row {position + 1} (line {position + 2})"
 
@@ -139,7 +139,7 @@ def _convert(values: pd.Series, kind: str, path: Path, column: str) -> pd.Series
         bad = ~text.isin(list(words))
         if bad.any():
             row = int(np.flatnonzero(bad.to_numpy())[0])
-            raise InputDataError(path, f"{_where(path, row)}, column {column!r}: {_shown(values.iloc[row])} is not true or "
+            raise InputDataError(path, f"{row_label(path, row)}, column {column!r}: {_shown(values.iloc[row])} is not true or "
                                        "false")
         return text.map(words).astype(bool)
     if pd.api.types.is_bool_dtype(values.dtype) or not pd.api.types.is_numeric_dtype(values.dtype):
@@ -149,7 +149,7 @@ def _convert(values: pd.Series, kind: str, path: Path, column: str) -> pd.Series
         bad = numbers.isna() & ~blank
         if bad.any():
             row = int(np.flatnonzero(bad.to_numpy())[0])
-            raise InputDataError(path, f"{_where(path, row)}, column {column!r}: {_shown(values.iloc[row])} is not a number")
+            raise InputDataError(path, f"{row_label(path, row)}, column {column!r}: {_shown(values.iloc[row])} is not a number")
         values = numbers
     if kind == "float":
         return values.astype(float)
@@ -158,12 +158,12 @@ def _convert(values: pd.Series, kind: str, path: Path, column: str) -> pd.Series
         row = int(np.flatnonzero(~whole.to_numpy())[0])
         value = values.iloc[row]
         problem = "is empty" if pd.isna(value) else f"{_shown(value)} is not an integer"
-        raise InputDataError(path, f"{_where(path, row)}, column {column!r}: {problem}")
+        raise InputDataError(path, f"{row_label(path, row)}, column {column!r}: {problem}")
     return values.astype(np.int64)
 
 
 def read_table(path: str | Path, required_columns: Sequence[str] = (), dtypes: Mapping[str, Any] | None = None, *,
-               only_required: bool = False, what: str = "table", **read_options) -> pd.DataFrame:
+               only_required: bool = False, not_found: str = "file not found", **read_options) -> pd.DataFrame:
     """Read a CSV, TSV or Parquet table (by suffix) and check its columns and values.
 
     Every failure is an ``InputDataError`` naming the file: missing or empty file, an unreadable
@@ -186,8 +186,8 @@ def read_table(path: str | Path, required_columns: Sequence[str] = (), dtypes: M
     only_required : bool
         Read only ``required_columns`` and the ``dtypes`` columns (others are never parsed, so
         they cannot fail).
-    what : str
-        What the table is, for the "file not found" message (``pairs table not found``).
+    not_found : str
+        The problem when the file does not exist (say which stage writes it, say).
     **read_options
         Passed to ``pandas.read_csv`` (``comment``, ``keep_default_na``, ...) or ``pandas.read_parquet``.
 
@@ -200,7 +200,7 @@ def read_table(path: str | Path, required_columns: Sequence[str] = (), dtypes: M
     if path.suffix not in TABLE_SEPARATORS:
         raise InputDataError(path, f"unsupported suffix {path.suffix!r} (use {', '.join(TABLE_SEPARATORS)})")
     if not path.is_file():
-        raise InputDataError(path, f"{what} not found")
+        raise InputDataError(path, not_found)
     if path.stat().st_size == 0:
         raise InputDataError(path, "file is empty (0 bytes)")
     wanted = list(dict.fromkeys([*required_columns, *dtypes])) if only_required else None

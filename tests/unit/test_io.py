@@ -78,7 +78,7 @@ def test_read_table_names_missing_columns_and_bad_values(tmp_path):
     with pytest.raises(InputDataError, match=r"t\.parquet: row 1, column 'flag': 'yes' is not true or false"):
         read_table(tmp_path / "t.parquet", ("x",), {"flag": bool})
     with pytest.raises(InputDataError, match=r"absent\.csv: pairs table not found"):
-        read_table(tmp_path / "absent.csv", what="pairs table")
+        read_table(tmp_path / "absent.csv", not_found="pairs table not found")
     with pytest.raises(InputDataError, match="unsupported suffix '.txt'"):
         read_table(tmp_path / "t.txt")
     (tmp_path / "empty.csv").write_text("")
