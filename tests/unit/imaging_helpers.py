@@ -10,7 +10,7 @@ import pytest
 from astropy.io import fits
 from astropy.wcs import WCS
 
-from astrodag.supernova.imaging.psf import gaussian_psf
+from astrodag.simulation.render import gaussian_psf
 
 RA, DEC = 150.0, 2.0
 

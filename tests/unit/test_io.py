@@ -40,3 +40,55 @@ def test_tables_and_arrays_round_trip(tmp_path):
     assert np.load(tmp_path / "x.npy", mmap_mode="r").sum() == 15
     with pytest.raises(ValueError, match="unsupported table suffix"):
         write_table(tmp_path / "t.txt", frame)
+
+
+def test_read_table_csv_tsv_and_parquet_with_dtypes(tmp_path):
+    from astrodag.io import read_table
+
+    frame = pd.DataFrame({"obsid": ["007", "010"], "mjd": [55000.5, 55001.25], "n": [3, 4], "ok": [True, False],
+                          "extra": ["a", "b"]})
+    for suffix in (".csv", ".tsv", ".parquet"):
+        path = tmp_path / f"t{suffix}"
+        if suffix == ".tsv":
+            frame.to_csv(path, sep="\t", index=False)
+        else:
+            write_table(path, frame)
+        table = read_table(path, ("obsid", "mjd"), {"obsid": str, "mjd": float, "n": "int", "ok": bool})
+        assert list(table["obsid"]) == ["007", "010"]  # text as written, leading zeros kept
+        assert table["mjd"].dtype == np.float64 and list(table["mjd"]) == [55000.5, 55001.25]
+        assert table["n"].dtype == np.int64 and table["ok"].dtype == bool and list(table["ok"]) == [True, False]
+        assert list(read_table(path, ("obsid",), only_required=True).columns) == ["obsid"]
+
+
+def test_read_table_names_missing_columns_and_bad_values(tmp_path):
+    from astrodag.errors import InputDataError
+    from astrodag.io import read_table
+
+    path = tmp_path / "runs.csv"
+    path.write_text("name,mjd,count\n" + "".join(f"r{i},{55000 + i},{i}\n" for i in range(20)).replace(
+        "55016", "abc").replace(",7\n", ",7.5\n"))
+    with pytest.raises(InputDataError, match=r"runs\.csv: missing column\(s\) ra, dec \(found: name, mjd, count\)"):
+        read_table(path, ("name", "ra", "dec"))
+    with pytest.raises(InputDataError, match=r"runs\.csv: row 17 \(line 18\), column 'mjd': 'abc' is not a number"):
+        read_table(path, ("mjd",), {"mjd": float})
+    with pytest.raises(InputDataError, match=r"row 8 \(line 9\), column 'count': 7\.5 is not an integer"):
+        read_table(path, ("count",), {"count": int})
+    frame = pd.DataFrame({"x": [1.0, 2.0], "flag": ["yes", "no"]})
+    write_table(tmp_path / "t.parquet", frame)
+    with pytest.raises(InputDataError, match=r"t\.parquet: row 1, column 'flag': 'yes' is not true or false"):
+        read_table(tmp_path / "t.parquet", ("x",), {"flag": bool})
+    with pytest.raises(InputDataError, match=r"absent\.csv: pairs table not found"):
+        read_table(tmp_path / "absent.csv", not_found="pairs table not found")
+    with pytest.raises(InputDataError, match="unsupported suffix '.txt'"):
+        read_table(tmp_path / "t.txt")
+    (tmp_path / "empty.csv").write_text("")
+    with pytest.raises(InputDataError, match=r"empty\.csv: file is empty"):
+        read_table(tmp_path / "empty.csv")
+    (tmp_path / "junk.parquet").write_text("not parquet")
+    with pytest.raises(InputDataError, match=r"junk\.parquet: cannot read as Parquet"):
+        read_table(tmp_path / "junk.parquet")
+    # Blank numbers are NaN, except in integer columns.
+    (tmp_path / "blank.csv").write_text("a,b\n1,\n2,3\n")
+    assert read_table(tmp_path / "blank.csv", dtypes={"b": float})["b"].isna().tolist() == [True, False]
+    with pytest.raises(InputDataError, match=r"row 1 \(line 2\), column 'b': is empty"):
+        read_table(tmp_path / "blank.csv", dtypes={"b": int})

@@ -171,7 +171,7 @@ def test_local_archive_errors(tmp_path):
     with pytest.raises(InputDataError, match="no observations.csv"):
         LocalBackend(tmp_path)
     (tmp_path / "observations.csv").write_text("obsid,t_min\n1,55000\n")
-    with pytest.raises(InputDataError, match="missing observation column"):
+    with pytest.raises(InputDataError, match=r"observations\.csv: missing column\(s\) obs_id, obs_collection"):
         LocalBackend(tmp_path)
 
 

@@ -47,9 +47,9 @@ def test_blank_redshift_is_allowed(tmp_path):
 
 @pytest.mark.parametrize("rows, header, message", [
     (("SN A,10,5,58000,Ia,0.01",), "sn_name,ra,dec,discovery_mjd,type,redshift", "missing column(s) host"),
-    (("SN A,400,5,58000,Ia,0.01,X",), HEADER, "row 2: ra 400.0 must be in [0, 360)"),
+    (("SN A,400,5,58000,Ia,0.01,X",), HEADER, "row 1 (line 2): ra 400.0 must be in [0, 360)"),
     (("SN A,10,-91,58000,Ia,0.01,X",), HEADER, "dec -91.0 must be in [-90, 90]"),
-    (("SN A,10,5,soon,Ia,0.01,X",), HEADER, "row 2: discovery_mjd 'soon' is not a number"),
+    (("SN A,10,5,soon,Ia,0.01,X",), HEADER, "row 1 (line 2), column 'discovery_mjd': 'soon' is not a number"),
     (("SN A,10,5,2458000,Ia,0.01,X",), HEADER, "not a plausible MJD"),
     (("SN A,10,5,58000,Ia,0.01,X", "SN_A,11,5,58000,Ia,0.01,Y"), HEADER, "safe_name is not unique"),
     (("SN A,10,5,58000,Ia,0.01,X", "SN A,11,5,58000,Ia,0.01,Y"), HEADER, "sn_name is not unique"),

@@ -210,7 +210,7 @@ def test_pair_survey_rejects_bad_inputs(tmp_path):
     catalog.write_text("sn_name,ra,dec,discovery_mjd,type,redshift,host\nSN A,10,10,58000,Ia,,X\n")
     bad = tmp_path / "bad.csv"
     pd.DataFrame([{"sn_name": "SN A", "obsid": "1"}]).to_csv(bad, index=False)
-    with pytest.raises(InputDataError, match="missing observation column"):
+    with pytest.raises(InputDataError, match=r"bad\.csv: missing column\(s\) obs_id, obs_collection"):
         pair_survey([bad], catalog, PairSettings(), tmp_path / "p.csv", tmp_path / "d.csv", tmp_path / "y.csv")
     other = tmp_path / "other.csv"
     frame = pd.DataFrame([obs(1, 55000.0)])

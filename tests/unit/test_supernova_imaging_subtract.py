@@ -11,7 +11,8 @@ from astropy.stats import SigmaClip
 from astrodag.errors import ConfigError
 from astrodag.supernova.imaging.background import BackgroundSettings, NoiseModel, estimate_background, noise_level
 from astrodag.supernova.imaging.inject import add_point_sources
-from astrodag.supernova.imaging.psf import PSFSettings, estimate_psf, gaussian_psf
+from astrodag.simulation.render import gaussian_psf
+from astrodag.supernova.imaging.psf import PSFSettings, estimate_psf
 from astrodag.supernova.imaging.subtract import SubtractSettings, flux_ratio, gaussian_difference, zogy, zogy_tiled
 
 SHAPE = (160, 160)

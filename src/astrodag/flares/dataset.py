@@ -36,7 +36,7 @@ from astrodag.flares.sharp import (
     read_flare_events,
     read_keyword_table,
 )
-from astrodag.io import atomic_path, save_npy, write_json
+from astrodag.io import atomic_path, read_table, save_npy, write_json
 
 log = logging.getLogger(__name__)
 
@@ -399,24 +399,17 @@ def load_dataset(
         index lacks a column, or N differs from the number of index rows.
     """
     features_path, index_path = Path(features_path), Path(index_path)
-    for path in (features_path, index_path):
-        if not path.is_file():
-            raise InputDataError(path, "file not found")
+    if not features_path.is_file():
+        raise InputDataError(features_path, "file not found")
     try:
         features = np.load(features_path, mmap_mode="r" if mmap else None, allow_pickle=False)
     except (OSError, ValueError) as exc:
         raise InputDataError(features_path, f"cannot read as .npy: {exc}") from exc
-    try:
-        index = pd.read_parquet(index_path)
-    except (OSError, ValueError) as exc:
-        raise InputDataError(index_path, f"cannot read as Parquet: {exc}") from exc
     if features.ndim != 3 or features.shape[2] != len(SHARP_KEYWORDS):
         raise InputDataError(
             features_path, f"features have shape {features.shape}, expected (N, T, {len(SHARP_KEYWORDS)})"
         )
-    missing = [name for name in ("row", "HARPNUM", "end_time", "split") if name not in index.columns]
-    if missing:
-        raise InputDataError(index_path, f"missing column(s) {', '.join(missing)}")
+    index = read_table(index_path, ("row", "HARPNUM", "end_time", "split"))
     if len(features) != len(index):
         raise InputDataError(
             features_path, f"{len(features)} windows but the index {index_path.name} has {len(index)} rows"

@@ -12,7 +12,7 @@ import pandas as pd
 from astrodag.errors import InputDataError
 from astrodag.evaluation.metrics import binary_metrics
 from astrodag.evaluation.thresholds import select_threshold, sweep_thresholds, threshold_grid, validate_weights
-from astrodag.io import write_json, write_table
+from astrodag.io import read_table, write_json, write_table
 
 logger = logging.getLogger(__name__)
 
@@ -22,15 +22,7 @@ PREDICTION_COLUMNS = ("split", "label", "probability")
 def read_predictions(path: str | Path) -> pd.DataFrame:
     """Read an experiment's predictions and check the columns the sweep needs."""
     path = Path(path)
-    if not path.exists():
-        raise InputDataError(path, "predictions file does not exist")
-    try:
-        frame = pd.read_parquet(path)
-    except Exception as error:
-        raise InputDataError(path, f"cannot read predictions ({error})") from error
-    missing = [column for column in PREDICTION_COLUMNS if column not in frame.columns]
-    if missing:
-        raise InputDataError(path, f"missing column(s): {', '.join(missing)}")
+    frame = read_table(path, PREDICTION_COLUMNS, not_found="predictions file does not exist")
     for split in ("validation", "test"):
         if not (frame["split"] == split).any():
             raise InputDataError(path, f"no {split} predictions")

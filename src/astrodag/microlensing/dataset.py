@@ -34,7 +34,7 @@ import torch
 from torch.utils.data import Dataset
 
 from astrodag.errors import InputDataError
-from astrodag.io import file_digest
+from astrodag.io import file_digest, read_table
 
 N_CHANNELS = 4
 # Recorded in model.json: a model is only fed inputs built the way it was trained on.
@@ -69,12 +69,7 @@ def load_shard(shard_dir: str | Path, mask_path: str | Path) -> Shard:
     """Open one shard of simulated events with its cadence mask; shapes are checked."""
     shard_dir = Path(shard_dir)
     events_path = shard_dir / "events.parquet"
-    if not events_path.exists():
-        raise InputDataError(events_path, "file does not exist")
-    events = pd.read_parquet(events_path)
-    missing = [column for column in EVENT_COLUMNS if column not in events.columns]
-    if missing:
-        raise InputDataError(events_path, f"missing column(s) {', '.join(missing)}")
+    events = read_table(events_path, EVENT_COLUMNS, not_found="file does not exist")
     magnitudes = _load_array(shard_dir / "magnitudes.npy", None)
     if magnitudes.shape[0] != len(events):
         raise InputDataError(

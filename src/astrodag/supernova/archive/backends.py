@@ -36,7 +36,7 @@ from astrodag.supernova.archive.download import DownloadError, FetchResult, Tran
 from astrodag.supernova.archive.pairing import OBSERVATION_COLUMNS, check_observations, footprint
 from astrodag.errors import ConfigError, InputDataError
 from astrodag.settings import Settings, number, section, setting
-from astrodag.io import file_digest, write_table
+from astrodag.io import file_digest, read_table, write_table
 
 log = logging.getLogger(__name__)
 
@@ -110,12 +110,9 @@ class LocalBackend(ArchiveBackend):
         super().__init__(transfer, sleep)
         self.archive_dir = Path(archive_dir)
         self.table_path = self.archive_dir / "observations.csv"
-        if not self.table_path.is_file():
-            raise InputDataError(self.table_path, "local archive has no observations.csv")
-        try:
-            table = pd.read_csv(self.table_path, dtype={"obsid": str, "obs_id": str, "checksum": str})
-        except (pd.errors.ParserError, pd.errors.EmptyDataError) as error:
-            raise InputDataError(self.table_path, f"cannot read as CSV: {error}") from error
+        table = read_table(self.table_path, OBSERVATION_COLUMNS,
+                           {"obsid": str, "obs_id": str, "checksum": str, "t_min": float, "t_max": float},
+                           not_found="local archive has no observations.csv")
         self.table = check_observations(table, self.table_path)
 
     def query(self, ra, dec, radius_arcmin, missions=None):

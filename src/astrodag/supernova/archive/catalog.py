@@ -14,8 +14,10 @@ from pathlib import Path
 import pandas as pd
 
 from astrodag.errors import InputDataError
+from astrodag.io import read_table, row_label
 
 CATALOG_COLUMNS = ("sn_name", "ra", "dec", "discovery_mjd", "type", "redshift", "host")
+NUMBER_COLUMNS = {"ra": float, "dec": float, "discovery_mjd": float, "redshift": float}
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9_.-]+")
 
@@ -53,27 +55,16 @@ def load_catalog(path: str | Path) -> pd.DataFrame:
         supernovae share a name (or a safe name).
     """
     path = Path(path)
-    if not path.is_file():
-        raise InputDataError(path, "supernova catalogue not found")
-    try:
-        # Everything as text first, so that a bad value is reported as written in the file.
-        frame = pd.read_csv(path, dtype=str, keep_default_na=False)
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as error:
-        raise InputDataError(path, f"cannot read the catalogue as CSV: {error}") from error
-    missing = [column for column in CATALOG_COLUMNS if column not in frame.columns]
-    if missing:
-        raise InputDataError(path, f"missing column(s) {', '.join(missing)} (need {', '.join(CATALOG_COLUMNS)})")
+    # Text as written (blank cells stay ""), so that a bad value is reported as it stands in the file.
+    frame = read_table(path, CATALOG_COLUMNS, {**{column: str for column in CATALOG_COLUMNS}, **NUMBER_COLUMNS},
+                       not_found="supernova catalogue not found", keep_default_na=False)
     if frame.empty:
         raise InputDataError(path, "the catalogue has no supernovae")
     frame = frame.loc[:, list(CATALOG_COLUMNS)].copy()
-    for column in ("ra", "dec", "discovery_mjd", "redshift"):
-        text = frame[column].str.strip()
-        values = pd.to_numeric(text, errors="coerce")
-        bad = values.isna() & (text != "") if column == "redshift" else values.isna()  # redshift may be blank
-        if bad.any():
-            row = int(bad.to_numpy().nonzero()[0][0])
-            raise InputDataError(path, f"row {row + 2}: {column} {frame[column].iloc[row]!r} is not a number")
-        frame[column] = values.astype(float)
+    for column in ("ra", "dec", "discovery_mjd"):  # redshift may be blank
+        if frame[column].isna().any():
+            raise InputDataError(path, f"{row_label(path, int(frame[column].isna().to_numpy().nonzero()[0][0]))}: "
+                                       f"empty {column}")
     checks = (
         ("ra", (frame["ra"] < 0) | (frame["ra"] >= 360), "must be in [0, 360) degrees"),
         ("dec", frame["dec"].abs() > 90, "must be in [-90, 90] degrees"),
@@ -82,10 +73,10 @@ def load_catalog(path: str | Path) -> pd.DataFrame:
     for column, bad, problem in checks:
         if bad.any():
             row = int(bad.to_numpy().nonzero()[0][0])
-            raise InputDataError(path, f"row {row + 2}: {column} {frame[column].iloc[row]} {problem}")
+            raise InputDataError(path, f"{row_label(path, row)}: {column} {frame[column].iloc[row]} {problem}")
     names = frame["sn_name"].str.strip()
     if (names == "").any():
-        raise InputDataError(path, f"row {int((names == '').to_numpy().nonzero()[0][0]) + 2}: empty sn_name")
+        raise InputDataError(path, f"{row_label(path, int((names == '').to_numpy().nonzero()[0][0]))}: empty sn_name")
     frame["sn_name"] = names
     try:
         frame["safe_name"] = [safe_name(name) for name in names]

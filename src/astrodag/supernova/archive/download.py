@@ -40,7 +40,7 @@ from astrodag import __version__
 from astrodag.errors import InputDataError
 from astrodag.settings import Settings, number, setting
 from astrodag.supernova.archive.catalog import safe_name
-from astrodag.io import atomic_path, file_digest, write_json
+from astrodag.io import atomic_path, file_digest, read_table, write_json
 
 log = logging.getLogger(__name__)
 
@@ -356,18 +356,11 @@ def write_plain_fits(source: str | Path, destination: str | Path, url: str = "")
 
 def read_pair(pairs_path: str | Path, pair_id: str) -> dict[str, Any]:
     """The row of ``pair_id`` in pairs.csv, as a dict."""
-    import pandas as pd
-
     from astrodag.supernova.archive.pairing import PAIR_COLUMNS
 
-    pairs_path = Path(pairs_path)
-    if not pairs_path.is_file():
-        raise InputDataError(pairs_path, "pairs table not found")
-    pairs = pd.read_csv(pairs_path, dtype={"pair_id": str, "reference_obsid": str, "science_obsid": str,
-                                            "reference_checksum": str, "science_checksum": str})
-    missing = [column for column in PAIR_COLUMNS if column not in pairs.columns]
-    if missing:
-        raise InputDataError(pairs_path, f"missing column(s) {', '.join(missing)}")
+    pairs = read_table(pairs_path, PAIR_COLUMNS, {"pair_id": str, "reference_obsid": str, "science_obsid": str,
+                                                  "reference_checksum": str, "science_checksum": str},
+                       not_found="pairs table not found")
     match = pairs[pairs["pair_id"] == pair_id]
     if match.empty:
         raise InputDataError(pairs_path, f"no pair {pair_id!r}")

@@ -53,7 +53,7 @@ from shapely.geometry.base import BaseGeometry
 from astrodag.errors import InputDataError
 from astrodag.settings import Settings, number, setting
 from astrodag.supernova.archive.catalog import load_catalog, safe_name
-from astrodag.io import write_table
+from astrodag.io import read_table, write_table
 
 log = logging.getLogger(__name__)
 
@@ -241,15 +241,9 @@ def read_observations(paths: Iterable[str | Path]) -> pd.DataFrame:
     """Concatenate query outputs (observation tables with ``sn_name``), checking each file."""
     frames = []
     for path in paths:
-        path = Path(path)
-        if not path.is_file():
-            raise InputDataError(path, "observation table not found")
-        try:
-            frame = pd.read_csv(path, dtype={"obsid": str, "obs_id": str, "sn_name": str, "checksum": str})
-        except pd.errors.EmptyDataError:
-            raise InputDataError(path, "empty file (expected a header line at least)") from None
-        except pd.errors.ParserError as error:
-            raise InputDataError(path, f"cannot read as CSV: {error}") from error
+        frame = read_table(path, (*OBSERVATION_COLUMNS, "sn_name"),
+                           {"obsid": str, "obs_id": str, "sn_name": str, "checksum": str, "t_min": float,
+                            "t_max": float}, not_found="observation table not found")
         frames.append(check_observations(frame, path, require_sn=True))
     if not frames:
         raise InputDataError("observations", "no observation tables given")

@@ -63,7 +63,6 @@ from typing import Any, ClassVar
 import numpy as np
 import pandas as pd
 from scipy.signal import fftconvolve
-from scipy.special import gamma, gammaincinv
 
 from astrodag import __version__
 from astrodag.errors import ConfigError
@@ -72,6 +71,8 @@ from astrodag.settings import Settings, setting, subset, unknown_key
 from astrodag.supernova.archive.catalog import load_catalog
 from astrodag.supernova.archive.pairing import tangent_plane
 from astrodag.io import atomic_path, write_json, write_table
+from astrodag.simulation.render import (add_cosmic_ray, add_moffat_source, moffat_alpha, moffat_psf,
+                                       photon_and_read_noise, sersic_image, sky_plane)
 
 log = logging.getLogger(__name__)
 
@@ -292,92 +293,6 @@ class SurveySettings(Settings):
     def size(self, mission: str) -> int:
         """Pixels per side of the images of ``mission``."""
         return self.image_size[mission]
-
-
-# --------------------------------------------------------------------------------------------
-# rendering
-# --------------------------------------------------------------------------------------------
-
-
-def moffat_alpha(fwhm_px: float, beta: float) -> float:
-    """Moffat core width for a FWHM (pixels)."""
-    return fwhm_px / (2.0 * math.sqrt(2.0 ** (1.0 / beta) - 1.0))
-
-
-def psf_kernel(fwhm_px: float, beta: float, dx: float = 0.0, dy: float = 0.0,
-               half: int | None = None) -> np.ndarray:
-    """A Moffat PSF, sum 1, on a ``2 half + 1`` square (default about 8 FWHM), centred ``(dx, dy)`` from the middle.
-
-    Each pixel is integrated on a 3x3 sub-grid, so that sub-pixel positions and a sharp core are
-    rendered faithfully.
-    """
-    if half is None:
-        half = max(3, int(math.ceil(4.0 * fwhm_px)))
-    sub = (np.arange(3) - 1.0) / 3.0
-    grid = np.arange(-half, half + 1, dtype=float)
-    x = (grid[None, :, None, None] + sub[None, None, None, :]) - dx
-    y = (grid[:, None, None, None] + sub[None, None, :, None]) - dy
-    alpha = moffat_alpha(fwhm_px, beta)
-    profile = (1.0 + (x * x + y * y) / (alpha * alpha)) ** (-beta)
-    kernel = profile.mean(axis=(2, 3))
-    return kernel / kernel.sum()
-
-
-def add_point_source(image: np.ndarray, x: float, y: float, flux: float, fwhm_px: float, beta: float,
-                     floor: float) -> None:
-    """Add a PSF of total ``flux`` at 0-based pixel ``(x, y)`` (clipped at the image edges).
-
-    The PSF reaches out to where it falls below ``floor`` (data units), at least 4 FWHM, so that
-    the wings of a bright star do not end in a visible square.
-    """
-    ix, iy = int(round(x)), int(round(y))
-    alpha = moffat_alpha(fwhm_px, beta)
-    ratio = flux * (beta - 1.0) / (math.pi * alpha * alpha * floor)  # peak over floor
-    reach = alpha * math.sqrt(ratio ** (1.0 / beta) - 1.0) if ratio > 1.0 else 0.0
-    half = int(min(max(math.ceil(reach), math.ceil(4.0 * fwhm_px), 3), max(image.shape)))
-    kernel = psf_kernel(fwhm_px, beta, x - ix, y - iy, half)
-    ny, nx = image.shape
-    x0, x1, y0, y1 = ix - half, ix + half + 1, iy - half, iy + half + 1
-    if x1 <= 0 or y1 <= 0 or x0 >= nx or y0 >= ny:
-        return
-    image[max(y0, 0):min(y1, ny), max(x0, 0):min(x1, nx)] += flux * kernel[
-        max(0, -y0):kernel.shape[0] - max(0, y1 - ny), max(0, -x0):kernel.shape[1] - max(0, x1 - nx)]
-
-
-def sersic_image(shape: tuple[int, int], x0: float, y0: float, flux: float, r_eff_px: float, n: float,
-                 axis_ratio: float, angle: float) -> np.ndarray:
-    """A Sersic galaxy of total ``flux`` centred at 0-based pixel ``(x0, y0)``, integrated on a 2x2 sub-grid.
-
-    ``angle`` is the major axis' angle from the pixel x axis (radians). Flux beyond the image is lost,
-    as on the sky.
-    """
-    b = float(gammaincinv(2.0 * n, 0.5))
-    total = 2.0 * math.pi * n * r_eff_px ** 2 * axis_ratio * math.exp(b) * b ** (-2.0 * n) * gamma(2.0 * n)
-    ny, nx = shape
-    sub = np.array([-0.25, 0.25])
-    ys = (np.arange(ny)[:, None] + sub[None, :]).ravel() - y0
-    xs = (np.arange(nx)[:, None] + sub[None, :]).ravel() - x0
-    cos, sin = math.cos(angle), math.sin(angle)
-    u = xs[None, :] * cos + ys[:, None] * sin
-    v = -xs[None, :] * sin + ys[:, None] * cos
-    # A floor on the radius keeps the cusp of a high-index profile finite at the centre.
-    r = np.maximum(np.sqrt(u * u + (v / axis_ratio) ** 2), 0.05)
-    surface = np.exp(-b * ((r / r_eff_px) ** (1.0 / n) - 1.0))
-    binned = surface.reshape(ny, 2, nx, 2).mean(axis=(1, 3))
-    return binned * (flux / total)
-
-
-def cosmic_ray(image: np.ndarray, rng: np.random.Generator, gain: float, count_rate_scale: float) -> None:
-    """Add one cosmic-ray track (1-12 pixels, 800-6000 electrons per pixel, not PSF-shaped)."""
-    ny, nx = image.shape
-    length = rng.uniform(1.0, 12.0)
-    angle = rng.uniform(0.0, math.pi)
-    x0, y0 = rng.uniform(0, nx - 1), rng.uniform(0, ny - 1)
-    steps = np.linspace(0.0, length, max(2, int(length * 2)))
-    xs = np.clip(np.round(x0 + steps * math.cos(angle)).astype(int), 0, nx - 1)
-    ys = np.clip(np.round(y0 + steps * math.sin(angle)).astype(int), 0, ny - 1)
-    cells = np.unique(np.column_stack([ys, xs]), axis=0)
-    image[cells[:, 0], cells[:, 1]] += rng.uniform(800.0, 6000.0, len(cells)) / gain / count_rate_scale
 
 
 # --------------------------------------------------------------------------------------------
@@ -670,7 +585,7 @@ def render_image(scene: Scene, sources: list[tuple[float, float, float]], header
         flux = 10 ** (-0.4 * (host["mag"] + host["color"] * band.star_color - band.zeropoint)) * to_data
         hosts += sersic_image((size, size), float(x0), float(y0), flux, host["r_eff"] / mission.pixel_scale,
                               host["n"], host["axis_ratio"], angle)
-    image = fftconvolve(hosts, psf_kernel(fwhm_px, beta), mode="same")
+    image = fftconvolve(hosts, moffat_psf(fwhm_px, beta), mode="same")
 
     gain = header["GAIN"]  # electrons per data unit
     sky = band.sky * to_data
@@ -681,20 +596,17 @@ def render_image(scene: Scene, sources: list[tuple[float, float, float]], header
     inside = (xs > -pad) & (xs < size + pad) & (ys > -pad) & (ys < size + pad)
     fluxes = 10 ** (-0.4 * (scene.stars_mag[band.name] - band.zeropoint)) * to_data
     for x, y, flux in zip(xs[inside], ys[inside], fluxes[inside], strict=True):
-        add_point_source(image, float(x), float(y), float(flux), fwhm_px, beta, floor)
+        add_moffat_source(image, float(x), float(y), float(flux), fwhm_px, beta, floor)
     for x, y, flux in sources:
-        add_point_source(image, x, y, flux, fwhm_px, beta, floor)
+        add_moffat_source(image, x, y, flux, fwhm_px, beta, floor)
 
-    yy, xx = np.mgrid[0:size, 0:size] / (size - 1) - 0.5
     gx, gy = rng.uniform(-settings.sky_gradient, settings.sky_gradient, 2)
-    image += sky * (1.0 + gx * xx + gy * yy)
+    image += sky_plane((size, size), sky, gx, gy)
 
-    image = rng.poisson(np.clip(image, 0.0, None) * gain) / gain
-    if mission.read_noise:
-        image = image + rng.normal(0.0, mission.read_noise / gain, image.shape)
+    image = photon_and_read_noise(image, gain, mission.read_noise, rng)
     if mission.cosmic_rays:
         for _ in range(_draw_range(rng, settings.cosmic_rays_per_image, True)):
-            cosmic_ray(image, rng, mission.gain, exptime if mission.count_rate else 1.0)
+            add_cosmic_ray(image, rng, mission.gain, exptime if mission.count_rate else 1.0)
     saturated = image >= mission.saturate
     image = np.minimum(image, mission.saturate).astype(np.float32)
     return image, np.where(saturated, _DQ_SATURATED, 0).astype(np.uint8)

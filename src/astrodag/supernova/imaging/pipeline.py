@@ -64,15 +64,17 @@ from photutils.psf import fit_fwhm
 from scipy import ndimage
 
 from astrodag.errors import InputDataError
-from astrodag.supernova.imaging.align import AlignSettings, align_reference
-from astrodag.supernova.imaging.background import BackgroundSettings, NoiseModel, estimate_background, noise_level
+from astrodag.supernova.imaging.align import AlignSettings, Alignment, align_reference
+from astrodag.supernova.imaging.background import (Background, BackgroundSettings, NoiseModel, estimate_background,
+                                                   noise_level)
 from astrodag.supernova.imaging.detect import DetectSettings, detect_candidates
 from astrodag.supernova.imaging.fitsio import Image, load_image, write_image
 from astrodag.supernova.imaging.inject import InjectSettings, inject_sources
-from astrodag.supernova.imaging.psf import PSF, PSFSettings, estimate_psf, gaussian_psf
+from astrodag.supernova.imaging.psf import PSF, PSFSettings, estimate_psf
 from astrodag.settings import Settings, section
-from astrodag.supernova.imaging.subtract import (SubtractSettings, flux_ratio, gaussian_difference, match_stars,
-                                       zogy_tiled)
+from astrodag.simulation.render import gaussian_psf
+from astrodag.supernova.imaging.subtract import (FluxScale, SubtractSettings, ZogyResult, flux_ratio,
+                                                 gaussian_difference, match_stars, zogy_tiled)
 from astrodag.io import file_digest, write_json, write_table
 
 log = logging.getLogger(__name__)
@@ -173,6 +175,217 @@ def _robust_stats(values: np.ndarray) -> tuple[float, float]:
     return median, 1.4826 * float(np.median(np.abs(values - median)))
 
 
+@dataclass
+class _Registered:
+    """Both images on the science grid, without their sky: what the PSF, flux and subtraction steps share."""
+
+    aligned: Alignment
+    sci_bkg: Background
+    ref_bkg: Background
+    sigma_ref: float  # noise of independent reference pixels, before resampling correlated them
+    new: np.ndarray  # science minus its sky
+    ref: np.ndarray  # aligned reference minus its sky
+    ref_bad: np.ndarray  # bad or uncovered reference pixels
+
+
+@dataclass
+class _Residual:
+    """Offset (reference - science) of the matched stars after alignment, and its robust scatter."""
+
+    shift_x: float
+    shift_y: float
+    scatter_x: float
+    scatter_y: float
+    n_matched: int
+
+
+@dataclass
+class _Difference:
+    """The subtraction step's products."""
+
+    difference: np.ndarray
+    score: np.ndarray
+    significance: np.ndarray
+    psf: np.ndarray  # P_D
+    flux_zeropoint: float  # F_D
+    flux_scale: float  # F_S
+    fwhm: float
+    astrometric_noise: tuple[float, float]
+    offset_sigma: float  # typical S_corr offset removed by the difference background
+
+
+def _reference_background(aligned: Alignment, settings: DifferenceSettings, noise: NoiseModel) -> Background:
+    return estimate_background(aligned.data, aligned.mask, ~aligned.footprint, settings.background, noise)
+
+
+def _register(science: Image, reference: Image, aligned: Alignment, settings: DifferenceSettings) -> _Registered:
+    """Sky and noise maps of both images (the ``background`` step), subtracted."""
+    sci_bkg = estimate_background(science.data, science.mask, settings=settings.background,
+                                  noise=NoiseModel(science.gain, science.read_noise))
+    ref_noise = NoiseModel(reference.gain, reference.read_noise)
+    ref_bkg = _reference_background(aligned, settings, ref_noise)
+    sigma_ref = noise_level(reference.data, reference.mask, settings.background, ref_noise)
+    return _Registered(aligned, sci_bkg, ref_bkg, sigma_ref, science.data - sci_bkg.background,
+                       aligned.data - ref_bkg.background, aligned.mask | ~aligned.footprint)
+
+
+def _psfs(science: Image, reference: Image, pair: _Registered, settings: DifferenceSettings) -> tuple[PSF, PSF]:
+    """Empirical PSFs of both images (saturation levels measured above the sky)."""
+    sci_saturation = None if science.saturation is None else science.saturation - pair.sci_bkg.median
+    ref_saturation = None if reference.saturation is None else reference.saturation - pair.ref_bkg.median
+    psf_sci = estimate_psf(pair.new, pair.sci_bkg.rms, science.mask, settings.psf, science.fwhm, sci_saturation)
+    psf_ref = estimate_psf(pair.ref, pair.ref_bkg.rms, pair.ref_bad, settings.psf,
+                           _fwhm_on_science_grid(science, reference), ref_saturation)
+    return psf_sci, psf_ref
+
+
+def _realign(science: Image, reference: Image, pair: _Registered, psf_ref: PSF, residual: _Residual,
+             settings: DifferenceSettings, timer: _Timer) -> _Registered:
+    """Resample the reference again with the stars' residual shift; its sky, noise and star tables follow."""
+    log.info("residual shift (%.3f, %.3f) px from %d stars: resampling the reference again",
+             residual.shift_x, residual.shift_y, residual.n_matched)
+    with timer("align"):
+        aligned = align_reference(science, reference, settings.align, shift=(residual.shift_x, residual.shift_y))
+    with timer("background"):
+        ref_bkg = _reference_background(aligned, settings, NoiseModel(reference.gain, reference.read_noise))
+    for table in ("stars", "sources"):
+        frame = getattr(psf_ref, table)
+        setattr(psf_ref, table, frame.assign(x=frame["x"] - residual.shift_x, y=frame["y"] - residual.shift_y))
+    return dataclasses.replace(pair, aligned=aligned, ref_bkg=ref_bkg, ref=aligned.data - ref_bkg.background,
+                               ref_bad=aligned.mask | ~aligned.footprint)
+
+
+def _inject(science: Image, pair: _Registered, psf_sci: PSF, psf_ref: PSF, settings: DifferenceSettings,
+            rng: np.random.Generator) -> pd.DataFrame:
+    """Fake point sources added to ``pair.new`` in place, clear of the bright sources of either image."""
+    # Their residuals would be confused with the fakes.
+    bright = np.vstack([psf.sources[psf.sources["snr"] > 50][["x", "y"]].to_numpy(float)
+                        for psf in (psf_sci, psf_ref)])
+    return inject_sources(pair.new, pair.sci_bkg.rms, science.mask | pair.ref_bad, psf_sci.image, psf_sci.fwhm,
+                          pair.sci_bkg.rms_median, science.wcs, settings.inject, rng, zeropoint=science.zeropoint,
+                          gain=science.gain, avoid=bright)
+
+
+def _grown_mask(bad: np.ndarray, grow_px: int) -> np.ndarray:
+    """``bad`` widened by ``grow_px`` pixels."""
+    return ndimage.binary_dilation(bad, iterations=grow_px) if grow_px and bad.any() else bad.copy()
+
+
+def _flux_scale(science: Image, reference: Image, pair: _Registered, psf_sci: PSF, psf_ref: PSF, radius: float,
+                grown: np.ndarray, settings: DifferenceSettings) -> FluxScale:
+    """Science / reference flux ratio from aperture photometry of the matched stars."""
+    i, _ = match_stars(psf_sci.stars, psf_ref.stars, radius)
+    positions = psf_sci.stars[["x", "y"]].to_numpy(float)[i]
+    return flux_ratio(np.nan_to_num(pair.new), np.nan_to_num(pair.ref), positions,
+                      settings.subtract.aperture_radius_fwhm * max(psf_sci.fwhm, psf_ref.fwhm), mask=grown,
+                      min_stars=settings.subtract.min_flux_stars, zeropoints=(science.zeropoint, reference.zeropoint))
+
+
+def _zogy(science: Image, reference: Image, pair: _Registered, new_filled: np.ndarray, ref_filled: np.ndarray,
+          grown: np.ndarray, psf_sci: PSF, psf_ref: PSF, ratio: float, residual: _Residual,
+          settings: DifferenceSettings) -> tuple[ZogyResult, tuple[float, float]]:
+    """ZOGY with per-pixel variance maps: sky noise squared plus the photon noise of the sources."""
+    ref_rms = pair.ref_bkg.rms * np.float32(pair.sigma_ref / pair.ref_bkg.rms_median
+                                            if pair.ref_bkg.rms_median > 0 else 1.0)
+    var_new = pair.sci_bkg.rms.astype(np.float32) ** 2
+    var_ref = ref_rms.astype(np.float32) ** 2
+    if settings.subtract.source_noise:
+        if science.gain:
+            var_new += _source_flux(new_filled, pair.sci_bkg.rms) / np.float32(science.gain)
+        if reference.gain:
+            var_ref += _source_flux(ref_filled, ref_rms) / np.float32(reference.gain)
+    var_new[grown], var_ref[grown] = pair.sci_bkg.rms_median ** 2, pair.sigma_ref ** 2
+    if settings.subtract.astrometric_noise_px is None:
+        astrometric = ((min(residual.scatter_x, 0.5), min(residual.scatter_y, 0.5)) if residual.n_matched >= 5
+                       else (0.0, 0.0))
+    else:
+        astrometric = (settings.subtract.astrometric_noise_px,) * 2
+    result = zogy_tiled(new_filled, ref_filled, psf_sci.image, psf_ref.image, pair.sci_bkg.rms_median,
+                        pair.sigma_ref, f_new=1.0, f_ref=1.0 / ratio, var_new=var_new, var_ref=var_ref,
+                        astrometric_noise=astrometric, tile_size=settings.subtract.tile_size,
+                        overlap=settings.subtract.tile_overlap_px, workers=settings.subtract.workers)
+    return result, astrometric
+
+
+def _remove_difference_offset(difference: np.ndarray, score: np.ndarray, flux_zeropoint: float,
+                              score_noise: np.ndarray, grown: np.ndarray,
+                              settings: DifferenceSettings) -> tuple[np.ndarray, float]:
+    """Subtract D's smooth residual offset from D and its image from S, in place.
+
+    Returns S_corr recomputed and the typical S_corr offset removed (for the record).
+    """
+    # S = F_D D (x) P_D with a unit-sum P_D: an offset b of D is an offset F_D b of S. The
+    # estimate's own noise is amplified the same way (by 1 / sqrt(sum P_D^2) ~ 4.5 in
+    # S_corr), hence boxes twice the sky's, every pixel used.
+    d_settings = dataclasses.replace(settings.background, box_size=2 * settings.background.box_size,
+                                     subsample=1, estimator="median")
+    offset = estimate_background(difference, grown, settings=d_settings).background
+    difference -= offset
+    score -= np.float32(flux_zeropoint) * offset
+    removed = np.abs(np.float32(flux_zeropoint) * offset / score_noise)
+    return score / score_noise, float(np.median(removed[~grown])) if (~grown).any() else 0.0
+
+
+def _subtract(science: Image, reference: Image, pair: _Registered, grown: np.ndarray, psf_sci: PSF, psf_ref: PSF,
+              ratio: float, residual: _Residual, settings: DifferenceSettings) -> _Difference:
+    """D, S and S_corr (ZOGY or the Gaussian baseline), offset removed, NaN on the grown mask."""
+    new_filled = np.where(grown, 0.0, pair.new).astype(np.float32)
+    ref_filled = np.where(grown, 0.0, pair.ref).astype(np.float32)
+    if settings.subtract.method == "zogy":
+        result, astrometric = _zogy(science, reference, pair, new_filled, ref_filled, grown, psf_sci, psf_ref, ratio,
+                                    residual, settings)
+        psf_d, f_d, f_s = result.psf, result.flux_zeropoint, result.flux_scale
+    else:
+        astrometric = (0.0, 0.0)
+        result = gaussian_difference(new_filled, ref_filled, psf_sci.fwhm, psf_ref.fwhm, ratio, mask=grown,
+                                     workers=settings.subtract.workers)
+        psf_d, f_d, f_s = gaussian_psf(result.fwhm), 1.0, result.flux_scale
+    difference, score, significance = result.difference, result.score, result.significance
+    offset_sigma = 0.0
+    if settings.subtract.difference_background:
+        significance, offset_sigma = _remove_difference_offset(difference, score, f_d, result.score_noise, grown,
+                                                               settings)
+    fwhm_d = float(fit_fwhm(psf_d, fit_shape=psf_d.shape[0])[0])
+    for array in (difference, score, significance):
+        array[grown] = np.nan
+    return _Difference(difference, score, significance, psf_d, f_d, f_s, fwhm_d, astrometric, offset_sigma)
+
+
+def _record(science_path, reference_path, seed: int, science: Image, pair: _Registered, residual: _Residual,
+            psf_sci: PSF, psf_ref: PSF, scale: FluxScale, result: _Difference, grown: np.ndarray,
+            injections: pd.DataFrame, settings: DifferenceSettings) -> dict:
+    """The content of ``difference.json`` (less the timings)."""
+    good = result.significance[~grown]
+    good = good[np.isfinite(good)]
+    scorr_median, scorr_std = _robust_stats(good[::max(1, good.size // 1_000_000)])
+    aligned = pair.aligned
+    return {
+        "science": str(science_path), "reference": str(reference_path), "seed": int(seed),
+        "shape": list(science.shape),
+        "alignment": {"method": aligned.method, "affine_error_px": aligned.affine_error_px,
+                      "overlap_fraction": aligned.overlap_fraction,
+                      "residual_shift_px": [residual.shift_x, residual.shift_y],
+                      "shift_applied_px": list(aligned.shift_px),
+                      "registration_scatter_px": [residual.scatter_x, residual.scatter_y],
+                      "matched_stars": residual.n_matched},
+        "psf": {"science_fwhm_px": psf_sci.fwhm, "reference_fwhm_px": psf_ref.fwhm, "difference_fwhm_px": result.fwhm,
+                "science_method": psf_sci.method, "reference_method": psf_ref.method,
+                "science_stars": psf_sci.n_stars, "reference_stars": psf_ref.n_stars},
+        "flux": {"ratio": scale.ratio, "error": scale.error, "stars": scale.n_stars, "method": scale.method},
+        "noise": {"science_sky": pair.sci_bkg.median, "science_sigma": pair.sci_bkg.rms_median,
+                  "sky_estimator": [pair.sci_bkg.estimator, pair.ref_bkg.estimator],
+                  "reference_sky": pair.ref_bkg.median, "reference_sigma": pair.sigma_ref,
+                  "reference_sigma_resampled": pair.ref_bkg.rms_median,
+                  "astrometric_noise_px": list(result.astrometric_noise),
+                  "significance_median": scorr_median, "significance_robust_std": scorr_std,
+                  "difference_offset_sigma": result.offset_sigma},
+        "subtraction": {"method": settings.subtract.method, "flux_zeropoint": result.flux_zeropoint,
+                        "flux_scale": result.flux_scale, "masked_fraction": float(grown.mean())},
+        "injected": int(len(injections)),
+        "settings": settings.as_dict(),
+    }
+
+
 def difference_pair(science_path: str | Path, reference_path: str | Path, out_dir: str | Path,
                     settings: DifferenceSettings | None = None, seed: int = 0) -> dict:
     """Difference one pair and write the products listed in the module notes.
@@ -200,147 +413,39 @@ def difference_pair(science_path: str | Path, reference_path: str | Path, out_di
     with timer("load"):
         science = load_image(science_path)
         reference = load_image(reference_path)
-
     with timer("align"):
         aligned = align_reference(science, reference, settings.align)
-
-    sci_noise = NoiseModel(science.gain, science.read_noise)
-    ref_noise = NoiseModel(reference.gain, reference.read_noise)
     with timer("background"):
-        sci_bkg = estimate_background(science.data, science.mask, settings=settings.background, noise=sci_noise)
-        ref_bkg = estimate_background(aligned.data, aligned.mask, ~aligned.footprint, settings.background, ref_noise)
-        # Noise of independent reference pixels, before resampling correlated them.
-        sigma_ref = noise_level(reference.data, reference.mask, settings.background, ref_noise)
-    new = science.data - sci_bkg.background
-    ref = aligned.data - ref_bkg.background
-    ref_bad = aligned.mask | ~aligned.footprint
-
+        pair = _register(science, reference, aligned, settings)
     with timer("psf"):
-        sci_saturation = None if science.saturation is None else science.saturation - sci_bkg.median
-        ref_saturation = None if reference.saturation is None else reference.saturation - ref_bkg.median
-        psf_sci = estimate_psf(new, sci_bkg.rms, science.mask, settings.psf, science.fwhm, sci_saturation)
-        psf_ref = estimate_psf(ref, ref_bkg.rms, ref_bad, settings.psf, _fwhm_on_science_grid(science, reference),
-                               ref_saturation)
+        psf_sci, psf_ref = _psfs(science, reference, pair, settings)
         radius = settings.subtract.match_radius_fwhm * max(psf_sci.fwhm, psf_ref.fwhm)
-        shift_x, shift_y, scatter_x, scatter_y, n_matched = _residual_shift(psf_sci, psf_ref, radius)
-    if settings.align.refine and n_matched >= 5 and math.hypot(shift_x, shift_y) > settings.align.refine_min_shift_px:
-        log.info("residual shift (%.3f, %.3f) px from %d stars: resampling the reference again",
-                 shift_x, shift_y, n_matched)
-        with timer("align"):
-            aligned = align_reference(science, reference, settings.align, shift=(shift_x, shift_y))
-        with timer("background"):
-            ref_bkg = estimate_background(aligned.data, aligned.mask, ~aligned.footprint, settings.background,
-                                          ref_noise)
-        ref = aligned.data - ref_bkg.background
-        ref_bad = aligned.mask | ~aligned.footprint
-        for table in ("stars", "sources"):
-            frame = getattr(psf_ref, table)
-            setattr(psf_ref, table, frame.assign(x=frame["x"] - shift_x, y=frame["y"] - shift_y))
-
+        residual = _Residual(*_residual_shift(psf_sci, psf_ref, radius))
+    if (settings.align.refine and residual.n_matched >= 5
+            and math.hypot(residual.shift_x, residual.shift_y) > settings.align.refine_min_shift_px):
+        pair = _realign(science, reference, pair, psf_ref, residual, settings, timer)
     with timer("inject"):
-        # Fakes keep clear of the bright sources of either image (their residuals would be confused).
-        bright = np.vstack([psf.sources[psf.sources["snr"] > 50][["x", "y"]].to_numpy(float)
-                            for psf in (psf_sci, psf_ref)])
-        injections = inject_sources(new, sci_bkg.rms, science.mask | ref_bad, psf_sci.image, psf_sci.fwhm,
-                                    sci_bkg.rms_median, science.wcs, settings.inject, pair_rng(seed, out_dir.name),
-                                    zeropoint=science.zeropoint, gain=science.gain, avoid=bright)
-
-    bad = science.mask | ref_bad
-    grown = ndimage.binary_dilation(bad, iterations=settings.subtract.mask_grow_px) \
-        if settings.subtract.mask_grow_px and bad.any() else bad.copy()
+        injections = _inject(science, pair, psf_sci, psf_ref, settings, pair_rng(seed, out_dir.name))
+    grown = _grown_mask(science.mask | pair.ref_bad, settings.subtract.mask_grow_px)
     with timer("flux"):
-        i, _ = match_stars(psf_sci.stars, psf_ref.stars, radius)
-        positions = psf_sci.stars[["x", "y"]].to_numpy(float)[i]
-        scale = flux_ratio(np.nan_to_num(new), np.nan_to_num(ref), positions,
-                           settings.subtract.aperture_radius_fwhm * max(psf_sci.fwhm, psf_ref.fwhm), mask=grown,
-                           min_stars=settings.subtract.min_flux_stars,
-                           zeropoints=(science.zeropoint, reference.zeropoint))
-
+        scale = _flux_scale(science, reference, pair, psf_sci, psf_ref, radius, grown, settings)
     with timer("subtract"):
-        new_filled = np.where(grown, 0.0, new).astype(np.float32)
-        ref_filled = np.where(grown, 0.0, ref).astype(np.float32)
-        ref_rms = ref_bkg.rms * np.float32(sigma_ref / ref_bkg.rms_median if ref_bkg.rms_median > 0 else 1.0)
-        if settings.subtract.method == "zogy":
-            var_new = sci_bkg.rms.astype(np.float32) ** 2
-            var_ref = ref_rms.astype(np.float32) ** 2
-            if settings.subtract.source_noise:
-                if science.gain:
-                    var_new += _source_flux(new_filled, sci_bkg.rms) / np.float32(science.gain)
-                if reference.gain:
-                    var_ref += _source_flux(ref_filled, ref_rms) / np.float32(reference.gain)
-            var_new[grown], var_ref[grown] = sci_bkg.rms_median ** 2, sigma_ref ** 2
-            if settings.subtract.astrometric_noise_px is None:
-                astrometric = (min(scatter_x, 0.5), min(scatter_y, 0.5)) if n_matched >= 5 else (0.0, 0.0)
-            else:
-                astrometric = (settings.subtract.astrometric_noise_px,) * 2
-            result = zogy_tiled(new_filled, ref_filled, psf_sci.image, psf_ref.image, sci_bkg.rms_median, sigma_ref,
-                                f_new=1.0, f_ref=1.0 / scale.ratio, var_new=var_new, var_ref=var_ref,
-                                astrometric_noise=astrometric, tile_size=settings.subtract.tile_size,
-                                overlap=settings.subtract.tile_overlap_px, workers=settings.subtract.workers)
-            del var_new, var_ref
-            psf_d, f_d, f_s = result.psf, result.flux_zeropoint, result.flux_scale
-        else:
-            astrometric = (0.0, 0.0)
-            result = gaussian_difference(new_filled, ref_filled, psf_sci.fwhm, psf_ref.fwhm, scale.ratio, mask=grown,
-                                         workers=settings.subtract.workers)
-            psf_d, f_d, f_s = gaussian_psf(result.fwhm), 1.0, result.flux_scale
-        difference, score, significance = result.difference, result.score, result.significance
-        offset_sigma = 0.0
-        if settings.subtract.difference_background:
-            # S = F_D D (x) P_D with a unit-sum P_D: an offset b of D is an offset F_D b of S. The
-            # estimate's own noise is amplified the same way (by 1 / sqrt(sum P_D^2) ~ 4.5 in
-            # S_corr), hence boxes twice the sky's, every pixel used.
-            d_settings = dataclasses.replace(settings.background, box_size=2 * settings.background.box_size,
-                                             subsample=1, estimator="median")
-            offset = estimate_background(difference, grown, settings=d_settings).background
-            difference -= offset
-            score -= np.float32(f_d) * offset
-            significance = score / result.score_noise
-            # The typical S_corr offset removed, for the record.
-            removed = np.abs(np.float32(f_d) * offset / result.score_noise)
-            offset_sigma = float(np.median(removed[~grown])) if (~grown).any() else 0.0
-        fwhm_d = float(fit_fwhm(psf_d, fit_shape=psf_d.shape[0])[0])
-        for array in (difference, score, significance):
-            array[grown] = np.nan
+        result = _subtract(science, reference, pair, grown, psf_sci, psf_ref, scale.ratio, residual, settings)
 
-    good = significance[~grown]
-    good = good[np.isfinite(good)]
-    scorr_median, scorr_std = _robust_stats(good[::max(1, good.size // 1_000_000)])
-    record = {
-        "science": str(science_path), "reference": str(reference_path), "seed": int(seed),
-        "shape": list(science.shape),
-        "alignment": {"method": aligned.method, "affine_error_px": aligned.affine_error_px,
-                      "overlap_fraction": aligned.overlap_fraction,
-                      "residual_shift_px": [shift_x, shift_y], "shift_applied_px": list(aligned.shift_px),
-                      "registration_scatter_px": [scatter_x, scatter_y], "matched_stars": n_matched},
-        "psf": {"science_fwhm_px": psf_sci.fwhm, "reference_fwhm_px": psf_ref.fwhm, "difference_fwhm_px": fwhm_d,
-                "science_method": psf_sci.method, "reference_method": psf_ref.method,
-                "science_stars": psf_sci.n_stars, "reference_stars": psf_ref.n_stars},
-        "flux": {"ratio": scale.ratio, "error": scale.error, "stars": scale.n_stars, "method": scale.method},
-        "noise": {"science_sky": sci_bkg.median, "science_sigma": sci_bkg.rms_median,
-                  "sky_estimator": [sci_bkg.estimator, ref_bkg.estimator],
-                  "reference_sky": ref_bkg.median, "reference_sigma": sigma_ref,
-                  "reference_sigma_resampled": ref_bkg.rms_median,
-                  "astrometric_noise_px": list(astrometric),
-                  "significance_median": scorr_median, "significance_robust_std": scorr_std,
-                  "difference_offset_sigma": offset_sigma},
-        "subtraction": {"method": settings.subtract.method, "flux_zeropoint": f_d, "flux_scale": f_s,
-                        "masked_fraction": float(grown.mean())},
-        "injected": int(len(injections)),
-        "settings": settings.as_dict(),
-    }
-
+    record = _record(science_path, reference_path, seed, science, pair, residual, psf_sci, psf_ref, scale, result,
+                     grown, injections, settings)
     with timer("write"):
-        _write_products(out_dir, science, reference, record, new, ref * np.float32(scale.ratio), difference, score,
-                        significance, psf_d, psf_sci, psf_ref, science.mask, aligned, grown, injections)
+        _write_products(out_dir, science, reference, record, pair.new, pair.ref * np.float32(scale.ratio),
+                        result.difference, result.score, result.significance, result.psf, psf_sci, psf_ref,
+                        science.mask, pair.aligned, grown, injections)
     record["seconds"] = {**{k: round(v, 4) for k, v in timer.seconds.items()},
                          "total": round(time.perf_counter() - started, 4)}
     if timer.peak_mib:
         record["peak_mib"] = {k: round(v, 1) for k, v in timer.peak_mib.items()}
     write_json(out_dir / "difference.json", record)
     log.info("%s: %s, FWHM %.2f/%.2f px, ratio %.4g, %d injected, S_corr robust std %.3f, %.2f s", out_dir.name,
-             aligned.method, psf_sci.fwhm, psf_ref.fwhm, scale.ratio, len(injections), scorr_std,
-             record["seconds"]["total"])
+             pair.aligned.method, psf_sci.fwhm, psf_ref.fwhm, scale.ratio, len(injections),
+             record["noise"]["significance_robust_std"], record["seconds"]["total"])
     return record
 
 

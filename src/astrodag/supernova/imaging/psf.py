@@ -31,9 +31,9 @@ from photutils.detection import find_peaks
 from photutils.psf import fit_2dgaussian, fit_fwhm
 from scipy import ndimage
 from scipy.spatial import cKDTree
-from scipy.special import erf
 
 from astrodag.settings import Settings, number, setting
+from astrodag.simulation.render import gaussian_psf, stamp_size
 
 log = logging.getLogger(__name__)
 
@@ -102,35 +102,6 @@ class PSF:
     @property
     def n_stars(self) -> int:
         return len(self.stars) if self.method == "empirical" else 0
-
-
-def stamp_size(fwhm: float, radius_fwhm: float = 3.0) -> int:
-    """Odd PSF-stamp side for a FWHM: ``2 ceil(radius_fwhm * fwhm) + 1``, within [11, 63]."""
-    return int(min(63, max(11, 2 * math.ceil(radius_fwhm * fwhm) + 1)))
-
-
-def gaussian_psf(fwhm: float, size: int | None = None, center: tuple[float, float] = (0.0, 0.0)) -> np.ndarray:
-    """Pixel-integrated circular Gaussian stamp of unit sum.
-
-    Parameters
-    ----------
-    fwhm : float
-        Full width at half maximum, pixels.
-    size : int, optional
-        Odd side of the stamp (default :func:`stamp_size`).
-    center : (float, float)
-        Offset ``(dx, dy)`` of the centre from the middle pixel (for sub-pixel placement).
-    """
-    size = stamp_size(fwhm) if size is None else size
-    sigma = fwhm / (2 * math.sqrt(2 * math.log(2)))
-    edges = np.arange(size + 1) - size / 2  # pixel edges around the middle pixel's centre at 0
-
-    def profile(offset: float) -> np.ndarray:
-        cdf = 0.5 * erf((edges - offset) / (math.sqrt(2) * sigma))
-        return np.diff(cdf)
-
-    stamp = np.outer(profile(center[1]), profile(center[0]))
-    return stamp / stamp.sum()
 
 
 def _stamps(data: np.ndarray, x: np.ndarray, y: np.ndarray, size: int) -> np.ndarray:

@@ -28,7 +28,7 @@ from tabulate import tabulate
 
 from astrodag.errors import InputDataError
 from astrodag.evaluation.statistics import wilson_interval
-from astrodag.io import write_json, write_table, write_text
+from astrodag.io import read_table, write_json, write_table, write_text
 
 logger = logging.getLogger(__name__)
 
@@ -36,18 +36,9 @@ DEFAULT_MATCH_RADIUS_ARCSEC = 3.0
 
 
 def _read_csv(path: Path, required: Sequence[str]) -> pd.DataFrame:
-    if not Path(path).is_file():
-        raise InputDataError(path, "file is missing")
-    try:
-        table = pd.read_csv(path)
-    except (pd.errors.ParserError, UnicodeDecodeError) as error:
-        raise InputDataError(path, f"cannot read it as CSV ({error})") from error
-    except pd.errors.EmptyDataError:
-        table = pd.DataFrame(columns=list(required))
-    missing = [column for column in required if column not in table.columns]
-    if missing:
-        raise InputDataError(path, f"lacks column(s) {missing}; it has {list(table.columns)}")
-    return table
+    if Path(path).is_file() and Path(path).stat().st_size == 0:  # a stage that found nothing may leave no header
+        return pd.DataFrame(columns=list(required))
+    return read_table(path, required, not_found="file is missing")
 
 
 def _read_json(path: Path) -> dict[str, Any]:

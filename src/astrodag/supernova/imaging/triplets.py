@@ -46,7 +46,7 @@ from scipy.spatial import cKDTree
 from astrodag.errors import ConfigError, InputDataError
 from astrodag.supernova.imaging.pipeline import pair_rng, read_products
 from astrodag.settings import Settings, choice, fractions, number, optional, setting, subset
-from astrodag.io import atomic_path, save_figure, write_json, write_table
+from astrodag.io import atomic_path, read_table, save_figure, write_json, write_table
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +57,7 @@ INDEX_COLUMNS = ("split", "row", "pair_id", "sn_name", "mission", "filter", "lab
                  "significance", "augmentation")
 TABLE_COLUMNS = ("label", "source", "x", "y", "ra", "dec", "significance")
 # The eight symmetries of the square: k quarter turns (numpy.rot90), then an optional left-right flip.
+_NOT_DETECTED = "missing: run the difference and detect stages for this pair first"
 AUGMENTATIONS = tuple(f"rot{90 * k}" + ("+flip" if flip else "") for flip in (False, True) for k in range(4))
 
 
@@ -212,8 +213,9 @@ def cut_triplets(pair_dir: str | Path, sn_ra: float, sn_dec: float, pair_id: str
     settings = settings or TripletSettings()
     pair_dir = Path(pair_dir)
     products = read_products(pair_dir)
-    injections = _read_csv(pair_dir / "injections.csv", ("x", "y"))
-    candidates = _read_csv(pair_dir / "candidates.csv", ("x", "y", "significance", "kept"))
+    injections = read_table(pair_dir / "injections.csv", ("x", "y"), not_found=_NOT_DETECTED)
+    candidates = read_table(pair_dir / "candidates.csv", ("x", "y", "significance", "kept"),
+                            not_found=_NOT_DETECTED)
     ny, nx = products.mask.shape
 
     sn_x, sn_y = (float(v) for v in products.wcs.world_to_pixel_values(sn_ra, sn_dec))
@@ -283,14 +285,6 @@ def cut_triplets(pair_dir: str | Path, sn_ra: float, sn_dec: float, pair_id: str
             "undetected_injected": int(len(undetected))}
 
 
-def _read_csv(path: Path, columns: tuple[str, ...]) -> pd.DataFrame:
-    if not path.is_file():
-        raise InputDataError(path, "missing: run the difference and detect stages for this pair first")
-    frame = pd.read_csv(path)
-    missing = [c for c in columns if c not in frame.columns]
-    if missing:
-        raise InputDataError(path, f"lacks the columns {missing}")
-    return frame
 
 
 # --------------------------------------------------------------------------------------------

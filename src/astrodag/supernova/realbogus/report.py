@@ -29,7 +29,7 @@ from tabulate import tabulate
 
 from astrodag.errors import InputDataError
 from astrodag.evaluation.statistics import wilson_interval
-from astrodag.io import write_json, write_table, write_text
+from astrodag.io import read_table, write_json, write_table, write_text
 from astrodag.reporting.tables import format_interval
 
 logger = logging.getLogger(__name__)
@@ -44,19 +44,6 @@ def _read_json(path: Path) -> dict[str, Any]:
         return json.loads(path.read_text())
     except json.JSONDecodeError as error:
         raise InputDataError(path, f"is not valid JSON ({error})") from error
-
-
-def _read_table(path: Path, required: tuple[str, ...]) -> pd.DataFrame:
-    if not path.is_file():
-        raise InputDataError(path, "file is missing")
-    try:
-        table = pd.read_parquet(path) if path.suffix == ".parquet" else pd.read_csv(path)
-    except Exception as error:  # pyarrow and pandas raise several unrelated types for corrupt files
-        raise InputDataError(path, f"cannot read it as a table ({error})") from error
-    missing = [column for column in required if column not in table.columns]
-    if missing:
-        raise InputDataError(path, f"lacks column(s) {missing}; it has {list(table.columns)}")
-    return table
 
 
 def experiment_row(name: str, directory: Path) -> dict[str, Any]:
@@ -151,11 +138,12 @@ def compare_realbogus(experiment_dirs: Mapping[str, str | Path], deployed: str, 
     if deployed not in experiment_dirs:
         raise ValueError(f"the deployed experiment {deployed!r} is not among {sorted(experiment_dirs)}")
     summary = pd.DataFrame([experiment_row(name, Path(d)) for name, d in experiment_dirs.items()])
-    scored_table = _read_table(Path(scored), ("pair_id", "ra", "dec", "score", "is_real"))
-    pairs = _read_table(Path(pairs_summary), ("pair_id", "sn_name", "mission", "sn_in_science", "sn_recovered"))
-    splits_table = _read_table(Path(index), ("sn_name", "split"))
+    scored_table = read_table(scored, ("pair_id", "ra", "dec", "score", "is_real"), not_found="file is missing")
+    pairs = read_table(pairs_summary, ("pair_id", "sn_name", "mission", "sn_in_science", "sn_recovered"),
+                       not_found="file is missing")
+    splits_table = read_table(index, ("sn_name", "split"), not_found="file is missing")
     splits = splits_table.drop_duplicates("sn_name").set_index("sn_name")["split"].to_dict()
-    catalog_table = _read_table(Path(catalog), ("sn_name", "ra", "dec"))
+    catalog_table = read_table(catalog, ("sn_name", "ra", "dec"), not_found="file is missing")
     recovery = sn_recovery(pairs, scored_table, catalog_table, splits, match_radius_arcsec)
     report = {
         "experiments": summary.to_dict("records"),

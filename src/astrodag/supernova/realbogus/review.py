@@ -53,7 +53,7 @@ import pandas as pd
 
 from astrodag.errors import InputDataError
 from astrodag.supernova.imaging.triplets import CHANNELS
-from astrodag.io import atomic_path, save_figure, write_json, write_table
+from astrodag.io import atomic_path, read_table, save_figure, write_json, write_table
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +64,7 @@ LABELS = {"1": 1, "real": 1, "0": 0, "bogus": 0, "skip": None}
 META_COLUMNS = ("pair_id", "sn_name", "mission", "filter")
 # Of the scored candidate table (astrodag.supernova.realbogus.scoring.SCORED_COLUMNS): needed, and carried into the queue.
 REQUIRED_SCORED_COLUMNS = ("pair_id", "x", "y", "score")
+_NOT_SCORED = "file does not exist: score the candidates first (astrodag supernova score)"
 QUEUED_COLUMNS = (*REQUIRED_SCORED_COLUMNS, "candidate_id", "ra", "dec", "significance", "kept", "masked_fraction")
 SAFE_PAIR_ID = re.compile(r"[A-Za-z0-9_.-]+")
 
@@ -126,9 +127,8 @@ def _scored_rows(scored: str | Path | pd.DataFrame, threshold: float, count: int
     """
     if isinstance(scored, pd.DataFrame) or Path(scored).suffix == ".csv":
         source = Path("scored") if isinstance(scored, pd.DataFrame) else Path(scored)
-        if not isinstance(scored, pd.DataFrame) and not source.is_file():
-            raise InputDataError(source, "file does not exist: score the candidates first (astrodag supernova score)")
-        table = scored if isinstance(scored, pd.DataFrame) else pd.read_csv(source, dtype={"pair_id": str})
+        table = scored if isinstance(scored, pd.DataFrame) else read_table(
+            source, REQUIRED_SCORED_COLUMNS, {"pair_id": str}, not_found=_NOT_SCORED)
         wanted = _queued_columns(table.columns, source)
         scores = _checked_scores(table["score"], source)
         rows = most_uncertain(scores, threshold, count)
@@ -137,7 +137,7 @@ def _scored_rows(scored: str | Path | pd.DataFrame, threshold: float, count: int
     if source.suffix != ".parquet":
         raise InputDataError(source, "expected a .parquet or .csv table (the scoring stage's candidates.parquet)")
     if not source.is_file():
-        raise InputDataError(source, "file does not exist: score the candidates first (astrodag supernova score)")
+        raise InputDataError(source, _NOT_SCORED)
     import pyarrow.parquet as pq
 
     parquet = pq.ParquetFile(source)
@@ -305,12 +305,7 @@ class _StampWriter:
 
 
 def _with_pair_columns(table: pd.DataFrame, pairs: Path) -> pd.DataFrame:
-    if not pairs.is_file():
-        raise InputDataError(pairs, "file does not exist")
-    info = pd.read_csv(pairs, dtype={column: str for column in META_COLUMNS})
-    missing = [c for c in META_COLUMNS if c not in info.columns]
-    if missing:
-        raise InputDataError(pairs, f"lacks the columns {missing}")
+    info = read_table(pairs, META_COLUMNS, {column: str for column in META_COLUMNS}, not_found="file does not exist")
     unknown = sorted(set(table["pair_id"]) - set(info["pair_id"]))
     if unknown:
         raise InputDataError(pairs, f"has no row for the pair(s) {unknown[:5]}")

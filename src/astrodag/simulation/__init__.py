@@ -1,0 +1,1 @@
+"""Simulation pieces shared by the tracks: image rendering (:mod:`astrodag.simulation.render`)."""
