@@ -15,9 +15,9 @@ from astrodag.supernova.archive.pairing import PairSettings
 from astrodag.supernova.archive.synthetic import SurveySettings
 from astrodag.supernova.imaging.detect import DetectSettings
 from astrodag.supernova.imaging.pipeline import DifferenceSettings
-from astrodag.supernova.realbogus.training import RealBogusSettings
-from astrodag.supernova.realbogus.scoring import ScoringSettings
 from astrodag.supernova.imaging.triplets import DatasetSettings, TripletSettings
+from astrodag.supernova.realbogus.scoring import ScoringSettings
+from astrodag.supernova.realbogus.training import RealBogusSettings
 
 REPO = Path(__file__).resolve().parents[2]
 DEFS = yaml.safe_load((REPO / "workflow" / "schemas" / "config.schema.yaml").read_text())["$defs"]

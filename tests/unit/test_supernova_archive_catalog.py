@@ -4,9 +4,15 @@ from pathlib import Path
 
 import pytest
 
-from astrodag.supernova.archive.catalog import (CATALOG_COLUMNS, catalog_entry, config_number, config_range,
-                                      load_catalog, safe_name)
 from astrodag.errors import ConfigError, InputDataError, check_keys
+from astrodag.supernova.archive.catalog import (
+    CATALOG_COLUMNS,
+    catalog_entry,
+    config_number,
+    config_range,
+    load_catalog,
+    safe_name,
+)
 
 CATALOG = Path(__file__).resolve().parents[2] / "resources" / "supernovae.csv"
 HEADER = ",".join(CATALOG_COLUMNS)

@@ -4,9 +4,9 @@ import math
 
 import numpy as np
 import pytest
+from astropy.stats import SigmaClip
 from imaging_helpers import render
 from photutils.background import Background2D, MedianBackground, StdBackgroundRMS
-from astropy.stats import SigmaClip
 
 from astrodag.errors import ConfigError
 from astrodag.supernova.imaging.background import BackgroundSettings, NoiseModel, estimate_background, noise_level

@@ -49,8 +49,8 @@ from tqdm.auto import tqdm
 
 from astrodag.errors import ConfigError, check_keys
 from astrodag.io import atomic_path, write_table
-from astrodag.microlensing.magnification import binary_magnification, pspl_magnification
 from astrodag.logs import progress_enabled
+from astrodag.microlensing.magnification import binary_magnification, pspl_magnification
 
 log = logging.getLogger(__name__)
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 from astrodag.cli_support import add_track
 from astrodag.supernova.archive import commands as archive_commands
 from astrodag.supernova.imaging import commands as imaging_commands
-from astrodag.supernova.realbogus import commands as realbogus_commands, service_commands
+from astrodag.supernova.realbogus import commands as realbogus_commands
+from astrodag.supernova.realbogus import service_commands
 
 
 def register(tracks) -> None:

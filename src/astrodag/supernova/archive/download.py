@@ -37,9 +37,9 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from astrodag import __version__
-from astrodag.supernova.archive.catalog import config_number, safe_name
 from astrodag.errors import InputDataError, check_keys
 from astrodag.io import atomic_path, file_digest, write_json
+from astrodag.supernova.archive.catalog import config_number, safe_name
 
 log = logging.getLogger(__name__)
 

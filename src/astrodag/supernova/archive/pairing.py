@@ -50,9 +50,9 @@ import shapely
 from shapely.geometry import Point, Polygon
 from shapely.geometry.base import BaseGeometry
 
-from astrodag.supernova.archive.catalog import config_number, load_catalog, safe_name
 from astrodag.errors import InputDataError, check_keys
 from astrodag.io import write_table
+from astrodag.supernova.archive.catalog import config_number, load_catalog, safe_name
 
 log = logging.getLogger(__name__)
 

@@ -66,10 +66,10 @@ from scipy.signal import fftconvolve
 from scipy.special import gamma, gammaincinv
 
 from astrodag import __version__
-from astrodag.supernova.archive.catalog import config_number, config_range, load_catalog
-from astrodag.supernova.archive.pairing import tangent_plane
 from astrodag.errors import ConfigError, check_keys
 from astrodag.io import atomic_path, write_json, write_table
+from astrodag.supernova.archive.catalog import config_number, config_range, load_catalog
+from astrodag.supernova.archive.pairing import tangent_plane
 
 log = logging.getLogger(__name__)
 

@@ -32,7 +32,8 @@ def add_stages(stages) -> None:
                         help="pairs.csv, for sn_name/mission/filter (needed to ingest the reviews)")
     review.add_argument("--no-stamps", dest="stamps", action="store_false", help="skip the PNG stamps")
 
-    ingest = add_stage(stages, "ingest-reviews", _ingest_reviews, "reviewed labels -> triplet files for the next dataset")
+    ingest = add_stage(stages, "ingest-reviews", _ingest_reviews,
+                       "reviewed labels -> triplet files for the next dataset")
     ingest.add_argument("--reviews", type=Path, required=True, help="review_queue.csv with its label column filled")
     ingest.add_argument("--out-dir", type=Path, required=True,
                         help="writes one {pair_id}.npz per pair (the triplets.npz layout) and ingested.json")
@@ -51,7 +52,8 @@ def add_stages(stages) -> None:
                        help="concurrent connections before answering 503 (default 64; bounds memory with --max-mb)")
     serve.add_argument("--device", default="auto", help="torch device: auto (CUDA when present), cpu, cuda:0 ...")
     serve.add_argument("--threads", type=int,
-                       help="torch CPU threads per worker (default: torch's; with --workers, the cores divided among them)")
+                       help="torch CPU threads per worker (default: torch's; with --workers, the cores divided "
+                            "among them)")
     serve.add_argument("--workers", type=int, default=1,
                        help="worker processes on the port, each with the model (default 1; on a CPU, 2 workers of "
                             "1 thread score about 15 %% more than 1 of 2 threads on 2 cores)")

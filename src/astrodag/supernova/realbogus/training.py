@@ -39,9 +39,9 @@ from torch.utils.data import Dataset
 
 from astrodag import __version__
 from astrodag.errors import ConfigError, InputDataError
-from astrodag.supernova.realbogus.scoring import CHANNELS, RealBogusScorer, device_name, save_realbogus_model
-from astrodag.settings import Settings, choice, flag, number, optional, section, setting, subset
 from astrodag.io import save_figure, write_json, write_table
+from astrodag.settings import Settings, choice, flag, number, optional, section, setting, subset
+from astrodag.supernova.realbogus.scoring import CHANNELS, RealBogusScorer, device_name, save_realbogus_model
 
 log = logging.getLogger(__name__)
 
