@@ -2,7 +2,7 @@
 
 :func:`create_app` builds the application; the model is loaded once, when the server starts
 (the lifespan), and shared by all requests. :func:`serve` runs it with uvicorn
-(``astrodag serve --model model.pt``).
+(``astrodag supernova serve --model model.pt``).
 
 Endpoints
 ---------

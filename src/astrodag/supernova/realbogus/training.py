@@ -257,7 +257,7 @@ def load_splits(triplets_dir: str | Path) -> TripletSplits:
     directory = Path(triplets_dir)
     index_path = directory / "index.parquet"
     if not index_path.is_file():
-        raise InputDataError(index_path, "missing: build the triplet dataset first (astrodag supernova dataset)")
+        raise InputDataError(index_path, "missing: build the triplet dataset first (astrodag supernova build-dataset)")
     try:
         index = pd.read_parquet(index_path)
     except (OSError, ValueError) as error:
@@ -272,7 +272,7 @@ def load_splits(triplets_dir: str | Path) -> TripletSplits:
     for split in SPLITS:
         path = directory / f"{split}.npy"
         if not path.is_file():
-            raise InputDataError(path, "missing: build the triplet dataset first (astrodag supernova dataset)")
+            raise InputDataError(path, "missing: build the triplet dataset first (astrodag supernova build-dataset)")
         try:
             array = np.load(path, mmap_mode="r", allow_pickle=False)
         except (OSError, ValueError) as error:
