@@ -31,7 +31,7 @@ def load_flare_experiments(path):
 
 
 def as_json(value):
-    """Options passed to the CLI as one JSON argument (the rule quotes it with ``:q``)."""
+    """Options passed to the CLI as one JSON argument (``{params.NAME:q}`` quotes it for the shell)."""
     return json.dumps(value, sort_keys=True)
 
 
