@@ -2,7 +2,8 @@
 
 A track registers itself with :func:`add_track`: it adds one subcommand per stage with
 :func:`add_stage`, whose handler runs the stage and imports the numerical modules only then,
-so that ``astrodag --help`` stays fast. Only the standard library and PyYAML are imported here.
+so that ``astrodag --help`` stays fast. Only the standard library, PyYAML and the project
+errors are imported here.
 """
 
 from __future__ import annotations
@@ -78,14 +79,14 @@ def add_common(parser: argparse.ArgumentParser) -> None:
                         help="show progress bars (default: only on a terminal)")
 
 
-def add_stage(stages, name: str, handler: Handler, help: str) -> argparse.ArgumentParser:  # noqa: A002
+def add_stage(stages, name: str, handler: Handler, help: str) -> argparse.ArgumentParser:
     """A stage's parser; ``handler(args)`` runs the stage when it is chosen."""
     parser = stages.add_parser(name, help=help, description=help)
     parser.set_defaults(handler=handler)
     return parser
 
 
-def add_track(tracks, name: str, help: str, add_stages: Callable[[Any], None]) -> argparse.ArgumentParser:  # noqa: A002
+def add_track(tracks, name: str, help: str, add_stages: Callable[[Any], None]) -> argparse.ArgumentParser:
     """The track ``name`` with the stages ``add_stages(stages)`` adds, each with the common options.
 
     Parameters
