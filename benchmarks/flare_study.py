@@ -77,7 +77,7 @@ def main() -> None:
             command = [sys.executable, "-m", "astrodag", "flares", "train", "--features",
                        str(dataset / "features.npy"), "--index", str(dataset / "windows.parquet"),
                        "--out-dir", str(workdir / "single" / model), "--flare-class", "M", "--window", "24",
-                       "--seed", "0", "--model", model, "--threads", str(config["resources"]["train_threads"]),
+                       "--seed", "0", "--architecture", model, "--threads", str(config["resources"]["train_threads"]),
                        *options]
             # ru_maxrss of children is a running maximum: measure each in a fresh interpreter.
             probe = [sys.executable, "-c",

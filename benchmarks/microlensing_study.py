@@ -100,7 +100,8 @@ def main() -> None:
                                       "--threads", threads))
         sidecar = json.loads((model_dir / "model.json").read_text())
         samples = sidecar["data"]["events"]["train"] * sidecar["epochs_run"]
-        print(f"{'train one cadence (' + args.cadence + ', ' + str(sidecar['epochs_run']) + ' epochs)':<52} {wall:>8.1f} "
+        label = f"train one cadence ({args.cadence}, {sidecar['epochs_run']} epochs)"
+        print(f"{label:<52} {wall:>8.1f} "
               f"{peak:>9.0f} {samples / sidecar['training_seconds']:>12.0f} curves/s (train)")
         wall, peak = measure(astrodag("predict", "--shards", *shards, "--masks", *masks, "--model",
                                       str(model_dir / "model.pt"), "--model-json", str(model_dir / "model.json"),

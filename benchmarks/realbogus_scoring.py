@@ -160,8 +160,8 @@ def main() -> None:
     import numpy as np
     import torch
 
-    from astrodag.supernova.realbogus.scoring import resolve_precision, save_realbogus_model
     from astrodag.models.braai import build_realbogus_model
+    from astrodag.supernova.realbogus.scoring import resolve_precision, save_realbogus_model
 
     torch.set_num_threads(args.threads)
     rng = np.random.default_rng(0)

@@ -1,7 +1,7 @@
 """Benchmark the real/bogus HTTP service: triplets scored per second under concurrent clients.
 
 The service (``astrodag.supernova.realbogus.service.serve``) runs in its own process on 127.0.0.1, as
-``astrodag serve`` runs it; this process is the clients (``httpx`` on asyncio), so on one
+``astrodag supernova serve`` runs it; this process is the clients (``httpx`` on asyncio), so on one
 machine both share its cores, as a broker feeding a co-located scorer would. For each number
 of service workers (``--workers``, 1 and 2 by default: processes on one port, each with the model
 and cores / workers torch threads), each batch
@@ -46,8 +46,8 @@ def make_model(directory: Path, architecture: str, size: int) -> Path:
     """A randomly initialised (seeded) model saved as training saves one; returns model.pt."""
     import torch
 
-    from astrodag.supernova.realbogus.scoring import save_realbogus_model
     from astrodag.models.braai import build_realbogus_model
+    from astrodag.supernova.realbogus.scoring import save_realbogus_model
 
     torch.manual_seed(0)
     options = {"size": size} if architecture == "braai" else {}

@@ -139,7 +139,8 @@ def _convert(values: pd.Series, kind: str, path: Path, column: str) -> pd.Series
         bad = ~text.isin(list(words))
         if bad.any():
             row = int(np.flatnonzero(bad.to_numpy())[0])
-            raise InputDataError(path, f"{row_label(path, row)}, column {column!r}: {_shown(values.iloc[row])} is not true or "
+            raise InputDataError(path, f"{row_label(path, row)}, column {column!r}: "
+                                       f"{_shown(values.iloc[row])} is not true or "
                                        "false")
         return text.map(words).astype(bool)
     if pd.api.types.is_bool_dtype(values.dtype) or not pd.api.types.is_numeric_dtype(values.dtype):
@@ -149,7 +150,8 @@ def _convert(values: pd.Series, kind: str, path: Path, column: str) -> pd.Series
         bad = numbers.isna() & ~blank
         if bad.any():
             row = int(np.flatnonzero(bad.to_numpy())[0])
-            raise InputDataError(path, f"{row_label(path, row)}, column {column!r}: {_shown(values.iloc[row])} is not a number")
+            raise InputDataError(path, f"{row_label(path, row)}, column {column!r}: "
+                                       f"{_shown(values.iloc[row])} is not a number")
         values = numbers
     if kind == "float":
         return values.astype(float)

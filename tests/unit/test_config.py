@@ -94,6 +94,7 @@ def test_nested_typos_and_bad_values_name_the_full_key():
 
 
 def test_the_simulation_section_keeps_the_workflow_keys():
-    checked = validate_config({"microlensing": {"simulation": {"shards": 4, "seed": 9, "noise": {"reference_mag": 17}}}})
+    simulation = {"shards": 4, "seed": 9, "noise": {"reference_mag": 17}}
+    checked = validate_config({"microlensing": {"simulation": simulation}})
     simulation = checked["microlensing"]["simulation"]
     assert simulation["shards"] == 4 and simulation["seed"] == 9 and simulation["noise"]["reference_mag"] == 17.0

@@ -104,7 +104,7 @@ def test_cli_reports_bad_input_in_one_line_naming_the_file(tmp_path, caplog):
     bad.write_text("timestamp,HARPNUM,USFLUX\n2012-01-01T00:00:00Z,1,1e22\n")
     events = tmp_path / "events.csv"
     events.write_text("HARPNUM,peak_time,goes_class\n")
-    status = main(["flares", "ingest", "--keywords", str(bad), "--events", str(events),
+    status = main(["flares", "build-dataset", "--keywords", str(bad), "--events", str(events),
                    "--features", str(tmp_path / "X.npy"), "--index", str(tmp_path / "w.parquet"),
                    "--summary", str(tmp_path / "s.json")])
     assert status == 2

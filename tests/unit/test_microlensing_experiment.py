@@ -134,7 +134,7 @@ def train(toy, out_dir, training=TINY_TRAINING, **kwargs):
 
 def test_training_is_reproducible_resumable_and_scores_the_test_split(toy, tmp_path):
     first = train(toy, tmp_path / "a")
-    second = train(toy, tmp_path / "b")
+    train(toy, tmp_path / "b")
     weights_a = torch.load(tmp_path / "a" / "model.pt", weights_only=True)
     weights_b = torch.load(tmp_path / "b" / "model.pt", weights_only=True)
     assert all(torch.equal(weights_a[k], weights_b[k]) for k in weights_a)
@@ -152,7 +152,8 @@ def test_training_is_reproducible_resumable_and_scores_the_test_split(toy, tmp_p
     assert set(events["split"]) == {"test"}
     assert probabilities.shape[1] == STEPS and np.all((probabilities >= 0) & (probabilities <= 1))
     mask = np.load(tmp_path / "evaluation" / "mask.npy")
-    expected_first = np.load(toy[0][1])[np.flatnonzero(pd.read_parquet(toy[0][0] / "events.parquet")["split"] == "test")[0]]
+    first_test = np.flatnonzero(pd.read_parquet(toy[0][0] / "events.parquet")["split"] == "test")[0]
+    expected_first = np.load(toy[0][1])[first_test]
     assert np.array_equal(mask[0], expected_first)
     assert np.load(tmp_path / "evaluation" / "times.npy")[-1] == pytest.approx(DURATION * (STEPS - 1) / STEPS)
 

@@ -56,7 +56,8 @@ def test_settings_defaults_are_the_config_values_and_round_trip():
     settings = SimulationSettings.from_config(CONFIG)
     assert settings == SimulationSettings.from_config({}) == SimulationSettings.from_config(None)
     assert SimulationSettings.from_config(settings.as_dict()) == settings
-    assert settings.priors.tE_days == (10.0, 100.0) and settings.split_fractions == {"train": 0.5, "validation": 0.1, "test": 0.4}
+    assert settings.priors.tE_days == (10.0, 100.0)
+    assert settings.split_fractions == {"train": 0.5, "validation": 0.1, "test": 0.4}
     with pytest.raises(dataclasses.FrozenInstanceError):
         settings.pspl_like_max_deviation_sigma = 1.0  # frozen
     custom = SimulationSettings.from_config({"priors": {"u0": [0.1, 0.2]}, "pspl_like_max_deviation_sigma": 5})
@@ -78,7 +79,8 @@ def test_settings_defaults_are_the_config_values_and_round_trip():
         ({"priors": {"t0_fraction": [0.2, 1.5]}}, "microlensing.simulation.priors.t0_fraction"),
         ({"priors": {"source_fraction": [0.5, "x"]}}, "microlensing.simulation.priors.source_fraction"),
         ({"noise": {"sigma_at_reference": 0}}, "microlensing.simulation.noise.sigma_at_reference"),
-        ({"split_fractions": {"train": 0.8, "validation": 0.15, "test": 0.15}}, "microlensing.simulation.split_fractions"),
+        ({"split_fractions": {"train": 0.8, "validation": 0.15, "test": 0.15}},
+         "microlensing.simulation.split_fractions"),
         ({"split_fractions": {"train": 0.85, "test": 0.15}}, "microlensing.simulation.split_fractions"),
         ({"pspl_like_max_deviation_sigma": -1}, "microlensing.simulation.pspl_like_max_deviation_sigma"),
     ],

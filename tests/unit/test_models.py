@@ -5,10 +5,9 @@ import pytest
 import torch
 from sklearn.linear_model import LogisticRegression
 
-from astrodag.models.baseline import LogisticBaseline
 from astrodag.errors import ConfigError
+from astrodag.models.baseline import LogisticBaseline, window_summary
 from astrodag.models.transformer import EverestTransformer, TransformerSettings
-from astrodag.models.baseline import window_summary
 
 
 def test_transformer_returns_one_logit_per_window():

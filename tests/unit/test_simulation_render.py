@@ -8,8 +8,18 @@ from astropy.convolution import discretize_model
 from astropy.modeling.models import Gaussian2D, Moffat2D, Sersic2D
 from scipy.special import gammainc
 
-from astrodag.simulation.render import (add_cosmic_ray, add_moffat_source, gaussian_psf, moffat_alpha, moffat_psf,
-                                        photon_and_read_noise, sersic_b, sersic_image, sky_plane, stamp_size)
+from astrodag.simulation.render import (
+    add_cosmic_ray,
+    add_moffat_source,
+    gaussian_psf,
+    moffat_alpha,
+    moffat_psf,
+    photon_and_read_noise,
+    sersic_b,
+    sersic_image,
+    sky_plane,
+    stamp_size,
+)
 
 
 @pytest.mark.parametrize("n", [0.5, 1.0, 2.5, 4.0])

@@ -10,10 +10,17 @@ import requests
 from astroquery import mast
 from astroquery.utils.mocks import MockResponse
 
-from astrodag.supernova.archive.backends import (QUERY_COLUMNS, BackendSettings, LocalBackend, MastBackend, choose_product,
-                                       make_backend, query_supernova)
-from astrodag.supernova.archive.download import DownloadError, TransferSettings
 from astrodag.errors import ConfigError, InputDataError
+from astrodag.supernova.archive.backends import (
+    QUERY_COLUMNS,
+    BackendSettings,
+    LocalBackend,
+    MastBackend,
+    choose_product,
+    make_backend,
+    query_supernova,
+)
+from astrodag.supernova.archive.download import DownloadError, TransferSettings
 
 DATA = Path(__file__).resolve().parents[1] / "data" / "mast"
 M101 = (210.773796, 54.273661)  # SN 2011fe

@@ -10,11 +10,17 @@ import pandas as pd
 import pytest
 from astropy.io import fits
 
-from astrodag.supernova.archive.backends import LocalBackend
-from astrodag.supernova.archive.download import (TransferSettings, cache_path, download_pair, fetch, url_file_name,
-                                       write_plain_fits)
-from astrodag.supernova.archive.pairing import PAIR_COLUMNS
 from astrodag.errors import ConfigError, InputDataError
+from astrodag.supernova.archive.backends import LocalBackend
+from astrodag.supernova.archive.download import (
+    TransferSettings,
+    cache_path,
+    download_pair,
+    fetch,
+    url_file_name,
+    write_plain_fits,
+)
+from astrodag.supernova.archive.pairing import PAIR_COLUMNS
 
 PAYLOAD = bytes(range(256)) * 400  # 100 kB
 SHA = hashlib.sha256(PAYLOAD).hexdigest()

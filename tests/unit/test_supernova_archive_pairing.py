@@ -8,10 +8,21 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from astrodag.supernova.archive.pairing import (DECISION_COLUMNS, PAIR_COLUMNS, REASONS, YIELD_COLUMNS, PairSettings,
-                                      check_observations, footprint, overlap_fraction, pair_survey, parse_s_region,
-                                      select_pairs, tangent_plane)
 from astrodag.errors import ConfigError, InputDataError
+from astrodag.supernova.archive.pairing import (
+    DECISION_COLUMNS,
+    PAIR_COLUMNS,
+    REASONS,
+    YIELD_COLUMNS,
+    PairSettings,
+    check_observations,
+    footprint,
+    overlap_fraction,
+    pair_survey,
+    parse_s_region,
+    select_pairs,
+    tangent_plane,
+)
 
 DATA = Path(__file__).resolve().parents[1] / "data" / "mast"
 SN = {"sn_name": "SN 2011fe", "ra": 210.773796, "dec": 54.273661, "discovery_mjd": 55797.17}

@@ -9,13 +9,14 @@ import pytest
 from astropy.coordinates import SkyCoord
 from astropy.io import fits
 from astropy.wcs import WCS
+from cli_helpers import run_stage
 
+from astrodag.errors import ConfigError
 from astrodag.supernova.archive.backends import LocalBackend
 from astrodag.supernova.archive.catalog import load_catalog
 from astrodag.supernova.archive.download import write_plain_fits
 from astrodag.supernova.archive.pairing import REASONS, PairSettings, footprint, pair_survey
 from astrodag.supernova.archive.synthetic import MISSIONS, TRUTH_COLUMNS, SurveySettings, generate_survey
-from astrodag.errors import ConfigError
 
 CATALOG = Path(__file__).resolve().parents[2] / "resources" / "supernovae.csv"
 SMALL = {"image_size": 64, "stars_per_image": [10, 20]}
@@ -196,25 +197,14 @@ def test_demo_survey_through_the_local_archive_and_the_pair_rule(tmp_path):
     assert all(result["rejections"][reason] > 0 for reason in REASONS[1:]), result["rejections"]
 
 
-def test_cli_stages_survey_query_pair_download(tmp_path):
-    import argparse
-
-    from astrodag.supernova.archive import commands
-
-    parser = argparse.ArgumentParser()
-    stages = parser.add_subparsers(dest="stage")
-
-    def common(sub):
-        sub.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None)
-
-    commands.add_parsers(stages, common)
+def test_cli_stages_simulate_query_pair_download(tmp_path):
     catalog = sub_catalog(tmp_path / "sne.csv", "SN 2012aw", "SN 2017eaw")
     archive, queries = tmp_path / "archive", []
 
     def run(*argv):
-        assert commands.run(parser.parse_args([str(a) for a in argv]))
+        run_stage("supernova", *argv)
 
-    run("survey", "--catalog", catalog, "--out-dir", archive, "--seed", 2, "--settings",
+    run("simulate", "--catalog", catalog, "--out-dir", archive, "--seed", 2, "--settings",
         '{"image_size": 48, "missions": ["SWIFT"], "reference_probability": 1.0}')
     for name in ("SN_2012aw", "SN_2017eaw"):
         queries.append(tmp_path / f"{name}.csv")
@@ -230,7 +220,6 @@ def test_cli_stages_survey_query_pair_download(tmp_path):
         "--archive-dir", archive, "--cache-dir", tmp_path / "cache", "--out-dir", tmp_path / pair_id)
     with fits.open(tmp_path / pair_id / "science.fits") as hdul:
         assert WCS(image_hdu(hdul).header).has_celestial
-    assert not commands.run(argparse.Namespace(stage="difference"))  # another package's stage
     with pytest.raises(ConfigError, match="supernova.pairing.max_pairs': unknown key"):
         run("pair", "--observations", *queries, "--catalog", catalog, "--settings", '{"max_pairs": 1}',
             "--pairs", tmp_path / "p.csv", "--decisions", tmp_path / "d.csv", "--yield-summary", tmp_path / "y.csv")

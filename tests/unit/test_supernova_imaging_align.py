@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from astropy.io import fits
 from astropy.wcs import WCS
-from imaging_helpers import RA, DEC, make_wcs, observe, render, sky_stars, write_fits
+from imaging_helpers import DEC, RA, make_wcs, observe, render, sky_stars, write_fits
 from photutils.psf import fit_2dgaussian
 from reproject import reproject_interp
 

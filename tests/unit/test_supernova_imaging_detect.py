@@ -10,10 +10,10 @@ from imaging_helpers import PAIR_SHAPE, TRANSIENT, make_pair, make_wcs, process_
 from photutils.psf import fit_fwhm
 
 from astrodag.errors import ConfigError, InputDataError
+from astrodag.simulation.render import gaussian_psf
 from astrodag.supernova.imaging.detect import CANDIDATE_COLUMNS, DetectSettings, detect_candidates
 from astrodag.supernova.imaging.inject import INJECTION_COLUMNS, add_point_sources
 from astrodag.supernova.imaging.pipeline import MASK_BITS, DifferenceSettings, detect_pair, difference_pair
-from astrodag.simulation.render import gaussian_psf
 from astrodag.supernova.imaging.subtract import zogy
 
 SHAPE = (160, 160)

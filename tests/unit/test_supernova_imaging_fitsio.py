@@ -10,8 +10,8 @@ from imaging_helpers import make_wcs
 
 from astrodag import __version__
 from astrodag.errors import InputDataError
-from astrodag.supernova.imaging.fitsio import load_image, write_image
 from astrodag.io import file_digest
+from astrodag.supernova.imaging.fitsio import load_image, write_image
 
 SHAPE = (40, 50)
 

@@ -4,14 +4,14 @@ import math
 
 import numpy as np
 import pytest
+from astropy.stats import SigmaClip
 from imaging_helpers import render
 from photutils.background import Background2D, MedianBackground, StdBackgroundRMS
-from astropy.stats import SigmaClip
 
 from astrodag.errors import ConfigError
+from astrodag.simulation.render import gaussian_psf
 from astrodag.supernova.imaging.background import BackgroundSettings, NoiseModel, estimate_background, noise_level
 from astrodag.supernova.imaging.inject import add_point_sources
-from astrodag.simulation.render import gaussian_psf
 from astrodag.supernova.imaging.psf import PSFSettings, estimate_psf
 from astrodag.supernova.imaging.subtract import SubtractSettings, flux_ratio, gaussian_difference, zogy, zogy_tiled
 

@@ -1,19 +1,26 @@
 """Triplet cut-outs per pair, the split dataset, and the four CLI stages of the package."""
 
-import argparse
 import json
 import shutil
 
 import numpy as np
 import pandas as pd
 import pytest
-from imaging_helpers import RA, DEC, TRANSIENT, processed_pair  # noqa: F401
+from cli_helpers import run_stage
+from imaging_helpers import DEC, RA, TRANSIENT, processed_pair  # noqa: F401
 
-from astrodag.cli import _add_common
 from astrodag.errors import ConfigError, InputDataError
-from astrodag.supernova.imaging import commands
-from astrodag.supernova.imaging.triplets import (AUGMENTATIONS, INDEX_COLUMNS, DatasetSettings, TripletSettings, assign_splits,
-                                       augment, build_dataset, cut_triplets, normalise)
+from astrodag.supernova.imaging.triplets import (
+    AUGMENTATIONS,
+    INDEX_COLUMNS,
+    DatasetSettings,
+    TripletSettings,
+    assign_splits,
+    augment,
+    build_dataset,
+    cut_triplets,
+    normalise,
+)
 
 SN_NAMES = ("SN 2011fe", "SN 2014J", "SN 2023ixf", "SN 2017eaw")
 
@@ -146,15 +153,7 @@ def test_split_assignment_and_augmentations():
 # ---- CLI ---------------------------------------------------------------------------------
 
 
-@pytest.fixture
-def parser():
-    parser = argparse.ArgumentParser(prog="astrodag supernova")
-    stages = parser.add_subparsers(dest="stage", required=True)
-    commands.add_parsers(stages, _add_common)
-    return parser
-
-
-def test_cli_stages(parser, processed_pair, tmp_path):  # noqa: F811
+def test_cli_stages(processed_pair, tmp_path):  # noqa: F811
     source_dir, _, _ = processed_pair
     pair_dir = tmp_path / "SN2011fe__SYN_X_g__1_2"
     pair_dir.mkdir()
@@ -172,24 +171,26 @@ def test_cli_stages(parser, processed_pair, tmp_path):  # noqa: F811
          str(pair_dir / "candidates.csv")],
         ["triplets", "--pair-dir", str(pair_dir), "--pairs", str(tmp_path / "pairs.csv"), "--pair-id", pair_dir.name,
          "--catalog", str(tmp_path / "catalog.csv"), "--seed", "2", "--out", str(pair_dir / "triplets.npz")],
-        ["dataset", "--triplets", str(pair_dir / "triplets.npz"), "--out-dir", str(tmp_path / "dataset"),
+        ["build-dataset", "--triplets", str(pair_dir / "triplets.npz"), "--out-dir", str(tmp_path / "dataset"),
          "--settings", '{"split_fractions": {"train": 1.0, "validation": 0.0, "test": 0.0}}'],
     ]
     for argv in runs:
-        assert commands.run(parser.parse_args(argv)) is True
+        run_stage("supernova", *argv)
     with np.load(pair_dir / "triplets.npz") as npz:
         assert str(npz["sn_name"]) == "SN 2011fe" and (npz["source"] == "sn").sum() == 1
     assert len(np.load(tmp_path / "dataset" / "train.npy", mmap_mode="r")) > 0
     assert len(np.load(tmp_path / "dataset" / "test.npy", mmap_mode="r")) == 0
+    # A directory stands for its .npz files (the reviewed triplets of the active-learning loop).
+    run_stage("supernova", "build-dataset", "--triplets", pair_dir, "--out-dir", tmp_path / "from_dir",
+              "--settings", '{"split_fractions": {"train": 1.0, "validation": 0.0, "test": 0.0}}')
+    pd.testing.assert_frame_equal(pd.read_parquet(tmp_path / "from_dir" / "index.parquet"),
+                                  pd.read_parquet(tmp_path / "dataset" / "index.parquet"))
 
-    bad = parser.parse_args(["triplets", "--pair-dir", str(pair_dir), "--pairs", str(tmp_path / "pairs.csv"),
-                             "--pair-id", "nope", "--catalog", str(tmp_path / "catalog.csv")])
     with pytest.raises(InputDataError, match="pair_id 'nope'"):
-        commands.run(bad)
-    typo = parser.parse_args(["detect", "--pair-dir", str(pair_dir), "--settings", '{"threshhold": 5}'])
+        run_stage("supernova", "triplets", "--pair-dir", pair_dir, "--pairs", tmp_path / "pairs.csv",
+                  "--pair-id", "nope", "--catalog", tmp_path / "catalog.csv")
     with pytest.raises(ConfigError, match="supernova.detection.threshhold"):
-        commands.run(typo)
-    assert commands.run(argparse.Namespace(stage="survey")) is False
+        run_stage("supernova", "detect", "--pair-dir", pair_dir, "--settings", '{"threshhold": 5}')
 
 
 def test_undetected_supernova_is_not_cut_as_a_real_example(processed_pair, tmp_path):  # noqa: F811

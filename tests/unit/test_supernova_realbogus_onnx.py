@@ -7,8 +7,8 @@ import pytest
 import torch
 from realbogus_helpers import triplets
 
-from astrodag.supernova.realbogus.scoring import RealBogusScorer, save_realbogus_model
 from astrodag.models.braai import build_realbogus_model
+from astrodag.supernova.realbogus.scoring import RealBogusScorer, save_realbogus_model
 
 onnx = pytest.importorskip("onnx", reason="ONNX export needs the onnx package")
 pytest.importorskip("onnxscript", reason="torch's ONNX exporter needs onnxscript")

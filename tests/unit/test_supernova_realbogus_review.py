@@ -1,6 +1,5 @@
 """Active learning: the review queue of the most uncertain scored candidates and the ingestion of the labels."""
 
-import argparse
 import json
 import shutil
 
@@ -9,16 +8,23 @@ import pandas as pd
 import pytest
 import torch
 from astropy.io import fits
+from cli_helpers import run_stage
 from realbogus_helpers import write_pair
 
 from astrodag.errors import InputDataError
-from astrodag.supernova.realbogus import service_commands
-from astrodag.supernova.imaging.pipeline import read_products
-from astrodag.supernova.realbogus.review import (QUEUE_FILE, TRIPLETS_FILE, binary_entropy, ingest_reviews, most_uncertain,
-                                     uncertainty_order, write_review_queue)
-from astrodag.supernova.realbogus.scoring import RealBogusScorer, ScoringSettings, save_realbogus_model, score_batch
-from astrodag.supernova.imaging.triplets import DatasetSettings, build_dataset, cutouts
 from astrodag.models.braai import build_realbogus_model
+from astrodag.supernova.imaging.pipeline import read_products
+from astrodag.supernova.imaging.triplets import DatasetSettings, build_dataset, cutouts
+from astrodag.supernova.realbogus.review import (
+    QUEUE_FILE,
+    TRIPLETS_FILE,
+    binary_entropy,
+    ingest_reviews,
+    most_uncertain,
+    uncertainty_order,
+    write_review_queue,
+)
+from astrodag.supernova.realbogus.scoring import RealBogusScorer, ScoringSettings, save_realbogus_model, score_batch
 
 THRESHOLD = 0.3
 # Row i has score SCORES[i]; with threshold 0.3 the expected queue order is below.
@@ -267,21 +273,14 @@ def test_queue_input_errors(scored, tmp_path):
 
 def test_cli_review_and_ingest(scored, tmp_path):
     root, pair_dirs, _ = scored
-    parser = argparse.ArgumentParser()
-    stages = parser.add_subparsers(dest="stage")
-    service_commands.add_parsers(stages, lambda p: None)
-    args = parser.parse_args(["review", "--scored", str(root / "candidates.parquet"), "--pair-dirs",
-                              *map(str, pair_dirs), "--model-json", str(root / "model" / "model.json"),
-                              "--pairs", str(root / "pairs.csv"), "--out-dir", str(tmp_path / "cli"),
-                              "--count", "2", "--no-stamps"])
-    assert service_commands.run(args)
+    run_stage("supernova", "review", "--scored", root / "candidates.parquet", "--pair-dirs", *pair_dirs,
+              "--model-json", root / "model" / "model.json", "--pairs", root / "pairs.csv", "--out-dir",
+              tmp_path / "cli", "--count", "2", "--no-stamps")
     queued = pd.read_csv(tmp_path / "cli" / QUEUE_FILE)
     table = pd.read_parquet(root / "candidates.parquet")
     assert list(queued["score"]) == pytest.approx(list(table["score"].iloc[most_uncertain(table["score"], 0.5, 2)]))
     _label(tmp_path / "cli", ["1", "0"])
-    args = parser.parse_args(["ingest-reviews", "--reviews", str(tmp_path / "cli" / QUEUE_FILE), "--out-dir",
-                              str(tmp_path / "cli-ingested")])
-    assert service_commands.run(args)
+    run_stage("supernova", "ingest-reviews", "--reviews", tmp_path / "cli" / QUEUE_FILE, "--out-dir",
+              tmp_path / "cli-ingested")
     record = json.loads((tmp_path / "cli-ingested" / "ingested.json").read_text())
     assert record["real"] == 1 and record["bogus"] == 1
-    assert not service_commands.run(argparse.Namespace(stage="train"))

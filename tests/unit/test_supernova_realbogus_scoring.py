@@ -1,6 +1,5 @@
 """Scoring triplets and differenced pairs with a saved real/bogus model, and the CLI stages."""
 
-import argparse
 import json
 
 import numpy as np
@@ -8,12 +7,13 @@ import pandas as pd
 import pytest
 import torch
 from astropy.io import fits
+from cli_helpers import run_stage
 from realbogus_helpers import raw_triplet, triplets, write_dataset, write_pair
 
-from astrodag.cli import _add_common
 from astrodag.errors import ConfigError, InputDataError
-from astrodag.supernova.realbogus import commands as realbogus_commands
+from astrodag.models.braai import build_realbogus_model
 from astrodag.supernova.imaging.pipeline import read_products
+from astrodag.supernova.imaging.triplets import cutouts, normalise
 from astrodag.supernova.realbogus.scoring import (
     RealBogusScorer,
     ScoringSettings,
@@ -23,8 +23,6 @@ from astrodag.supernova.realbogus.scoring import (
     score_batch,
     score_pair,
 )
-from astrodag.supernova.imaging.triplets import cutouts, normalise
-from astrodag.models.braai import build_realbogus_model
 from astrodag.training import precision
 from astrodag.training.precision import cpu_has_native_bf16, resolve_precision
 
@@ -217,35 +215,22 @@ def test_scoring_settings_reject_unknown_keys():
         ScoringSettings.from_config({"batchsize": 3})
 
 
-def _parser():
-    parser = argparse.ArgumentParser()
-    stages = parser.add_subparsers(dest="stage", required=True)
-    realbogus_commands.add_parsers(stages, _add_common)
-    stages.add_parser("other")
-    return parser
-
-
 def test_cli_stages_train_evaluate_score(tmp_path, monkeypatch, caplog):
     # A CPU with native bfloat16: the score stage's "auto" picks it, the evaluation stays float32.
     monkeypatch.setattr(precision, "cpu_has_native_bf16", lambda: True)
     data = write_dataset(tmp_path / "data", {"train": 32, "validation": 16, "test": 16})
-    parser = _parser()
-    assert realbogus_commands.run(parser.parse_args(["other"])) is False
     settings = '{"braai": {"max_epochs": 1, "batch_size": 16}}'
-    assert realbogus_commands.run(parser.parse_args(
-        ["train", "--triplets-dir", str(data), "--out-dir", str(tmp_path / "m"), "--seed", "1", "--settings", settings,
-         "--threads", "1", "--no-progress"]))
-    assert realbogus_commands.run(parser.parse_args(
-        ["evaluate", "--model-dir", str(tmp_path / "m"), "--triplets-dir", str(data), "--out-dir",
-         str(tmp_path / "e")]))
+    run_stage("supernova", "train", "--triplets-dir", data, "--out-dir", tmp_path / "m", "--seed", "1", "--settings",
+              settings, "--threads", "1", "--no-progress")
+    run_stage("supernova", "evaluate", "--model-dir", tmp_path / "m", "--triplets-dir", data, "--out-dir",
+              tmp_path / "e")
     metrics = json.loads((tmp_path / "e" / "metrics.json").read_text())
     assert metrics["test"]["n"] == 16 and metrics["scoring"]["precision"] == "float32"
     write_pair(tmp_path / "pair")
-    with caplog.at_level("INFO", logger="astrodag.supernova.imaging"):
-        assert realbogus_commands.run(parser.parse_args(
-            ["score", "--model", str(tmp_path / "m" / "model.pt"), "--pair-dirs", str(tmp_path / "pair"), "--out",
-             str(tmp_path / "scored.parquet"), "--stamps-dir", str(tmp_path / "stamps"), "--settings",
-             '{"top": 0, "device": "cpu"}']))
+    with caplog.at_level("INFO", logger="astrodag.supernova"):
+        run_stage("supernova", "score", "--model", tmp_path / "m" / "model.pt", "--pair-dirs", tmp_path / "pair",
+                  "--out", tmp_path / "scored.parquet", "--stamps-dir", tmp_path / "stamps", "--settings",
+                  '{"top": 0, "device": "cpu"}')
     assert len(pd.read_parquet(tmp_path / "scored.parquet")) == 7
     assert json.loads((tmp_path / "scored.json").read_text())["precision"] == "bfloat16"
     assert "in bfloat16" in caplog.text

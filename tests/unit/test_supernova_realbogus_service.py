@@ -1,6 +1,5 @@
 """The real/bogus HTTP service, through a real uvicorn server on 127.0.0.1 and a real HTTP client."""
 
-import argparse
 import gzip
 import io
 import json
@@ -17,12 +16,12 @@ import pytest
 import torch
 import uvicorn
 from astropy.io import fits
+from cli_helpers import parse, run_stage
 
 from astrodag.errors import ConfigError, InputDataError
-from astrodag.supernova.realbogus import service_commands
+from astrodag.models.braai import BraaiCNN
 from astrodag.supernova.realbogus.scoring import RealBogusScorer, prepare_triplet, save_realbogus_model
 from astrodag.supernova.realbogus.service import create_app
-from astrodag.models.braai import BraaiCNN
 from astrodag.training import precision
 
 SIZE = 31
@@ -261,34 +260,25 @@ def test_concurrent_requests_are_all_answered(url, scorer):
         assert response.json()["scores"] == pytest.approx(scorer.score(batch).tolist(), abs=1e-6)
 
 
-def _serve_args(argv):
-    parser = argparse.ArgumentParser()
-    tracks = parser.add_subparsers(dest="track")
-    service_commands.add_serve_parser(tracks, lambda p: None)
-    return parser.parse_args(argv)
-
-
 def test_serve_command(tmp_path, model_files, monkeypatch):
-    args = _serve_args(["serve", "--model", str(model_files["model"]), "--port", "8123", "--max-mb", "2"])
     called = {}
-    monkeypatch.setattr("astrodag.supernova.realbogus.service.serve", lambda model, **kwargs: called.update(kwargs, model=model))
-    assert service_commands.run_serve(args)
+    monkeypatch.setattr("astrodag.supernova.realbogus.service.serve",
+                        lambda model, **kwargs: called.update(kwargs, model=model))
+    run_stage("supernova", "serve", "--model", model_files["model"], "--port", "8123", "--max-mb", "2")
     assert called["port"] == 8123 and called["max_bytes"] == 2 * 2 ** 20 and called["host"] == "127.0.0.1"
     assert called["max_connections"] == 64 and called["device"] == "auto" and called["precision"] == "auto"
     assert "max_batch" not in called  # the service's own default applies
-    assert service_commands.run_serve(_serve_args(["serve", "--model", str(model_files["model"]), "--precision",
-                                                   "bfloat16"]))
+    run_stage("supernova", "serve", "--model", model_files["model"], "--precision", "bfloat16")
     assert called["precision"] == "bfloat16"
     assert called["workers"] == 1
-    assert service_commands.run_serve(_serve_args(["serve", "--model", str(model_files["model"]), "--workers", "2"]))
+    run_stage("supernova", "serve", "--model", model_files["model"], "--workers", "2")
     assert called["workers"] == 2
     with pytest.raises(ConfigError, match="serve.workers"):
-        service_commands.run_serve(_serve_args(["serve", "--model", str(model_files["model"]), "--workers", "0"]))
+        run_stage("supernova", "serve", "--model", model_files["model"], "--workers", "0")
     with pytest.raises(SystemExit):
-        _serve_args(["serve", "--model", str(model_files["model"]), "--precision", "half"])
+        parse("supernova", "serve", "--model", model_files["model"], "--precision", "half")
     with pytest.raises(InputDataError, match="missing"):
-        service_commands.run_serve(_serve_args(["serve", "--model", str(tmp_path / "none.pt")]))
-    assert not service_commands.run_serve(argparse.Namespace(track="supernova", stage="train"))
+        run_stage("supernova", "serve", "--model", tmp_path / "none.pt")
 
 
 class _SlowScorer:
@@ -349,12 +339,12 @@ def test_a_model_that_cannot_load_stops_the_server_with_its_error(tmp_path, mode
 
 
 def test_two_worker_processes_answer_on_one_port(model_files, scorer):
-    """``astrodag serve --workers 2`` as users start it: both workers load the model and score."""
+    """``astrodag supernova serve --workers 2`` as users start it: both workers load the model and score."""
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    command = [sys.executable, "-m", "astrodag", "serve", "--model", str(model_files["model"]), "--port", str(port),
-               "--workers", "2", "--device", "cpu", "--precision", "float32"]
+    command = [sys.executable, "-m", "astrodag", "supernova", "serve", "--model", str(model_files["model"]),
+               "--port", str(port), "--workers", "2", "--device", "cpu", "--precision", "float32"]
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         url = f"http://127.0.0.1:{port}"

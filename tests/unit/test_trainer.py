@@ -7,8 +7,8 @@ import torch
 from torch import nn
 from torch.utils.data import TensorDataset
 
-from astrodag.evaluation.metrics import binary_metrics
 from astrodag.errors import ConfigError
+from astrodag.evaluation.metrics import binary_metrics
 from astrodag.training import BinaryFocalLoss, Trainer, TrainerSettings
 
 

@@ -31,8 +31,51 @@ def load_flare_experiments(path):
 
 
 def as_json(value):
-    """Options passed to the CLI as one JSON argument (quoted by the rule)."""
+    """Options passed to the CLI as one JSON argument (``{params.NAME:q}`` quotes it for the shell)."""
     return json.dumps(value, sort_keys=True)
+
+
+def _files(named, key):
+    """The file(s) of ``named`` (a rule's input or output) under a name or an index, as a list."""
+    files = getattr(named, key) if isinstance(key, str) else named[key]
+    return [files] if isinstance(files, str) else list(files)
+
+
+def output_dir(key=0):
+    """A params function: the directory of the rule's output ``key`` (a name or an index)."""
+
+    def directory(wildcards, output):
+        return str(Path(_files(output, key)[0]).parent)
+
+    return directory
+
+
+def input_dir(key=0):
+    """A params function: the directory of the rule's input ``key`` (a name or an index)."""
+
+    def directory(wildcards, input):
+        return str(Path(_files(input, key)[0]).parent)
+
+    return directory
+
+
+def quoted_dirs(key, names=None, up=1):
+    """A params function: the directories of every file of input ``key``, quoted for the shell.
+
+    ``up`` levels above each file; with ``names`` (in the order of the files) each is given as
+    ``NAME=DIR``. The result is space separated: several arguments, not one.
+    """
+
+    def directories(wildcards, input):
+        dirs = [Path(path).parents[up - 1] for path in _files(input, key)]
+        items = (
+            dirs
+            if names is None
+            else [f"{name}={path}" for name, path in zip(names, dirs, strict=True)]
+        )
+        return " ".join(shlex.quote(str(item)) for item in items)
+
+    return directories
 
 
 # Rules run `python -m astrodag`; the source tree goes first on the path so that the
@@ -127,11 +170,6 @@ def microlensing_shards(wildcards=None):
 def microlensing_masks(wildcards):
     """The cadence's mask of every shard, in shard order."""
     return expand(ML_MASK, cadence=wildcards.cadence, shard=ML_SHARDS)
-
-
-def shard_dirs(paths):
-    """Shard directories from their events.parquet paths, space separated for the shell."""
-    return " ".join(shlex.quote(str(Path(p).parent)) for p in paths)
 
 
 # ---- supernova imaging --------------------------------------------------------------

@@ -50,7 +50,7 @@ rule prepare_flare_dataset:
         ),
         split_seed=FLARES["dataset"]["split_seed"],
     shell:
-        "python -m astrodag flares ingest --keywords {input.keywords} --events {input.events}"
+        "python -m astrodag flares build-dataset --keywords {input.keywords} --events {input.events}"
         " --features {output.features} --index {output.index} --summary {output.summary}"
         " --window-steps {params.window_steps} --cadence-minutes {params.cadence}"
         " --stride {params.stride} --horizons {params.horizons} --classes {params.classes}"
@@ -80,13 +80,13 @@ rule train_flare_model:
         runtime=FLARES["resources"]["train_runtime"],
         gpu=FLARES["resources"]["train_gpus"],
     params:
-        out_dir=lambda wildcards, output: str(Path(output.predictions).parent),
+        out_dir=output_dir("predictions"),
         model_options=as_json(FLARES["everest"]),
         training_options=as_json(FLARES["training"]),
     shell:
         "python -m astrodag flares train --features {input.features} --index {input.index}"
         " --out-dir {params.out_dir} --flare-class {wildcards.flare_class}"
-        " --window {wildcards.window} --seed {wildcards.seed} --model everest"
+        " --window {wildcards.window} --seed {wildcards.seed} --architecture everest"
         " --model-options {params.model_options:q} --training-options {params.training_options:q}"
         " --threads {threads} --log {log}"
 
@@ -111,12 +111,12 @@ rule train_flare_baseline:
         mem_mb=FLARES["resources"]["train_mem_mb"],
         runtime=30,
     params:
-        out_dir=lambda wildcards, output: str(Path(output.predictions).parent),
+        out_dir=output_dir("predictions"),
         model_options=as_json(FLARES["baseline"]),
     shell:
         "python -m astrodag flares train --features {input.features} --index {input.index}"
         " --out-dir {params.out_dir} --flare-class {wildcards.flare_class}"
-        " --window {wildcards.window} --seed {wildcards.seed} --model baseline"
+        " --window {wildcards.window} --seed {wildcards.seed} --architecture baseline"
         " --model-options {params.model_options:q} --threads {threads} --log {log}"
 
 
@@ -133,7 +133,7 @@ rule sweep_flare_thresholds:
     conda:
         "../../envs/flares.yaml"
     params:
-        out_dir=lambda wildcards, output: str(Path(output.results).parent),
+        out_dir=output_dir("results"),
         start=FLARES["sweep"]["start"],
         stop=FLARES["sweep"]["stop"],
         num=FLARES["sweep"]["num"],
@@ -203,11 +203,11 @@ rule analyze_flare_study:
         mem_mb=4000,
         runtime=30,
     params:
-        out_dir=lambda wildcards, output: str(Path(output.report).parent),
+        out_dir=output_dir("report"),
         confidence=FLARES["analysis"]["confidence"],
         resamples=FLARES["analysis"]["bootstrap_resamples"],
         seed=FLARES["analysis"]["seed"],
     shell:
-        "python -m astrodag flares analyze --results {input.results} --predictions {input.predictions}"
+        "python -m astrodag flares compare --results {input.results} --predictions {input.predictions}"
         " --out-dir {params.out_dir} --confidence {params.confidence}"
         " --bootstrap-resamples {params.resamples} --seed {params.seed} --log {log}"

@@ -18,7 +18,7 @@ rule simulate_events:
         mem_mb=MICROLENSING["resources"]["simulate_mem_mb"],
         runtime=MICROLENSING["resources"]["simulate_runtime"],
     params:
-        out_dir=lambda wildcards, output: Path(output.events).parent,
+        out_dir=output_dir("events"),
         events=MICROLENSING["simulation"]["events_per_shard"],
         epochs=MICROLENSING["time_grid"]["epochs"],
         duration=MICROLENSING["time_grid"]["duration_days"],
@@ -37,7 +37,7 @@ rule simulate_events:
     shell:
         "python -m astrodag microlensing simulate --out-dir {params.out_dir} --shard {wildcards.shard}"
         " --events {params.events} --epochs {params.epochs} --duration-days {params.duration}"
-        " --seed {params.seed} --settings '{params.settings}' --log {log}"
+        " --seed {params.seed} --settings {params.settings:q} --log {log}"
 
 
 rule mask_cadence:
@@ -83,8 +83,8 @@ rule train_microlensing_model:
         runtime=MICROLENSING["resources"]["train_runtime"],
         gpu=MICROLENSING["resources"]["train_gpus"],
     params:
-        shards=lambda wildcards, input: shard_dirs(input.events),
-        out_dir=lambda wildcards, output: Path(output.weights).parent,
+        shards=quoted_dirs("events"),
+        out_dir=output_dir("weights"),
         duration=MICROLENSING["time_grid"]["duration_days"],
         seed=MICROLENSING["seed"],
         model=as_json(MICROLENSING["model"]),
@@ -92,7 +92,7 @@ rule train_microlensing_model:
     shell:
         "python -m astrodag microlensing train --shards {params.shards} --masks {input.masks}"
         " --out-dir {params.out_dir} --cadence {wildcards.cadence} --duration-days {params.duration}"
-        " --seed {params.seed} --model-options '{params.model}' --training-options '{params.training}'"
+        " --seed {params.seed} --model-options {params.model:q} --training-options {params.training:q}"
         " --threads {threads} --log {log}"
 
 
@@ -119,8 +119,8 @@ rule predict_microlensing_test:
         mem_mb=2000,
         runtime=60,
     params:
-        shards=lambda wildcards, input: shard_dirs(input.events),
-        out_dir=lambda wildcards, output: Path(output.probabilities).parent,
+        shards=quoted_dirs("events"),
+        out_dir=output_dir("probabilities"),
         batch_size=MICROLENSING["resources"]["predict_batch_size"],
     shell:
         "python -m astrodag microlensing predict --shards {params.shards} --masks {input.masks}"
@@ -151,8 +151,8 @@ rule evaluate_microlensing_cadence:
         mem_mb=2000,
         runtime=30,
     params:
-        evaluation_dir=lambda wildcards, input: Path(input[0]).parent,
-        out_dir=lambda wildcards, output: Path(output.metrics).parent,
+        evaluation_dir=input_dir(0),
+        out_dir=output_dir("metrics"),
         fractions=" ".join(str(f) for f in MICROLENSING["analysis"]["fractions"]),
         thresholds=" ".join(
             str(t) for t in MICROLENSING["analysis"]["detection_thresholds"]
@@ -165,7 +165,7 @@ rule evaluate_microlensing_cadence:
 
 rule compare_cadences:
     input:
-        expand(f"{ML_CADENCE}/analysis/metrics.json", cadence=CADENCES),
+        metrics=expand(f"{ML_CADENCE}/analysis/metrics.json", cadence=CADENCES),
     output:
         report=report(
             f"{ML_COMPARISON}/comparison.md",
@@ -194,10 +194,8 @@ rule compare_cadences:
     conda:
         "../../envs/microlensing.yaml"
     params:
-        cadence_dirs=lambda wildcards, input: " ".join(
-            f"{name}={Path(path).parent}" for name, path in zip(CADENCES, input)
-        ),
-        out_dir=lambda wildcards, output: Path(output.report).parent,
+        cadence_dirs=quoted_dirs("metrics", names=CADENCES),
+        out_dir=output_dir("report"),
     shell:
         "python -m astrodag microlensing compare --cadence-dirs {params.cadence_dirs}"
         " --out-dir {params.out_dir} --log {log}"

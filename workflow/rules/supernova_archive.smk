@@ -21,12 +21,12 @@ rule simulate_survey:
         mem_mb=2000,
         runtime=30,
     params:
-        out_dir=lambda wildcards, output: Path(output.observations).parent,
+        out_dir=output_dir("observations"),
         settings=as_json(SUPERNOVA["survey"]),
         seed=SUPERNOVA["survey_seed"],
     shell:
-        "python -m astrodag supernova survey --catalog {input.catalog} --out-dir {params.out_dir}"
-        " --settings '{params.settings}' --seed {params.seed} --log {log}"
+        "python -m astrodag supernova simulate --catalog {input.catalog} --out-dir {params.out_dir}"
+        " --settings {params.settings:q} --seed {params.seed} --log {log}"
 
 
 rule query_archive:
@@ -57,7 +57,7 @@ rule query_archive:
     shell:
         "python -m astrodag supernova query --catalog {input.catalog} --sn {params.name}"
         " {params.backend} --radius-arcmin {params.radius} {params.missions}"
-        " --settings '{params.settings}' --cache-dir {params.cache_dir} --out {output} --log {log}"
+        " --settings {params.settings:q} --cache-dir {params.cache_dir} --out {output} --log {log}"
 
 
 checkpoint pair_observations:
@@ -79,7 +79,7 @@ checkpoint pair_observations:
         settings=as_json(SUPERNOVA["pairing"]),
     shell:
         "python -m astrodag supernova pair --observations {input.observations} --catalog {input.catalog}"
-        " --settings '{params.settings}' --pairs {output.pairs} --decisions {output.decisions}"
+        " --settings {params.settings:q} --pairs {output.pairs} --decisions {output.decisions}"
         " --yield-summary {output.yield_summary} --log {log}"
 
 
@@ -104,9 +104,9 @@ rule download_pair:
     params:
         backend=supernova_backend(),
         cache_dir=SUPERNOVA["download"]["cache_dir"],
-        out_dir=lambda wildcards, output: Path(output.record).parent,
+        out_dir=output_dir("record"),
         settings=as_json(SUPERNOVA["archive"]),
     shell:
         "python -m astrodag supernova download --pairs {input.pairs} --pair-id {wildcards.pair_id}"
-        " {params.backend} --settings '{params.settings}' --cache-dir {params.cache_dir}"
+        " {params.backend} --settings {params.settings:q} --cache-dir {params.cache_dir}"
         " --out-dir {params.out_dir} --log {log}"

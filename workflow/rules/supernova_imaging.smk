@@ -23,12 +23,12 @@ rule difference_pair:
         mem_mb=SUPERNOVA["resources"]["difference_mem_mb"],
         runtime=SUPERNOVA["resources"]["difference_runtime"],
     params:
-        out_dir=lambda wildcards, output: Path(output.record).parent,
+        out_dir=output_dir("record"),
         settings=as_json(SUPERNOVA["difference"]),
         seed=SUPERNOVA["seed"],
     shell:
         "python -m astrodag supernova difference --science {input.science} --reference {input.reference}"
-        " --out-dir {params.out_dir} --settings '{params.settings}' --seed {params.seed} --log {log}"
+        " --out-dir {params.out_dir} --settings {params.settings:q} --seed {params.seed} --log {log}"
 
 
 rule detect_candidates:
@@ -44,11 +44,11 @@ rule detect_candidates:
         mem_mb=SUPERNOVA["resources"]["difference_mem_mb"],
         runtime=20,
     params:
-        pair_dir=lambda wildcards, output: Path(output[0]).parent,
+        pair_dir=output_dir(0),
         settings=as_json(SUPERNOVA["detection"]),
     shell:
         "python -m astrodag supernova detect --pair-dir {params.pair_dir}"
-        " --settings '{params.settings}' --out {output} --log {log}"
+        " --settings {params.settings:q} --out {output} --log {log}"
 
 
 rule cut_triplets:
@@ -67,12 +67,12 @@ rule cut_triplets:
         mem_mb=1000,
         runtime=20,
     params:
-        pair_dir=lambda wildcards, output: Path(output[0]).parent,
+        pair_dir=output_dir(0),
         settings=as_json(SUPERNOVA["triplets"]),
         seed=SUPERNOVA["seed"],
     shell:
         "python -m astrodag supernova triplets --pair-dir {params.pair_dir} --pairs {input.pairs}"
-        " --pair-id {wildcards.pair_id} --catalog {input.catalog} --settings '{params.settings}'"
+        " --pair-id {wildcards.pair_id} --catalog {input.catalog} --settings {params.settings:q}"
         " --seed {params.seed} --out {output} --log {log}"
 
 
@@ -97,16 +97,16 @@ rule build_triplet_dataset:
         mem_mb=2000,
         runtime=30,
     params:
-        out_dir=lambda wildcards, output: Path(output.index).parent,
+        out_dir=output_dir("index"),
         settings=as_json(SUPERNOVA["dataset"]),
         seed=SUPERNOVA["seed"],
-        # Reviewed candidates (active learning) join as extra per-pair triplet files.
+        # Reviewed candidates (active learning) join as the per-pair triplet files of their directory.
         reviewed=lambda wildcards, input: (
-            f"$(ls {Path(input.reviewed[0]).parent}/*.npz)" if input.reviewed else ""
+            shlex.quote(str(Path(input.reviewed[0]).parent)) if input.reviewed else ""
         ),
     shell:
-        "python -m astrodag supernova dataset --triplets {input.triplets} {params.reviewed} --out-dir {params.out_dir}"
-        " --settings '{params.settings}' --seed {params.seed} --log {log}"
+        "python -m astrodag supernova build-dataset --triplets {input.triplets} {params.reviewed}"
+        " --out-dir {params.out_dir} --settings {params.settings:q} --seed {params.seed} --log {log}"
 
 
 rule summarize_imaging:
@@ -139,12 +139,10 @@ rule summarize_imaging:
         "../../envs/supernova.yaml"
     params:
         truth=lambda wildcards, input: f"--truth {input.truth}" if input.truth else "",
-        pair_dirs=lambda wildcards, input: " ".join(
-            shlex.quote(str(Path(p).parent)) for p in input.records
-        ),
-        out_dir=lambda wildcards, output: Path(output.report).parent,
+        pair_dirs=quoted_dirs("records"),
+        out_dir=output_dir("report"),
     shell:
-        "python -m astrodag supernova summarize --pairs {input.pairs} --decisions {input.decisions}"
+        "python -m astrodag supernova report --pairs {input.pairs} --decisions {input.decisions}"
         " --yield-summary {input.yield_summary} --catalog {input.catalog} --pair-dirs {params.pair_dirs}"
         " --dataset-summary {input.dataset} {params.truth} --out-dir {params.out_dir} --log {log}"
 

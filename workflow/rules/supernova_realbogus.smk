@@ -24,8 +24,8 @@ rule train_realbogus:
         runtime=SUPERNOVA["resources"]["train_runtime"],
         gpu=SUPERNOVA["resources"]["train_gpus"],
     params:
-        triplets_dir=lambda wildcards, input: Path(input.index).parent,
-        out_dir=lambda wildcards, output: Path(output.weights).parent,
+        triplets_dir=input_dir("index"),
+        out_dir=output_dir("weights"),
         architecture=lambda wildcards: RB_GRID.loc[wildcards.experiment, "architecture"],
         seed=lambda wildcards: int(RB_GRID.loc[wildcards.experiment, "seed"]),
         missions=realbogus_missions,
@@ -33,7 +33,7 @@ rule train_realbogus:
     shell:
         "python -m astrodag supernova train --triplets-dir {params.triplets_dir} --out-dir {params.out_dir}"
         " --architecture {params.architecture} --seed {params.seed} {params.missions}"
-        " --settings '{params.settings}' --threads {threads} --log {log}"
+        " --settings {params.settings:q} --threads {threads} --log {log}"
 
 
 rule evaluate_realbogus:
@@ -66,14 +66,14 @@ rule evaluate_realbogus:
         mem_mb=2000,
         runtime=20,
     params:
-        model_dir=lambda wildcards, input: Path(input[0]).parent,
-        triplets_dir=lambda wildcards, input: Path(input.index).parent,
-        out_dir=lambda wildcards, output: Path(output.metrics).parent,
+        model_dir=input_dir(0),
+        triplets_dir=input_dir("index"),
+        out_dir=output_dir("metrics"),
         settings=as_json(SUPERNOVA["realbogus"]),
     shell:
         "python -m astrodag supernova evaluate --model-dir {params.model_dir}"
         " --triplets-dir {params.triplets_dir} --out-dir {params.out_dir}"
-        " --settings '{params.settings}' --threads {threads} --log {log}"
+        " --settings {params.settings:q} --threads {threads} --log {log}"
 
 
 rule score_candidates:
@@ -96,14 +96,12 @@ rule score_candidates:
         mem_mb=2000,
         runtime=60,
     params:
-        pair_dirs=lambda wildcards, input: " ".join(
-            shlex.quote(str(Path(p).parent)) for p in input.candidates
-        ),
+        pair_dirs=quoted_dirs("candidates"),
         settings=as_json(SUPERNOVA["scoring"]),
     shell:
         "python -m astrodag supernova score --model {input.weights} --model-json {input.sidecar}"
         " --pair-dirs {params.pair_dirs} --out {output.table} --stamps-dir {output.stamps}"
-        " --settings '{params.settings}' --threads {threads} --log {log}"
+        " --settings {params.settings:q} --threads {threads} --log {log}"
 
 
 # The queue comes from the newly scored candidates (not from the labelled test split): only the
@@ -126,10 +124,8 @@ rule review_queue:
         mem_mb=2000,
         runtime=30,
     params:
-        pair_dirs=lambda wildcards, input: " ".join(
-            shlex.quote(str(Path(p).parent)) for p in input.candidates
-        ),
-        out_dir=lambda wildcards, output: Path(output.queue).parent,
+        pair_dirs=quoted_dirs("candidates"),
+        out_dir=output_dir("queue"),
         queue_size=SUPERNOVA["review"]["count"],
     shell:
         "python -m astrodag supernova review --scored {input.scored} --pair-dirs {params.pair_dirs}"
@@ -147,7 +143,7 @@ rule ingest_reviews:
     conda:
         "../../envs/supernova.yaml"
     params:
-        out_dir=lambda wildcards, output: Path(output.record).parent,
+        out_dir=output_dir("record"),
         triplets=lambda wildcards, input: Path(input.reviews).with_name(
             "review_triplets.npz"
         ),
@@ -195,11 +191,8 @@ rule compare_realbogus:
     conda:
         "../../envs/supernova.yaml"
     params:
-        experiments=lambda wildcards, input: " ".join(
-            f"{name}={Path(path).parent.parent}"
-            for name, path in zip(RB_EXPERIMENTS, input.metrics)
-        ),
-        out_dir=lambda wildcards, output: Path(output.report).parent,
+        experiments=quoted_dirs("metrics", names=RB_EXPERIMENTS, up=2),
+        out_dir=output_dir("report"),
         deployed=RB_DEPLOY,
     shell:
         "python -m astrodag supernova compare --experiments {params.experiments} --deployed {params.deployed}"

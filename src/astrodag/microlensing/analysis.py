@@ -40,8 +40,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 from matplotlib import colormaps
-from scipy.stats import mannwhitneyu, norm
 from matplotlib.figure import Figure
+from scipy.stats import mannwhitneyu, norm
 from tabulate import tabulate
 from tqdm.auto import tqdm
 

@@ -73,7 +73,8 @@ def load_shard(shard_dir: str | Path, mask_path: str | Path) -> Shard:
     magnitudes = _load_array(shard_dir / "magnitudes.npy", None)
     if magnitudes.shape[0] != len(events):
         raise InputDataError(
-            shard_dir / "magnitudes.npy", f"{magnitudes.shape[0]} light curves but {len(events)} events in {events_path}"
+            shard_dir / "magnitudes.npy",
+            f"{magnitudes.shape[0]} light curves but {len(events)} events in {events_path}",
         )
     errors = _load_array(shard_dir / "errors.npy", magnitudes.shape)
     mask = _load_array(Path(mask_path), magnitudes.shape)

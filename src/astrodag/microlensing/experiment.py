@@ -28,6 +28,7 @@ from astrodag import __version__
 from astrodag.errors import InputDataError
 from astrodag.evaluation.metrics import binary_metrics, measure_latency
 from astrodag.io import atomic_path, save_npy, write_json, write_table
+from astrodag.logs import progress_enabled
 from astrodag.microlensing.dataset import (
     INPUT_LAYOUT,
     N_CHANNELS,
@@ -37,7 +38,6 @@ from astrodag.microlensing.dataset import (
     load_shard,
     shards_digest,
 )
-from astrodag.logs import progress_enabled
 from astrodag.models.temporal_cnn import TemporalCNNSettings, TimeDistributedCNN
 from astrodag.settings import choice, number, setting
 from astrodag.training.seeding import select_device
@@ -232,7 +232,8 @@ def predict_split(
         torch.set_num_threads(threads)
     shards, n_steps = _open_shards(shard_dirs, mask_paths)
     if n_steps != sidecar["time_grid"]["epochs"]:
-        raise InputDataError(shard_dirs[0], f"{n_steps} epochs, but the model was trained on {sidecar['time_grid']['epochs']}")
+        raise InputDataError(shard_dirs[0],
+                             f"{n_steps} epochs, but the model was trained on {sidecar['time_grid']['epochs']}")
     torch_device = select_device(device)
     model = load_model(model_path, sidecar, torch_device)
     dataset = LightCurveDataset(shards, split, Normalisation.from_dict(sidecar["normalisation"]))

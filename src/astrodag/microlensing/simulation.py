@@ -48,8 +48,8 @@ from tqdm.auto import tqdm
 
 from astrodag.errors import ConfigError
 from astrodag.io import atomic_path, write_table
-from astrodag.microlensing.magnification import binary_magnification, pspl_magnification
 from astrodag.logs import progress_enabled
+from astrodag.microlensing.magnification import binary_magnification, pspl_magnification
 from astrodag.settings import Settings, fractions, interval, number, section, setting
 
 log = logging.getLogger(__name__)

@@ -22,8 +22,8 @@ import torch
 from torch import nn
 
 from astrodag.errors import AstrodagError
-from astrodag.supernova.realbogus.scoring import load_realbogus_model
 from astrodag.io import atomic_path
+from astrodag.supernova.realbogus.scoring import load_realbogus_model
 
 log = logging.getLogger(__name__)
 

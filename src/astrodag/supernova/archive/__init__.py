@@ -14,5 +14,5 @@ Modules (imported on demand; this package imports nothing heavy):
 ``synthetic``
     the synthetic multi-mission survey, written as a local archive;
 ``commands``
-    the ``astrodag supernova`` stages ``survey``, ``query``, ``pair`` and ``download``.
+    the ``astrodag supernova`` stages ``simulate``, ``query``, ``pair`` and ``download``.
 """

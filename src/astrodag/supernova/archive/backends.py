@@ -31,12 +31,19 @@ import numpy as np
 import pandas as pd
 from shapely.geometry import Point
 
-from astrodag.supernova.archive.catalog import catalog_entry, load_catalog
-from astrodag.supernova.archive.download import DownloadError, FetchResult, TransferSettings, cache_path, fetch, with_retries
-from astrodag.supernova.archive.pairing import OBSERVATION_COLUMNS, check_observations, footprint
 from astrodag.errors import ConfigError, InputDataError
-from astrodag.settings import Settings, number, section, setting
 from astrodag.io import file_digest, read_table, write_table
+from astrodag.settings import Settings, number, section, setting
+from astrodag.supernova.archive.catalog import catalog_entry, load_catalog
+from astrodag.supernova.archive.download import (
+    DownloadError,
+    FetchResult,
+    TransferSettings,
+    cache_path,
+    fetch,
+    with_retries,
+)
+from astrodag.supernova.archive.pairing import OBSERVATION_COLUMNS, check_observations, footprint
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +75,10 @@ class ArchiveBackend(abc.ABC):
         """The absolute URL of a row's product."""
 
     def fetch(self, row: Mapping, destination: str | Path) -> FetchResult:
-        """Fetch a row's product into the cache folder ``destination`` (see ``astrodag.supernova.archive.download.fetch``)."""
+        """Fetch a row's product into the cache folder ``destination``.
+
+        See :func:`astrodag.supernova.archive.download.fetch`.
+        """
         url = self.resolve_url(row)
         return fetch(url, cache_path(destination, str(row["obsid"]), url), size=row.get("size"),
                      checksum=row.get("checksum"), settings=self.transfer, sleep=self.sleep)

@@ -38,9 +38,9 @@ from typing import Any, ClassVar, TypeVar
 
 from astrodag import __version__
 from astrodag.errors import InputDataError
+from astrodag.io import atomic_path, file_digest, read_table, write_json
 from astrodag.settings import Settings, number, setting
 from astrodag.supernova.archive.catalog import safe_name
-from astrodag.io import atomic_path, file_digest, read_table, write_json
 
 log = logging.getLogger(__name__)
 

@@ -51,9 +51,9 @@ from shapely.geometry import Point, Polygon
 from shapely.geometry.base import BaseGeometry
 
 from astrodag.errors import InputDataError
+from astrodag.io import read_table, write_table
 from astrodag.settings import Settings, number, setting
 from astrodag.supernova.archive.catalog import load_catalog, safe_name
-from astrodag.io import read_table, write_table
 
 log = logging.getLogger(__name__)
 

@@ -64,15 +64,22 @@ import numpy as np
 import pandas as pd
 from scipy.signal import fftconvolve
 
+import astrodag.settings as checks
 from astrodag import __version__
 from astrodag.errors import ConfigError
-import astrodag.settings as checks
+from astrodag.io import atomic_path, write_json, write_table
 from astrodag.settings import Settings, setting, subset, unknown_key
+from astrodag.simulation.render import (
+    add_cosmic_ray,
+    add_moffat_source,
+    moffat_alpha,
+    moffat_psf,
+    photon_and_read_noise,
+    sersic_image,
+    sky_plane,
+)
 from astrodag.supernova.archive.catalog import load_catalog
 from astrodag.supernova.archive.pairing import tangent_plane
-from astrodag.io import atomic_path, write_json, write_table
-from astrodag.simulation.render import (add_cosmic_ray, add_moffat_source, moffat_alpha, moffat_psf,
-                                       photon_and_read_noise, sersic_image, sky_plane)
 
 log = logging.getLogger(__name__)
 

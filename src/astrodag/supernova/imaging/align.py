@@ -37,8 +37,8 @@ from astropy.wcs import WCS
 from scipy import ndimage
 
 from astrodag.errors import InputDataError
-from astrodag.supernova.imaging.fitsio import Image
 from astrodag.settings import Settings, choice, flag, number, setting
+from astrodag.supernova.imaging.fitsio import Image
 
 log = logging.getLogger(__name__)
 

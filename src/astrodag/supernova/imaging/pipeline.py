@@ -64,18 +64,30 @@ from photutils.psf import fit_fwhm
 from scipy import ndimage
 
 from astrodag.errors import InputDataError
-from astrodag.supernova.imaging.align import AlignSettings, Alignment, align_reference
-from astrodag.supernova.imaging.background import (Background, BackgroundSettings, NoiseModel, estimate_background,
-                                                   noise_level)
+from astrodag.io import file_digest, write_json, write_table
+from astrodag.settings import Settings, section
+from astrodag.simulation.render import gaussian_psf
+from astrodag.supernova.imaging.align import Alignment, AlignSettings, align_reference
+from astrodag.supernova.imaging.background import (
+    Background,
+    BackgroundSettings,
+    NoiseModel,
+    estimate_background,
+    noise_level,
+)
 from astrodag.supernova.imaging.detect import DetectSettings, detect_candidates
 from astrodag.supernova.imaging.fitsio import Image, load_image, write_image
 from astrodag.supernova.imaging.inject import InjectSettings, inject_sources
 from astrodag.supernova.imaging.psf import PSF, PSFSettings, estimate_psf
-from astrodag.settings import Settings, section
-from astrodag.simulation.render import gaussian_psf
-from astrodag.supernova.imaging.subtract import (FluxScale, SubtractSettings, ZogyResult, flux_ratio,
-                                                 gaussian_difference, match_stars, zogy_tiled)
-from astrodag.io import file_digest, write_json, write_table
+from astrodag.supernova.imaging.subtract import (
+    FluxScale,
+    SubtractSettings,
+    ZogyResult,
+    flux_ratio,
+    gaussian_difference,
+    match_stars,
+    zogy_tiled,
+)
 
 log = logging.getLogger(__name__)
 

@@ -44,9 +44,9 @@ import pandas as pd
 from scipy.spatial import cKDTree
 
 from astrodag.errors import ConfigError, InputDataError
-from astrodag.supernova.imaging.pipeline import pair_rng, read_products
-from astrodag.settings import Settings, choice, fractions, number, optional, setting, subset
 from astrodag.io import atomic_path, read_table, save_figure, write_json, write_table
+from astrodag.settings import Settings, choice, fractions, number, optional, setting, subset
+from astrodag.supernova.imaging.pipeline import pair_rng, read_products
 
 log = logging.getLogger(__name__)
 

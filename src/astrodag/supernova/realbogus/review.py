@@ -52,8 +52,8 @@ import numpy as np
 import pandas as pd
 
 from astrodag.errors import InputDataError
-from astrodag.supernova.imaging.triplets import CHANNELS
 from astrodag.io import atomic_path, read_table, save_figure, write_json, write_table
+from astrodag.supernova.imaging.triplets import CHANNELS
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +62,8 @@ TRIPLETS_FILE = "review_triplets.npz"
 REVIEWED_SOURCE = "reviewed"
 LABELS = {"1": 1, "real": 1, "0": 0, "bogus": 0, "skip": None}
 META_COLUMNS = ("pair_id", "sn_name", "mission", "filter")
-# Of the scored candidate table (astrodag.supernova.realbogus.scoring.SCORED_COLUMNS): needed, and carried into the queue.
+# Of the scored candidate table (astrodag.supernova.realbogus.scoring.SCORED_COLUMNS): needed, and carried into
+# the queue.
 REQUIRED_SCORED_COLUMNS = ("pair_id", "x", "y", "score")
 _NOT_SCORED = "file does not exist: score the candidates first (astrodag supernova score)"
 QUEUED_COLUMNS = (*REQUIRED_SCORED_COLUMNS, "candidate_id", "ra", "dec", "significance", "kept", "masked_fraction")

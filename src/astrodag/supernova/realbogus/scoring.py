@@ -45,9 +45,9 @@ import torch
 from torch import nn
 
 from astrodag.errors import InputDataError
-from astrodag.settings import Settings, choice, device_name, flag, number, optional, setting
 from astrodag.io import atomic_path, write_json, write_table
 from astrodag.logs import progress_enabled
+from astrodag.settings import Settings, choice, device_name, flag, number, optional, setting
 from astrodag.training.precision import PRECISIONS, check_precision, resolve_precision
 from astrodag.training.seeding import select_device
 
@@ -672,8 +672,8 @@ def write_stamps(stamps_dir: str | Path, pairs: Mapping[str, tuple[Path, Any]], 
     from astropy.nddata import Cutout2D
     from matplotlib.figure import Figure
 
-    from astrodag.supernova.imaging.fitsio import provenance_cards
     from astrodag.io import save_figure
+    from astrodag.supernova.imaging.fitsio import provenance_cards
 
     stamps_dir = Path(stamps_dir)
     stamps_dir.mkdir(parents=True, exist_ok=True)

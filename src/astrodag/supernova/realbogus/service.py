@@ -2,14 +2,14 @@
 
 :func:`create_app` builds the application; the model is loaded once, when the server starts
 (the lifespan), and shared by all requests. :func:`serve` runs it with uvicorn
-(``astrodag serve --model model.pt``).
+(``astrodag supernova serve --model model.pt``).
 
 Endpoints
 ---------
 ``GET /health``
     ``status``, the answering worker's ``worker_pid``, the model file, architecture, decision
-    threshold, input shape, normalisation, device, precision (resolved: ``float32`` or ``bfloat16``; ``auto``, the default, is
-    bfloat16 on a CPU with native bfloat16 instructions), forward batch and the request limits.
+    threshold, input shape, normalisation, device, precision (resolved: ``float32`` or ``bfloat16``; ``auto``,
+    the default, is bfloat16 on a CPU with native bfloat16 instructions), forward batch and the request limits.
 ``POST /score``
     P(real) of one triplet or a batch, chosen by the request's ``Content-Type``:
 
@@ -472,7 +472,8 @@ def create_app(model_pt: str | Path, model_json: str | Path | None = None, max_b
             service.batcher.close()
 
     app = FastAPI(title="astrodag real/bogus scorer", lifespan=lifespan,
-                  description="P(real) of (science, reference, difference) triplets; see astrodag.supernova.realbogus.service.")
+                  description="P(real) of (science, reference, difference) triplets; "
+                              "see astrodag.supernova.realbogus.service.")
     app.add_middleware(BodyLimit, max_bytes=max_bytes)
 
     @app.get("/health")
@@ -546,7 +547,8 @@ def serve(model_pt: str | Path, host: str = "127.0.0.1", port: int = 8000, model
         load_realbogus_model(model_pt, model_json, "cpu")
         options["threads"] = threads or max(1, (os.cpu_count() or 1) // workers)
         os.environ[OPTIONS_VARIABLE] = json.dumps(options)
-        uvicorn.run("astrodag.supernova.realbogus.service:app_from_environment", factory=True, workers=workers, **settings)
+        uvicorn.run("astrodag.supernova.realbogus.service:app_from_environment", factory=True, workers=workers,
+                    **settings)
         return
     app = create_app(**options)
     config = uvicorn.Config(app, **settings)

@@ -1,31 +1,24 @@
-"""CLI of the real/bogus service and active learning.
+"""CLI of the real/bogus service and active learning: ``astrodag supernova review|ingest-reviews|serve``.
 
-``astrodag supernova review|ingest-reviews`` (stages of the supernova track, wired with
-:func:`add_parsers` / :func:`run`) and the top-level ``astrodag serve`` (:func:`add_serve_parser`
-/ :func:`run_serve`). Only argparse, pathlib and json are imported at module level so that
-``astrodag --help`` stays fast; the service and torch are imported when a command runs.
+Only argparse-level code is imported at module level so that ``astrodag --help`` stays fast;
+the service and torch are imported when a stage runs.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import logging
 from pathlib import Path
 
-STAGES = ("review", "ingest-reviews")
+from astrodag.cli_support import add_model_files, add_stage, sidecar_path
+
+logger = logging.getLogger("astrodag.supernova.realbogus")
 
 
-def add_parsers(stages, common) -> None:
-    """Add ``review`` and ``ingest-reviews`` to the ``supernova`` track's subparsers.
-
-    Parameters
-    ----------
-    stages : argparse._SubParsersAction
-        The track's subparsers.
-    common : callable
-        Adds ``--log/--verbose/--progress`` to a parser.
-    """
-    review = stages.add_parser("review", help="queue the most uncertain newly scored candidates for human review")
+def add_stages(stages) -> None:
+    """Add ``review``, ``ingest-reviews`` and ``serve`` to the ``supernova`` track's subparsers."""
+    review = add_stage(stages, "review", _review, "queue the most uncertain newly scored candidates for human review")
     review.add_argument("--scored", type=Path, required=True,
                         help="the score stage's candidate table (.parquet/.csv: pair_id, x, y, score, ...)")
     review.add_argument("--pair-dirs", type=Path, nargs="+", required=True,
@@ -38,30 +31,17 @@ def add_parsers(stages, common) -> None:
     review.add_argument("--pairs", type=Path,
                         help="pairs.csv, for sn_name/mission/filter (needed to ingest the reviews)")
     review.add_argument("--no-stamps", dest="stamps", action="store_false", help="skip the PNG stamps")
-    common(review)
 
-    ingest = stages.add_parser("ingest-reviews", help="reviewed labels -> triplet files for the next dataset")
+    ingest = add_stage(stages, "ingest-reviews", _ingest_reviews,
+                       "reviewed labels -> triplet files for the next dataset")
     ingest.add_argument("--reviews", type=Path, required=True, help="review_queue.csv with its label column filled")
     ingest.add_argument("--out-dir", type=Path, required=True,
                         help="writes one {pair_id}.npz per pair (the triplets.npz layout) and ingested.json")
     ingest.add_argument("--triplets", type=Path,
                         help="the queue's cut-outs (default: review_triplets.npz beside --reviews)")
-    common(ingest)
 
-
-def add_serve_parser(tracks, common) -> None:
-    """Add the top-level ``serve`` command to the ``astrodag`` subparsers.
-
-    Parameters
-    ----------
-    tracks : argparse._SubParsersAction
-        The top-level subparsers (``dest="track"``).
-    common : callable
-        Adds ``--log/--verbose/--progress`` to a parser.
-    """
-    serve = tracks.add_parser("serve", help="HTTP service scoring real/bogus triplets (POST /score, GET /health)")
-    serve.add_argument("--model", type=Path, required=True, help="model.pt of a trained real/bogus model")
-    serve.add_argument("--model-json", type=Path, help="its sidecar (default: --model with the suffix .json)")
+    serve = add_stage(stages, "serve", _serve, "HTTP service scoring real/bogus triplets (POST /score, GET /health)")
+    add_model_files(serve, "model.pt of a trained real/bogus model")
     serve.add_argument("--host", default="127.0.0.1",
                        help="interface to listen on (default 127.0.0.1; 0.0.0.0 exposes the unauthenticated service)")
     serve.add_argument("--port", type=int, default=8000, help="TCP port (default 8000)")
@@ -72,7 +52,8 @@ def add_serve_parser(tracks, common) -> None:
                        help="concurrent connections before answering 503 (default 64; bounds memory with --max-mb)")
     serve.add_argument("--device", default="auto", help="torch device: auto (CUDA when present), cpu, cuda:0 ...")
     serve.add_argument("--threads", type=int,
-                       help="torch CPU threads per worker (default: torch's; with --workers, the cores divided among them)")
+                       help="torch CPU threads per worker (default: torch's; with --workers, the cores divided "
+                            "among them)")
     serve.add_argument("--workers", type=int, default=1,
                        help="worker processes on the port, each with the model (default 1; on a CPU, 2 workers of "
                             "1 thread score about 15 %% more than 1 of 2 threads on 2 cores)")
@@ -80,39 +61,30 @@ def add_serve_parser(tracks, common) -> None:
     serve.add_argument("--precision", choices=("auto", "float32", "bfloat16"), default="auto",
                        help="auto (default): bfloat16 on a CPU with AVX512-BF16/AMX-BF16, else float32 (GPUs too); "
                             "GET /health reports the one in use")
-    common(serve)
 
 
-def run(args: argparse.Namespace) -> bool:
-    """Run ``args.stage`` if it is one of this module's; return False if it is not."""
-    import logging
+def _review(args: argparse.Namespace) -> None:
+    from astrodag.supernova.realbogus.review import write_review_queue
 
-    if getattr(args, "stage", None) not in STAGES:
-        return False
-    log = logging.getLogger("astrodag.supernova.imaging")
-    if args.stage == "review":
-        from astrodag.supernova.realbogus.review import write_review_queue
-
-        summary = write_review_queue(args.scored, args.pair_dirs, args.model_json, args.out_dir, count=args.count,
-                                     pairs=args.pairs, stamps=args.stamps)
-        log.info("review: %s", json.dumps(summary))
-    else:
-        from astrodag.supernova.realbogus.review import ingest_reviews
-
-        summary = ingest_reviews(args.reviews, args.out_dir, triplets=args.triplets)
-        log.info("ingest-reviews: %s", json.dumps({k: v for k, v in summary.items() if k != "files"}))
-    return True
+    summary = write_review_queue(args.scored, args.pair_dirs, args.model_json, args.out_dir, count=args.count,
+                                 pairs=args.pairs, stamps=args.stamps)
+    logger.info("review: %s", json.dumps(summary))
 
 
-def run_serve(args: argparse.Namespace) -> bool:
-    """Run ``astrodag serve`` if ``args.track`` is ``serve``; return False if it is not."""
-    if getattr(args, "track", None) != "serve":
-        return False
+def _ingest_reviews(args: argparse.Namespace) -> None:
+    from astrodag.supernova.realbogus.review import ingest_reviews
+
+    summary = ingest_reviews(args.reviews, args.out_dir, triplets=args.triplets)
+    logger.info("ingest-reviews: %s", json.dumps({k: v for k, v in summary.items() if k != "files"}))
+
+
+def _serve(args: argparse.Namespace) -> None:
+    """Check the options, then serve until interrupted."""
     from astrodag.errors import ConfigError, InputDataError
     from astrodag.supernova.realbogus.service import serve
 
     # Checked here so that a wrong path is one clear line, not a failed server start-up.
-    sidecar = args.model_json or args.model.with_suffix(".json")
+    sidecar = sidecar_path(args)
     for path in (args.model, sidecar):
         if not path.is_file():
             raise InputDataError(path, "missing: train a real/bogus model first (astrodag supernova train)")
@@ -136,4 +108,3 @@ def run_serve(args: argparse.Namespace) -> bool:
     serve(args.model, host=args.host, port=args.port, model_json=args.model_json, device=args.device,
           threads=args.threads, max_connections=args.max_connections, precision=args.precision,
           workers=args.workers, **limits)
-    return True

@@ -39,12 +39,12 @@ from torch.utils.data import Dataset
 
 from astrodag import __version__
 from astrodag.errors import ConfigError, InputDataError
+from astrodag.io import save_figure, write_json, write_table
 from astrodag.models.braai import BraaiCNNSettings, ResNet18Settings
 from astrodag.settings import Settings, choice, device_name, flag, number, optional, section, setting, subset
 from astrodag.supernova.realbogus.scoring import CHANNELS, RealBogusScorer, save_realbogus_model
 from astrodag.training.precision import PRECISIONS
 from astrodag.training.trainer import TrainerSettings
-from astrodag.io import save_figure, write_json, write_table
 
 log = logging.getLogger(__name__)
 
@@ -278,7 +278,7 @@ def load_splits(triplets_dir: str | Path) -> TripletSplits:
     directory = Path(triplets_dir)
     index_path = directory / "index.parquet"
     if not index_path.is_file():
-        raise InputDataError(index_path, "missing: build the triplet dataset first (astrodag supernova dataset)")
+        raise InputDataError(index_path, "missing: build the triplet dataset first (astrodag supernova build-dataset)")
     try:
         index = pd.read_parquet(index_path)
     except (OSError, ValueError) as error:
@@ -293,7 +293,7 @@ def load_splits(triplets_dir: str | Path) -> TripletSplits:
     for split in SPLITS:
         path = directory / f"{split}.npy"
         if not path.is_file():
-            raise InputDataError(path, "missing: build the triplet dataset first (astrodag supernova dataset)")
+            raise InputDataError(path, "missing: build the triplet dataset first (astrodag supernova build-dataset)")
         try:
             array = np.load(path, mmap_mode="r", allow_pickle=False)
         except (OSError, ValueError) as error:

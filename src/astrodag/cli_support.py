@@ -1,0 +1,111 @@
+"""Building blocks of the ``astrodag`` command line shared by every track's ``commands`` module.
+
+A track registers itself with :func:`add_track`: it adds one subcommand per stage with
+:func:`add_stage`, whose handler runs the stage and imports the numerical modules only then,
+so that ``astrodag --help`` stays fast. Only the standard library, PyYAML and the project
+errors are imported here.
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from astrodag.errors import ConfigError
+
+Handler = Callable[[argparse.Namespace], None]
+
+
+def json_or_yaml(text: str) -> dict[str, Any]:
+    """An option given inline as JSON/YAML, or as ``@path`` to a JSON/YAML file (an argparse ``type``)."""
+    if text.startswith("@"):
+        path = Path(text[1:])
+        if not path.exists():
+            raise argparse.ArgumentTypeError(f"options file {path} does not exist")
+        text = path.read_text()
+    try:
+        value = yaml.safe_load(text)
+    except yaml.YAMLError as error:
+        raise argparse.ArgumentTypeError(f"cannot parse options: {error}") from error
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError("options must be a mapping, e.g. '{\"embed_dim\": 64}'")
+    return value
+
+
+def split_fractions(items: list[str]) -> dict[str, float]:
+    """``["train=0.6", "validation=0.2", "test=0.2"]`` as a mapping of split name to fraction."""
+    fractions = {}
+    for item in items:
+        name, _, value = item.partition("=")
+        if name not in ("train", "validation", "test") or not value:
+            raise ConfigError("split-fractions", f"expected train=F validation=F test=F, got {item!r}")
+        fractions[name] = float(value)
+    return fractions
+
+
+def named_dirs(items: list[str], option: str) -> dict[str, Path]:
+    """``NAME=DIR`` items of the option ``--<option>`` as a mapping, in the order given."""
+    named = {}
+    for item in items:
+        name, _, directory = item.partition("=")
+        if not name or not directory:
+            raise ConfigError(option, f"expected NAME=DIR, got {item!r}")
+        named[name] = Path(directory)
+    return named
+
+
+def add_model_files(parser: argparse.ArgumentParser, model_help: str = "model.pt of a trained model") -> None:
+    """``--model`` (the weights, a path) and ``--model-json`` (its sidecar, by default beside it)."""
+    parser.add_argument("--model", type=Path, required=True, help=model_help)
+    parser.add_argument("--model-json", type=Path, help="its sidecar (default: --model with the suffix .json)")
+
+
+def sidecar_path(args: argparse.Namespace) -> Path:
+    """``--model-json``, or ``--model`` with the suffix ``.json``."""
+    return args.model_json or args.model.with_suffix(".json")
+
+
+def add_common(parser: argparse.ArgumentParser) -> None:
+    """``--log``, ``--verbose`` and ``--progress``: every stage has them."""
+    parser.add_argument("--log", type=Path, help="also append log messages to this file")
+    parser.add_argument("--verbose", action="store_true", help="log debug messages")
+    parser.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
+                        help="show progress bars (default: only on a terminal)")
+
+
+def add_stage(stages, name: str, handler: Handler, help: str) -> argparse.ArgumentParser:
+    """A stage's parser; ``handler(args)`` runs the stage when it is chosen."""
+    parser = stages.add_parser(name, help=help, description=help)
+    parser.set_defaults(handler=handler)
+    return parser
+
+
+def add_track(tracks, name: str, help: str, add_stages: Callable[[Any], None]) -> argparse.ArgumentParser:
+    """The track ``name`` with the stages ``add_stages(stages)`` adds, each with the common options.
+
+    Parameters
+    ----------
+    tracks : argparse._SubParsersAction
+        The top-level subparsers (``dest="track"``).
+    name, help : str
+        The track's subcommand and its one-line help.
+    add_stages : callable
+        Adds the stages with :func:`add_stage` to the subparsers it is given.
+
+    Returns
+    -------
+    argparse.ArgumentParser
+        The track's parser.
+    """
+    track = tracks.add_parser(name, help=help, description=help)
+    stages = track.add_subparsers(dest="stage", required=True, metavar="STAGE")
+    add_stages(stages)
+    for parser in stages.choices.values():
+        add_common(parser)
+    return track

@@ -1,0 +1,154 @@
+"""``astrodag microlensing`` stages: simulate, mask, train, predict, evaluate, compare, classify.
+
+Only argparse-level code is imported here; each handler imports its stage's modules when it runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+from pathlib import Path
+
+from astrodag.cli_support import add_model_files, add_stage, add_track, json_or_yaml, named_dirs, sidecar_path
+
+logger = logging.getLogger("astrodag.microlensing")
+
+
+def register(tracks) -> None:
+    """Add the ``microlensing`` track to the top-level subparsers."""
+    add_track(tracks, "microlensing", "microlensing: PSPL vs binary-lens light curves", add_stages)
+
+
+def _add_shard_inputs(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--shards", type=Path, nargs="+", required=True, help="shard directories")
+    parser.add_argument("--masks", type=Path, nargs="+", required=True,
+                        help="the cadence's mask of each shard, in the same order")
+    parser.add_argument("--threads", type=int, help="torch CPU threads")
+
+
+def add_stages(stages) -> None:
+    """Add the microlensing stages to the track's subparsers."""
+    simulate = add_stage(stages, "simulate", _simulate, "simulate one shard of PSPL and binary-lens light curves")
+    simulate.add_argument("--out-dir", type=Path, required=True, help="shard directory to write")
+    simulate.add_argument("--shard", type=int, required=True, help="shard index (event ids follow from it)")
+    simulate.add_argument("--events", type=int, required=True, help="events in the shard (half of each class)")
+    simulate.add_argument("--epochs", type=int, default=1500, help="epochs of the time grid")
+    simulate.add_argument("--duration-days", type=float, default=500.0, help="time span of the grid")
+    simulate.add_argument("--seed", type=int, default=0)
+    simulate.add_argument("--settings", type=json_or_yaml, default={},
+                          help="priors, noise, split_fractions, pspl_like_max_deviation_sigma (JSON/YAML or @file)")
+
+    mask = add_stage(stages, "mask", _mask, "draw a cadence's observation masks for one shard")
+    mask.add_argument("--events", type=Path, required=True, help="the shard's events.parquet")
+    mask.add_argument("--cadences", type=Path, required=True, help="cadence table (.tsv)")
+    mask.add_argument("--cadence", required=True, help="row of the cadence table to use")
+    mask.add_argument("--out", type=Path, required=True, help="output mask (.npy, uint8, 1 = observed)")
+    mask.add_argument("--epochs", type=int, default=1500)
+    mask.add_argument("--duration-days", type=float, default=500.0)
+    mask.add_argument("--seed", type=int, default=0)
+
+    train = add_stage(stages, "train", _train, "train the causal per-timestep CNN for one cadence")
+    _add_shard_inputs(train)
+    train.add_argument("--out-dir", type=Path, required=True, help="where model.pt, model.json, history.csv go")
+    train.add_argument("--cadence", required=True)
+    train.add_argument("--duration-days", type=float, default=500.0, help="time span of the grid (for the sidecar)")
+    train.add_argument("--seed", type=int, default=0)
+    train.add_argument("--model-options", type=json_or_yaml, default={},
+                       help="architecture options as JSON/YAML or @file")
+    train.add_argument("--training-options", type=json_or_yaml, default={},
+                       help="trainer options as JSON/YAML or @file")
+    train.add_argument("--work-dir", type=Path, help="checkpoints for resuming (default OUT_DIR/checkpoints)")
+
+    predict = add_stage(stages, "predict", _predict, "P(binary) at every step for every event of a split")
+    _add_shard_inputs(predict)
+    add_model_files(predict)
+    predict.add_argument("--out-dir", type=Path, required=True)
+    predict.add_argument("--split", choices=("train", "validation", "test"), default="test")
+    predict.add_argument("--batch-size", type=int, default=256)
+
+    evaluate = add_stage(stages, "evaluate", _evaluate, "metrics, early detection and detection times of one cadence")
+    evaluate.add_argument("--evaluation-dir", type=Path, required=True, help="output of 'predict'")
+    evaluate.add_argument("--out-dir", type=Path, required=True)
+    evaluate.add_argument("--cadence", required=True)
+    evaluate.add_argument("--fractions", type=float, nargs="+", default=[round(0.1 * k, 1) for k in range(1, 11)])
+    evaluate.add_argument("--thresholds", type=float, nargs="+", default=[0.5, 0.8, 0.9, 0.95],
+                          help="P(binary) thresholds for detection times")
+
+    compare = add_stage(stages, "compare", _compare, "compare cadences: one report, tables and figures")
+    compare.add_argument("--cadence-dirs", nargs="+", required=True, metavar="NAME=DIR",
+                         help="each cadence's 'evaluate' output directory")
+    compare.add_argument("--out-dir", type=Path, required=True)
+
+    classify = add_stage(stages, "classify", _classify,
+                         "classify photometry files (time, magnitude, error) as PSPL or binary")
+    classify.add_argument("files", type=Path, nargs="+", help="CSV or whitespace text; OGLE phot.dat works as is")
+    add_model_files(classify, "model.pt of a trained cadence")
+    classify.add_argument("--flux", action="store_true", help="the value column is flux, not magnitude")
+    classify.add_argument("--zeropoint", type=float, default=22.0, help="magnitude zero point for flux files")
+    classify.add_argument("--start", type=float, help="time of the grid's first epoch (default: fit the latest data)")
+    classify.add_argument("--out-dir", type=Path, help="write each file's P(binary) time series as CSV here")
+    classify.add_argument("--summary", type=Path, help="write the summary table (CSV) here too")
+
+
+def _simulate(args: argparse.Namespace) -> None:
+    from astrodag.microlensing.simulation import SimulationSettings, simulate_shard, time_grid
+
+    summary = simulate_shard(args.out_dir, args.shard, args.events, SimulationSettings.from_config(args.settings),
+                             time_grid(args.epochs, args.duration_days), args.seed, progress=args.progress)
+    logger.info("simulated %s", json.dumps(summary, default=str))
+
+
+def _mask(args: argparse.Namespace) -> None:
+    from astrodag.errors import ConfigError
+    from astrodag.microlensing.cadence import load_cadences, write_cadence_masks
+    from astrodag.microlensing.simulation import time_grid
+
+    cadences = load_cadences(args.cadences)
+    if args.cadence not in cadences:
+        raise ConfigError("cadence", f"{args.cadence!r} is not in {args.cadences} ({', '.join(cadences)})")
+    write_cadence_masks(args.events, args.out, cadences[args.cadence], time_grid(args.epochs, args.duration_days),
+                        args.seed, progress=args.progress)
+
+
+def _train(args: argparse.Namespace) -> None:
+    from astrodag.microlensing.experiment import train_cadence_model
+
+    train_cadence_model(args.shards, args.masks, args.out_dir, cadence=args.cadence,
+                        duration_days=args.duration_days, seed=args.seed, model_options=args.model_options,
+                        training_options=args.training_options, threads=args.threads,
+                        work_dir=args.work_dir, progress=args.progress)
+
+
+def _predict(args: argparse.Namespace) -> None:
+    from astrodag.microlensing.experiment import predict_split
+
+    predict_split(args.model, sidecar_path(args), args.shards, args.masks, args.out_dir, split=args.split,
+                  batch_size=args.batch_size, threads=args.threads, progress=args.progress)
+
+
+def _evaluate(args: argparse.Namespace) -> None:
+    from astrodag.microlensing.analysis import evaluate_cadence
+
+    evaluate_cadence(args.evaluation_dir, args.out_dir, args.cadence, fractions=tuple(args.fractions),
+                     thresholds=tuple(args.thresholds))
+
+
+def _compare(args: argparse.Namespace) -> None:
+    from astrodag.microlensing.analysis import compare_cadences
+
+    compare_cadences(named_dirs(args.cadence_dirs, "cadence-dirs"), args.out_dir)
+
+
+def _classify(args: argparse.Namespace) -> None:
+    from astrodag.microlensing.classify import classify_files
+
+    summary = classify_files(args.files, args.model, sidecar_path(args), flux=args.flux, zeropoint=args.zeropoint,
+                             start=args.start, output_dir=args.out_dir)
+    if args.summary:
+        from astrodag.io import write_table
+
+        write_table(args.summary, summary)
+    columns = ["file", "epochs_observed", "p_binary_at_25pct", "p_binary_at_50pct", "p_binary_at_75pct",
+               "p_binary_last", "classification"]
+    print(summary[columns].to_string(index=False, float_format=lambda v: f"{v:.3f}"))
