@@ -40,14 +40,13 @@ from typing import Any
 import numpy as np
 import pandas as pd
 from matplotlib import colormaps
-from scipy.stats import mannwhitneyu, norm
 from matplotlib.figure import Figure
 from tabulate import tabulate
 from tqdm.auto import tqdm
 
 from astrodag.errors import InputDataError
 from astrodag.evaluation.metrics import binary_metrics, curve_points
-from astrodag.evaluation.statistics import wilson_interval
+from astrodag.evaluation.statistics import CHANCE_LEVEL, auc_p_value, resolvable_auc, untied_auc_p_value, wilson_interval
 from astrodag.io import save_figure, write_json, write_table, write_text
 from astrodag.logs import progress_enabled
 from astrodag.reporting.figures import plot_confusion_matrix, plot_roc
@@ -60,8 +59,6 @@ DEFAULT_FRACTIONS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
 DEFAULT_THRESHOLDS = (0.5, 0.8, 0.9, 0.95)
 DECISION_THRESHOLD = 0.5
 CONFIDENCE = 0.95
-# One-sided level at which an ROC AUC above 0.5 counts as beating chance.
-CHANCE_LEVEL = 0.05
 CHUNK_EVENTS = 2048
 CLASS_NAMES = ("PSPL", "binary")
 # At most this many ROC points go into metrics.json (compare_cadences redraws the curves from them).
@@ -471,45 +468,6 @@ def _classification_summary(labels: np.ndarray, prob: np.ndarray, threshold: flo
         "aucpr": metrics["aucpr"],
         "brier": metrics["brier"],
     }
-
-
-def auc_p_value(labels, scores) -> float:
-    """One-sided p-value of ROC AUC > 0.5: the Mann-Whitney U test of binary scores above PSPL scores.
-
-    U / (n_binary n_pspl) is the ROC AUC (ties count one half), so this tests the AUC
-    itself against chance. NaN when a class is missing.
-    """
-    labels = np.asarray(labels)
-    scores = np.asarray(scores, dtype=np.float64)
-    positive, negative = scores[labels == 1], scores[labels == 0]
-    if len(positive) == 0 or len(negative) == 0:
-        return _NAN
-    return float(mannwhitneyu(positive, negative, alternative="greater").pvalue)
-
-
-def resolvable_auc(n_binary: int, n_pspl: int, level: float = CHANCE_LEVEL) -> float:
-    """The smallest ROC AUC that distinct scores of these many events show beating chance at ``level``.
-
-    The inverse of ``untied_auc_p_value``: ``untied_auc_p_value(resolvable_auc(b, p), b, p) == level``.
-    """
-    if n_binary == 0 or n_pspl == 0:
-        return _NAN
-    pairs = n_binary * n_pspl
-    sigma = math.sqrt(pairs * (n_binary + n_pspl + 1) / 12.0)
-    return float(0.5 + (norm.isf(level) * sigma + 0.5) / pairs)
-
-
-def untied_auc_p_value(auc: float, n_binary: int, n_pspl: int) -> float:
-    """One-sided p-value of ROC AUC > 0.5 for scores without ties that reach ``auc``.
-
-    The large-sample Mann-Whitney test (with continuity correction) that ``auc_p_value`` gives
-    for untied scores: the p-value a classifier with distinct scores would get at that AUC.
-    """
-    if n_binary == 0 or n_pspl == 0:
-        return _NAN
-    pairs = n_binary * n_pspl
-    sigma = math.sqrt(pairs * (n_binary + n_pspl + 1) / 12.0)
-    return float(norm.sf((auc * pairs - pairs / 2 - 0.5) / sigma))
 
 
 def _subset_columns(labels, prob, threshold, pspl_like) -> dict[str, Any]:

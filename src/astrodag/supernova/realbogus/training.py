@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import math
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -39,6 +38,7 @@ from torch.utils.data import Dataset
 
 from astrodag import __version__
 from astrodag.errors import ConfigError, InputDataError
+from astrodag.evaluation.thresholds import equal_error_threshold, max_tss_threshold, rates_at, threshold_for_fnr
 from astrodag.supernova.realbogus.scoring import CHANNELS, RealBogusScorer, device_name, save_realbogus_model
 from astrodag.settings import Settings, choice, flag, number, optional, section, setting, subset
 from astrodag.io import save_figure, write_json, write_table
@@ -432,38 +432,6 @@ def _score_rows(scorer: RealBogusScorer, array: np.ndarray, rows: np.ndarray, ch
 # --------------------------------------------------------------------------------------------
 
 
-def threshold_for_fnr(y_true: np.ndarray, y_prob: np.ndarray, max_fnr: float) -> float:
-    """The highest threshold whose FNR on (``y_true``, ``y_prob``) is at most ``max_fnr``.
-
-    With P real examples, ``k = floor(max_fnr P)`` of them may be missed: the threshold is
-    the (k+1)-th lowest real score (scores >= threshold are called real).
-    """
-    positives = np.sort(np.asarray(y_prob, float)[np.asarray(y_true) == 1])
-    if positives.size == 0:
-        raise ValueError("no real examples to choose an FNR threshold on")
-    allowed = int(math.floor(max_fnr * positives.size + 1e-9))
-    return float(positives[min(allowed, positives.size - 1)])
-
-
-def equal_error_threshold(y_true: np.ndarray, y_prob: np.ndarray) -> float:
-    """The ROC threshold at which FNR and FPR are closest (the equal-error rate)."""
-    from sklearn.metrics import roc_curve
-
-    fpr, tpr, thresholds = roc_curve(y_true, y_prob)
-    finite = np.isfinite(thresholds)
-    gap = np.abs((1 - tpr[finite]) - fpr[finite])
-    return float(min(thresholds[finite][np.flatnonzero(gap == gap.min())[-1]], 1.0))
-
-
-def max_tss_threshold(y_true: np.ndarray, y_prob: np.ndarray) -> float:
-    """The ROC threshold maximising TPR - FPR (Youden's J, the true skill statistic)."""
-    from sklearn.metrics import roc_curve
-
-    fpr, tpr, thresholds = roc_curve(y_true, y_prob)
-    finite = np.isfinite(thresholds)
-    return float(min(thresholds[finite][np.argmax(tpr[finite] - fpr[finite])], 1.0))
-
-
 def choose_threshold(y_true: np.ndarray, y_prob: np.ndarray, settings: RealBogusSettings) -> dict[str, Any]:
     """The operating threshold by ``settings.threshold_rule``, chosen on validation scores."""
     rule = settings.threshold_rule
@@ -479,35 +447,6 @@ def choose_threshold(y_true: np.ndarray, y_prob: np.ndarray, settings: RealBogus
     if rule == "fnr":
         record["target_fnr"] = settings.target_fnr
     return record
-
-
-def _ratio(numerator: int, denominator: int) -> float | None:
-    """``numerator / denominator``, or None (null in JSON) when it is undefined."""
-    return numerator / denominator if denominator else None
-
-
-def rates_at(y_true: np.ndarray, y_prob: np.ndarray, threshold: float) -> dict[str, Any]:
-    """FNR and FPR (with 95 % Wilson intervals), precision, recall and counts at ``threshold``.
-
-    Rates without examples to count (e.g. the FNR of a set without real triplets) are None.
-    """
-    from astrodag.evaluation.statistics import wilson_interval
-
-    y_true = np.asarray(y_true).astype(bool)
-    called = np.asarray(y_prob) >= threshold
-    tp, fn = int(np.sum(called & y_true)), int(np.sum(~called & y_true))
-    fp, tn = int(np.sum(called & ~y_true)), int(np.sum(~called & ~y_true))
-    intervals = {}
-    for name, (errors, trials) in {"fnr": (fn, tp + fn), "fpr": (fp, fp + tn)}.items():
-        low, high = wilson_interval(errors, trials)
-        intervals[name] = [low, high] if trials else None
-    return {
-        "threshold": float(threshold),
-        "fnr": _ratio(fn, tp + fn), "fnr_ci95": intervals["fnr"],
-        "fpr": _ratio(fp, fp + tn), "fpr_ci95": intervals["fpr"],
-        "precision": _ratio(tp, tp + fp), "recall": _ratio(tp, tp + fn), "accuracy": _ratio(tp + tn, len(y_true)),
-        "tp": tp, "fp": fp, "tn": tn, "fn": fn,
-    }
 
 
 # --------------------------------------------------------------------------------------------
