@@ -1,5 +1,6 @@
-"""Model evaluation: metrics, threshold selection, run-to-run statistics and AUC significance."""
+"""Model evaluation: metrics, thresholds, completeness curves, run-to-run statistics and AUC significance."""
 
+from astrodag.evaluation.completeness import completeness_curve, recall_interval
 from astrodag.evaluation.metrics import (
     binary_metrics,
     calibration_errors,
@@ -41,6 +42,7 @@ __all__ = [
     "binary_metrics",
     "calibration_errors",
     "check_binary_inputs",
+    "completeness_curve",
     "confusion_counts",
     "curve_points",
     "equal_error_threshold",
@@ -48,6 +50,7 @@ __all__ = [
     "measure_latency",
     "paired_comparison",
     "rates_at",
+    "recall_interval",
     "rates_from_counts",
     "reliability_curve",
     "resolvable_auc",

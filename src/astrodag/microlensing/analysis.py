@@ -45,6 +45,7 @@ from tabulate import tabulate
 from tqdm.auto import tqdm
 
 from astrodag.errors import InputDataError
+from astrodag.evaluation.completeness import recall_interval
 from astrodag.evaluation.metrics import binary_metrics, curve_points
 from astrodag.evaluation.statistics import CHANCE_LEVEL, auc_p_value, resolvable_auc, untied_auc_p_value, wilson_interval
 from astrodag.io import save_figure, write_json, write_table, write_text
@@ -793,34 +794,31 @@ def detection_summary(detections: pd.DataFrame) -> pd.DataFrame:
         pspl = label == 0
         hits = binary & detected
         phase = group["detection_phase"].to_numpy(dtype=float)[hits]
-        n_binary, n_detected = int(binary.sum()), int(hits.sum())
-        kept = binary & ~like
-        n_kept, n_kept_detected = int(kept.sum()), int((kept & detected).sum())
-        n_pspl, n_alarms = int(pspl.sum()), int((pspl & detected).sum())
-        det_low, det_high = wilson_interval(n_detected, n_binary, CONFIDENCE)
-        kept_low, kept_high = wilson_interval(n_kept_detected, n_kept, CONFIDENCE)
-        fa_low, fa_high = wilson_interval(n_alarms, n_pspl, CONFIDENCE)
+        found = recall_interval(detected[binary], CONFIDENCE)
+        kept = recall_interval(detected[binary & ~like], CONFIDENCE)
+        alarms = recall_interval(detected[pspl], CONFIDENCE)
+        n_detected = found["recovered"]
         quartiles = np.percentile(phase, [25, 50, 75]) if n_detected else [_NAN] * 3
         rows.append({
             "threshold": float(threshold),
-            "n_binary": n_binary,
+            "n_binary": found["n"],
             "n_detected": n_detected,
-            "detected_fraction": n_detected / n_binary if n_binary else _NAN,
-            "detected_low": det_low,
-            "detected_high": det_high,
+            "detected_fraction": found["fraction"],
+            "detected_low": found["fraction_low"],
+            "detected_high": found["fraction_high"],
             "median_phase": float(quartiles[1]),
             "phase_q25": float(quartiles[0]),
             "phase_q75": float(quartiles[2]),
             "median_detection_day": _median(group["detection_day"].to_numpy(dtype=float)[hits]),
-            "n_binary_without_pspl_like": n_kept,
-            "detected_fraction_without_pspl_like": n_kept_detected / n_kept if n_kept else _NAN,
-            "detected_without_pspl_like_low": kept_low,
-            "detected_without_pspl_like_high": kept_high,
-            "n_pspl": n_pspl,
-            "n_false_alarms": n_alarms,
-            "false_alarm_fraction": n_alarms / n_pspl if n_pspl else _NAN,
-            "false_alarm_low": fa_low,
-            "false_alarm_high": fa_high,
+            "n_binary_without_pspl_like": kept["n"],
+            "detected_fraction_without_pspl_like": kept["fraction"],
+            "detected_without_pspl_like_low": kept["fraction_low"],
+            "detected_without_pspl_like_high": kept["fraction_high"],
+            "n_pspl": alarms["n"],
+            "n_false_alarms": alarms["recovered"],
+            "false_alarm_fraction": alarms["fraction"],
+            "false_alarm_low": alarms["fraction_low"],
+            "false_alarm_high": alarms["fraction_high"],
         })
     return pd.DataFrame(rows)
 
