@@ -296,7 +296,7 @@ def _run_microlensing(args: argparse.Namespace) -> None:
         evaluate_cadence(args.evaluation_dir, args.out_dir, args.cadence, fractions=tuple(args.fractions),
                          thresholds=tuple(args.thresholds))
     elif args.stage == "compare":
-        from astrodag.microlensing.analysis import compare_cadences
+        from astrodag.microlensing.report import compare_cadences
 
         compare_cadences(_named_dirs(args.cadence_dirs), args.out_dir)
     elif args.stage == "classify":

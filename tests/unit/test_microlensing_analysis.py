@@ -14,16 +14,10 @@ from statsmodels.stats.proportion import proportion_confint
 from astrodag.errors import InputDataError
 from astrodag.evaluation.metrics import binary_metrics
 from astrodag.evaluation.statistics import resolvable_auc, untied_auc_p_value
-from astrodag.microlensing import analysis
-from astrodag.microlensing.analysis import (
-    compare_cadences,
-    detection_summary,
-    detection_times,
-    early_detection,
-    evaluate_cadence,
-    observed_steps,
-    time_steps,
-)
+from astrodag.microlensing import analysis, report
+from astrodag.microlensing.analysis import detection_summary, detection_times, early_detection, evaluate_cadence
+from astrodag.microlensing.report import compare_cadences
+from astrodag.microlensing.scan import observed_steps, time_steps
 from astrodag.reporting.tables import format_interval
 
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -148,7 +142,7 @@ def test_chance_note_tells_what_the_test_events_resolve_from_the_classifiers_sho
         "roc_auc_p_value": [0.6, 0.3, 0.2], "distinguishable_share_binary": [0.0, 0.02, 0.2],
         "ideal_roc_auc": [0.5, 0.51, 0.6], "ideal_roc_auc_p_value": [0.5, 0.2, 1e-6],
     })
-    note = analysis._chance_note(early, "time")
+    note = report._chance_note(early, "time")
     assert "does not beat chance (one-sided p >= 0.05) for dense at 0.1, 0.2, 0.3." in note
     assert f"resolve an AUC of {resolvable_auc(700, 730):.3f} or more" in note
     assert "At dense 0.1, 0.2 at most 2.0% of the binaries were fitted by no PSPL" in note
@@ -156,7 +150,7 @@ def test_chance_note_tells_what_the_test_events_resolve_from_the_classifiers_sho
     assert "how typical the light curve seen so far is" in note
     assert "At dense 0.3 a classifier knowing which binaries no PSPL fits" in note
     early["roc_auc_p_value"] = 0.01
-    assert analysis._chance_note(early, "time").startswith("The ROC AUC beats chance")
+    assert report._chance_note(early, "time").startswith("The ROC AUC beats chance")
 
 
 def test_early_detection_observed_basis_uses_each_events_own_step():
@@ -467,7 +461,7 @@ def test_evaluate_cadence_errors_name_the_file(evaluated, tmp_path, name, corrup
 
 def test_compare_cadences_tables_json_and_figures(evaluated, tmp_path):
     result = compare_cadences({name: entry["out"] for name, entry in evaluated.items()}, tmp_path)
-    for name in analysis.COMPARISON_OUTPUTS:
+    for name in report.COMPARISON_OUTPUTS:
         assert (tmp_path / name).is_file(), name
     for name in ("early_detection_comparison.png", "roc_comparison.png", "accuracy_comparison.png"):
         assert (tmp_path / name).read_bytes()[:8] == PNG
