@@ -21,8 +21,9 @@ from astrodag.errors import InputDataError
 from astrodag.evaluation.metrics import binary_metrics, measure_latency
 from astrodag.flares.dataset import label_column, load_dataset
 from astrodag.flares.sharp import SHARP_KEYWORDS
-from astrodag.io import atomic_path, file_digest, write_json, write_table
+from astrodag.io import file_digest, write_table
 from astrodag.models.baseline import LogisticBaseline
+from astrodag.training.bundle import save_model
 
 logger = logging.getLogger(__name__)
 
@@ -144,12 +145,13 @@ def train_experiment(
         "normalisation": normalisation,
     }
     if model_name == "everest":
-        probabilities, details = _train_transformer(
+        probabilities, details, network = _train_transformer(
             inputs, targets, out_dir, seed, model_options, training_options, threads, work_dir, progress,
             run_key=f"{target}:{sidecar['data']['index_sha256']}",
         )
     else:
         probabilities, details = _train_baseline(inputs, targets, seed, model_options)
+        network = None  # the baseline is its coefficients, which the sidecar holds
     sidecar.update(details)
     sidecar["training_seconds"] = time.perf_counter() - started
     sidecar["validation_metrics"] = binary_metrics(targets["validation"], probabilities["validation"])
@@ -162,7 +164,7 @@ def train_experiment(
         selected["probability"] = probabilities[split].astype(np.float64)
         frames.append(selected)
     write_table(out_dir / "predictions.parquet", pd.concat(frames, ignore_index=True))
-    write_json(out_dir / "model.json", sidecar)
+    save_model(network, sidecar, out_dir)
     logger.info(
         "%s %s seed %d: validation AUCPR %.3f, TSS@0.5 %.3f in %.1f s",
         model_name, target, seed, sidecar["validation_metrics"]["aucpr"],
@@ -212,8 +214,6 @@ def _train_transformer(inputs, targets, out_dir, seed, model_options, training_o
     }
     result = trainer.fit(datasets["train"], datasets["validation"])
     probabilities = {split: trainer.predict(datasets[split]) for split in ("validation", "test")}
-    with atomic_path(out_dir / "model.pt") as tmp:
-        torch.save(trainer.model.state_dict(), tmp)
     write_table(out_dir / "history.csv", result.history)
 
     model.eval()
@@ -232,7 +232,7 @@ def _train_transformer(inputs, targets, out_dir, seed, model_options, training_o
         "resumed_from_epoch": result.resumed_from_epoch,
         "stopped_early": result.stopped_early,
         "latency": latency,
-    }
+    }, trainer.model
 
 
 def _train_baseline(inputs, targets, seed, model_options):

@@ -10,7 +10,6 @@ by :func:`predict_split`, after training has finished.
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from collections.abc import Sequence
@@ -38,6 +37,7 @@ from astrodag.microlensing.dataset import (
 )
 from astrodag.logs import progress_enabled
 from astrodag.models.temporal_cnn import TemporalCNNConfig, TimeDistributedCNN
+from astrodag.training.bundle import load_model, read_sidecar, save_model
 from astrodag.training.seeding import select_device
 from astrodag.training.trainer import Trainer, TrainerConfig
 
@@ -128,8 +128,6 @@ def train_cadence_model(
         progress=progress,
     )
     result = trainer.fit(datasets["train"], datasets["validation"])
-    with atomic_path(out_dir / "model.pt") as tmp:
-        torch.save(trainer.model.state_dict(), tmp)
     write_table(out_dir / "history.csv", result.history)
     validation = trainer.validate(datasets["validation"])
     sidecar = {
@@ -159,7 +157,7 @@ def train_cadence_model(
         "training_seconds": time.perf_counter() - started,
         "validation_metrics": validation,
     }
-    write_json(out_dir / "model.json", sidecar)
+    save_model(trainer.model, sidecar, out_dir)
     logger.info(
         "cadence %s: validation loss %.4f, final-step accuracy %.3f, AUC %.3f after %d epochs in %.0f s",
         cadence, validation["loss"], validation["accuracy"], validation["roc_auc"], result.epochs_run,
@@ -168,18 +166,17 @@ def train_cadence_model(
     return sidecar
 
 
-def load_model(model_path: str | Path, sidecar: dict[str, Any], device: torch.device) -> TimeDistributedCNN:
-    """Rebuild the network from its sidecar and load the weights (``weights_only``)."""
-    if sidecar.get("inputs") != INPUT_LAYOUT:
-        raise InputDataError(model_path, f"was trained on inputs {sidecar.get('inputs')!r}, but this version builds "
-                                         f"{INPUT_LAYOUT!r}; retrain it (astrodag microlensing train)")
-    model = TimeDistributedCNN(TemporalCNNConfig.from_dict(sidecar["architecture"]))
-    try:
-        state = torch.load(model_path, map_location=device, weights_only=True)
-        model.load_state_dict(state)
-    except (RuntimeError, OSError, EOFError) as error:
-        raise InputDataError(model_path, f"cannot load the model weights ({error})") from error
-    return model.to(device).eval()
+def load_cadence_model(model_path: str | Path, sidecar: dict[str, Any], device: torch.device,
+                       sidecar_path: str | Path | None = None) -> TimeDistributedCNN:
+    """Rebuild the network from its sidecar and load the weights (:func:`astrodag.training.bundle.load_model`)."""
+
+    def build(record: dict[str, Any]) -> TimeDistributedCNN:
+        if record.get("inputs") != INPUT_LAYOUT:
+            raise InputDataError(model_path, f"was trained on inputs {record.get('inputs')!r}, but this version "
+                                             f"builds {INPUT_LAYOUT!r}; retrain it (astrodag microlensing train)")
+        return TimeDistributedCNN(TemporalCNNConfig.from_dict(record["architecture"]))
+
+    return load_model(model_path, build, sidecar_path, device, sidecar=sidecar)[0]
 
 
 def predict_split(
@@ -201,14 +198,14 @@ def predict_split(
     :func:`astrodag.microlensing.analysis.evaluate_cadence`.
     """
     out_dir = Path(out_dir)
-    sidecar = json.loads(Path(sidecar_path).read_text())
+    sidecar = read_sidecar(sidecar_path)
     if threads:
         torch.set_num_threads(threads)
     shards, n_steps = _open_shards(shard_dirs, mask_paths)
     if n_steps != sidecar["time_grid"]["epochs"]:
         raise InputDataError(shard_dirs[0], f"{n_steps} epochs, but the model was trained on {sidecar['time_grid']['epochs']}")
     torch_device = select_device(device)
-    model = load_model(model_path, sidecar, torch_device)
+    model = load_cadence_model(model_path, sidecar, torch_device, sidecar_path)
     dataset = LightCurveDataset(shards, split, Normalisation.from_dict(sidecar["normalisation"]))
     if len(dataset) == 0:
         raise InputDataError(shard_dirs[0], f"the {split} split is empty")

@@ -30,9 +30,7 @@ included. :attr:`RealBogusScorer.precision` is the resolved value. The evaluatio
 from __future__ import annotations
 
 import heapq
-import json
 import logging
-import pickle
 import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -48,6 +46,7 @@ from astrodag.errors import ConfigError, InputDataError
 from astrodag.settings import Settings, choice, flag, number, optional, setting
 from astrodag.io import atomic_path, write_json, write_table
 from astrodag.logs import progress_enabled
+from astrodag.training import bundle
 from astrodag.training.precision import PRECISIONS, check_precision, resolve_precision
 from astrodag.training.seeding import select_device
 
@@ -56,6 +55,7 @@ log = logging.getLogger(__name__)
 SIDECAR_FORMAT = "astrodag.realbogus/1"
 CHANNELS = ("science", "reference", "difference")
 REQUIRED_SIDECAR_KEYS = ("architecture", "options", "input_shape", "normalisation", "threshold")
+MISSING_MODEL = "train a real/bogus model first (astrodag supernova train)"
 # Cut-outs made at once in score_pair (the forward passes then go in the scorer's smaller batches).
 CUTOUT_BATCH = 1024
 SCORED_COLUMNS = ("candidate_id", "pair_id", "x", "y", "ra", "dec", "significance", "score", "is_real", "kept",
@@ -150,17 +150,15 @@ def read_sidecar(model_json: str | Path) -> dict[str, Any]:
     InputDataError
         For a missing file, invalid JSON or an invalid sidecar.
     """
-    model_json = Path(model_json)
-    if not model_json.is_file():
-        raise InputDataError(model_json, "missing: train a real/bogus model first (astrodag supernova train)")
-    try:
-        return check_sidecar(json.loads(model_json.read_text()), model_json)
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise InputDataError(model_json, f"not valid JSON: {error}") from error
+    return bundle.read_sidecar(model_json, check_sidecar, MISSING_MODEL)
+
+
+def _complete_sidecar(sidecar: Mapping[str, Any], path: Path) -> dict[str, Any]:
+    return check_sidecar({"format": SIDECAR_FORMAT, "channels": list(CHANNELS), **sidecar}, path)
 
 
 def save_realbogus_model(model: nn.Module, sidecar: Mapping[str, Any], out_dir: str | Path) -> dict[str, Path]:
-    """Write ``out_dir/model.pt`` (the ``state_dict``) and ``out_dir/model.json`` atomically.
+    """Write ``out_dir/model.pt`` and ``out_dir/model.json`` (:func:`astrodag.training.bundle.save_model`).
 
     Parameters
     ----------
@@ -176,21 +174,18 @@ def save_realbogus_model(model: nn.Module, sidecar: Mapping[str, Any], out_dir: 
     dict
         ``{"model": path of model.pt, "sidecar": path of model.json}``.
     """
-    out_dir = Path(out_dir)
-    record = check_sidecar({"format": SIDECAR_FORMAT, "channels": list(CHANNELS), **sidecar},
-                           out_dir / "model.json")
-    # Weights on the CPU and in the default memory format, so any device can load them.
-    state = {name: tensor.detach().cpu().contiguous() for name, tensor in model.state_dict().items()}
-    with atomic_path(out_dir / "model.pt") as tmp:
-        torch.save(state, tmp)
-    # The sidecar last: a crash in between leaves weights without a sidecar, which loading refuses.
-    write_json(out_dir / "model.json", record)
-    return {"model": out_dir / "model.pt", "sidecar": out_dir / "model.json"}
+    return bundle.save_model(model, sidecar, out_dir, check=_complete_sidecar)
+
+
+def _build(sidecar: Mapping[str, Any]) -> nn.Module:
+    from astrodag.models.braai import build_realbogus_model
+
+    return build_realbogus_model(sidecar["architecture"], sidecar["options"])
 
 
 def load_realbogus_model(model_pt: str | Path, model_json: str | Path | None = None,
                          device: str | torch.device = "cpu") -> tuple[nn.Module, dict[str, Any]]:
-    """Rebuild the network from its sidecar and load its weights (``weights_only=True``).
+    """Rebuild the network from its sidecar and load its weights (:func:`astrodag.training.bundle.load_model`).
 
     Parameters
     ----------
@@ -211,24 +206,7 @@ def load_realbogus_model(model_pt: str | Path, model_json: str | Path | None = N
         For a missing or unreadable file, an invalid sidecar or weights that do not fit the
         recorded architecture.
     """
-    from astrodag.models.braai import build_realbogus_model
-
-    model_pt = Path(model_pt)
-    model_json = Path(model_json) if model_json is not None else model_pt.with_suffix(".json")
-    for path in (model_pt, model_json):
-        if not path.is_file():
-            raise InputDataError(path, "missing: train a real/bogus model first (astrodag supernova train)")
-    sidecar = read_sidecar(model_json)
-    try:
-        model = build_realbogus_model(sidecar["architecture"], sidecar["options"])
-    except (ValueError, TypeError) as error:
-        raise InputDataError(model_json, f"cannot build the recorded architecture: {error}") from error
-    try:
-        state = torch.load(model_pt, map_location="cpu", weights_only=True)
-        model.load_state_dict(state)
-    except (RuntimeError, OSError, EOFError, ValueError, KeyError, TypeError, pickle.UnpicklingError) as error:
-        raise InputDataError(model_pt, f"cannot load the model weights ({str(error).splitlines()[0]})") from error
-    return model.to(device).eval(), sidecar
+    return bundle.load_model(model_pt, _build, model_json, device, check=check_sidecar, missing_hint=MISSING_MODEL)
 
 
 # --------------------------------------------------------------------------------------------
