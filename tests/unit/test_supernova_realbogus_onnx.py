@@ -8,7 +8,7 @@ import torch
 from realbogus_helpers import triplets
 
 from astrodag.supernova.realbogus.scoring import RealBogusScorer, save_realbogus_model
-from astrodag.models.braai import build_realbogus_model
+from astrodag.models.registry import build_model
 
 onnx = pytest.importorskip("onnx", reason="ONNX export needs the onnx package")
 pytest.importorskip("onnxscript", reason="torch's ONNX exporter needs onnxscript")
@@ -23,7 +23,7 @@ SIDECAR = {"architecture": "braai", "options": {"size": 31}, "input_shape": [3, 
 def exported(tmp_path_factory):
     directory = tmp_path_factory.mktemp("onnx")
     torch.manual_seed(0)
-    save_realbogus_model(build_realbogus_model("braai", {"size": 31}), SIDECAR, directory)
+    save_realbogus_model(build_model("braai", {"size": 31}), SIDECAR, directory)
     record = export_onnx(directory / "model.pt", None, directory / "model.onnx", check=False)
     return directory, record
 

@@ -24,7 +24,7 @@ from astrodag.supernova.realbogus.scoring import (
     score_pair,
 )
 from astrodag.supernova.imaging.triplets import cutouts, normalise
-from astrodag.models.braai import build_realbogus_model
+from astrodag.models.registry import build_model
 from astrodag.training import precision
 from astrodag.training.precision import cpu_has_native_bf16, resolve_precision
 
@@ -36,7 +36,7 @@ SIDECAR = {"architecture": "braai", "options": {"dropout": 0.5}, "input_shape": 
 def model_dir(tmp_path_factory):
     torch.manual_seed(0)
     directory = tmp_path_factory.mktemp("model")
-    save_realbogus_model(build_realbogus_model("braai", {"dropout": 0.5}), SIDECAR, directory)
+    save_realbogus_model(build_model("braai", {"dropout": 0.5}), SIDECAR, directory)
     return directory
 
 

@@ -22,7 +22,7 @@ from astrodag.evaluation.metrics import binary_metrics, measure_latency
 from astrodag.flares.dataset import label_column, load_dataset
 from astrodag.flares.sharp import SHARP_KEYWORDS
 from astrodag.io import file_digest, write_table
-from astrodag.models.baseline import LogisticBaseline
+from astrodag.models.registry import build_model
 from astrodag.training.bundle import save_model
 
 logger = logging.getLogger(__name__)
@@ -179,7 +179,7 @@ def _train_transformer(inputs, targets, out_dir, seed, model_options, training_o
     import torch
     from torch.utils.data import TensorDataset
 
-    from astrodag.models.transformer import EverestTransformer, TransformerConfig
+    from astrodag.models.registry import architecture_options
     from astrodag.training.losses import BinaryFocalLoss
     from astrodag.training.trainer import Trainer, TrainerConfig
 
@@ -192,13 +192,12 @@ def _train_transformer(inputs, targets, out_dir, seed, model_options, training_o
     positive_weight = 1.0
     if model_options.pop("balance_classes", True):
         positive_weight = (len(targets["train"]) - positives) / positives
-    architecture = TransformerConfig(
-        n_features=inputs["train"].shape[-1], n_steps=inputs["train"].shape[1], **model_options
-    )
+    shapes = {"n_features": inputs["train"].shape[-1], "n_steps": inputs["train"].shape[1]}
+    architecture = architecture_options("everest", model_options, **shapes)
     trainer_config = TrainerConfig.from_dict(training_options, seed=seed, threads=threads)
     # Seeding happens in the Trainer, so build the model after it to get seed-determined weights.
     torch.manual_seed(seed)
-    model = EverestTransformer(architecture)
+    model = build_model("everest", model_options, **shapes)
     trainer = Trainer(
         model,
         BinaryFocalLoss(gamma=focal_gamma, alpha=focal_alpha, positive_weight=positive_weight),
@@ -236,7 +235,7 @@ def _train_transformer(inputs, targets, out_dir, seed, model_options, training_o
 
 
 def _train_baseline(inputs, targets, seed, model_options):
-    baseline = LogisticBaseline(seed=seed, **model_options).fit(inputs["train"], targets["train"])
+    baseline = build_model("baseline", model_options, seed=seed).fit(inputs["train"], targets["train"])
     probabilities = {split: baseline.predict_proba(inputs[split]) for split in ("validation", "test")}
     latency = measure_latency(baseline.predict_proba, inputs["test"], batch_size=256)
     return probabilities, {

@@ -36,7 +36,8 @@ from astrodag.microlensing.dataset import (
     shards_digest,
 )
 from astrodag.logs import progress_enabled
-from astrodag.models.temporal_cnn import TemporalCNNConfig, TimeDistributedCNN
+from astrodag.models.registry import architecture_options, build_model
+from astrodag.models.temporal_cnn import TimeDistributedCNN
 from astrodag.training.bundle import load_model, read_sidecar, save_model
 from astrodag.training.seeding import select_device
 from astrodag.training.trainer import Trainer, TrainerConfig
@@ -110,13 +111,14 @@ def train_cadence_model(
     for split, dataset in datasets.items():
         if len(dataset) == 0 or len(np.unique(dataset.labels)) < 2:
             raise InputDataError(Path(shard_dirs[0]), f"the {split} split needs events of both classes")
-    architecture = TemporalCNNConfig.from_dict({"in_channels": N_CHANNELS, **(model_options or {})})
+    # Validates the options before any data is read; the model is built once the seed is set.
+    architecture = architecture_options("temporal_cnn", model_options, in_channels=N_CHANNELS)
     options = {"monitor": "loss", "monitor_mode": "min", **(training_options or {})}
     trainer_config = TrainerConfig.from_dict(options, seed=seed, threads=threads)
     steps = torch.from_numpy(checkpoint_steps(n_steps))
     data_digest = shards_digest(shard_dirs, mask_paths)
     torch.manual_seed(seed)
-    model = TimeDistributedCNN(architecture)
+    model = build_model("temporal_cnn", model_options, in_channels=N_CHANNELS)
     trainer = Trainer(
         model,
         per_step_cross_entropy,
@@ -174,7 +176,7 @@ def load_cadence_model(model_path: str | Path, sidecar: dict[str, Any], device: 
         if record.get("inputs") != INPUT_LAYOUT:
             raise InputDataError(model_path, f"was trained on inputs {record.get('inputs')!r}, but this version "
                                              f"builds {INPUT_LAYOUT!r}; retrain it (astrodag microlensing train)")
-        return TimeDistributedCNN(TemporalCNNConfig.from_dict(record["architecture"]))
+        return build_model("temporal_cnn", record["architecture"])
 
     return load_model(model_path, build, sidecar_path, device, sidecar=sidecar)[0]
 

@@ -6,7 +6,7 @@ A trained model is two files (written by :func:`save_realbogus_model`):
     The network's ``state_dict`` (loaded with ``torch.load(..., weights_only=True)``).
 ``model.json``
     The sidecar: ``format`` (``SIDECAR_FORMAT``), ``architecture`` and ``options`` (rebuild the
-    network with :func:`astrodag.models.braai.build_realbogus_model`), ``input_shape``
+    network with :func:`astrodag.models.registry.build_model`), ``input_shape``
     (``[3, S, S]``), ``channels`` (``["science", "reference", "difference"]``),
     ``normalisation`` (``{"method": "robust" | "l2", "clip": float}``, as the triplets were
     cut), ``threshold`` (P(real) at or above which a candidate is called real, chosen on the
@@ -163,7 +163,7 @@ def save_realbogus_model(model: nn.Module, sidecar: Mapping[str, Any], out_dir: 
     Parameters
     ----------
     model : torch.nn.Module
-        A network built by :func:`astrodag.models.braai.build_realbogus_model`.
+        A network built by :func:`astrodag.models.registry.build_model`.
     sidecar : mapping
         At least ``architecture``, ``options``, ``input_shape``, ``normalisation`` and
         ``threshold``; ``format`` and ``channels`` are filled in.
@@ -178,9 +178,9 @@ def save_realbogus_model(model: nn.Module, sidecar: Mapping[str, Any], out_dir: 
 
 
 def _build(sidecar: Mapping[str, Any]) -> nn.Module:
-    from astrodag.models.braai import build_realbogus_model
+    from astrodag.models.registry import build_model
 
-    return build_realbogus_model(sidecar["architecture"], sidecar["options"])
+    return build_model(sidecar["architecture"], sidecar["options"])
 
 
 def load_realbogus_model(model_pt: str | Path, model_json: str | Path | None = None,

@@ -487,7 +487,7 @@ def train_realbogus(triplets_dir: str | Path, out_dir: str | Path, architecture:
         The sidecar written to ``model.json``.
     """
     from astrodag.evaluation.metrics import binary_metrics
-    from astrodag.models.braai import build_realbogus_model
+    from astrodag.models.registry import build_model
     from astrodag.training.losses import BinaryFocalLoss
     from astrodag.training.trainer import Trainer, TrainerConfig
 
@@ -527,7 +527,7 @@ def train_realbogus(triplets_dir: str | Path, out_dir: str | Path, architecture:
                     missions_train))
     # The Trainer seeds again; seeding here makes the initial weights a function of the seed too.
     torch.manual_seed(seed)
-    model = build_realbogus_model(architecture, options)
+    model = build_model(architecture, options)
     if settings.channels_last:
         # Convolutions then produce channels-last activations from ordinary inputs.
         model = model.to(memory_format=torch.channels_last)
