@@ -46,6 +46,7 @@ from astrodag.errors import ConfigError, InputDataError
 from astrodag.settings import Settings, choice, flag, number, optional, setting
 from astrodag.io import atomic_path, write_json, write_table
 from astrodag.logs import progress_enabled
+from astrodag.models.ensemble import EnsemblePredictor
 from astrodag.training import bundle
 from astrodag.training.precision import PRECISIONS, check_precision, resolve_precision
 from astrodag.training.seeding import select_device
@@ -268,6 +269,9 @@ class RealBogusScorer:
         self.model = model.to(self.device, memory_format=self.memory_format).eval()
         self.batch_size = batch_size or (1024 if self.device.type == "cuda" else 64)
         self.precision = resolve_precision(precision, self.device)
+        # One member, no Monte-Carlo passes: the scores are the network's own sigmoid outputs.
+        self.ensemble = EnsemblePredictor([self.model], device=self.device, memory_format=self.memory_format,
+                                          autocast_dtype=torch.bfloat16 if self.precision == "bfloat16" else None)
 
     @classmethod
     def from_files(cls, model_pt: str | Path, model_json: str | Path | None = None, device: str = "auto",
@@ -317,13 +321,9 @@ class RealBogusScorer:
                              "normalise raw cut-outs with prepare_triplet, which sets invalid pixels to 0")
         return array
 
-    @torch.inference_mode()
     def _forward(self, batch: np.ndarray) -> np.ndarray:
-        inputs = torch.from_numpy(np.ascontiguousarray(batch)).to(self.device)
-        inputs = inputs.contiguous(memory_format=self.memory_format)
-        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.precision == "bfloat16"):
-            logits = self.model(inputs)
-        return torch.sigmoid(logits.float()).cpu().numpy()
+        prediction = self.ensemble.predict(torch.from_numpy(np.ascontiguousarray(batch)))
+        return prediction.probability.cpu().numpy()
 
     def score(self, triplets: Any) -> np.ndarray:
         """P(real) in [0, 1] of each normalised triplet, as a float32 array of shape ``(n,)``.
