@@ -7,7 +7,8 @@ import pytest
 import torch
 from realbogus_helpers import triplets
 
-from astrodag.supernova.realbogus.scoring import RealBogusScorer, save_realbogus_model
+from astrodag.supernova.realbogus.model import save_realbogus_model
+from astrodag.supernova.realbogus.scoring import RealBogusScorer
 from astrodag.models.registry import build_model
 
 onnx = pytest.importorskip("onnx", reason="ONNX export needs the onnx package")

@@ -16,7 +16,9 @@ from astrodag.supernova.realbogus import service_commands
 from astrodag.supernova.imaging.pipeline import read_products
 from astrodag.supernova.realbogus.review import (QUEUE_FILE, TRIPLETS_FILE, binary_entropy, ingest_reviews, most_uncertain,
                                      uncertainty_order, write_review_queue)
-from astrodag.supernova.realbogus.scoring import RealBogusScorer, ScoringSettings, save_realbogus_model, score_batch
+from astrodag.supernova.realbogus.model import save_realbogus_model
+from astrodag.supernova.realbogus.pairs import score_batch
+from astrodag.supernova.realbogus.scoring import RealBogusScorer, ScoringSettings
 from astrodag.supernova.imaging.triplets import DatasetSettings, build_dataset, cutouts
 from astrodag.models.registry import build_model
 

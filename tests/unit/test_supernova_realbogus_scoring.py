@@ -14,15 +14,9 @@ from astrodag.cli import _add_common
 from astrodag.errors import ConfigError, InputDataError
 from astrodag.supernova.realbogus import commands as realbogus_commands
 from astrodag.supernova.imaging.pipeline import read_products
-from astrodag.supernova.realbogus.scoring import (
-    RealBogusScorer,
-    ScoringSettings,
-    load_realbogus_model,
-    prepare_triplet,
-    save_realbogus_model,
-    score_batch,
-    score_pair,
-)
+from astrodag.supernova.realbogus.model import load_realbogus_model, save_realbogus_model
+from astrodag.supernova.realbogus.pairs import score_batch, score_pair
+from astrodag.supernova.realbogus.scoring import RealBogusScorer, ScoringSettings, prepare_triplet
 from astrodag.supernova.imaging.triplets import cutouts, normalise
 from astrodag.models.registry import build_model
 from astrodag.training import precision
@@ -241,7 +235,7 @@ def test_cli_stages_train_evaluate_score(tmp_path, monkeypatch, caplog):
     metrics = json.loads((tmp_path / "e" / "metrics.json").read_text())
     assert metrics["test"]["n"] == 16 and metrics["scoring"]["precision"] == "float32"
     write_pair(tmp_path / "pair")
-    with caplog.at_level("INFO", logger="astrodag.supernova.imaging"):
+    with caplog.at_level("INFO", logger="astrodag.supernova.realbogus"):
         assert realbogus_commands.run(parser.parse_args(
             ["score", "--model", str(tmp_path / "m" / "model.pt"), "--pair-dirs", str(tmp_path / "pair"), "--out",
              str(tmp_path / "scored.parquet"), "--stamps-dir", str(tmp_path / "stamps"), "--settings",

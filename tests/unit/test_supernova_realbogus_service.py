@@ -20,7 +20,8 @@ from astropy.io import fits
 
 from astrodag.errors import ConfigError, InputDataError
 from astrodag.supernova.realbogus import service_commands
-from astrodag.supernova.realbogus.scoring import RealBogusScorer, prepare_triplet, save_realbogus_model
+from astrodag.supernova.realbogus.model import save_realbogus_model
+from astrodag.supernova.realbogus.scoring import RealBogusScorer, prepare_triplet
 from astrodag.supernova.realbogus.service import create_app
 from astrodag.models.braai import BraaiCNN
 from astrodag.training import precision

@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from astrodag.errors import AstrodagError
-from astrodag.supernova.realbogus.scoring import load_realbogus_model
+from astrodag.supernova.realbogus.model import load_realbogus_model
 from astrodag.io import atomic_path
 
 log = logging.getLogger(__name__)

@@ -102,7 +102,8 @@ def run(args: argparse.Namespace) -> bool:
                                              "fnr": metrics["at_threshold"]["fnr"],
                                              "fpr": metrics["at_threshold"]["fpr"]}))
     elif args.stage == "score":
-        from astrodag.supernova.realbogus.scoring import RealBogusScorer, ScoringSettings, score_batch
+        from astrodag.supernova.realbogus.pairs import score_batch
+        from astrodag.supernova.realbogus.scoring import RealBogusScorer, ScoringSettings
 
         settings = ScoringSettings.from_config(args.settings)
         scorer = RealBogusScorer.from_files(args.model, args.model_json, device=settings.device, threads=args.threads,

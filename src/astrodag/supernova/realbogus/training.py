@@ -39,7 +39,8 @@ from torch.utils.data import Dataset
 from astrodag import __version__
 from astrodag.errors import ConfigError, InputDataError
 from astrodag.evaluation.thresholds import equal_error_threshold, max_tss_threshold, rates_at, threshold_for_fnr
-from astrodag.supernova.realbogus.scoring import CHANNELS, RealBogusScorer, device_name, save_realbogus_model
+from astrodag.supernova.realbogus.model import CHANNELS, save_realbogus_model
+from astrodag.supernova.realbogus.scoring import RealBogusScorer, device_name
 from astrodag.settings import Settings, choice, flag, number, optional, section, setting, subset
 from astrodag.io import save_figure, write_json, write_table
 
