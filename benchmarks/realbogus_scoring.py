@@ -14,7 +14,7 @@ Variants:
 ``bfloat16``           channels-last, ``torch.autocast`` to bfloat16 (native on AVX512-BF16/AMX CPUs)
 ``jit``                channels-last, ``torch.jit.trace`` + ``freeze`` + ``optimize_for_inference``
 ``compile``            channels-last, ``torch.compile`` (inductor; compile time reported separately)
-``onnxruntime``        the model exported by :mod:`astrodag.models.onnx_export`, ONNX Runtime CPU
+``onnxruntime``        the model exported by ``export_realbogus_onnx``, ONNX Runtime CPU
 ``scorer``             :class:`astrodag.supernova.realbogus.scoring.RealBogusScorer.score` (the production path:
                        input checks, channels-last float32, forward passes of 64)
 ``scorer-bf16``        the same with ``precision="bfloat16"``, which the scorer's default
@@ -100,9 +100,10 @@ def _predictor(variant: str, architecture: str, options: dict, model_dir: Path, 
                                             precision="bfloat16" if variant == "scorer-bf16" else "float32")
         return scorer.score, time.perf_counter() - started
     if variant == "onnxruntime":
-        from astrodag.models.onnx_export import export_onnx, onnx_session, score_onnx
+        from astrodag.models.onnx_export import onnx_session, score_onnx
+        from astrodag.supernova.realbogus.model import export_realbogus_onnx
 
-        export_onnx(model_dir / "model.pt", None, model_dir / "model.onnx", check=False)
+        export_realbogus_onnx(model_dir / "model.pt", None, model_dir / "model.onnx", check=False)
         session = onnx_session(model_dir / "model.onnx", threads=threads)
         return (lambda batch: score_onnx(session, batch)), time.perf_counter() - started
     layout = torch.contiguous_format if variant == "float32" else torch.channels_last
@@ -160,7 +161,7 @@ def main() -> None:
     import numpy as np
     import torch
 
-    from astrodag.models.braai import build_realbogus_model
+    from astrodag.models.registry import build_model
     from astrodag.supernova.realbogus.scoring import resolve_precision, save_realbogus_model
 
     torch.set_num_threads(args.threads)
@@ -178,7 +179,7 @@ def main() -> None:
             architecture, options = MODELS[name]
             model_dir = Path(tmp) / name
             torch.manual_seed(0)
-            save_realbogus_model(build_realbogus_model(architecture, options),
+            save_realbogus_model(build_model(architecture, options),
                                  {"architecture": architecture, "options": options, "input_shape": [3, 63, 63],
                                   "normalisation": {"method": "robust", "clip": 30.0}, "threshold": 0.5}, model_dir)
             reference: dict[int, np.ndarray] = {}

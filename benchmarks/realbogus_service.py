@@ -46,12 +46,12 @@ def make_model(directory: Path, architecture: str, size: int) -> Path:
     """A randomly initialised (seeded) model saved as training saves one; returns model.pt."""
     import torch
 
-    from astrodag.models.braai import build_realbogus_model
+    from astrodag.models.registry import build_model
     from astrodag.supernova.realbogus.scoring import save_realbogus_model
 
     torch.manual_seed(0)
     options = {"size": size} if architecture == "braai" else {}
-    model = build_realbogus_model(architecture, options)
+    model = build_model(architecture, options)
     sidecar = {"architecture": architecture, "options": options, "input_shape": [3, size, size],
                "normalisation": {"method": "robust", "clip": 30.0}, "threshold": 0.5}
     return save_realbogus_model(model, sidecar, directory)["model"]

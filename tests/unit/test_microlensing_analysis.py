@@ -3,28 +3,21 @@
 from __future__ import annotations
 
 import json
-import math
 import shutil
 import warnings
 
 import numpy as np
 import pandas as pd
 import pytest
-from sklearn.metrics import roc_auc_score
 from statsmodels.stats.proportion import proportion_confint
 
 from astrodag.errors import InputDataError
 from astrodag.evaluation.metrics import binary_metrics
-from astrodag.microlensing import analysis
-from astrodag.microlensing.analysis import (
-    compare_cadences,
-    detection_summary,
-    detection_times,
-    early_detection,
-    evaluate_cadence,
-    observed_steps,
-    time_steps,
-)
+from astrodag.evaluation.statistics import resolvable_auc, untied_auc_p_value
+from astrodag.microlensing import analysis, report
+from astrodag.microlensing.analysis import detection_summary, detection_times, early_detection, evaluate_cadence
+from astrodag.microlensing.report import compare_cadences
+from astrodag.microlensing.scan import observed_steps, time_steps
 from astrodag.reporting.tables import format_interval
 
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -122,36 +115,6 @@ def test_early_detection_time_basis_hand_values(tiny):
         pytest.approx([low, high])
 
 
-def test_auc_p_value_is_the_one_sided_mann_whitney_test_of_the_auc():
-    from scipy.stats import mannwhitneyu
-
-    rng = np.random.default_rng(3)
-    labels = np.repeat([0, 1], 200)
-    for shift, expect_small in ((0.0, False), (0.8, True)):
-        scores = rng.normal(size=400) + shift * labels
-        scores[:20] = scores[200:220]  # ties across the classes
-        p_value = analysis.auc_p_value(labels, scores)
-        result = mannwhitneyu(scores[labels == 1], scores[labels == 0], alternative="greater")
-        assert p_value == pytest.approx(result.pvalue)
-        assert result.statistic / (200 * 200) == pytest.approx(roc_auc_score(labels, scores))
-        assert (p_value < 0.001) is expect_small
-    assert np.isnan(analysis.auc_p_value(np.ones(5), np.linspace(0, 1, 5)))
-
-
-def test_untied_auc_p_value_is_the_mann_whitney_test_of_distinct_scores():
-    from scipy.stats import mannwhitneyu
-
-    rng = np.random.default_rng(3)
-    for n_binary, n_pspl, shift in ((300, 250, 0.0), (300, 250, 0.2), (40, 60, 0.5)):
-        labels = np.r_[np.ones(n_binary, dtype=int), np.zeros(n_pspl, dtype=int)]
-        scores = rng.normal(size=labels.size) + shift * labels  # continuous: no ties
-        auc = roc_auc_score(labels, scores)
-        expected = mannwhitneyu(scores[labels == 1], scores[labels == 0], alternative="greater",
-                                method="asymptotic").pvalue
-        assert analysis.untied_auc_p_value(auc, n_binary, n_pspl) == pytest.approx(expected, rel=1e-9)
-    assert np.isnan(analysis.untied_auc_p_value(0.7, 0, 10))
-
-
 def test_early_detection_counts_binaries_past_their_evidence_time_and_the_ideal_auc(tiny):
     # Binaries 0 and 1 (1 is never told apart from a PSPL); binary 0 is from day 40 on.
     evidence_time = np.array([40.0, np.nan, np.nan, np.nan])
@@ -163,7 +126,7 @@ def test_early_detection_counts_binaries_past_their_evidence_time_and_the_ideal_
     # The ideal classifier ranks binary 0 above both PSPL events and binary 1 at random among them.
     assert table["ideal_roc_auc"].tolist() == [0.5, 0.75, 0.75]
     assert table["ideal_roc_auc_p_value"].tolist() == pytest.approx(
-        [analysis.untied_auc_p_value(auc, 2, 2) for auc in (0.5, 0.75, 0.75)])
+        [untied_auc_p_value(auc, 2, 2) for auc in (0.5, 0.75, 0.75)])
     assert table["roc_auc_p_value"].notna().all()
     without = early_detection(tiny["probabilities"], tiny["labels"], tiny["mask"], [0.5], "time")
     assert without[["distinguishable_share_binary", "ideal_roc_auc", "ideal_roc_auc_p_value"]].isna().all().all()
@@ -179,24 +142,15 @@ def test_chance_note_tells_what_the_test_events_resolve_from_the_classifiers_sho
         "roc_auc_p_value": [0.6, 0.3, 0.2], "distinguishable_share_binary": [0.0, 0.02, 0.2],
         "ideal_roc_auc": [0.5, 0.51, 0.6], "ideal_roc_auc_p_value": [0.5, 0.2, 1e-6],
     })
-    note = analysis._chance_note(early, "time")
+    note = report._chance_note(early, "time")
     assert "does not beat chance (one-sided p >= 0.05) for dense at 0.1, 0.2, 0.3." in note
-    assert f"resolve an AUC of {analysis.resolvable_auc(700, 730):.3f} or more" in note
+    assert f"resolve an AUC of {resolvable_auc(700, 730):.3f} or more" in note
     assert "At dense 0.1, 0.2 at most 2.0% of the binaries were fitted by no PSPL" in note
-    assert f"would reach AUC 0.510 at most, below {analysis.resolvable_auc(700, 730):.3f}." in note
+    assert f"would reach AUC 0.510 at most, below {resolvable_auc(700, 730):.3f}." in note
     assert "how typical the light curve seen so far is" in note
     assert "At dense 0.3 a classifier knowing which binaries no PSPL fits" in note
     early["roc_auc_p_value"] = 0.01
-    assert analysis._chance_note(early, "time").startswith("The ROC AUC beats chance")
-
-
-def test_resolvable_auc_inverts_the_untied_p_value():
-    for n_binary, n_pspl in ((716, 716), (50, 80), (75_000, 75_000)):
-        auc = analysis.resolvable_auc(n_binary, n_pspl)
-        assert analysis.untied_auc_p_value(auc, n_binary, n_pspl) == pytest.approx(0.05, rel=1e-9)
-        assert 0.5 < auc < 0.75
-    assert analysis.resolvable_auc(716, 716) == pytest.approx(0.5 + 1.645 * math.sqrt(1433 / 12) / 716, abs=1e-3)
-    assert np.isnan(analysis.resolvable_auc(0, 3))
+    assert report._chance_note(early, "time").startswith("The ROC AUC beats chance")
 
 
 def test_early_detection_observed_basis_uses_each_events_own_step():
@@ -507,7 +461,7 @@ def test_evaluate_cadence_errors_name_the_file(evaluated, tmp_path, name, corrup
 
 def test_compare_cadences_tables_json_and_figures(evaluated, tmp_path):
     result = compare_cadences({name: entry["out"] for name, entry in evaluated.items()}, tmp_path)
-    for name in analysis.COMPARISON_OUTPUTS:
+    for name in report.COMPARISON_OUTPUTS:
         assert (tmp_path / name).is_file(), name
     for name in ("early_detection_comparison.png", "roc_comparison.png", "accuracy_comparison.png"):
         assert (tmp_path / name).read_bytes()[:8] == PNG

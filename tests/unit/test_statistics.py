@@ -8,8 +8,16 @@ import warnings
 import numpy as np
 import pytest
 from scipy import stats
+from sklearn.metrics import roc_auc_score
 
-from astrodag.evaluation.statistics import paired_comparison, summarize, wilson_interval
+from astrodag.evaluation.statistics import (
+    auc_p_value,
+    paired_comparison,
+    resolvable_auc,
+    summarize,
+    untied_auc_p_value,
+    wilson_interval,
+)
 
 VALUES = [0.71, 0.68, 0.74, 0.70, 0.69, 0.73, 0.72]
 
@@ -120,3 +128,42 @@ def test_paired_comparison_degenerate_cases_without_warnings():
 def test_paired_comparison_requires_pairs():
     with pytest.raises(ValueError, match="paired"):
         paired_comparison([0.1, 0.2, 0.3], [0.1, 0.2])
+
+
+def test_auc_p_value_is_the_one_sided_mann_whitney_test_of_the_auc():
+    from scipy.stats import mannwhitneyu
+
+    rng = np.random.default_rng(3)
+    labels = np.repeat([0, 1], 200)
+    for shift, expect_small in ((0.0, False), (0.8, True)):
+        scores = rng.normal(size=400) + shift * labels
+        scores[:20] = scores[200:220]  # ties across the classes
+        p_value = auc_p_value(labels, scores)
+        result = mannwhitneyu(scores[labels == 1], scores[labels == 0], alternative="greater")
+        assert p_value == pytest.approx(result.pvalue)
+        assert result.statistic / (200 * 200) == pytest.approx(roc_auc_score(labels, scores))
+        assert (p_value < 0.001) is expect_small
+    assert np.isnan(auc_p_value(np.ones(5), np.linspace(0, 1, 5)))
+
+
+def test_untied_auc_p_value_is_the_mann_whitney_test_of_distinct_scores():
+    from scipy.stats import mannwhitneyu
+
+    rng = np.random.default_rng(3)
+    for n_binary, n_pspl, shift in ((300, 250, 0.0), (300, 250, 0.2), (40, 60, 0.5)):
+        labels = np.r_[np.ones(n_binary, dtype=int), np.zeros(n_pspl, dtype=int)]
+        scores = rng.normal(size=labels.size) + shift * labels  # continuous: no ties
+        auc = roc_auc_score(labels, scores)
+        expected = mannwhitneyu(scores[labels == 1], scores[labels == 0], alternative="greater",
+                                method="asymptotic").pvalue
+        assert untied_auc_p_value(auc, n_binary, n_pspl) == pytest.approx(expected, rel=1e-9)
+    assert np.isnan(untied_auc_p_value(0.7, 0, 10))
+
+
+def test_resolvable_auc_inverts_the_untied_p_value():
+    for n_binary, n_pspl in ((716, 716), (50, 80), (75_000, 75_000)):
+        auc = resolvable_auc(n_binary, n_pspl)
+        assert untied_auc_p_value(auc, n_binary, n_pspl) == pytest.approx(0.05, rel=1e-9)
+        assert 0.5 < auc < 0.75
+    assert resolvable_auc(716, 716) == pytest.approx(0.5 + 1.645 * math.sqrt(1433 / 12) / 716, abs=1e-3)
+    assert np.isnan(resolvable_auc(0, 3))

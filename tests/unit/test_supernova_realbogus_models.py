@@ -4,7 +4,8 @@ import pytest
 import torch
 
 from astrodag.errors import ConfigError
-from astrodag.models.braai import BraaiCNN, build_realbogus_model, resnet18_triplet
+from astrodag.models.braai import BraaiCNN, resnet18_triplet
+from astrodag.models.registry import build_model
 
 
 def test_braai_returns_one_logit_per_triplet_and_has_the_published_layout():
@@ -54,12 +55,12 @@ def test_small_resnet_scores_any_square_size(stem_stride):
 
 
 def test_build_by_name_and_its_errors():
-    assert isinstance(build_realbogus_model("braai", {"dropout": 0.2}), BraaiCNN)
-    model = build_realbogus_model("resnet18", {"width": 8, "stem_stride": 2})
+    assert isinstance(build_model("braai", {"dropout": 0.2}), BraaiCNN)
+    model = build_model("resnet18", {"width": 8, "stem_stride": 2})
     assert model.conv1.stride == (2, 2) and model.fc[1].in_features == 64
-    with pytest.raises(ValueError, match="unknown real/bogus architecture 'vgg'"):
-        build_realbogus_model("vgg")
-    with pytest.raises(ConfigError, match="'braai options.width': unknown key"):
-        build_realbogus_model("braai", {"width": 8})
+    with pytest.raises(ValueError, match="unknown architecture 'vgg'"):
+        build_model("vgg")
+    with pytest.raises(ConfigError, match="braai options.width.: unknown key"):
+        build_model("braai", {"width": 8})
     with pytest.raises(ValueError, match="stem_stride"):
-        build_realbogus_model("resnet18", {"stem_stride": 3})
+        build_model("resnet18", {"stem_stride": 3})

@@ -7,13 +7,15 @@ import pytest
 import torch
 from realbogus_helpers import triplets
 
-from astrodag.models.braai import build_realbogus_model
-from astrodag.supernova.realbogus.scoring import RealBogusScorer, save_realbogus_model
+from astrodag.models.registry import build_model
+from astrodag.supernova.realbogus.model import save_realbogus_model
+from astrodag.supernova.realbogus.scoring import RealBogusScorer
 
 onnx = pytest.importorskip("onnx", reason="ONNX export needs the onnx package")
 pytest.importorskip("onnxscript", reason="torch's ONNX exporter needs onnxscript")
 
-from astrodag.models.onnx_export import TOLERANCE, export_onnx, onnx_session, score_onnx  # noqa: E402
+from astrodag.models.onnx_export import TOLERANCE, onnx_session, score_onnx  # noqa: E402
+from astrodag.supernova.realbogus.model import export_realbogus_onnx  # noqa: E402
 
 SIDECAR = {"architecture": "braai", "options": {"size": 31}, "input_shape": [3, 31, 31],
            "normalisation": {"method": "robust", "clip": 30.0}, "threshold": 0.3}
@@ -23,8 +25,8 @@ SIDECAR = {"architecture": "braai", "options": {"size": 31}, "input_shape": [3, 
 def exported(tmp_path_factory):
     directory = tmp_path_factory.mktemp("onnx")
     torch.manual_seed(0)
-    save_realbogus_model(build_realbogus_model("braai", {"size": 31}), SIDECAR, directory)
-    record = export_onnx(directory / "model.pt", None, directory / "model.onnx", check=False)
+    save_realbogus_model(build_model("braai", {"size": 31}), SIDECAR, directory)
+    record = export_realbogus_onnx(directory / "model.pt", None, directory / "model.onnx", check=False)
     return directory, record
 
 
@@ -42,7 +44,7 @@ def test_export_writes_a_valid_model_with_the_sidecar_in_its_metadata(exported):
 def test_onnx_runtime_agrees_with_the_torch_scorer(exported):
     pytest.importorskip("onnxruntime", reason="the agreement check needs onnxruntime")
     directory, _ = exported
-    record = export_onnx(directory / "model.pt", directory / "model.json", directory / "checked.onnx")
+    record = export_realbogus_onnx(directory / "model.pt", directory / "model.json", directory / "checked.onnx")
     assert record["checked"] and record["max_abs_difference"] <= TOLERANCE
     inputs, _ = triplets(37, size=31)
     session = onnx_session(directory / "checked.onnx", threads=1)

@@ -12,9 +12,11 @@ from cli_helpers import run_stage
 from realbogus_helpers import write_pair
 
 from astrodag.errors import InputDataError
-from astrodag.models.braai import build_realbogus_model
+from astrodag.models.registry import build_model
 from astrodag.supernova.imaging.pipeline import read_products
 from astrodag.supernova.imaging.triplets import DatasetSettings, build_dataset, cutouts
+from astrodag.supernova.realbogus.model import save_realbogus_model
+from astrodag.supernova.realbogus.pairs import score_batch
 from astrodag.supernova.realbogus.review import (
     QUEUE_FILE,
     TRIPLETS_FILE,
@@ -24,7 +26,7 @@ from astrodag.supernova.realbogus.review import (
     uncertainty_order,
     write_review_queue,
 )
-from astrodag.supernova.realbogus.scoring import RealBogusScorer, ScoringSettings, save_realbogus_model, score_batch
+from astrodag.supernova.realbogus.scoring import RealBogusScorer, ScoringSettings
 
 THRESHOLD = 0.3
 # Row i has score SCORES[i]; with threshold 0.3 the expected queue order is below.
@@ -61,7 +63,7 @@ def scored(tmp_path_factory):
     torch.manual_seed(0)
     sidecar = {"architecture": "braai", "options": {"dropout": 0.5}, "input_shape": [3, 63, 63],
                "normalisation": {"method": "robust", "clip": 30.0}, "threshold": 0.5}
-    save_realbogus_model(build_realbogus_model("braai", {"dropout": 0.5}), sidecar, root / "model")
+    save_realbogus_model(build_model("braai", {"dropout": 0.5}), sidecar, root / "model")
     scorer = RealBogusScorer.from_files(root / "model" / "model.pt", device="cpu", threads=1, precision="float32")
     pair_dirs = [root / "pairs" / pair_id for pair_id in PAIRS["pair_id"]]
     for seed, pair_dir in enumerate(pair_dirs):

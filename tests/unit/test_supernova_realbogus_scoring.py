@@ -11,18 +11,12 @@ from cli_helpers import run_stage
 from realbogus_helpers import raw_triplet, triplets, write_dataset, write_pair
 
 from astrodag.errors import ConfigError, InputDataError
-from astrodag.models.braai import build_realbogus_model
+from astrodag.models.registry import build_model
 from astrodag.supernova.imaging.pipeline import read_products
 from astrodag.supernova.imaging.triplets import cutouts, normalise
-from astrodag.supernova.realbogus.scoring import (
-    RealBogusScorer,
-    ScoringSettings,
-    load_realbogus_model,
-    prepare_triplet,
-    save_realbogus_model,
-    score_batch,
-    score_pair,
-)
+from astrodag.supernova.realbogus.model import load_realbogus_model, save_realbogus_model
+from astrodag.supernova.realbogus.pairs import score_batch, score_pair
+from astrodag.supernova.realbogus.scoring import RealBogusScorer, ScoringSettings, prepare_triplet
 from astrodag.training import precision
 from astrodag.training.precision import cpu_has_native_bf16, resolve_precision
 
@@ -34,7 +28,7 @@ SIDECAR = {"architecture": "braai", "options": {"dropout": 0.5}, "input_shape": 
 def model_dir(tmp_path_factory):
     torch.manual_seed(0)
     directory = tmp_path_factory.mktemp("model")
-    save_realbogus_model(build_realbogus_model("braai", {"dropout": 0.5}), SIDECAR, directory)
+    save_realbogus_model(build_model("braai", {"dropout": 0.5}), SIDECAR, directory)
     return directory
 
 

@@ -20,7 +20,8 @@ from cli_helpers import parse, run_stage
 
 from astrodag.errors import ConfigError, InputDataError
 from astrodag.models.braai import BraaiCNN
-from astrodag.supernova.realbogus.scoring import RealBogusScorer, prepare_triplet, save_realbogus_model
+from astrodag.supernova.realbogus.model import save_realbogus_model
+from astrodag.supernova.realbogus.scoring import RealBogusScorer, prepare_triplet
 from astrodag.supernova.realbogus.service import create_app
 from astrodag.training import precision
 

@@ -13,10 +13,8 @@ from astrodag.supernova.realbogus import scoring
 from astrodag.supernova.realbogus.training import (
     RealBogusSettings,
     TripletDataset,
-    equal_error_threshold,
     evaluate_realbogus,
     load_splits,
-    threshold_for_fnr,
     train_realbogus,
 )
 from astrodag.training import precision
@@ -163,18 +161,6 @@ def test_dataset_augments_with_square_symmetries_and_balances():
     assert seen == set(range(8))
     balanced = TripletDataset(array, np.array([0, 1, 1, 1]), np.array([1, 0, 0, 0]), balanced=True)
     assert len(balanced) == 6 and sum(balanced[i][1].item() for i in range(6)) == 3
-
-
-def test_fnr_and_equal_error_thresholds():
-    labels = np.array([1] * 10 + [0] * 10)
-    scores = np.concatenate([np.linspace(0.1, 1.0, 10), np.linspace(0.0, 0.45, 10)])
-    assert threshold_for_fnr(labels, scores, 0.0) == pytest.approx(0.1)
-    assert threshold_for_fnr(labels, scores, 0.1) == pytest.approx(0.2)  # one real example may be missed
-    assert threshold_for_fnr(labels, scores, 0.05) == pytest.approx(0.1)
-    threshold = equal_error_threshold(labels, scores)
-    fnr = np.mean(scores[labels == 1] < threshold)
-    fpr = np.mean(scores[labels == 0] >= threshold)
-    assert abs(fnr - fpr) <= 0.1
 
 
 def test_dataset_errors_name_the_file(dataset, tmp_path):

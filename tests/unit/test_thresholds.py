@@ -11,8 +11,13 @@ from astrodag.errors import ConfigError
 from astrodag.evaluation.metrics import binary_metrics
 from astrodag.evaluation.thresholds import (
     EVEREST_WEIGHTS,
+    equal_error_threshold,
+    max_tss_threshold,
+    rates_at,
     select_threshold,
     sweep_thresholds,
+    threshold_for_fnr,
+    threshold_for_fpr,
     threshold_grid,
     validate_weights,
 )
@@ -147,3 +152,60 @@ def test_select_threshold_validates():
         select_threshold(pd.DataFrame({"threshold": [0.5]}))
     with pytest.raises(ValueError, match="finite"):
         select_threshold(pd.DataFrame({"threshold": [0.5], "score": [np.nan]}))
+
+
+def test_fnr_and_equal_error_thresholds():
+    labels = np.array([1] * 10 + [0] * 10)
+    scores = np.concatenate([np.linspace(0.1, 1.0, 10), np.linspace(0.0, 0.45, 10)])
+    assert threshold_for_fnr(labels, scores, 0.0) == pytest.approx(0.1)
+    assert threshold_for_fnr(labels, scores, 0.1) == pytest.approx(0.2)  # one real example may be missed
+    assert threshold_for_fnr(labels, scores, 0.05) == pytest.approx(0.1)
+    threshold = equal_error_threshold(labels, scores)
+    fnr = np.mean(scores[labels == 1] < threshold)
+    fpr = np.mean(scores[labels == 0] >= threshold)
+    assert abs(fnr - fpr) <= 0.1
+    with pytest.raises(ValueError, match="no positive"):
+        threshold_for_fnr(np.zeros(3), np.ones(3), 0.1)
+
+
+def test_fpr_threshold_bounds_the_false_alarm_rate():
+    rng = np.random.default_rng(1)
+    labels = rng.integers(0, 2, 400)
+    scores = np.clip(rng.normal(0.3 + 0.4 * labels, 0.2), 0.0, 1.0)
+    negatives = np.sort(scores[labels == 0])
+    for target in (0.0, 0.01, 0.05, 0.2, 1.0):
+        threshold = threshold_for_fpr(labels, scores, target)
+        fpr = np.mean(negatives >= threshold)
+        assert fpr <= target + 1e-12
+        # The lowest such threshold: a hair lower lets one more negative through, unless all are in already.
+        assert np.mean(negatives >= np.nextafter(threshold, -np.inf)) > target or fpr == 1.0
+
+
+def test_equal_error_and_max_tss_thresholds_follow_the_roc_curve():
+    from sklearn.metrics import roc_curve
+
+    rng = np.random.default_rng(2)
+    labels = rng.integers(0, 2, 300)
+    scores = rng.uniform(size=300).astype(np.float32) ** (1.0 + labels)
+    fpr, tpr, thresholds = roc_curve(labels, scores)
+    finite = np.isfinite(thresholds)
+    best = thresholds[finite][np.argmax((tpr - fpr)[finite])]
+    assert max_tss_threshold(labels, scores) == float(min(best, 1.0))
+    gap = np.abs(1 - tpr[finite] - fpr[finite])
+    assert equal_error_threshold(labels, scores) == float(thresholds[finite][np.flatnonzero(gap == gap.min())[-1]])
+
+
+def test_rates_at_counts_and_wilson_intervals():
+    from statsmodels.stats.proportion import proportion_confint
+
+    labels = np.array([1, 1, 1, 0, 0, 0, 0])
+    scores = np.array([0.9, 0.6, 0.2, 0.7, 0.1, 0.3, 0.4])
+    rates = rates_at(labels, scores, 0.5)
+    assert (rates["tp"], rates["fn"], rates["fp"], rates["tn"]) == (2, 1, 1, 3)
+    assert rates["fnr"] == pytest.approx(1 / 3) and rates["fpr"] == pytest.approx(1 / 4)
+    assert rates["precision"] == pytest.approx(2 / 3) and rates["accuracy"] == pytest.approx(5 / 7)
+    assert rates["fnr_ci95"] == pytest.approx(list(proportion_confint(1, 3, alpha=0.05, method="wilson")))
+    assert rates["fpr_ci95"] == pytest.approx(list(proportion_confint(1, 4, alpha=0.05, method="wilson")))
+    no_positive = rates_at(np.zeros(3), np.array([0.1, 0.6, 0.7]), 0.5)
+    assert no_positive["fnr"] is None and no_positive["fnr_ci95"] is None and no_positive["recall"] is None
+

@@ -1,5 +1,6 @@
-"""Model evaluation: metrics, threshold selection and run-to-run statistics."""
+"""Model evaluation: metrics, thresholds, completeness curves, run-to-run statistics and AUC significance."""
 
+from astrodag.evaluation.completeness import completeness_curve, recall_interval
 from astrodag.evaluation.metrics import (
     binary_metrics,
     calibration_errors,
@@ -10,32 +11,56 @@ from astrodag.evaluation.metrics import (
     rates_from_counts,
     reliability_curve,
 )
-from astrodag.evaluation.statistics import paired_comparison, summarize, wilson_interval
+from astrodag.evaluation.statistics import (
+    CHANCE_LEVEL,
+    auc_p_value,
+    paired_comparison,
+    resolvable_auc,
+    summarize,
+    untied_auc_p_value,
+    wilson_interval,
+)
 from astrodag.evaluation.thresholds import (
     EVEREST_WEIGHTS,
     WEIGHTABLE_METRICS,
+    equal_error_threshold,
+    max_tss_threshold,
+    rates_at,
     select_threshold,
     sweep_thresholds,
+    threshold_for_fnr,
+    threshold_for_fpr,
     threshold_grid,
     validate_weights,
 )
 
 __all__ = [
+    "CHANCE_LEVEL",
     "EVEREST_WEIGHTS",
     "WEIGHTABLE_METRICS",
+    "auc_p_value",
     "binary_metrics",
     "calibration_errors",
     "check_binary_inputs",
+    "completeness_curve",
     "confusion_counts",
     "curve_points",
+    "equal_error_threshold",
+    "max_tss_threshold",
     "measure_latency",
     "paired_comparison",
+    "rates_at",
+    "recall_interval",
     "rates_from_counts",
     "reliability_curve",
+    "resolvable_auc",
     "select_threshold",
     "summarize",
     "sweep_thresholds",
+    "threshold_for_fnr",
+    "threshold_for_fpr",
     "threshold_grid",
+    "untied_auc_p_value",
     "validate_weights",
     "wilson_interval",
 ]

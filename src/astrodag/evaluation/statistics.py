@@ -4,6 +4,10 @@ Each trained configuration is run with several seeds; `summarize` reports the
 spread of one metric over those runs, `paired_comparison` compares two
 configurations run with the same seeds, and `wilson_interval` gives a
 confidence interval for a single proportion (e.g. recall = tp / (tp + fn)).
+`auc_p_value` tests a ROC AUC against chance (one-sided Mann-Whitney U),
+`untied_auc_p_value` gives that test's p-value for distinct scores reaching a
+given AUC, and `resolvable_auc` inverts it: the smallest AUC that so many
+events can show beating chance.
 """
 
 from __future__ import annotations
@@ -13,9 +17,13 @@ import warnings
 
 import numpy as np
 from scipy import stats
+from scipy.stats import mannwhitneyu, norm
 from statsmodels.stats.proportion import proportion_confint
 
 BOOTSTRAP_METHODS = ("percentile", "basic", "BCa")
+# One-sided level at which an ROC AUC above 0.5 counts as beating chance.
+CHANCE_LEVEL = 0.05
+_NAN = float("nan")
 
 
 def _check_confidence(confidence: float) -> None:
@@ -223,3 +231,42 @@ def paired_comparison(a, b, confidence: float = 0.95) -> dict[str, float]:
         wilcoxon = stats.wilcoxon(a, b)
         result.update(wilcoxon_statistic=float(wilcoxon.statistic), wilcoxon_pvalue=float(wilcoxon.pvalue))
     return result
+
+
+def auc_p_value(labels, scores) -> float:
+    """One-sided p-value of ROC AUC > 0.5: the Mann-Whitney U test of positive scores above negative ones.
+
+    U / (n_positive n_negative) is the ROC AUC (ties count one half), so this tests the AUC
+    itself against chance. NaN when a class is missing.
+    """
+    labels = np.asarray(labels)
+    scores = np.asarray(scores, dtype=np.float64)
+    positive, negative = scores[labels == 1], scores[labels == 0]
+    if len(positive) == 0 or len(negative) == 0:
+        return _NAN
+    return float(mannwhitneyu(positive, negative, alternative="greater").pvalue)
+
+
+def resolvable_auc(n_positive: int, n_negative: int, level: float = CHANCE_LEVEL) -> float:
+    """The smallest ROC AUC that distinct scores of these many events show beating chance at ``level``.
+
+    The inverse of ``untied_auc_p_value``: ``untied_auc_p_value(resolvable_auc(b, p), b, p) == level``.
+    """
+    if n_positive == 0 or n_negative == 0:
+        return _NAN
+    pairs = n_positive * n_negative
+    sigma = math.sqrt(pairs * (n_positive + n_negative + 1) / 12.0)
+    return float(0.5 + (norm.isf(level) * sigma + 0.5) / pairs)
+
+
+def untied_auc_p_value(auc: float, n_positive: int, n_negative: int) -> float:
+    """One-sided p-value of ROC AUC > 0.5 for scores without ties that reach ``auc``.
+
+    The large-sample Mann-Whitney test (with continuity correction) that ``auc_p_value`` gives
+    for untied scores: the p-value a classifier with distinct scores would get at that AUC.
+    """
+    if n_positive == 0 or n_negative == 0:
+        return _NAN
+    pairs = n_positive * n_negative
+    sigma = math.sqrt(pairs * (n_positive + n_negative + 1) / 12.0)
+    return float(norm.sf((auc * pairs - pairs / 2 - 0.5) / sigma))

@@ -12,18 +12,25 @@ model and inflate every threshold metric that is reported.
 
 The default score is the weighted sum ``EVEREST_WEIGHTS`` of threshold
 metrics (TSS-heavy, as used for solar-flare forecasting).
+
+Operating points by rule, also chosen on validation scores: `threshold_for_fnr`
+and `threshold_for_fpr` (at most a target miss or false-alarm rate),
+`equal_error_threshold` (FNR = FPR) and `max_tss_threshold` (Youden's J);
+`rates_at` gives the error rates, with Wilson intervals, at a threshold.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Mapping
+from typing import Any
 
 import numpy as np
 import pandas as pd
 
 from astrodag.errors import ConfigError
-from astrodag.evaluation.metrics import check_binary_inputs, rates_from_counts
+from astrodag.evaluation.metrics import check_binary_inputs, confusion_counts, curve_points, rates_from_counts
+from astrodag.evaluation.statistics import wilson_interval
 
 EVEREST_WEIGHTS = {"tss": 0.4, "f1": 0.2, "precision": 0.15, "recall": 0.15, "specificity": 0.1}
 
@@ -159,3 +166,98 @@ def select_threshold(sweep: pd.DataFrame) -> float:
     # lexsort sorts by the last key first: distance to 0.5, then the threshold.
     order = np.lexsort((thresholds[tied], distance))
     return float(thresholds[tied[order[0]]])
+
+
+def threshold_for_fnr(y_true, y_prob, max_fnr: float) -> float:
+    """The highest threshold whose FNR on (``y_true``, ``y_prob``) is at most ``max_fnr``.
+
+    With P positives, ``k = floor(max_fnr P)`` of them may be missed: the threshold is
+    the (k+1)-th lowest positive score (scores >= threshold are called positive).
+
+    Raises
+    ------
+    ValueError
+        Without positive examples.
+    """
+    positives = np.sort(np.asarray(y_prob, float)[np.asarray(y_true) == 1])
+    if positives.size == 0:
+        raise ValueError("no positive examples to choose an FNR threshold on")
+    allowed = int(math.floor(max_fnr * positives.size + 1e-9))
+    return float(positives[min(allowed, positives.size - 1)])
+
+
+def threshold_for_fpr(y_true, y_prob, max_fpr: float) -> float:
+    """The lowest threshold whose FPR on (``y_true``, ``y_prob``) is at most ``max_fpr``.
+
+    With N negatives, ``k = floor(max_fpr N)`` of them may be called positive: the threshold
+    lies just above the (k+1)-th highest negative score (the next float up), so that at most
+    k negatives reach it.
+
+    Raises
+    ------
+    ValueError
+        Without negative examples.
+    """
+    negatives = np.sort(np.asarray(y_prob, float)[np.asarray(y_true) == 0])[::-1]
+    if negatives.size == 0:
+        raise ValueError("no negative examples to choose an FPR threshold on")
+    allowed = int(math.floor(max_fpr * negatives.size + 1e-9))
+    if allowed >= negatives.size:
+        return float(negatives[-1])
+    return float(np.nextafter(negatives[allowed], np.inf))
+
+
+def equal_error_threshold(y_true, y_prob) -> float:
+    """The ROC threshold at which FNR and FPR are closest (the equal-error rate; the highest on ties)."""
+    roc = curve_points(y_true, y_prob)["roc"]
+    finite = np.isfinite(roc["threshold"].to_numpy())
+    fpr, tpr, thresholds = (roc[column].to_numpy()[finite] for column in ("fpr", "tpr", "threshold"))
+    gap = np.abs((1 - tpr) - fpr)
+    return float(min(thresholds[np.flatnonzero(gap == gap.min())[-1]], 1.0))
+
+
+def max_tss_threshold(y_true, y_prob) -> float:
+    """The ROC threshold maximising TPR - FPR (Youden's J, the true skill statistic)."""
+    roc = curve_points(y_true, y_prob)["roc"]
+    finite = np.isfinite(roc["threshold"].to_numpy())
+    fpr, tpr, thresholds = (roc[column].to_numpy()[finite] for column in ("fpr", "tpr", "threshold"))
+    return float(min(thresholds[np.argmax(tpr - fpr)], 1.0))
+
+
+def _ratio(numerator: int, denominator: int) -> float | None:
+    """``numerator / denominator``, or None (null in JSON) when it is undefined."""
+    return numerator / denominator if denominator else None
+
+
+def rates_at(y_true, y_prob, threshold: float, confidence: float = 0.95) -> dict[str, Any]:
+    """FNR and FPR (with Wilson intervals), precision, recall, accuracy and counts at ``threshold``.
+
+    Parameters
+    ----------
+    y_true : array-like of shape (n,)
+        0/1 labels.
+    y_prob : array-like of shape (n,)
+        Scores; ``score >= threshold`` is called positive.
+    threshold : float
+    confidence : float, default 0.95
+        Level of the ``fnr_ci95`` and ``fpr_ci95`` intervals.
+
+    Returns
+    -------
+    dict
+        threshold, fnr, fnr_ci95, fpr, fpr_ci95, precision, recall, accuracy, tp, fp, tn, fn.
+        Rates without examples to count (e.g. the FNR of a set without positives) are None.
+    """
+    counts = confusion_counts(y_true, np.asarray(y_prob) >= threshold)
+    tp, fp, tn, fn = counts["tp"], counts["fp"], counts["tn"], counts["fn"]
+    intervals = {}
+    for name, (errors, trials) in {"fnr": (fn, tp + fn), "fpr": (fp, fp + tn)}.items():
+        low, high = wilson_interval(errors, trials, confidence)
+        intervals[name] = [low, high] if trials else None
+    return {
+        "threshold": float(threshold),
+        "fnr": _ratio(fn, tp + fn), "fnr_ci95": intervals["fnr"],
+        "fpr": _ratio(fp, fp + tn), "fpr_ci95": intervals["fpr"],
+        "precision": _ratio(tp, tp + fp), "recall": _ratio(tp, tp + fn), "accuracy": _ratio(tp + tn, tp + fp + tn + fn),
+        "tp": tp, "fp": fp, "tn": tn, "fn": fn,
+    }

@@ -22,8 +22,9 @@ from astrodag.evaluation.metrics import binary_metrics, measure_latency
 from astrodag.flares.dataset import label_column, load_dataset
 from astrodag.flares.settings import BaselineSettings, EverestSettings, FlareTrainerSettings
 from astrodag.flares.sharp import SHARP_KEYWORDS
-from astrodag.io import atomic_path, file_digest, write_json, write_table
-from astrodag.models.baseline import LogisticBaseline
+from astrodag.io import file_digest, write_table
+from astrodag.models.registry import build_model
+from astrodag.training.bundle import save_model
 
 logger = logging.getLogger(__name__)
 
@@ -143,13 +144,14 @@ def train_experiment(
         "normalisation": normalisation,
     }
     if model_name == "everest":
-        probabilities, details = _train_transformer(
+        probabilities, details, network = _train_transformer(
             inputs, targets, out_dir, seed, EverestSettings.from_config(model_options),
             FlareTrainerSettings.from_config(training_options), threads, work_dir, progress,
             run_key=f"{target}:{sidecar['data']['index_sha256']}",
         )
     else:
         probabilities, details = _train_baseline(inputs, targets, seed, BaselineSettings.from_config(model_options))
+        network = None  # the baseline is its coefficients, which the sidecar holds
     sidecar.update(details)
     sidecar["training_seconds"] = time.perf_counter() - started
     sidecar["validation_metrics"] = binary_metrics(targets["validation"], probabilities["validation"])
@@ -162,7 +164,7 @@ def train_experiment(
         selected["probability"] = probabilities[split].astype(np.float64)
         frames.append(selected)
     write_table(out_dir / "predictions.parquet", pd.concat(frames, ignore_index=True))
-    write_json(out_dir / "model.json", sidecar)
+    save_model(network, sidecar, out_dir)
     logger.info(
         "%s %s seed %d: validation AUCPR %.3f, TSS@0.5 %.3f in %.1f s",
         model_name, target, seed, sidecar["validation_metrics"]["aucpr"],
@@ -176,7 +178,6 @@ def _train_transformer(inputs, targets, out_dir, seed, settings, training, threa
     import torch
     from torch.utils.data import TensorDataset
 
-    from astrodag.models.transformer import EverestTransformer
     from astrodag.training.losses import BinaryFocalLoss
     from astrodag.training.trainer import Trainer
 
@@ -192,7 +193,7 @@ def _train_transformer(inputs, targets, out_dir, seed, settings, training, threa
     n_features, n_steps = inputs["train"].shape[-1], inputs["train"].shape[1]
     # Seeding happens in the Trainer, so build the model after it to get seed-determined weights.
     torch.manual_seed(seed)
-    model = EverestTransformer(architecture, n_features=n_features, n_steps=n_steps)
+    model = build_model("everest", architecture, n_features=n_features, n_steps=n_steps)
     trainer = Trainer(
         model,
         BinaryFocalLoss(gamma=focal_gamma, alpha=focal_alpha, positive_weight=positive_weight),
@@ -210,8 +211,6 @@ def _train_transformer(inputs, targets, out_dir, seed, settings, training, threa
     }
     result = trainer.fit(datasets["train"], datasets["validation"])
     probabilities = {split: trainer.predict(datasets[split]) for split in ("validation", "test")}
-    with atomic_path(out_dir / "model.pt") as tmp:
-        torch.save(trainer.model.state_dict(), tmp)
     write_table(out_dir / "history.csv", result.history)
 
     model.eval()
@@ -231,11 +230,11 @@ def _train_transformer(inputs, targets, out_dir, seed, settings, training, threa
         "resumed_from_epoch": result.resumed_from_epoch,
         "stopped_early": result.stopped_early,
         "latency": latency,
-    }
+    }, trainer.model
 
 
 def _train_baseline(inputs, targets, seed, settings):
-    baseline = LogisticBaseline(settings.inverse_regularization, seed=seed).fit(inputs["train"], targets["train"])
+    baseline = build_model("baseline", settings, seed=seed).fit(inputs["train"], targets["train"])
     probabilities = {split: baseline.predict_proba(inputs[split]) for split in ("validation", "test")}
     latency = measure_latency(baseline.predict_proba, inputs["test"], batch_size=256)
     return probabilities, {

@@ -11,6 +11,7 @@ from typing import Any, ClassVar
 
 from astrodag.errors import ConfigError
 from astrodag.evaluation.thresholds import EVEREST_WEIGHTS, validate_weights
+from astrodag.models.baseline import LogisticBaselineSettings
 from astrodag.models.transformer import TransformerSettings
 from astrodag.settings import Settings, choice, flag, fractions, number, optional, setting
 from astrodag.training.trainer import TrainerSettings
@@ -85,18 +86,10 @@ class FlareTrainerSettings(TrainerSettings):
 
 
 @dataclasses.dataclass(frozen=True)
-class BaselineSettings(Settings):
-    """The logistic-regression baseline (config ``flares.baseline``).
-
-    Keys
-    ----
-    inverse_regularization : float, default 1.0
-        scikit-learn's ``C`` of the L2-regularised fit.
-    """
+class BaselineSettings(LogisticBaselineSettings):
+    """The logistic-regression baseline (config ``flares.baseline``; keys as its base class)."""
 
     PREFIX: ClassVar[str] = "flares.baseline"
-
-    inverse_regularization: float = setting(1.0, number(0.0, low_open=True))
 
 
 @dataclasses.dataclass(frozen=True)

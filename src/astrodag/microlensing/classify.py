@@ -9,7 +9,6 @@ probability at the last epoch is the classification "now".
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Sequence
 from pathlib import Path
@@ -22,7 +21,8 @@ import torch
 from astrodag.errors import InputDataError
 from astrodag.io import write_table
 from astrodag.microlensing.dataset import Normalisation, causal_features
-from astrodag.microlensing.experiment import binary_probability, load_model
+from astrodag.microlensing.experiment import binary_probability, load_cadence_model
+from astrodag.training.bundle import read_sidecar
 from astrodag.training.seeding import select_device
 
 logger = logging.getLogger(__name__)
@@ -148,10 +148,10 @@ def classify_files(
     With ``output_dir`` each file's time series (time, observed, magnitude,
     error, p_binary) is written to ``<output_dir>/<file stem>.csv``.
     """
-    sidecar = json.loads(Path(sidecar_path).read_text())
+    sidecar = read_sidecar(sidecar_path)
     grid = sidecar["time_grid"]
     torch_device = select_device(device)
-    model = load_model(model_path, sidecar, torch_device)
+    model = load_cadence_model(model_path, sidecar, torch_device, sidecar_path)
     normalisation = Normalisation.from_dict(sidecar["normalisation"])
     rows = []
     for path in paths:

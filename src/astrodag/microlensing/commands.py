@@ -135,7 +135,7 @@ def _evaluate(args: argparse.Namespace) -> None:
 
 
 def _compare(args: argparse.Namespace) -> None:
-    from astrodag.microlensing.analysis import compare_cadences
+    from astrodag.microlensing.report import compare_cadences
 
     compare_cadences(named_dirs(args.cadence_dirs, "cadence-dirs"), args.out_dir)
 

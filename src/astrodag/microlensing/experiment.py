@@ -11,7 +11,6 @@ by :func:`predict_split`, after training has finished.
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import time
 from collections.abc import Sequence
@@ -38,8 +37,10 @@ from astrodag.microlensing.dataset import (
     load_shard,
     shards_digest,
 )
+from astrodag.models.registry import build_model
 from astrodag.models.temporal_cnn import TemporalCNNSettings, TimeDistributedCNN
 from astrodag.settings import choice, number, setting
+from astrodag.training.bundle import load_model, read_sidecar, save_model
 from astrodag.training.seeding import select_device
 from astrodag.training.trainer import Trainer, TrainerSettings
 
@@ -138,7 +139,7 @@ def train_cadence_model(
     steps = torch.from_numpy(checkpoint_steps(n_steps))
     data_digest = shards_digest(shard_dirs, mask_paths)
     torch.manual_seed(seed)
-    model = TimeDistributedCNN(settings, N_CHANNELS, N_CLASSES)
+    model = build_model("temporal_cnn", settings, in_channels=N_CHANNELS, n_classes=N_CLASSES)
     trainer = Trainer(
         model,
         per_step_cross_entropy,
@@ -152,8 +153,6 @@ def train_cadence_model(
         threads=threads,
     )
     result = trainer.fit(datasets["train"], datasets["validation"])
-    with atomic_path(out_dir / "model.pt") as tmp:
-        torch.save(trainer.model.state_dict(), tmp)
     write_table(out_dir / "history.csv", result.history)
     validation = trainer.validate(datasets["validation"])
     sidecar = {
@@ -183,7 +182,7 @@ def train_cadence_model(
         "training_seconds": time.perf_counter() - started,
         "validation_metrics": validation,
     }
-    write_json(out_dir / "model.json", sidecar)
+    save_model(trainer.model, sidecar, out_dir)
     logger.info(
         "cadence %s: validation loss %.4f, final-step accuracy %.3f, AUC %.3f after %d epochs in %.0f s",
         cadence, validation["loss"], validation["accuracy"], validation["roc_auc"], result.epochs_run,
@@ -192,20 +191,17 @@ def train_cadence_model(
     return sidecar
 
 
-def load_model(model_path: str | Path, sidecar: dict[str, Any], device: torch.device) -> TimeDistributedCNN:
-    """Rebuild the network from its sidecar and load the weights (``weights_only``)."""
-    if sidecar.get("inputs") != INPUT_LAYOUT:
-        raise InputDataError(model_path, f"was trained on inputs {sidecar.get('inputs')!r}, but this version builds "
-                                         f"{INPUT_LAYOUT!r}; retrain it (astrodag microlensing train)")
-    architecture = dict(sidecar["architecture"])
-    shape = {key: architecture.pop(key) for key in ("in_channels", "n_classes") if key in architecture}
-    model = TimeDistributedCNN(TemporalCNNSettings.from_config(architecture, f"{model_path} architecture"), **shape)
-    try:
-        state = torch.load(model_path, map_location=device, weights_only=True)
-        model.load_state_dict(state)
-    except (RuntimeError, OSError, EOFError) as error:
-        raise InputDataError(model_path, f"cannot load the model weights ({error})") from error
-    return model.to(device).eval()
+def load_cadence_model(model_path: str | Path, sidecar: dict[str, Any], device: torch.device,
+                       sidecar_path: str | Path | None = None) -> TimeDistributedCNN:
+    """Rebuild the network from its sidecar and load the weights (:func:`astrodag.training.bundle.load_model`)."""
+
+    def build(record: dict[str, Any]) -> TimeDistributedCNN:
+        if record.get("inputs") != INPUT_LAYOUT:
+            raise InputDataError(model_path, f"was trained on inputs {record.get('inputs')!r}, but this version "
+                                             f"builds {INPUT_LAYOUT!r}; retrain it (astrodag microlensing train)")
+        return build_model("temporal_cnn", record["architecture"])
+
+    return load_model(model_path, build, sidecar_path, device, sidecar=sidecar)[0]
 
 
 def predict_split(
@@ -227,7 +223,7 @@ def predict_split(
     :func:`astrodag.microlensing.analysis.evaluate_cadence`.
     """
     out_dir = Path(out_dir)
-    sidecar = json.loads(Path(sidecar_path).read_text())
+    sidecar = read_sidecar(sidecar_path)
     if threads:
         torch.set_num_threads(threads)
     shards, n_steps = _open_shards(shard_dirs, mask_paths)
@@ -235,7 +231,7 @@ def predict_split(
         raise InputDataError(shard_dirs[0],
                              f"{n_steps} epochs, but the model was trained on {sidecar['time_grid']['epochs']}")
     torch_device = select_device(device)
-    model = load_model(model_path, sidecar, torch_device)
+    model = load_cadence_model(model_path, sidecar, torch_device, sidecar_path)
     dataset = LightCurveDataset(shards, split, Normalisation.from_dict(sidecar["normalisation"]))
     if len(dataset) == 0:
         raise InputDataError(shard_dirs[0], f"the {split} split is empty")

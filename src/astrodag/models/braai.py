@@ -5,24 +5,21 @@ MNRAS 489, 3582): three convolution blocks (32, 64, 128 filters of 3x3, ReLU,
 2x2 max-pooling), a dense layer of 256 units with dropout, and one logit. On
 3x63x63 inputs the feature map after the blocks is 128x7x7.
 
-``resnet18_triplet`` is ResNet-18 built from torchvision's ``BasicBlock`` (random
-weights: nothing is downloaded) adapted to small cut-outs: the 7x7 stride-2 stem
-and its max-pool would shrink 63 pixels to 16 before the first residual stage,
-so the stem is a 3x3 convolution and the max-pool is dropped (as for CIFAR-sized
-images), and the head is dropout plus one logit. ``stem_stride`` and ``width``
-trade accuracy for speed on a CPU.
+``resnet18_triplet`` (and ``resnet34_triplet``) is ResNet-18 (-34) built from
+torchvision's ``BasicBlock`` (random weights: nothing is downloaded) adapted to small
+N-band cut-outs: the 7x7 stride-2 stem and its max-pool would shrink 63 pixels to 16
+before the first residual stage, so the stem is a 3x3 convolution and the max-pool is
+dropped (as for CIFAR-sized images), and the head is dropout plus one logit.
+``stem_stride`` and ``width`` trade accuracy for speed on a CPU.
 
-Both return logits of shape ``(n,)``; P(real) is their sigmoid. Build either by
-name with :func:`build_realbogus_model`, which is what a model's ``model.json``
-sidecar records (``architecture`` and ``options``). The architecture options of each
-are a settings class (:class:`BraaiCNNSettings`, :class:`ResNet18Settings`); the input
-shape (``in_channels``, ``size``) is given when the network is built.
+All return logits of shape ``(n,)``; P(real) is their sigmoid. Build any of them by
+name with :func:`astrodag.models.registry.build_model`, which is what a model's
+``model.json`` sidecar records (``architecture`` and ``options``).
 """
 
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
 
 import torch
 from torch import nn
@@ -38,16 +35,16 @@ class BraaiCNNSettings(Settings):
 
 
 @dataclasses.dataclass(frozen=True)
-class ResNet18Settings(Settings):
-    """Architecture options of :func:`resnet18_triplet` (see there)."""
+class ResNetTripletSettings(Settings):
+    """Architecture options of :func:`resnet18_triplet` and :func:`resnet34_triplet` (see there)."""
 
     dropout: float = setting(0.0, number(0.0, 0.95))
     stem_stride: int = setting(1, number(1, 2, integer=True))
     width: int = setting(64, number(4, 512, integer=True))
 
 
-ARCHITECTURES: dict[str, type[Settings]] = {"braai": BraaiCNNSettings, "resnet18": ResNet18Settings}
-SHAPE_OPTIONS = {"braai": ("in_channels", "size"), "resnet18": ("in_channels",)}
+# Residual blocks per stage of torchvision's ResNets built from BasicBlock.
+RESNET_BLOCKS = {18: (2, 2, 2, 2), 34: (3, 4, 6, 3)}
 
 
 def _check_common(in_channels: int, dropout: float) -> None:
@@ -116,16 +113,17 @@ class BraaiCNN(nn.Module):
         return self.classifier(self.features(inputs)).squeeze(1)
 
 
-class ResNet18Triplet(nn.Module):
-    """ResNet-18 (torchvision's ``BasicBlock``, two per stage) with a 3x3 stem and no max-pool.
+class ResNetTriplet(nn.Module):
+    """ResNet-18 or -34 (torchvision's ``BasicBlock``) with a 3x3 stem and no max-pool.
 
-    With ``width=64`` the layers and parameter names are torchvision's ``resnet18``
-    (``conv1``, ``bn1``, ``layer1``-``layer4``, ``fc``); ``width`` scales every stage's
-    channels (``width``, 2, 4 and 8 times it), so ``width=32`` costs about a quarter.
-    See :func:`resnet18_triplet` for the parameters.
+    With ``width=64`` the layers and parameter names are torchvision's ``resnet18`` /
+    ``resnet34`` (``conv1``, ``bn1``, ``layer1``-``layer4``, ``fc``); ``width`` scales every
+    stage's channels (``width``, 2, 4 and 8 times it), so ``width=32`` costs about a quarter.
+    See :func:`resnet18_triplet` for the parameters; ``depth`` is 18 or 34.
     """
 
-    def __init__(self, in_channels: int = 3, dropout: float = 0.0, stem_stride: int = 1, width: int = 64):
+    def __init__(self, in_channels: int = 3, dropout: float = 0.0, stem_stride: int = 1, width: int = 64,
+                 depth: int = 18):
         from torchvision.models.resnet import BasicBlock, conv1x1  # slow to import; only this model needs it
 
         super().__init__()
@@ -134,6 +132,8 @@ class ResNet18Triplet(nn.Module):
             raise ValueError(f"stem_stride must be 1 or 2, got {stem_stride!r}")
         if isinstance(width, bool) or not isinstance(width, int) or width < 4:
             raise ValueError(f"width must be an integer >= 4, got {width!r}")
+        if depth not in RESNET_BLOCKS:
+            raise ValueError(f"depth must be one of {sorted(RESNET_BLOCKS)}, got {depth!r}")
         self.in_channels = in_channels
         self.conv1 = nn.Conv2d(in_channels, width, kernel_size=3, stride=stem_stride, padding=1, bias=False)
         self.bn1 = nn.BatchNorm2d(width)
@@ -144,8 +144,9 @@ class ResNet18Triplet(nn.Module):
             downsample = None
             if stride != 1 or planes_in != planes:
                 downsample = nn.Sequential(conv1x1(planes_in, planes, stride), nn.BatchNorm2d(planes))
-            setattr(self, f"layer{stage}", nn.Sequential(BasicBlock(planes_in, planes, stride, downsample),
-                                                          BasicBlock(planes, planes)))
+            blocks = [BasicBlock(planes_in, planes, stride, downsample)]
+            blocks += [BasicBlock(planes, planes) for _ in range(RESNET_BLOCKS[depth][stage - 1] - 1)]
+            setattr(self, f"layer{stage}", nn.Sequential(*blocks))
             planes_in = planes
         self.avgpool = nn.AdaptiveAvgPool2d(1)
         self.fc = nn.Sequential(nn.Dropout(dropout), nn.Linear(planes_in, 1))
@@ -165,7 +166,7 @@ class ResNet18Triplet(nn.Module):
 
 
 def resnet18_triplet(in_channels: int = 3, dropout: float = 0.0, stem_stride: int = 1,
-                     width: int = 64) -> ResNet18Triplet:
+                     width: int = 64) -> ResNetTriplet:
     """ResNet-18 for small cut-outs: 3x3 stem, no max-pool, one logit.
 
     Parameters
@@ -182,7 +183,7 @@ def resnet18_triplet(in_channels: int = 3, dropout: float = 0.0, stem_stride: in
 
     Returns
     -------
-    ResNet18Triplet
+    ResNetTriplet
         Accepts any square ``(n, in_channels, S, S)`` input (global average pooling).
 
     Notes
@@ -190,29 +191,10 @@ def resnet18_triplet(in_channels: int = 3, dropout: float = 0.0, stem_stride: in
     On one CPU thread the full network (stride 1, width 64) trains at about 4 triplets/s;
     ``stem_stride=2, width=32`` at about 100/s, which is what a CPU-only demo can afford.
     """
-    return ResNet18Triplet(in_channels, dropout, stem_stride, width)
+    return ResNetTriplet(in_channels, dropout, stem_stride, width, depth=18)
 
 
-def build_realbogus_model(architecture: str, options: dict[str, Any] | None = None) -> nn.Module:
-    """A real/bogus network by name, as recorded in a model's sidecar.
-
-    Parameters
-    ----------
-    architecture : {"braai", "resnet18"}
-    options : dict, optional
-        The input shape (``in_channels``, and ``size`` for braai) and the architecture's
-        settings (:class:`BraaiCNNSettings` or :class:`ResNet18Settings`).
-
-    Raises
-    ------
-    ValueError
-        For an unknown architecture; ``ConfigError`` (a ``ValueError``) for an unknown or invalid
-        option, naming it and the nearest accepted one.
-    """
-    if architecture not in ARCHITECTURES:
-        raise ValueError(f"unknown real/bogus architecture {architecture!r}; choose one of {', '.join(ARCHITECTURES)}")
-    options = dict(options or {})
-    shape = {name: options.pop(name) for name in SHAPE_OPTIONS[architecture] if name in options}
-    settings = ARCHITECTURES[architecture].from_config(options, f"{architecture} options")
-    builder = BraaiCNN if architecture == "braai" else resnet18_triplet
-    return builder(**shape, **settings.as_dict())
+def resnet34_triplet(in_channels: int = 3, dropout: float = 0.0, stem_stride: int = 1,
+                     width: int = 64) -> ResNetTriplet:
+    """ResNet-34 for small cut-outs (3, 4, 6, 3 blocks per stage); as :func:`resnet18_triplet` otherwise."""
+    return ResNetTriplet(in_channels, dropout, stem_stride, width, depth=34)

@@ -1,10 +1,9 @@
-"""Export a trained real/bogus model to ONNX and check it against torch with ONNX Runtime.
+"""Export a trained binary classifier to ONNX and check it against torch with ONNX Runtime.
 
-The exported graph takes ``triplets`` (float32 ``(batch, 3, S, S)``, normalised as for
-:class:`astrodag.supernova.realbogus.scoring.RealBogusScorer`; the batch size is dynamic) and returns
-``score``, P(real) of shape ``(batch,)``: the sigmoid is part of the graph. The sidecar's
-facts travel in the model's metadata (``metadata_props``): ``architecture``, ``threshold``,
-``input_shape``, ``normalisation`` (JSON) and the whole ``sidecar`` (JSON).
+The exported graph takes one float32 input of shape ``(batch, *input_shape)`` (the batch size is
+dynamic) and returns ``score``, the sigmoid of the network's logit, of shape ``(batch,)``: the
+sigmoid is part of the graph. Facts about the model (a track's sidecar) travel in the model's
+metadata (``metadata_props``) as strings.
 
 Export needs the ``onnx`` and ``onnxscript`` packages (torch's exporter); the check needs
 ``onnxruntime`` and is skipped, and says so, when it is not installed.
@@ -12,8 +11,8 @@ Export needs the ``onnx`` and ``onnxscript`` packages (torch's exporter); the ch
 
 from __future__ import annotations
 
-import json
 import logging
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +22,6 @@ from torch import nn
 
 from astrodag.errors import AstrodagError
 from astrodag.io import atomic_path
-from astrodag.supernova.realbogus.scoring import load_realbogus_model
 
 log = logging.getLogger(__name__)
 
@@ -32,14 +30,14 @@ OPSET = 18
 
 
 class _Probability(nn.Module):
-    """A real/bogus network followed by the sigmoid, so the graph returns P(real)."""
+    """A network returning logits, followed by the sigmoid, so that the graph returns probabilities."""
 
     def __init__(self, model: nn.Module):
         super().__init__()
         self.model = model
 
-    def forward(self, triplets: torch.Tensor) -> torch.Tensor:
-        return torch.sigmoid(self.model(triplets))
+    def forward(self, inputs: torch.Tensor) -> torch.Tensor:
+        return torch.sigmoid(self.model(inputs))
 
 
 def onnxruntime_available() -> bool:
@@ -62,30 +60,36 @@ def onnx_session(onnx_path: str | Path, threads: int | None = None):
     return onnxruntime.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
 
 
-def score_onnx(session, triplets: np.ndarray) -> np.ndarray:
-    """P(real) of normalised float32 ``(n, 3, S, S)`` triplets through an ONNX Runtime session."""
-    return session.run(["score"], {"triplets": np.ascontiguousarray(triplets, dtype=np.float32)})[0]
+def score_onnx(session, inputs: np.ndarray) -> np.ndarray:
+    """Scores of a float32 batch (normalised as for training) through an ONNX Runtime session."""
+    name = session.get_inputs()[0].name
+    return session.run(["score"], {name: np.ascontiguousarray(inputs, dtype=np.float32)})[0]
 
 
-def export_onnx(model_pt: str | Path, model_json: str | Path | None, out_path: str | Path, check: bool = True,
+def export_onnx(model: nn.Module, input_shape: Sequence[int], out_path: str | Path,
+                metadata: Mapping[str, str] | None = None, input_name: str = "inputs", check: bool = True,
                 check_batch: int = 16, seed: int = 0) -> dict[str, Any]:
-    """Write ``out_path`` (ONNX) from ``model.pt`` + ``model.json`` and compare it with torch.
+    """Write ``out_path`` (ONNX) from a network returning logits and compare it with torch.
 
     Parameters
     ----------
-    model_pt : str or Path
-        The ``state_dict`` written by training.
-    model_json : str or Path, optional
-        Its sidecar (default: ``model_pt`` with the suffix ``.json``).
+    model : torch.nn.Module
+        The trained network (on the CPU); exported in evaluation mode.
+    input_shape : sequence of int
+        The shape of one input, without the batch axis.
     out_path : str or Path
         The ``.onnx`` file (written atomically).
+    metadata : mapping of str to str, optional
+        Written to the model's ``metadata_props``.
+    input_name : str, default "inputs"
+        Name of the graph's input.
     check : bool, default True
-        Score ``check_batch`` random triplets (and a batch of one) with torch and with ONNX
+        Score ``check_batch`` random inputs (and a batch of one) with torch and with ONNX
         Runtime and require agreement within ``TOLERANCE``; skipped when ONNX Runtime is
         not installed.
     check_batch : int, default 16
     seed : int, default 0
-        Seed of the check's random triplets.
+        Seed of the check's random inputs.
 
     Returns
     -------
@@ -105,18 +109,14 @@ def export_onnx(model_pt: str | Path, model_json: str | Path | None, out_path: s
         raise AstrodagError(f"ONNX export needs the onnx and onnxscript packages ({error}); "
                             "pip install onnx onnxscript onnxruntime") from error
 
-    model, sidecar = load_realbogus_model(model_pt, model_json, "cpu")
     wrapped = _Probability(model).eval()
-    shape = tuple(sidecar["input_shape"])
+    shape = tuple(int(size) for size in input_shape)
     example = torch.zeros((2, *shape), dtype=torch.float32)
-    program = torch.onnx.export(wrapped, (example,), dynamo=True, input_names=["triplets"], output_names=["score"],
-                                dynamic_shapes={"triplets": {0: torch.export.Dim("batch")}}, opset_version=OPSET,
+    program = torch.onnx.export(wrapped, (example,), dynamo=True, input_names=[input_name], output_names=["score"],
+                                dynamic_shapes={input_name: {0: torch.export.Dim("batch")}}, opset_version=OPSET,
                                 external_data=False, verbose=False)
     proto = program.model_proto
-    metadata = {"architecture": sidecar["architecture"], "threshold": json.dumps(sidecar["threshold"]),
-                "input_shape": json.dumps(list(shape)), "normalisation": json.dumps(sidecar["normalisation"]),
-                "sidecar": json.dumps(sidecar, default=str)}
-    for key, value in metadata.items():
+    for key, value in (metadata or {}).items():
         entry = proto.metadata_props.add()
         entry.key, entry.value = key, value
     out_path = Path(out_path)
@@ -132,14 +132,14 @@ def export_onnx(model_pt: str | Path, model_json: str | Path | None, out_path: s
     import onnxruntime
 
     rng = np.random.default_rng(seed)
-    triplets = rng.normal(0.0, 3.0, size=(check_batch, *shape)).astype(np.float32)
+    inputs = rng.normal(0.0, 3.0, size=(check_batch, *shape)).astype(np.float32)
     with torch.inference_mode():
-        expected = wrapped(torch.from_numpy(triplets)).numpy()
+        expected = wrapped(torch.from_numpy(inputs)).numpy()
     session = onnx_session(out_path)
-    difference = max(float(np.max(np.abs(score_onnx(session, triplets) - expected))),
-                     float(np.max(np.abs(score_onnx(session, triplets[:1]) - expected[:1]))))
+    difference = max(float(np.max(np.abs(score_onnx(session, inputs) - expected))),
+                     float(np.max(np.abs(score_onnx(session, inputs[:1]) - expected[:1]))))
     record.update(checked=True, max_abs_difference=difference, onnxruntime=onnxruntime.__version__)
     if not difference <= TOLERANCE:
         raise AstrodagError(f"{out_path}: ONNX Runtime and torch disagree by {difference:.3g} (> {TOLERANCE:g})")
-    log.info("exported %s (%s); ONNX Runtime agrees with torch to %.2g", out_path, sidecar["architecture"], difference)
+    log.info("exported %s; ONNX Runtime agrees with torch to %.2g", out_path, difference)
     return record

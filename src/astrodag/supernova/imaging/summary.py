@@ -27,7 +27,7 @@ from astropy.coordinates import SkyCoord
 from tabulate import tabulate
 
 from astrodag.errors import InputDataError
-from astrodag.evaluation.statistics import wilson_interval
+from astrodag.evaluation.completeness import recall_interval
 from astrodag.io import read_table, write_json, write_table, write_text
 
 logger = logging.getLogger(__name__)
@@ -147,8 +147,8 @@ def summarize_imaging_track(
 
     reasons = decisions.loc[~decisions["accepted"].astype(bool), "reason"].value_counts().sort_index()
     with_sn = per_pair[per_pair["sn_in_science"]] if len(per_pair) else per_pair
-    n_with, n_recovered = len(with_sn), int(with_sn["sn_recovered"].sum()) if len(with_sn) else 0
-    low, high = wilson_interval(n_recovered, n_with) if n_with else (np.nan, np.nan)
+    recovery = recall_interval(with_sn["sn_recovered"].to_numpy(bool) if len(with_sn) else np.zeros(0, bool))
+    n_with, n_recovered = recovery["n"], recovery["recovered"]
     false_matches = int(per_pair.loc[~per_pair["sn_in_science"], "sn_recovered"].sum()) if len(per_pair) else 0
     dataset = _read_json(Path(dataset_summary)) if dataset_summary else None
 
@@ -162,8 +162,8 @@ def summarize_imaging_track(
         "sn_recovery": {
             "pairs_with_sn": n_with,
             "recovered": n_recovered,
-            "fraction": n_recovered / n_with if n_with else None,
-            "fraction_low": low, "fraction_high": high,
+            "fraction": recovery["fraction"] if n_with else None,
+            "fraction_low": recovery["fraction_low"], "fraction_high": recovery["fraction_high"],
             "median_significance": (float(with_sn["sn_significance"].median())
                                     if n_recovered else None),
             "match_radius_arcsec": match_radius_arcsec,

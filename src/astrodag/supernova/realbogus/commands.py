@@ -98,7 +98,8 @@ def _evaluate(args: argparse.Namespace) -> None:
 
 
 def _score(args: argparse.Namespace) -> None:
-    from astrodag.supernova.realbogus.scoring import RealBogusScorer, ScoringSettings, score_batch
+    from astrodag.supernova.realbogus.pairs import score_batch
+    from astrodag.supernova.realbogus.scoring import RealBogusScorer, ScoringSettings
 
     settings = ScoringSettings.from_config(args.settings)
     scorer = RealBogusScorer.from_files(args.model, sidecar_path(args), device=settings.device, threads=args.threads,
@@ -109,9 +110,9 @@ def _score(args: argparse.Namespace) -> None:
 
 
 def _export_onnx(args: argparse.Namespace) -> None:
-    from astrodag.models.onnx_export import export_onnx
+    from astrodag.supernova.realbogus.model import export_realbogus_onnx
 
-    record = export_onnx(args.model, sidecar_path(args), args.out, check=args.check)
+    record = export_realbogus_onnx(args.model, sidecar_path(args), args.out, check=args.check)
     logger.info("export-onnx: %s", json.dumps(record))
 
 

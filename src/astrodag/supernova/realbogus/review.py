@@ -3,11 +3,11 @@
 One round:
 
 1. :func:`write_review_queue` takes the scored candidate table of the scoring stage
-   (:func:`astrodag.supernova.realbogus.scoring.score_batch`, ``results/supernova/scored/candidates.parquet``),
+   (:func:`astrodag.supernova.realbogus.pairs.score_batch`, ``results/supernova/scored/candidates.parquet``),
    ranks the scored candidates by uncertainty, the distance of the score from the model's
    decision threshold (ties: the higher binary entropy first), and re-cuts only the ``count``
    most uncertain from their pair's images, with the scorer's own cut-out code
-   (:func:`astrodag.supernova.realbogus.scoring.candidate_cutouts`, the model's normalisation), so the
+   (:func:`astrodag.supernova.realbogus.pairs.candidate_cutouts`, the model's normalisation), so the
    queued cut-outs are exactly those that were scored. It writes to ``out_dir``:
 
    ``review_queue.csv``
@@ -62,7 +62,7 @@ TRIPLETS_FILE = "review_triplets.npz"
 REVIEWED_SOURCE = "reviewed"
 LABELS = {"1": 1, "real": 1, "0": 0, "bogus": 0, "skip": None}
 META_COLUMNS = ("pair_id", "sn_name", "mission", "filter")
-# Of the scored candidate table (astrodag.supernova.realbogus.scoring.SCORED_COLUMNS): needed, and carried into
+# Of the scored candidate table (astrodag.supernova.realbogus.pairs.SCORED_COLUMNS): needed, and carried into
 # the queue.
 REQUIRED_SCORED_COLUMNS = ("pair_id", "x", "y", "score")
 _NOT_SCORED = "file does not exist: score the candidates first (astrodag supernova score)"
@@ -171,7 +171,7 @@ def _queued_cutouts(table: pd.DataFrame, directories: Mapping[str, Path], size: 
                     normalisation: Mapping[str, Any]) -> np.ndarray:
     """Cut-outs of the queued candidates from their pairs' images, exactly as the scorer cut them."""
     from astrodag.supernova.imaging.pipeline import read_products
-    from astrodag.supernova.realbogus.scoring import candidate_cutouts
+    from astrodag.supernova.realbogus.pairs import candidate_cutouts
 
     stack = np.empty((len(table), len(CHANNELS), size, size), np.float32)
     for pair_id, group in table.groupby("pair_id", sort=True):
@@ -196,7 +196,7 @@ def write_review_queue(scored: str | Path | pd.DataFrame, pair_dirs: Iterable[st
     ----------
     scored : str, Path or DataFrame
         The scoring stage's candidate table (``.parquet``/``.csv``,
-        :data:`astrodag.supernova.realbogus.scoring.SCORED_COLUMNS`): ``pair_id``, ``x``, ``y``, ``score``
+        :data:`astrodag.supernova.realbogus.pairs.SCORED_COLUMNS`): ``pair_id``, ``x``, ``y``, ``score``
         at least; NaN scores (cut-outs too masked to score) are never queued.
     pair_dirs : iterable of str or Path
         The pair directories that were scored (the pair id is the directory's name); the
@@ -225,7 +225,7 @@ def write_review_queue(scored: str | Path | pd.DataFrame, pair_dirs: Iterable[st
         For a missing or invalid table, sidecar or pairs table, scores outside [0, 1], a
         queued pair without a directory, or pair images that changed since scoring.
     """
-    from astrodag.supernova.realbogus.scoring import check_sidecar, read_sidecar, sidecar_normalisation
+    from astrodag.supernova.realbogus.model import check_sidecar, read_sidecar, sidecar_normalisation
 
     if count < 1:
         raise ValueError(f"count must be at least 1, got {count}")

@@ -441,7 +441,7 @@ def create_app(model_pt: str | Path, model_json: str | Path | None = None, max_b
     ValueError
         For non-positive limits or an unknown ``precision``.
     """
-    from astrodag.supernova.realbogus.scoring import check_precision
+    from astrodag.training.precision import check_precision
 
     if max_batch < 1 or max_bytes < 1:
         raise ValueError(f"max_batch and max_bytes must be positive, got {max_batch} and {max_bytes}")
@@ -540,7 +540,8 @@ def serve(model_pt: str | Path, host: str = "127.0.0.1", port: int = 8000, model
     settings = {"host": host, "port": port, "log_level": log_level, "lifespan": "on",
                 "limit_concurrency": max_connections}
     if workers > 1:
-        from astrodag.supernova.realbogus.scoring import check_precision, load_realbogus_model
+        from astrodag.supernova.realbogus.model import load_realbogus_model
+        from astrodag.training.precision import check_precision
 
         check_precision(precision)
         # Loaded once here so that a bad model is one clear error, not workers failing in turn.

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import math
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, fields
@@ -39,10 +38,12 @@ from torch.utils.data import Dataset
 
 from astrodag import __version__
 from astrodag.errors import ConfigError, InputDataError
+from astrodag.evaluation.thresholds import equal_error_threshold, max_tss_threshold, rates_at, threshold_for_fnr
 from astrodag.io import save_figure, write_json, write_table
-from astrodag.models.braai import BraaiCNNSettings, ResNet18Settings
+from astrodag.models.braai import BraaiCNNSettings, ResNetTripletSettings
 from astrodag.settings import Settings, choice, device_name, flag, number, optional, section, setting, subset
-from astrodag.supernova.realbogus.scoring import CHANNELS, RealBogusScorer, save_realbogus_model
+from astrodag.supernova.realbogus.model import CHANNELS, save_realbogus_model
+from astrodag.supernova.realbogus.scoring import RealBogusScorer
 from astrodag.training.precision import PRECISIONS
 from astrodag.training.trainer import TrainerSettings
 
@@ -99,7 +100,7 @@ class BraaiSettings(BraaiCNNSettings):
 
 
 @dataclass(frozen=True)
-class ResNetSettings(ResNet18Settings):
+class ResNetSettings(ResNetTripletSettings):
     """The ResNet-18 variant and its training length (config ``supernova.realbogus.resnet18``).
 
     Keys
@@ -128,8 +129,8 @@ class ResNetSettings(ResNet18Settings):
     learning_rate: float = setting(1e-3, number(0.0, low_open=True))
 
     def model_options(self) -> dict[str, Any]:
-        """The architecture fields (:class:`~astrodag.models.braai.ResNet18Settings`)."""
-        return {field.name: getattr(self, field.name) for field in fields(ResNet18Settings)}
+        """The architecture fields (:class:`~astrodag.models.braai.ResNetTripletSettings`)."""
+        return {field.name: getattr(self, field.name) for field in fields(ResNetTripletSettings)}
 
 
 @dataclass(frozen=True)
@@ -453,38 +454,6 @@ def _score_rows(scorer: RealBogusScorer, array: np.ndarray, rows: np.ndarray, ch
 # --------------------------------------------------------------------------------------------
 
 
-def threshold_for_fnr(y_true: np.ndarray, y_prob: np.ndarray, max_fnr: float) -> float:
-    """The highest threshold whose FNR on (``y_true``, ``y_prob``) is at most ``max_fnr``.
-
-    With P real examples, ``k = floor(max_fnr P)`` of them may be missed: the threshold is
-    the (k+1)-th lowest real score (scores >= threshold are called real).
-    """
-    positives = np.sort(np.asarray(y_prob, float)[np.asarray(y_true) == 1])
-    if positives.size == 0:
-        raise ValueError("no real examples to choose an FNR threshold on")
-    allowed = int(math.floor(max_fnr * positives.size + 1e-9))
-    return float(positives[min(allowed, positives.size - 1)])
-
-
-def equal_error_threshold(y_true: np.ndarray, y_prob: np.ndarray) -> float:
-    """The ROC threshold at which FNR and FPR are closest (the equal-error rate)."""
-    from sklearn.metrics import roc_curve
-
-    fpr, tpr, thresholds = roc_curve(y_true, y_prob)
-    finite = np.isfinite(thresholds)
-    gap = np.abs((1 - tpr[finite]) - fpr[finite])
-    return float(min(thresholds[finite][np.flatnonzero(gap == gap.min())[-1]], 1.0))
-
-
-def max_tss_threshold(y_true: np.ndarray, y_prob: np.ndarray) -> float:
-    """The ROC threshold maximising TPR - FPR (Youden's J, the true skill statistic)."""
-    from sklearn.metrics import roc_curve
-
-    fpr, tpr, thresholds = roc_curve(y_true, y_prob)
-    finite = np.isfinite(thresholds)
-    return float(min(thresholds[finite][np.argmax(tpr[finite] - fpr[finite])], 1.0))
-
-
 def choose_threshold(y_true: np.ndarray, y_prob: np.ndarray, settings: RealBogusSettings) -> dict[str, Any]:
     """The operating threshold by ``settings.threshold_rule``, chosen on validation scores."""
     rule = settings.threshold_rule
@@ -500,35 +469,6 @@ def choose_threshold(y_true: np.ndarray, y_prob: np.ndarray, settings: RealBogus
     if rule == "fnr":
         record["target_fnr"] = settings.target_fnr
     return record
-
-
-def _ratio(numerator: int, denominator: int) -> float | None:
-    """``numerator / denominator``, or None (null in JSON) when it is undefined."""
-    return numerator / denominator if denominator else None
-
-
-def rates_at(y_true: np.ndarray, y_prob: np.ndarray, threshold: float) -> dict[str, Any]:
-    """FNR and FPR (with 95 % Wilson intervals), precision, recall and counts at ``threshold``.
-
-    Rates without examples to count (e.g. the FNR of a set without real triplets) are None.
-    """
-    from astrodag.evaluation.statistics import wilson_interval
-
-    y_true = np.asarray(y_true).astype(bool)
-    called = np.asarray(y_prob) >= threshold
-    tp, fn = int(np.sum(called & y_true)), int(np.sum(~called & y_true))
-    fp, tn = int(np.sum(called & ~y_true)), int(np.sum(~called & ~y_true))
-    intervals = {}
-    for name, (errors, trials) in {"fnr": (fn, tp + fn), "fpr": (fp, fp + tn)}.items():
-        low, high = wilson_interval(errors, trials)
-        intervals[name] = [low, high] if trials else None
-    return {
-        "threshold": float(threshold),
-        "fnr": _ratio(fn, tp + fn), "fnr_ci95": intervals["fnr"],
-        "fpr": _ratio(fp, fp + tn), "fpr_ci95": intervals["fpr"],
-        "precision": _ratio(tp, tp + fp), "recall": _ratio(tp, tp + fn), "accuracy": _ratio(tp + tn, len(y_true)),
-        "tp": tp, "fp": fp, "tn": tn, "fn": fn,
-    }
 
 
 # --------------------------------------------------------------------------------------------
@@ -569,7 +509,7 @@ def train_realbogus(triplets_dir: str | Path, out_dir: str | Path, architecture:
         The sidecar written to ``model.json``.
     """
     from astrodag.evaluation.metrics import binary_metrics
-    from astrodag.models.braai import build_realbogus_model
+    from astrodag.models.registry import build_model
     from astrodag.training.losses import BinaryFocalLoss
     from astrodag.training.trainer import Trainer
 
@@ -602,7 +542,7 @@ def train_realbogus(triplets_dir: str | Path, out_dir: str | Path, architecture:
                     missions_train))
     # The Trainer seeds again; seeding here makes the initial weights a function of the seed too.
     torch.manual_seed(seed)
-    model = build_realbogus_model(architecture, options)
+    model = build_model(architecture, options)
     if settings.channels_last:
         # Convolutions then produce channels-last activations from ordinary inputs.
         model = model.to(memory_format=torch.channels_last)
