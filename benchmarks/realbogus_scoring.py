@@ -162,7 +162,8 @@ def main() -> None:
     import torch
 
     from astrodag.models.registry import build_model
-    from astrodag.supernova.realbogus.scoring import resolve_precision, save_realbogus_model
+    from astrodag.supernova.realbogus.model import save_realbogus_model
+    from astrodag.training.precision import resolve_precision
 
     torch.set_num_threads(args.threads)
     rng = np.random.default_rng(0)

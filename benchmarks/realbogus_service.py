@@ -47,7 +47,7 @@ def make_model(directory: Path, architecture: str, size: int) -> Path:
     import torch
 
     from astrodag.models.registry import build_model
-    from astrodag.supernova.realbogus.scoring import save_realbogus_model
+    from astrodag.supernova.realbogus.model import save_realbogus_model
 
     torch.manual_seed(0)
     options = {"size": size} if architecture == "braai" else {}
