@@ -12,6 +12,7 @@ import logging
 import sys
 
 from astrodag import __version__
+from astrodag.cli_support import resolve_defaults
 from astrodag.errors import AstrodagError
 from astrodag.flares import commands as flares_commands
 from astrodag.logs import configure_logging
@@ -35,7 +36,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """Run one stage; bad input or options give one readable line and the exit status 2."""
-    args = build_parser().parse_args(argv)
+    args = resolve_defaults(build_parser().parse_args(argv))
     configure_logging(args.log, verbose=args.verbose)
     command = f"astrodag {args.track} {args.stage}"
     try:

@@ -9,6 +9,8 @@ errors are imported here.
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import importlib
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -18,6 +20,48 @@ import yaml
 from astrodag.errors import ConfigError
 
 Handler = Callable[[argparse.Namespace], None]
+
+
+class SettingDefault:
+    """An option's default taken from a field of a settings class, read only when it is needed.
+
+    The CLI and the workflow config then share one default (the class's), and building the
+    parser imports no numerical module: the class is imported when ``--help`` shows the default
+    or when the stage runs without the option (:func:`resolve_defaults`).
+
+    Parameters
+    ----------
+    reference : str
+        ``"module:Class"`` of a :class:`astrodag.settings.Settings` subclass.
+    name : str
+        The field.
+    """
+
+    def __init__(self, reference: str, name: str):
+        self.reference, self.name = reference, name
+
+    def resolve(self) -> Any:
+        """The field's default value."""
+        module, cls = self.reference.split(":")
+        field = {field.name: field for field in dataclasses.fields(getattr(importlib.import_module(module), cls))}[
+            self.name]
+        return field.default_factory() if field.default is dataclasses.MISSING else field.default
+
+    def __str__(self) -> str:
+        value = self.resolve()
+        if isinstance(value, dict):
+            return " ".join(f"{key}={item}" for key, item in value.items())
+        if isinstance(value, (list, tuple)):
+            return " ".join(map(str, value))
+        return str(value)
+
+
+def resolve_defaults(args: argparse.Namespace) -> argparse.Namespace:
+    """Replace every option left at a :class:`SettingDefault` by the settings class's value, in place."""
+    for key, value in vars(args).items():
+        if isinstance(value, SettingDefault):
+            setattr(args, key, value.resolve())
+    return args
 
 
 def json_or_yaml(text: str) -> dict[str, Any]:
@@ -38,8 +82,10 @@ def json_or_yaml(text: str) -> dict[str, Any]:
     return value
 
 
-def split_fractions(items: list[str]) -> dict[str, float]:
-    """``["train=0.6", "validation=0.2", "test=0.2"]`` as a mapping of split name to fraction."""
+def split_fractions(items: list[str] | dict[str, float]) -> dict[str, float]:
+    """``["train=0.6", "validation=0.2", "test=0.2"]`` as a mapping of split name to fraction (a mapping as is)."""
+    if isinstance(items, dict):
+        return dict(items)
     fractions = {}
     for item in items:
         name, _, value = item.partition("=")

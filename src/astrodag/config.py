@@ -27,10 +27,11 @@ def sections() -> dict[str, type[Settings]]:
         FlareTrainerSettings,
         SweepSettings,
     )
+    from astrodag.microlensing.analysis import MicrolensingAnalysisSettings
     from astrodag.microlensing.experiment import MicrolensingTrainerSettings
-    from astrodag.microlensing.simulation import SimulationSettings
+    from astrodag.microlensing.simulation import SimulationSettings, TimeGridSettings
     from astrodag.models.temporal_cnn import TemporalCNNSettings
-    from astrodag.supernova.archive.backends import BackendSettings
+    from astrodag.supernova.archive.backends import BackendSettings, QuerySettings
     from astrodag.supernova.archive.pairing import PairSettings
     from astrodag.supernova.archive.synthetic import SurveySettings
     from astrodag.supernova.imaging.detect import DetectSettings
@@ -46,11 +47,14 @@ def sections() -> dict[str, type[Settings]]:
         "flares.baseline": BaselineSettings,
         "flares.sweep": SweepSettings,
         "flares.analysis": FlareAnalysisSettings,
+        "microlensing.time_grid": TimeGridSettings,
         "microlensing.simulation": SimulationSettings,
         "microlensing.model": TemporalCNNSettings,
         "microlensing.training": MicrolensingTrainerSettings,
+        "microlensing.analysis": MicrolensingAnalysisSettings,
         "supernova.survey": SurveySettings,
         "supernova.archive": BackendSettings,
+        "supernova.query": QuerySettings,
         "supernova.pairing": PairSettings,
         "supernova.difference": DifferenceSettings,
         "supernova.detection": DetectSettings,

@@ -10,13 +10,14 @@ from pathlib import Path
 import pytest
 
 from astrodag.cli import build_parser, main
-from astrodag.cli_support import json_or_yaml, named_dirs, sidecar_path, split_fractions
+from astrodag.cli_support import json_or_yaml, named_dirs, resolve_defaults, sidecar_path, split_fractions
 from astrodag.errors import ConfigError
 
 PACKAGE = Path(__file__).resolve().parents[2] / "src" / "astrodag"
 TRACKS = ("flares", "microlensing", "supernova")
 # What a track may import besides itself: the shared core.
-CORE = {"cli_support", "errors", "evaluation", "io", "logs", "models", "reporting", "settings", "training"}
+CORE = {"cli_support", "errors", "evaluation", "io", "logs", "models", "reporting", "settings", "simulation",
+        "training"}
 
 
 def _subparsers(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
@@ -112,6 +113,19 @@ def test_a_track_imports_only_itself_and_the_core(track):
     assert offenders == {}
 
 
+def test_the_core_imports_no_track():
+    # config.py is the one place that lists every track's settings classes, for the workflow's start.
+    offenders = {}
+    for path in PACKAGE.rglob("*.py"):
+        parts = path.relative_to(PACKAGE).parts
+        if parts[0] in TRACKS or path.name in ("cli.py", "config.py", "__main__.py"):
+            continue
+        inside = sorted(name for name in _imports(path) if len(name.split(".")) > 1 and name.split(".")[1] in TRACKS)
+        if inside:
+            offenders[str(path.relative_to(PACKAGE))] = inside
+    assert offenders == {}
+
+
 def test_json_or_yaml(tmp_path):
     assert json_or_yaml('{"embed_dim": 64}') == {"embed_dim": 64}
     assert json_or_yaml("{tss: 0.4, f1: 0.2}") == {"tss": 0.4, "f1": 0.2}
@@ -142,3 +156,38 @@ def test_split_fractions_and_named_dirs():
 def test_sidecar_path():
     assert sidecar_path(argparse.Namespace(model=Path("m/model.pt"), model_json=None)) == Path("m/model.json")
     assert sidecar_path(argparse.Namespace(model=Path("m/model.pt"), model_json=Path("x.json"))) == Path("x.json")
+
+
+def test_option_defaults_come_from_the_settings_classes():
+    from astrodag.flares.settings import FlareDatasetSettings, SweepSettings
+    from astrodag.microlensing.analysis import MicrolensingAnalysisSettings
+    from astrodag.microlensing.simulation import TimeGridSettings
+    from astrodag.supernova.archive.backends import QuerySettings
+
+    parser = build_parser()
+    dataset = resolve_defaults(parser.parse_args(["flares", "build-dataset", "--keywords", "k", "--events", "e",
+                                                  "--features", "f", "--index", "i", "--summary", "s"]))
+    expected = FlareDatasetSettings()
+    assert (dataset.stride, dataset.window_steps, dataset.split_seed) == (expected.stride, expected.window_steps,
+                                                                          expected.split_seed)
+    assert split_fractions(dataset.split_fractions) == expected.split_fractions
+    sweep = resolve_defaults(parser.parse_args(["flares", "sweep", "--predictions", "p", "--model-json", "m",
+                                                "--out-dir", "o"]))
+    assert (sweep.start, sweep.stop, sweep.num) == (SweepSettings().start, SweepSettings().stop, SweepSettings().num)
+    mask = resolve_defaults(parser.parse_args(["microlensing", "mask", "--events", "e", "--cadences", "c",
+                                               "--cadence", "lsst", "--out", "o"]))
+    assert (mask.epochs, mask.duration_days) == (TimeGridSettings().epochs, TimeGridSettings().duration_days)
+    evaluate = resolve_defaults(parser.parse_args(["microlensing", "evaluate", "--evaluation-dir", "e",
+                                                   "--out-dir", "o", "--cadence", "lsst"]))
+    assert tuple(evaluate.thresholds) == MicrolensingAnalysisSettings().detection_thresholds
+    query_args = ["supernova", "query", "--catalog", "c", "--sn", "x", "--out", "o", "--backend", "mast"]
+    query = resolve_defaults(parser.parse_args(query_args))
+    assert query.radius_arcmin == QuerySettings().radius_arcmin == 5.0
+    # Given on the command line, a value wins.
+    assert resolve_defaults(parser.parse_args([*query_args, "--radius-arcmin", "2"])).radius_arcmin == 2.0
+
+
+def test_help_shows_the_settings_default(capsys):
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["flares", "build-dataset", "--help"])
+    assert "steps between consecutive window ends (default: 1)" in " ".join(capsys.readouterr().out.split())

@@ -10,9 +10,14 @@ import json
 import logging
 from pathlib import Path
 
-from astrodag.cli_support import add_stage, add_track, json_or_yaml, split_fractions
+from astrodag.cli_support import SettingDefault, add_stage, add_track, json_or_yaml, split_fractions
 
 logger = logging.getLogger("astrodag.flares")
+
+
+DATASET = "astrodag.flares.settings:FlareDatasetSettings"
+SWEEP = "astrodag.flares.settings:SweepSettings"
+ANALYSIS = "astrodag.flares.settings:FlareAnalysisSettings"
 
 
 def register(tracks) -> None:
@@ -37,14 +42,18 @@ def add_stages(stages) -> None:
     dataset.add_argument("--features", type=Path, required=True, help="output windows array (.npy)")
     dataset.add_argument("--index", type=Path, required=True, help="output window index with labels (.parquet)")
     dataset.add_argument("--summary", type=Path, required=True, help="output dataset summary (.json)")
-    dataset.add_argument("--window-steps", type=int, default=10)
-    dataset.add_argument("--cadence-minutes", type=int, default=60)
-    dataset.add_argument("--stride", type=int, default=1, help="steps between consecutive window ends")
+    dataset.add_argument("--window-steps", type=int, default=SettingDefault(DATASET, "window_steps"),
+                         help="samples per window (default: %(default)s)")
+    dataset.add_argument("--cadence-minutes", type=int, default=SettingDefault(DATASET, "cadence_minutes"),
+                         help="SHARP samples are resampled to this cadence (default: %(default)s)")
+    dataset.add_argument("--stride", type=int, default=SettingDefault(DATASET, "stride"),
+                         help="steps between consecutive window ends (default: %(default)s)")
     dataset.add_argument("--horizons", type=int, nargs="+", default=[24, 48, 72], help="prediction windows in hours")
     dataset.add_argument("--classes", nargs="+", default=["C", "M", "M5"], help="flare classes (>= class)")
-    dataset.add_argument("--split-fractions", nargs=3, default=["train=0.6", "validation=0.2", "test=0.2"],
-                         metavar="NAME=F")
-    dataset.add_argument("--split-seed", type=int, default=0)
+    dataset.add_argument("--split-fractions", nargs=3, default=SettingDefault(DATASET, "split_fractions"),
+                         metavar="NAME=F", help="shares of the active regions (default: %(default)s)")
+    dataset.add_argument("--split-seed", type=int, default=SettingDefault(DATASET, "split_seed"),
+                         help="default: %(default)s")
 
     train = add_stage(stages, "train", _train, "train one model for one (class, window, seed) experiment")
     train.add_argument("--features", type=Path, required=True)
@@ -65,9 +74,10 @@ def add_stages(stages) -> None:
     sweep.add_argument("--predictions", type=Path, required=True)
     sweep.add_argument("--model-json", type=Path, required=True)
     sweep.add_argument("--out-dir", type=Path, required=True)
-    sweep.add_argument("--start", type=float, default=0.1)
-    sweep.add_argument("--stop", type=float, default=0.9)
-    sweep.add_argument("--num", type=int, default=81)
+    sweep.add_argument("--start", type=float, default=SettingDefault(SWEEP, "start"), help="default: %(default)s")
+    sweep.add_argument("--stop", type=float, default=SettingDefault(SWEEP, "stop"), help="default: %(default)s")
+    sweep.add_argument("--num", type=int, default=SettingDefault(SWEEP, "num"),
+                       help="thresholds tried (default: %(default)s)")
     sweep.add_argument("--weights", type=json_or_yaml, default=None,
                        help="metric weights of the score, e.g. '{tss: 0.4, f1: 0.2, ...}' (EVEREST default)")
 
@@ -77,9 +87,12 @@ def add_stages(stages) -> None:
     compare.add_argument("--predictions", type=Path, nargs="+", required=True,
                          help="predictions.parquet of each experiment, in the same order")
     compare.add_argument("--out-dir", type=Path, required=True)
-    compare.add_argument("--confidence", type=float, default=0.95)
-    compare.add_argument("--bootstrap-resamples", type=int, default=9999)
-    compare.add_argument("--seed", type=int, default=0, help="seed of the bootstrap")
+    compare.add_argument("--confidence", type=float, default=SettingDefault(ANALYSIS, "confidence"),
+                         help="level of the intervals (default: %(default)s)")
+    compare.add_argument("--bootstrap-resamples", type=int, default=SettingDefault(ANALYSIS, "bootstrap_resamples"),
+                         help="default: %(default)s")
+    compare.add_argument("--seed", type=int, default=SettingDefault(ANALYSIS, "seed"),
+                         help="seed of the bootstrap (default: %(default)s)")
 
 
 def _simulate(args: argparse.Namespace) -> None:

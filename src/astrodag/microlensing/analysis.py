@@ -34,16 +34,17 @@ gathers everything the tables need (a few numbers per event).
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import pandas as pd
 
-from astrodag.errors import InputDataError
+from astrodag.errors import ConfigError, InputDataError
 from astrodag.evaluation.completeness import recall_interval
 from astrodag.evaluation.metrics import binary_metrics, curve_points
 from astrodag.evaluation.statistics import auc_p_value, untied_auc_p_value, wilson_interval
@@ -67,11 +68,38 @@ from astrodag.microlensing.scan import (
 )
 from astrodag.reporting.figures import plot_confusion_matrix
 from astrodag.reporting.tables import format_interval
+from astrodag.settings import Settings, number, sequence, setting
 
 logger = logging.getLogger(__name__)
 
+def _open_probability(key: str, value: Any) -> float:
+    """A probability strictly between 0 and 1."""
+    value = number(0.0, 1.0, low_open=True)(key, value)
+    if value >= 1.0:
+        raise ConfigError(key, f"must be < 1, got {value}")
+    return value
+
+
 DEFAULT_FRACTIONS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
 DEFAULT_THRESHOLDS = (0.5, 0.8, 0.9, 0.95)
+
+
+@dataclasses.dataclass(frozen=True)
+class MicrolensingAnalysisSettings(Settings):
+    """What the per-cadence analysis reports (config ``microlensing.analysis``).
+
+    Keys
+    ----
+    fractions : list of float, default [0.1, 0.2, ..., 1.0]
+        Fractions of the light curve seen at which early detection is reported, in (0, 1].
+    detection_thresholds : list of float, default [0.5, 0.8, 0.9, 0.95]
+        P(binary) thresholds of the detection times, in (0, 1).
+    """
+
+    PREFIX: ClassVar[str] = "microlensing.analysis"
+
+    fractions: tuple[float, ...] = setting(DEFAULT_FRACTIONS, sequence(number(0.0, 1.0, low_open=True)))
+    detection_thresholds: tuple[float, ...] = setting(DEFAULT_THRESHOLDS, sequence(_open_probability))
 DECISION_THRESHOLD = 0.5
 CONFIDENCE = 0.95
 CLASS_NAMES = ("PSPL", "binary")

@@ -10,9 +10,29 @@ import json
 import logging
 from pathlib import Path
 
-from astrodag.cli_support import add_model_files, add_stage, add_track, json_or_yaml, named_dirs, sidecar_path
+from astrodag.cli_support import (
+    SettingDefault,
+    add_model_files,
+    add_stage,
+    add_track,
+    json_or_yaml,
+    named_dirs,
+    sidecar_path,
+)
 
 logger = logging.getLogger("astrodag.microlensing")
+
+
+TIME_GRID = "astrodag.microlensing.simulation:TimeGridSettings"
+ANALYSIS = "astrodag.microlensing.analysis:MicrolensingAnalysisSettings"
+
+
+def add_time_grid(parser) -> None:
+    """``--epochs`` and ``--duration-days`` of the time grid (defaults: config ``microlensing.time_grid``)."""
+    parser.add_argument("--epochs", type=int, default=SettingDefault(TIME_GRID, "epochs"),
+                        help="epochs of the time grid (default: %(default)s)")
+    parser.add_argument("--duration-days", type=float, default=SettingDefault(TIME_GRID, "duration_days"),
+                        help="time span of the grid (default: %(default)s)")
 
 
 def register(tracks) -> None:
@@ -33,8 +53,7 @@ def add_stages(stages) -> None:
     simulate.add_argument("--out-dir", type=Path, required=True, help="shard directory to write")
     simulate.add_argument("--shard", type=int, required=True, help="shard index (event ids follow from it)")
     simulate.add_argument("--events", type=int, required=True, help="events in the shard (half of each class)")
-    simulate.add_argument("--epochs", type=int, default=1500, help="epochs of the time grid")
-    simulate.add_argument("--duration-days", type=float, default=500.0, help="time span of the grid")
+    add_time_grid(simulate)
     simulate.add_argument("--seed", type=int, default=0)
     simulate.add_argument("--settings", type=json_or_yaml, default={},
                           help="priors, noise, split_fractions, pspl_like_max_deviation_sigma (JSON/YAML or @file)")
@@ -44,15 +63,15 @@ def add_stages(stages) -> None:
     mask.add_argument("--cadences", type=Path, required=True, help="cadence table (.tsv)")
     mask.add_argument("--cadence", required=True, help="row of the cadence table to use")
     mask.add_argument("--out", type=Path, required=True, help="output mask (.npy, uint8, 1 = observed)")
-    mask.add_argument("--epochs", type=int, default=1500)
-    mask.add_argument("--duration-days", type=float, default=500.0)
+    add_time_grid(mask)
     mask.add_argument("--seed", type=int, default=0)
 
     train = add_stage(stages, "train", _train, "train the causal per-timestep CNN for one cadence")
     _add_shard_inputs(train)
     train.add_argument("--out-dir", type=Path, required=True, help="where model.pt, model.json, history.csv go")
     train.add_argument("--cadence", required=True)
-    train.add_argument("--duration-days", type=float, default=500.0, help="time span of the grid (for the sidecar)")
+    train.add_argument("--duration-days", type=float, default=SettingDefault(TIME_GRID, "duration_days"),
+                       help="time span of the grid, for the sidecar (default: %(default)s)")
     train.add_argument("--seed", type=int, default=0)
     train.add_argument("--model-options", type=json_or_yaml, default={},
                        help="architecture options as JSON/YAML or @file")
@@ -71,9 +90,11 @@ def add_stages(stages) -> None:
     evaluate.add_argument("--evaluation-dir", type=Path, required=True, help="output of 'predict'")
     evaluate.add_argument("--out-dir", type=Path, required=True)
     evaluate.add_argument("--cadence", required=True)
-    evaluate.add_argument("--fractions", type=float, nargs="+", default=[round(0.1 * k, 1) for k in range(1, 11)])
-    evaluate.add_argument("--thresholds", type=float, nargs="+", default=[0.5, 0.8, 0.9, 0.95],
-                          help="P(binary) thresholds for detection times")
+    evaluate.add_argument("--fractions", type=float, nargs="+", default=SettingDefault(ANALYSIS, "fractions"),
+                          help="fractions of the light curve seen (default: %(default)s)")
+    evaluate.add_argument("--thresholds", type=float, nargs="+",
+                          default=SettingDefault(ANALYSIS, "detection_thresholds"),
+                          help="P(binary) thresholds for detection times (default: %(default)s)")
 
     compare = add_stage(stages, "compare", _compare, "compare cadences: one report, tables and figures")
     compare.add_argument("--cadence-dirs", nargs="+", required=True, metavar="NAME=DIR",

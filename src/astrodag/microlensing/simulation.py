@@ -78,6 +78,28 @@ def time_grid(epochs: int, duration_days: float) -> np.ndarray:
     return np.linspace(0.0, float(duration_days), int(epochs), endpoint=False)
 
 
+@dataclass(frozen=True)
+class TimeGridSettings(Settings):
+    """The fixed observing grid of every light curve (config ``microlensing.time_grid``).
+
+    Keys
+    ----
+    epochs : int, default 1500
+        Epochs of the grid (the seed's 1500).
+    duration_days : float, default 500.0
+        Time span of the grid.
+    """
+
+    PREFIX: ClassVar[str] = "microlensing.time_grid"
+
+    epochs: int = setting(1500, number(16, integer=True))
+    duration_days: float = setting(500.0, number(0.0, low_open=True))
+
+    def grid(self) -> np.ndarray:
+        """The epochs' times in days (:func:`time_grid`)."""
+        return time_grid(self.epochs, self.duration_days)
+
+
 _log_uniform = interval(0.0, low_open=True)  # both bounds > 0: drawn log-uniformly
 
 

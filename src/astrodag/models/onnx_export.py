@@ -113,7 +113,7 @@ def export_onnx(model: nn.Module, input_shape: Sequence[int], out_path: str | Pa
     shape = tuple(int(size) for size in input_shape)
     example = torch.zeros((2, *shape), dtype=torch.float32)
     program = torch.onnx.export(wrapped, (example,), dynamo=True, input_names=[input_name], output_names=["score"],
-                                dynamic_shapes={input_name: {0: torch.export.Dim("batch")}}, opset_version=OPSET,
+                                dynamic_shapes=({0: torch.export.Dim("batch")},), opset_version=OPSET,
                                 external_data=False, verbose=False)
     proto = program.model_proto
     for key, value in (metadata or {}).items():

@@ -33,7 +33,7 @@ from shapely.geometry import Point
 
 from astrodag.errors import ConfigError, InputDataError
 from astrodag.io import file_digest, read_table, write_table
-from astrodag.settings import Settings, number, section, setting
+from astrodag.settings import Settings, number, section, sequence, setting, text
 from astrodag.supernova.archive.catalog import catalog_entry, load_catalog
 from astrodag.supernova.archive.download import (
     DownloadError,
@@ -368,8 +368,26 @@ class BackendSettings(Settings):
         return make_backend(name, **options)
 
 
+@dataclass(frozen=True)
+class QuerySettings(Settings):
+    """The cone searched around each supernova (config ``supernova.query``).
+
+    Keys
+    ----
+    radius_arcmin : float, default 5.0
+        Radius of the cone, in (0, 600] arcmin.
+    missions : list of str, default []
+        Missions to keep (e.g. ``[SWIFT, GALEX, PS1]``); empty: every mission the archive has.
+    """
+
+    PREFIX: ClassVar[str] = "supernova.query"
+
+    radius_arcmin: float = setting(5.0, number(0.0, 600.0, low_open=True))
+    missions: tuple[str, ...] = setting((), sequence(text, min_items=0))
+
+
 def query_supernova(catalog_path: str | Path, sn: str, backend: ArchiveBackend, out: str | Path, *,
-                    radius_arcmin: float = 3.0, missions: Iterable[str] | None = None,
+                    radius_arcmin: float = QuerySettings.radius_arcmin, missions: Iterable[str] | None = None,
                     cache_dir: str | Path | None = None) -> pd.DataFrame:
     """Query one supernova's observations and write them, with ``sn_name`` first, to ``out`` (CSV).
 

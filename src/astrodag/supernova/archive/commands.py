@@ -11,7 +11,7 @@ import json
 import logging
 from pathlib import Path
 
-from astrodag.cli_support import add_stage, json_or_yaml
+from astrodag.cli_support import SettingDefault, add_stage, json_or_yaml
 
 BACKENDS = ("local", "mast")
 
@@ -32,8 +32,9 @@ def add_stages(stages) -> None:
     query.add_argument("--catalog", type=Path, required=True, help="supernova catalogue CSV")
     query.add_argument("--sn", required=True, help="the supernova (sn_name or its file-safe name)")
     _add_backend(query)
-    query.add_argument("--radius-arcmin", type=float, default=3.0,
-                       help="footprints within this distance of the supernova (default 3)")
+    query.add_argument("--radius-arcmin", type=float,
+                       default=SettingDefault("astrodag.supernova.archive.backends:QuerySettings", "radius_arcmin"),
+                       help="footprints within this distance of the supernova (default: %(default)s)")
     query.add_argument("--missions", nargs="+", metavar="M", help="only these obs_collection values")
     query.add_argument("--cache-dir", type=Path, help="keep query answers here and reuse them")
     query.add_argument("--out", type=Path, required=True, help="observation table (CSV) with sn_name")
