@@ -15,10 +15,11 @@ configfile: os.path.join(workflow.basedir, "config", "config.yaml")
 
 
 validate(config, "workflow/schemas/config.schema.yaml")
+# Every settings section is checked by its class in the package (found on the path below).
 sys.path.insert(0, os.path.join(workflow.basedir, "src"))
-from astrodag.config import validate_config  # noqa: E402  (the package is found on the path above)
+import astrodag.config
 
-validate_config(config)
+astrodag.config.validate_config(config)
 
 
 include: "workflow/rules/common.smk"

@@ -178,8 +178,8 @@ def _train_transformer(inputs, targets, out_dir, seed, settings, training, threa
     import torch
     from torch.utils.data import TensorDataset
 
+    from astrodag.training.experiment import train_model
     from astrodag.training.losses import BinaryFocalLoss
-    from astrodag.training.trainer import Trainer
 
     if threads:
         torch.set_num_threads(threads)
@@ -191,27 +191,18 @@ def _train_transformer(inputs, targets, out_dir, seed, settings, training, threa
         positive_weight = (len(targets["train"]) - positives) / positives
     architecture = settings.architecture()
     n_features, n_steps = inputs["train"].shape[-1], inputs["train"].shape[1]
-    # Seeding happens in the Trainer, so build the model after it to get seed-determined weights.
-    torch.manual_seed(seed)
-    model = build_model("everest", architecture, n_features=n_features, n_steps=n_steps)
-    trainer = Trainer(
-        model,
-        BinaryFocalLoss(gamma=focal_gamma, alpha=focal_alpha, positive_weight=positive_weight),
-        training,
-        work_dir=Path(work_dir) if work_dir else out_dir / "checkpoints",
-        evaluate=lambda y, p: binary_metrics(y, p),
-        run_key=run_key,
-        progress=progress,
-        seed=seed,
-        threads=threads,
-    )
     datasets = {
         split: TensorDataset(torch.from_numpy(inputs[split]), torch.from_numpy(targets[split]))
         for split in ("train", "validation", "test")
     }
-    result = trainer.fit(datasets["train"], datasets["validation"])
+    run = train_model(
+        "everest", architecture, {"n_features": n_features, "n_steps": n_steps},
+        BinaryFocalLoss(gamma=focal_gamma, alpha=focal_alpha, positive_weight=positive_weight), training,
+        datasets["train"], datasets["validation"], out_dir, seed=seed, evaluate=binary_metrics, run_key=run_key,
+        threads=threads, work_dir=work_dir, progress=progress,
+    )
+    trainer, model = run.trainer, run.model
     probabilities = {split: trainer.predict(datasets[split]) for split in ("validation", "test")}
-    write_table(out_dir / "history.csv", result.history)
 
     model.eval()
     test_tensor = torch.from_numpy(inputs["test"]).to(trainer.device)
@@ -222,15 +213,9 @@ def _train_transformer(inputs, targets, out_dir, seed, settings, training, threa
                          **architecture.as_dict()},
         "loss": {"name": "BinaryFocalLoss", "gamma": focal_gamma, "alpha": focal_alpha,
                  "positive_weight": positive_weight},
-        "trainer": trainer.record(),
-        "device": str(trainer.device),
-        "parameters": sum(p.numel() for p in model.parameters()),
-        "best_epoch": result.best_epoch,
-        "epochs_run": result.epochs_run,
-        "resumed_from_epoch": result.resumed_from_epoch,
-        "stopped_early": result.stopped_early,
+        **run.record(),
         "latency": latency,
-    }, trainer.model
+    }, model
 
 
 def _train_baseline(inputs, targets, seed, settings):

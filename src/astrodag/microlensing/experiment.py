@@ -41,8 +41,9 @@ from astrodag.models.registry import build_model
 from astrodag.models.temporal_cnn import TemporalCNNSettings, TimeDistributedCNN
 from astrodag.settings import choice, number, setting
 from astrodag.training.bundle import load_model, read_sidecar, save_model
+from astrodag.training.experiment import train_model
 from astrodag.training.seeding import select_device
-from astrodag.training.trainer import Trainer, TrainerSettings
+from astrodag.training.trainer import TrainerSettings
 
 logger = logging.getLogger(__name__)
 
@@ -138,23 +139,15 @@ def train_cadence_model(
     training = MicrolensingTrainerSettings.from_config(training_options)
     steps = torch.from_numpy(checkpoint_steps(n_steps))
     data_digest = shards_digest(shard_dirs, mask_paths)
-    torch.manual_seed(seed)
-    model = build_model("temporal_cnn", settings, in_channels=N_CHANNELS, n_classes=N_CLASSES)
-    trainer = Trainer(
-        model,
-        per_step_cross_entropy,
-        training,
-        work_dir=Path(work_dir) if work_dir else out_dir / "checkpoints",
-        evaluate=_checkpoint_metrics,
+    run = train_model(
+        "temporal_cnn", settings, {"in_channels": N_CHANNELS, "n_classes": N_CLASSES}, per_step_cross_entropy,
+        training, datasets["train"], datasets["validation"], out_dir, seed=seed, evaluate=_checkpoint_metrics,
         run_key=f"{cadence}:{data_digest}:{architecture}:{INPUT_LAYOUT}",
-        to_probability=lambda logits: binary_probability(logits)[:, steps.to(logits.device)],
-        progress=progress,
-        seed=seed,
-        threads=threads,
+        to_probability=lambda logits: binary_probability(logits)[:, steps.to(logits.device)], threads=threads,
+        work_dir=work_dir, progress=progress,
     )
-    result = trainer.fit(datasets["train"], datasets["validation"])
-    write_table(out_dir / "history.csv", result.history)
-    validation = trainer.validate(datasets["validation"])
+    result = run.result
+    validation = run.trainer.validate(datasets["validation"])
     sidecar = {
         "model": "TimeDistributedCNN",
         "cadence": cadence,
@@ -165,24 +158,17 @@ def train_cadence_model(
         "receptive_field_epochs": settings.receptive_field,
         "time_grid": {"epochs": n_steps, "duration_days": float(duration_days)},
         "normalisation": normalisation.to_dict(),
-        "trainer": trainer.record(),
-        "device": str(trainer.device),
-        "precision": trainer.precision,
-        "parameters": sum(p.numel() for p in model.parameters()),
         "data": {
             "shards": [str(d) for d in shard_dirs],
             "masks": [str(m) for m in mask_paths],
             "sha256": data_digest,
             "events": {split: len(dataset) for split, dataset in datasets.items()},
         },
-        "best_epoch": result.best_epoch,
-        "epochs_run": result.epochs_run,
-        "resumed_from_epoch": result.resumed_from_epoch,
-        "stopped_early": result.stopped_early,
+        **run.record(),
         "training_seconds": time.perf_counter() - started,
         "validation_metrics": validation,
     }
-    save_model(trainer.model, sidecar, out_dir)
+    save_model(run.model, sidecar, out_dir)
     logger.info(
         "cadence %s: validation loss %.4f, final-step accuracy %.3f, AUC %.3f after %d epochs in %.0f s",
         cadence, validation["loss"], validation["accuracy"], validation["roc_auc"], result.epochs_run,

@@ -509,9 +509,8 @@ def train_realbogus(triplets_dir: str | Path, out_dir: str | Path, architecture:
         The sidecar written to ``model.json``.
     """
     from astrodag.evaluation.metrics import binary_metrics
-    from astrodag.models.registry import build_model
+    from astrodag.training.experiment import train_model
     from astrodag.training.losses import BinaryFocalLoss
-    from astrodag.training.trainer import Trainer
 
     settings = settings or RealBogusSettings()
     model_settings = settings.architecture(architecture)
@@ -540,19 +539,14 @@ def train_realbogus(triplets_dir: str | Path, out_dir: str | Path, architecture:
     # What else decides the weights (the Trainer adds its own config): a checkpoint of another run is not resumed.
     run_key = repr((architecture, options, digest, settings.class_balance, settings.focal_gamma, settings.augment,
                     missions_train))
-    # The Trainer seeds again; seeding here makes the initial weights a function of the seed too.
-    torch.manual_seed(seed)
-    model = build_model(architecture, options)
-    if settings.channels_last:
-        # Convolutions then produce channels-last activations from ordinary inputs.
-        model = model.to(memory_format=torch.channels_last)
-    trainer = Trainer(model, BinaryFocalLoss(gamma=settings.focal_gamma, positive_weight=positive_weight),
-                      settings.trainer(architecture), work_dir=out_dir / "checkpoints", evaluate=binary_metrics,
-                      run_key=run_key, progress=progress, seed=seed, threads=threads)
-    fit_started = time.perf_counter()
-    result = trainer.fit(datasets["train"], datasets["validation"])
-    fit_seconds = time.perf_counter() - fit_started
-    validation_scores = trainer.predict(datasets["validation"])
+    # Convolutions on a channels-last model produce channels-last activations from ordinary inputs.
+    prepare = (lambda model: model.to(memory_format=torch.channels_last)) if settings.channels_last else None
+    run = train_model(architecture, options, {}, BinaryFocalLoss(gamma=settings.focal_gamma,
+                                                                   positive_weight=positive_weight),
+                      settings.trainer(architecture), datasets["train"], datasets["validation"], out_dir, seed=seed,
+                      evaluate=binary_metrics, run_key=run_key, threads=threads, prepare=prepare, progress=progress)
+    result, fit_seconds = run.result, run.fit_seconds
+    validation_scores = run.trainer.predict(datasets["validation"])
     threshold = choose_threshold(labels["validation"], validation_scores, settings)
     validation = binary_metrics(labels["validation"], validation_scores, threshold["value"],
                                 n_bins=settings.calibration_bins)
@@ -573,19 +567,12 @@ def train_realbogus(triplets_dir: str | Path, out_dir: str | Path, architecture:
         "loss": {"name": "BinaryFocalLoss", "gamma": settings.focal_gamma, "positive_weight": positive_weight,
                  "class_balance": settings.class_balance},
         "augment": list(settings.augment),
-        "trainer": trainer.record(),
-        "device": str(trainer.device),
-        "parameters": int(sum(p.numel() for p in model.parameters())),
-        "best_epoch": result.best_epoch,
-        "epochs_run": result.epochs_run,
-        "resumed_from_epoch": result.resumed_from_epoch,
-        "stopped_early": result.stopped_early,
+        **run.record(),
         "training_seconds": round(time.perf_counter() - started, 3),
         "train_samples_per_second": round(samples_seen / fit_seconds, 1) if samples_seen and fit_seconds > 0 else None,
         "validation_metrics": validation,
     }
-    save_realbogus_model(trainer.model, sidecar, out_dir)
-    write_table(out_dir / "history.csv", result.history)
+    save_realbogus_model(run.model, sidecar, out_dir)
     log.info("%s seed %d: validation AUCPR %.4f, threshold %.4f (%s), FNR %.3f FPR %.3f; %d epochs in %.1f s",
              architecture, seed, validation["aucpr"], threshold["value"], threshold["rule"],
              1 - validation["recall"], 1 - validation["specificity"], result.epochs_run, sidecar["training_seconds"])
