@@ -27,7 +27,7 @@ from astropy.coordinates import SkyCoord
 from tabulate import tabulate
 
 from astrodag.errors import InputDataError
-from astrodag.evaluation.completeness import recall_interval
+from astrodag.evaluation.completeness import completeness_curve, recall_interval
 from astrodag.io import read_table, write_json, write_table, write_text
 
 logger = logging.getLogger(__name__)
@@ -150,6 +150,7 @@ def summarize_imaging_track(
     recovery = recall_interval(with_sn["sn_recovered"].to_numpy(bool) if len(with_sn) else np.zeros(0, bool))
     n_with, n_recovered = recovery["n"], recovery["recovered"]
     false_matches = int(per_pair.loc[~per_pair["sn_in_science"], "sn_recovered"].sum()) if len(per_pair) else 0
+    by_magnitude = _recovery_by_magnitude(with_sn)
     dataset = _read_json(Path(dataset_summary)) if dataset_summary else None
 
     summary: dict[str, Any] = {
@@ -168,6 +169,7 @@ def summarize_imaging_track(
                                     if n_recovered else None),
             "match_radius_arcsec": match_radius_arcsec,
             "matches_without_sn": false_matches,
+            "by_magnitude": by_magnitude,
         },
         "candidates_per_image": {
             "median_kept": float(per_pair["candidates_kept"].median()) if len(per_pair) else None,
@@ -181,6 +183,36 @@ def summarize_imaging_track(
     write_text(out_dir / "imaging_report.md", _markdown(summary, per_pair, reasons))
     logger.info("%d pairs; SN recovered in %d of %d; wrote %s", len(pairs), n_recovered, n_with, out_dir)
     return summary
+
+
+# Bins of the injected SN magnitude: quartiles, each reported only with this many science images.
+MAGNITUDE_BINS = 4
+MIN_PAIRS_PER_BIN = 3
+
+
+def _recovery_by_magnitude(with_sn: pd.DataFrame) -> list[dict[str, Any]]:
+    """SN recovery in quantile bins of the injected magnitude (synthetic survey), with Wilson intervals.
+
+    Pairs of one SN share it, so each bin also says how many distinct SNe stand behind it.
+    """
+    if "sn_mag" not in with_sn.columns:
+        return []
+    known = with_sn[np.isfinite(with_sn["sn_mag"].to_numpy(float))]
+    if len(known) < MIN_PAIRS_PER_BIN:
+        return []
+    bins = min(MAGNITUDE_BINS, len(known) // MIN_PAIRS_PER_BIN)
+    curve = completeness_curve(known["sn_mag"].to_numpy(float), known["sn_recovered"].to_numpy(bool), bins=bins,
+                               quantiles=True, min_count=MIN_PAIRS_PER_BIN)
+    magnitudes = known["sn_mag"].to_numpy(float)
+    last = len(curve) - 1
+    supernovae = []
+    for index, row in enumerate(curve.itertuples()):
+        inside = (magnitudes >= row.bin_low) & ((magnitudes <= row.bin_high) if index == last
+                                                 else (magnitudes < row.bin_high))
+        supernovae.append(int(known.loc[inside, "sn_name"].nunique()))
+    curve.insert(3, "supernovae", supernovae)
+    return [{key: (None if isinstance(value, float) and not np.isfinite(value) else value)
+             for key, value in record.items()} for record in curve.to_dict("records")]
 
 
 def _markdown(summary: dict[str, Any], per_pair: pd.DataFrame, reasons: pd.Series) -> str:
@@ -214,6 +246,11 @@ def _markdown(summary: dict[str, Any], per_pair: pd.DataFrame, reasons: pd.Serie
         lines.append("No science image contains the SN.")
     if recovery["matches_without_sn"]:
         lines.append(f"{recovery['matches_without_sn']} pair(s) without the SN had a candidate at its position.")
+    if recovery.get("by_magnitude"):
+        table = pd.DataFrame(recovery["by_magnitude"]).rename(columns={"n": "images"})
+        lines += ["", "Recovery against the injected SN magnitude (quantile bins; 95 % Wilson intervals over images, "
+                  f"none below {MIN_PAIRS_PER_BIN} images; images of one SN are not independent):", "",
+                  tabulate(table, headers="keys", tablefmt="github", showindex=False, floatfmt=".2f")]
     columns = [c for c in ("pair_id", "mission", "filter", "sn_mag", "sn_recovered", "sn_significance",
                            "candidates_kept", "candidates_rejected") if c in per_pair.columns]
     lines += ["", "## Per pair", "",
