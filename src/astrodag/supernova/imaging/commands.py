@@ -72,20 +72,16 @@ def add_stages(stages) -> None:
 
 
 def _pair_row(pairs: Path, pair_id: str, catalog: Path) -> dict:
-    """sn_name, mission, filter of a pair and its supernova's position (pandas reads the CSVs)."""
-    import pandas as pd
-
+    """sn_name, mission, filter of a pair and its supernova's position."""
     from astrodag.errors import InputDataError
+    from astrodag.io import read_table
 
-    tables = {}
-    for path, columns in ((pairs, ("pair_id", "sn_name", "mission", "filter")), (catalog, ("sn_name", "ra", "dec"))):
-        if not path.is_file():
-            raise InputDataError(path, "file does not exist")
-        table = pd.read_csv(path, comment="#", dtype={"pair_id": str, "sn_name": str, "mission": str, "filter": str})
-        missing = [c for c in columns if c not in table.columns]
-        if missing:
-            raise InputDataError(path, f"lacks the columns {missing}")
-        tables[path] = table
+    tables = {
+        pairs: read_table(pairs, ("pair_id", "sn_name", "mission", "filter"),
+                          dict.fromkeys(("pair_id", "sn_name", "mission", "filter"), str), comment="#"),
+        catalog: read_table(catalog, ("sn_name", "ra", "dec"), {"sn_name": str, "ra": float, "dec": float},
+                            comment="#"),
+    }
     rows = tables[pairs][tables[pairs]["pair_id"] == pair_id]
     if len(rows) != 1:
         raise InputDataError(pairs, f"has {len(rows)} rows with pair_id {pair_id!r} (expected 1)")
