@@ -48,9 +48,7 @@ report: "workflow/report/workflow.rst"
 rule all:
     default_target: True
     input:
-        rules.analyze_flare_study.output,
-        rules.compare_cadences.output,
-        rules.summarize_imaging.output,
-        rules.compare_realbogus.output,
-        rules.review_queue.output,
-        rules.export_realbogus_onnx.output,
+        # Each track's target rule (snakemake flares | microlensing | supernova).
+        rules.flares.input,
+        rules.microlensing.input,
+        rules.supernova.input,

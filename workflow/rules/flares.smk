@@ -211,3 +211,9 @@ rule analyze_flare_study:
         "python -m astrodag flares compare --results {input.results} --predictions {input.predictions}"
         " --out-dir {params.out_dir} --confidence {params.confidence}"
         " --bootstrap-resamples {params.resamples} --seed {params.seed} --log {log}"
+
+
+rule flares:
+    default_target: False
+    input:
+        rules.analyze_flare_study.output,
