@@ -48,7 +48,7 @@ from astrodag.errors import ConfigError, InputDataError
 from astrodag.evaluation.completeness import recall_interval
 from astrodag.evaluation.metrics import binary_metrics, curve_points
 from astrodag.evaluation.statistics import auc_p_value, untied_auc_p_value, wilson_interval
-from astrodag.io import save_figure, write_json, write_table
+from astrodag.io import read_table, save_figure, write_json, write_table
 from astrodag.microlensing.figures import cadence_roc_figure, detection_times_figure, early_detection_figure
 from astrodag.microlensing.scan import (
     BASES,
@@ -563,17 +563,10 @@ def _load_evaluation(evaluation_dir: Path) -> dict[str, Any]:
     probabilities = _load_npy(paths["probabilities"], mmap=True)
     mask = _load_npy(paths["mask"], mmap=True)
     times = _load_npy(paths["times"], mmap=False)
-    if not paths["events"].is_file():
-        raise InputDataError(paths["events"], "file is missing; the scoring step writes it")
-    try:
-        events = pd.read_parquet(paths["events"])
-    except Exception as error:  # pyarrow raises several unrelated types for corrupt files
-        raise InputDataError(paths["events"], f"cannot read it as Parquet ({error})") from error
+    events = read_table(paths["events"], ("label", "t0", "tE", "pspl_like"),
+                        not_found="file is missing; the scoring step writes it")
     if probabilities.ndim == 2 and not np.issubdtype(probabilities.dtype, np.floating):
         raise InputDataError(paths["probabilities"], f"expected float probabilities, got dtype {probabilities.dtype}")
-    missing = [c for c in ("label", "t0", "tE", "pspl_like") if c not in events.columns]
-    if missing:
-        raise InputDataError(paths["events"], f"lacks column(s) {missing}; it has {list(events.columns)}")
     return {"probabilities": probabilities, "mask": mask, "times": times, "events": events, "paths": paths}
 
 

@@ -19,7 +19,7 @@ from tabulate import tabulate
 
 from astrodag.errors import InputDataError
 from astrodag.evaluation.statistics import CHANCE_LEVEL, resolvable_auc
-from astrodag.io import save_figure, write_json, write_table, write_text
+from astrodag.io import read_table, save_figure, write_json, write_table, write_text
 from astrodag.microlensing.analysis import CONFIDENCE, finite_or_none
 from astrodag.microlensing.figures import (
     BASIS_LABELS,
@@ -61,14 +61,7 @@ def _read_cadence_outputs(name: str, directory: Path) -> dict[str, Any]:
     frames = {}
     for key, columns in (("early_detection.csv", ("basis", "fraction", "accuracy", "accuracy_low", "accuracy_high")),
                          ("detection_summary.csv", ("threshold", "detected_fraction", "false_alarm_fraction"))):
-        try:
-            frame = pd.read_csv(files[key])
-        except (OSError, ValueError) as error:
-            raise InputDataError(files[key], f"cannot read it as CSV ({error})") from error
-        missing = [c for c in columns if c not in frame.columns]
-        if missing:
-            raise InputDataError(files[key], f"lacks column(s) {missing}")
-        frames[key] = frame
+        frames[key] = read_table(files[key], columns)
     return {"metrics": metrics, "early": frames["early_detection.csv"], "detection": frames["detection_summary.csv"]}
 
 

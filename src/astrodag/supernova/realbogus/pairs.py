@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 
 from astrodag.errors import InputDataError
-from astrodag.io import atomic_path, write_json, write_table
+from astrodag.io import atomic_path, read_table, write_json, write_table
 from astrodag.logs import progress_enabled
 from astrodag.supernova.realbogus.model import CHANNELS
 from astrodag.supernova.realbogus.scoring import RealBogusScorer, ScoringSettings
@@ -42,7 +42,7 @@ def _pair_candidates(pair_dir: Path, products, candidates: str | Path | pd.DataF
     else:
         source = Path(candidates) if candidates is not None else pair_dir / "candidates.csv"
         if source.is_file():
-            table = pd.read_csv(source)
+            table = read_table(source, ("x", "y"), {"x": float, "y": float})
         elif candidates is not None:
             raise InputDataError(source, "candidate table does not exist")
         else:

@@ -39,7 +39,7 @@ from torch.utils.data import Dataset
 from astrodag import __version__
 from astrodag.errors import ConfigError, InputDataError
 from astrodag.evaluation.thresholds import equal_error_threshold, max_tss_threshold, rates_at, threshold_for_fnr
-from astrodag.io import save_figure, write_json, write_table
+from astrodag.io import read_table, save_figure, write_json, write_table
 from astrodag.models.braai import BraaiCNNSettings, ResNetTripletSettings
 from astrodag.settings import Settings, choice, device_name, flag, number, optional, section, setting, subset
 from astrodag.supernova.realbogus.model import CHANNELS, save_realbogus_model
@@ -278,15 +278,8 @@ def load_splits(triplets_dir: str | Path) -> TripletSplits:
     """
     directory = Path(triplets_dir)
     index_path = directory / "index.parquet"
-    if not index_path.is_file():
-        raise InputDataError(index_path, "missing: build the triplet dataset first (astrodag supernova build-dataset)")
-    try:
-        index = pd.read_parquet(index_path)
-    except (OSError, ValueError) as error:
-        raise InputDataError(index_path, f"not a readable Parquet table: {error}") from error
-    missing = [column for column in INDEX_COLUMNS if column not in index.columns]
-    if missing:
-        raise InputDataError(index_path, f"lacks the columns {missing}")
+    index = read_table(index_path, INDEX_COLUMNS,
+                       not_found="missing: build the triplet dataset first (astrodag supernova build-dataset)")
     bad_labels = sorted(set(index["label"].unique()) - {0, 1})
     if bad_labels:
         raise InputDataError(index_path, f"labels must be 0 (bogus) or 1 (real), found {bad_labels}")
