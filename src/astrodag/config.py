@@ -30,7 +30,7 @@ def sections() -> dict[str, type[Settings]]:
     from astrodag.microlensing.analysis import MicrolensingAnalysisSettings
     from astrodag.microlensing.experiment import MicrolensingTrainerSettings
     from astrodag.microlensing.simulation import SimulationSettings, TimeGridSettings
-    from astrodag.models.temporal_cnn import TemporalCNNSettings
+    from astrodag.models.settings import TemporalCNNSettings
     from astrodag.supernova.archive.backends import BackendSettings, QuerySettings
     from astrodag.supernova.archive.pairing import PairSettings
     from astrodag.supernova.archive.synthetic import SurveySettings

@@ -7,7 +7,8 @@ from sklearn.linear_model import LogisticRegression
 
 from astrodag.errors import ConfigError
 from astrodag.models.baseline import LogisticBaseline, window_summary
-from astrodag.models.transformer import EverestTransformer, TransformerSettings
+from astrodag.models.settings import TransformerSettings
+from astrodag.models.transformer import EverestTransformer
 
 
 def test_transformer_returns_one_logit_per_window():

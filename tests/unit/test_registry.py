@@ -8,8 +8,9 @@ import torch
 from astrodag.models.baseline import LogisticBaseline
 from astrodag.models.braai import BraaiCNN, resnet18_triplet
 from astrodag.models.registry import ARCHITECTURES, build_model, split_options
-from astrodag.models.temporal_cnn import TemporalCNNSettings, TimeDistributedCNN
-from astrodag.models.transformer import EverestTransformer, TransformerSettings
+from astrodag.models.settings import TemporalCNNSettings, TransformerSettings
+from astrodag.models.temporal_cnn import TimeDistributedCNN
+from astrodag.models.transformer import EverestTransformer
 
 SHAPES = {
     "everest": {"n_features": 9, "n_steps": 10},

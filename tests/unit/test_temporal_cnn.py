@@ -4,7 +4,8 @@ import pytest
 import torch
 
 from astrodag.errors import ConfigError
-from astrodag.models.temporal_cnn import CausalConv1d, TemporalCNNSettings, TimeDistributedCNN
+from astrodag.models.settings import TemporalCNNSettings
+from astrodag.models.temporal_cnn import CausalConv1d, TimeDistributedCNN
 
 
 @pytest.mark.parametrize("memory", ["cummax", "none"])

@@ -9,7 +9,9 @@ from torch.utils.data import TensorDataset
 
 from astrodag.errors import ConfigError
 from astrodag.evaluation.metrics import binary_metrics
-from astrodag.training import BinaryFocalLoss, Trainer, TrainerSettings
+from astrodag.training.losses import BinaryFocalLoss
+from astrodag.training.settings import TrainerSettings
+from astrodag.training.trainer import Trainer
 
 
 def make_data(seed=0, n=400):

@@ -8,8 +8,8 @@ from torch.utils.data import TensorDataset
 
 from astrodag.evaluation.metrics import binary_metrics
 from astrodag.models.registry import build_model
-from astrodag.training import TrainerSettings
 from astrodag.training.experiment import train_model
+from astrodag.training.settings import TrainerSettings
 
 SETTINGS = TrainerSettings.from_config({"max_epochs": 2, "batch_size": 16, "tensorboard": False}, "training")
 OPTIONS = {"embed_dim": 8, "num_heads": 2, "ff_dim": 16, "num_blocks": 1}

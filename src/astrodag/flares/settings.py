@@ -11,10 +11,9 @@ from typing import Any, ClassVar
 
 from astrodag.errors import ConfigError
 from astrodag.evaluation.thresholds import EVEREST_WEIGHTS, validate_weights
-from astrodag.models.baseline import LogisticBaselineSettings
-from astrodag.models.transformer import TransformerSettings
+from astrodag.models.settings import LogisticBaselineSettings, TransformerSettings
 from astrodag.settings import Settings, choice, flag, fractions, number, optional, setting
-from astrodag.training.trainer import TrainerSettings
+from astrodag.training.settings import TrainerSettings
 
 
 def _open_fraction(key: str, value: Any) -> float:

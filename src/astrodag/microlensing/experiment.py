@@ -38,12 +38,13 @@ from astrodag.microlensing.dataset import (
     shards_digest,
 )
 from astrodag.models.registry import build_model
-from astrodag.models.temporal_cnn import TemporalCNNSettings, TimeDistributedCNN
+from astrodag.models.settings import TemporalCNNSettings
+from astrodag.models.temporal_cnn import TimeDistributedCNN
 from astrodag.settings import choice, number, setting
 from astrodag.training.bundle import load_model, read_sidecar, save_model
 from astrodag.training.experiment import train_model
 from astrodag.training.seeding import select_device
-from astrodag.training.trainer import TrainerSettings
+from astrodag.training.settings import TrainerSettings
 
 logger = logging.getLogger(__name__)
 

@@ -9,26 +9,10 @@ to load and easy to inspect.
 
 from __future__ import annotations
 
-import dataclasses
 from typing import Any
 
 import numpy as np
 from sklearn.linear_model import LogisticRegression
-
-from astrodag.settings import Settings, number, setting
-
-
-@dataclasses.dataclass(frozen=True)
-class LogisticBaselineSettings(Settings):
-    """Options of :class:`LogisticBaseline`.
-
-    Keys
-    ----
-    inverse_regularization : float, default 1.0
-        scikit-learn's ``C`` of the L2-regularised fit.
-    """
-
-    inverse_regularization: float = setting(1.0, number(0.0, low_open=True))
 
 
 def window_summary(windows: np.ndarray) -> np.ndarray:

@@ -19,29 +19,8 @@ name with :func:`astrodag.models.registry.build_model`, which is what a model's
 
 from __future__ import annotations
 
-import dataclasses
-
 import torch
 from torch import nn
-
-from astrodag.settings import Settings, number, setting
-
-
-@dataclasses.dataclass(frozen=True)
-class BraaiCNNSettings(Settings):
-    """Architecture options of :class:`BraaiCNN`: dropout before the output layer."""
-
-    dropout: float = setting(0.5, number(0.0, 0.95))
-
-
-@dataclasses.dataclass(frozen=True)
-class ResNetTripletSettings(Settings):
-    """Architecture options of :func:`resnet18_triplet` and :func:`resnet34_triplet` (see there)."""
-
-    dropout: float = setting(0.0, number(0.0, 0.95))
-    stem_stride: int = setting(1, number(1, 2, integer=True))
-    width: int = setting(64, number(4, 512, integer=True))
-
 
 # Residual blocks per stage of torchvision's ResNets built from BasicBlock.
 RESNET_BLOCKS = {18: (2, 2, 2, 2), 34: (3, 4, 6, 3)}

@@ -46,17 +46,17 @@ class Architecture:
 
 ARCHITECTURES: dict[str, Architecture] = {
     "everest": Architecture("astrodag.models.transformer:EverestTransformer",
-                            "astrodag.models.transformer:TransformerSettings", ("n_features", "n_steps"), True),
+                            "astrodag.models.settings:TransformerSettings", ("n_features", "n_steps"), True),
     "baseline": Architecture("astrodag.models.baseline:LogisticBaseline",
-                             "astrodag.models.baseline:LogisticBaselineSettings", ("seed",)),
+                             "astrodag.models.settings:LogisticBaselineSettings", ("seed",)),
     "temporal_cnn": Architecture("astrodag.models.temporal_cnn:TimeDistributedCNN",
-                                 "astrodag.models.temporal_cnn:TemporalCNNSettings", ("in_channels", "n_classes"),
+                                 "astrodag.models.settings:TemporalCNNSettings", ("in_channels", "n_classes"),
                                  True),
-    "braai": Architecture("astrodag.models.braai:BraaiCNN", "astrodag.models.braai:BraaiCNNSettings",
+    "braai": Architecture("astrodag.models.braai:BraaiCNN", "astrodag.models.settings:BraaiCNNSettings",
                           ("in_channels", "size")),
-    "resnet18": Architecture("astrodag.models.braai:resnet18_triplet", "astrodag.models.braai:ResNetTripletSettings",
+    "resnet18": Architecture("astrodag.models.braai:resnet18_triplet", "astrodag.models.settings:ResNetTripletSettings",
                              ("in_channels",)),
-    "resnet34": Architecture("astrodag.models.braai:resnet34_triplet", "astrodag.models.braai:ResNetTripletSettings",
+    "resnet34": Architecture("astrodag.models.braai:resnet34_triplet", "astrodag.models.settings:ResNetTripletSettings",
                              ("in_channels",)),
 }
 

@@ -17,14 +17,11 @@ seed exactly.
 
 from __future__ import annotations
 
-import dataclasses
-
 import torch
 from torch import nn
 from torch.nn import functional
 
-from astrodag.errors import ConfigError
-from astrodag.settings import Settings, choice, number, sequence, setting
+from astrodag.models.settings import TemporalCNNSettings
 
 
 class CausalConv1d(nn.Conv1d):
@@ -36,45 +33,6 @@ class CausalConv1d(nn.Conv1d):
 
     def forward(self, inputs: torch.Tensor) -> torch.Tensor:
         return super().forward(functional.pad(inputs, (self.left_padding, 0)))
-
-
-@dataclasses.dataclass(frozen=True)
-class TemporalCNNSettings(Settings):
-    """Architecture of :class:`TimeDistributedCNN` (defaults are the seed's; config ``microlensing.model``).
-
-    The input channels and the number of classes are given when the network is built.
-
-    Keys
-    ----
-    channels : list of int, default [128, 64, 32]
-        Filters of each causal convolution.
-    kernel_sizes : list of int, default [5, 3, 3]
-        Kernel of each convolution (as many as ``channels``).
-    dropout : float, default 0.3
-        Dropout after every convolution, in [0, 1).
-    dense_units : int, default 64
-        Units of the per-step dense layer.
-    memory : {"cummax", "none"}, default "cummax"
-        ``cummax``: the head also sees the running maximum of the features; ``none``: the seed.
-    """
-
-    channels: tuple[int, ...] = setting((128, 64, 32), sequence(number(1, integer=True)))
-    kernel_sizes: tuple[int, ...] = setting((5, 3, 3), sequence(number(1, integer=True)))
-    dropout: float = setting(0.3, number(0.0, 1.0))
-    dense_units: int = setting(64, number(1, integer=True))
-    memory: str = setting("cummax", choice("cummax", "none"))
-
-    def validate(self, prefix: str) -> None:
-        if len(self.channels) != len(self.kernel_sizes):
-            raise ConfigError(f"{prefix}.kernel_sizes", f"must have as many entries as channels ({len(self.channels)})"
-                                                        f", got {list(self.kernel_sizes)}")
-        if self.dropout >= 1.0:
-            raise ConfigError(f"{prefix}.dropout", f"must be < 1, got {self.dropout}")
-
-    @property
-    def receptive_field(self) -> int:
-        """Number of epochs (the current one included) that one output can see."""
-        return 1 + sum(k - 1 for k in self.kernel_sizes)
 
 
 class TimeDistributedCNN(nn.Module):

@@ -8,38 +8,10 @@ setting is embed 128, 4 heads, feed-forward 256, 6 blocks, dropout 0.2.
 
 from __future__ import annotations
 
-import dataclasses
-
 import torch
 from torch import nn
 
-from astrodag.errors import ConfigError
-from astrodag.settings import Settings, number, setting
-
-
-@dataclasses.dataclass(frozen=True)
-class TransformerSettings(Settings):
-    """Architecture of :class:`EverestTransformer` (defaults: the published setting).
-
-    The window's shape (steps, features) is given when the model is built. A track's config
-    section derives from this class with its ``PREFIX`` (``flares.everest``).
-    """
-
-    embed_dim: int = setting(128, number(4, integer=True))
-    num_heads: int = setting(4, number(1, integer=True))
-    ff_dim: int = setting(256, number(4, integer=True))
-    num_blocks: int = setting(6, number(1, integer=True))
-    dropout: float = setting(0.2, number(0.0, 0.9))
-
-    def validate(self, prefix: str) -> None:
-        if self.embed_dim % self.num_heads:
-            raise ConfigError(f"{prefix}.embed_dim",
-                              f"({self.embed_dim}) must be divisible by num_heads ({self.num_heads})")
-
-    def architecture(self) -> TransformerSettings:
-        """The architecture fields alone (a derived section may hold more, such as its loss)."""
-        return TransformerSettings(**{field.name: getattr(self, field.name)
-                                      for field in dataclasses.fields(TransformerSettings)})
+from astrodag.models.settings import TransformerSettings
 
 
 class AttentionPooling(nn.Module):

@@ -1,7 +1,8 @@
-"""Shared training machinery: the resumable Trainer, losses and seeding."""
+"""Shared training machinery.
 
-from astrodag.training.losses import BinaryFocalLoss
-from astrodag.training.seeding import seed_everything, select_device
-from astrodag.training.trainer import Trainer, TrainerSettings, TrainingResult
-
-__all__ = ["BinaryFocalLoss", "Trainer", "TrainerSettings", "TrainingResult", "seed_everything", "select_device"]
+``settings``    TrainerSettings, the one ``training`` section of every track (no torch)
+``trainer``     the resumable Trainer (early stopping, checkpoints, autocast)
+``experiment``  one training run as every track runs it (``train_model``)
+``bundle``      model.pt + model.json saved and loaded
+``losses``, ``precision``, ``seeding``
+"""

@@ -20,13 +20,15 @@ import json
 import pickle
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
-
-import torch
-from torch import nn
+from typing import TYPE_CHECKING, Any
 
 from astrodag.errors import InputDataError
 from astrodag.io import atomic_path, write_json
+
+if TYPE_CHECKING:  # torch is imported where weights are written or read: a model without them (the flare
+    # baseline, whose coefficients are in its sidecar) does not load it.
+    import torch
+    from torch import nn
 
 WEIGHTS_FILE = "model.pt"
 SIDECAR_FILE = "model.json"
@@ -37,6 +39,8 @@ SidecarCheck = Callable[[Mapping[str, Any], Path], Mapping[str, Any]]
 
 def save_weights(model: nn.Module, path: str | Path) -> Path:
     """Write ``model``'s ``state_dict`` to ``path`` atomically, as CPU tensors in the default memory format."""
+    import torch
+
     state = {name: tensor.detach().cpu().contiguous() for name, tensor in model.state_dict().items()}
     with atomic_path(path) as tmp:
         torch.save(state, tmp)
@@ -102,6 +106,8 @@ def load_weights(model: nn.Module, model_pt: str | Path) -> nn.Module:
     InputDataError
         Naming ``model_pt`` when it cannot be read or its tensors do not fit ``model``.
     """
+    import torch
+
     model_pt = Path(model_pt)
     try:
         state = torch.load(model_pt, map_location="cpu", weights_only=True)

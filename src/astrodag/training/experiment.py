@@ -29,7 +29,8 @@ from torch.utils.data import Dataset
 from astrodag.io import write_table
 from astrodag.models.registry import build_model
 from astrodag.settings import Settings
-from astrodag.training.trainer import Evaluator, Trainer, TrainerSettings, TrainingResult, sigmoid_probabilities
+from astrodag.training.settings import TrainerSettings
+from astrodag.training.trainer import Evaluator, Trainer, TrainingResult, sigmoid_probabilities
 
 
 @dataclasses.dataclass

@@ -13,7 +13,8 @@ from typing import Any
 
 import torch
 
-PRECISIONS = ("auto", "float32", "bfloat16")
+from astrodag.training.settings import PRECISIONS
+
 # CPU features that execute bfloat16 arithmetic natively (oneDNN uses them under autocast).
 NATIVE_BF16_FLAGS = ("avx512_bf16", "amx_bf16")
 CPUINFO = Path("/proc/cpuinfo")  # read when torch cannot tell the CPU's features

@@ -40,12 +40,11 @@ from astrodag import __version__
 from astrodag.errors import ConfigError, InputDataError
 from astrodag.evaluation.thresholds import equal_error_threshold, max_tss_threshold, rates_at, threshold_for_fnr
 from astrodag.io import read_table, save_figure, write_json, write_table
-from astrodag.models.braai import BraaiCNNSettings, ResNetTripletSettings
+from astrodag.models.settings import BraaiCNNSettings, ResNetTripletSettings
 from astrodag.settings import Settings, choice, device_name, flag, number, optional, section, setting, subset
 from astrodag.supernova.realbogus.model import CHANNELS, save_realbogus_model
 from astrodag.supernova.realbogus.scoring import RealBogusScorer
-from astrodag.training.precision import PRECISIONS
-from astrodag.training.trainer import TrainerSettings
+from astrodag.training.settings import PRECISIONS, TrainerSettings
 
 log = logging.getLogger(__name__)
 
