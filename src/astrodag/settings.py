@@ -17,11 +17,12 @@ import dataclasses
 import difflib
 import math
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any, ClassVar
+from typing import Any, ClassVar, TypeVar
 
 from astrodag.errors import ConfigError
 
 Check = Callable[[str, Any], Any]
+S = TypeVar("S", bound="Settings")
 
 
 def setting(default: Any, check: Check) -> Any:
@@ -221,6 +222,10 @@ class Settings:
 
     def validate(self, prefix: str) -> None:
         """Checks that involve several keys; subclasses raise ``ConfigError`` here."""
+
+    def as_base(self, base: type[S]) -> S:
+        """The fields of ``base`` (a class this one derives from) alone, e.g. a section's architecture options."""
+        return base(**{field.name: getattr(self, field.name) for field in dataclasses.fields(base)})
 
     def as_dict(self) -> dict[str, Any]:
         """Plain JSON-ready values (tuples as lists), for records and FITS provenance."""

@@ -91,3 +91,13 @@ def test_an_explicit_prefix_overrides_and_a_class_without_one_needs_it():
         Inner.from_config({"max_epochs": 0}, "elsewhere")
     with pytest.raises(TypeError, match="Inner declares no PREFIX"):
         Inner.from_config({})
+
+
+def test_as_base_keeps_only_the_base_fields():
+    from astrodag.flares.settings import EverestSettings
+    from astrodag.models.settings import TransformerSettings
+
+    everest = EverestSettings.from_config({"embed_dim": 16, "num_heads": 2, "focal_gamma": 1.0})
+    architecture = everest.as_base(TransformerSettings)
+    assert type(architecture) is TransformerSettings
+    assert architecture.embed_dim == 16 and not hasattr(architecture, "focal_gamma")

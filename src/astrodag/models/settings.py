@@ -34,8 +34,7 @@ class TransformerSettings(Settings):
 
     def architecture(self) -> TransformerSettings:
         """The architecture fields alone (a derived section may hold more, such as its loss)."""
-        return TransformerSettings(**{field.name: getattr(self, field.name)
-                                      for field in dataclasses.fields(TransformerSettings)})
+        return self.as_base(TransformerSettings)
 
 
 @dataclasses.dataclass(frozen=True)

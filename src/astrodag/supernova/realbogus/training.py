@@ -27,7 +27,7 @@ import hashlib
 import logging
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -95,7 +95,7 @@ class BraaiSettings(BraaiCNNSettings):
 
     def model_options(self) -> dict[str, Any]:
         """The architecture fields (:class:`~astrodag.models.braai.BraaiCNNSettings`)."""
-        return {field.name: getattr(self, field.name) for field in fields(BraaiCNNSettings)}
+        return self.as_base(BraaiCNNSettings).as_dict()
 
 
 @dataclass(frozen=True)
@@ -129,7 +129,7 @@ class ResNetSettings(ResNetTripletSettings):
 
     def model_options(self) -> dict[str, Any]:
         """The architecture fields (:class:`~astrodag.models.braai.ResNetTripletSettings`)."""
-        return {field.name: getattr(self, field.name) for field in fields(ResNetTripletSettings)}
+        return self.as_base(ResNetTripletSettings).as_dict()
 
 
 @dataclass(frozen=True)
