@@ -5,7 +5,7 @@ import os
 import re
 import sys
 
-from snakemake.utils import min_version, validate
+from snakemake.utils import min_version
 
 min_version("9.0")
 
@@ -14,11 +14,16 @@ min_version("9.0")
 configfile: os.path.join(workflow.basedir, "config", "config.yaml")
 
 
-validate(config, "workflow/schemas/config.schema.yaml")
-# Every settings section is checked by its class in the package (found on the path below).
+# The package checks the config (found on the path below): nested --config values get their YAML
+# types, then the schema checks the structure and each settings class its section, each failure
+# one line naming the key.
 sys.path.insert(0, os.path.join(workflow.basedir, "src"))
 import astrodag.config
 
+astrodag.config.retype_overrides(config, workflow.config_settings.config)
+astrodag.config.validate_structure(
+    config, os.path.join(workflow.basedir, "workflow", "schemas", "config.schema.yaml")
+)
 astrodag.config.validate_config(config)
 
 

@@ -1,19 +1,127 @@
-"""Check every settings section of a workflow config through its settings class, at workflow start.
+"""Check a workflow config at workflow start: its structure, then every settings section.
 
 ``workflow/schemas/config.schema.yaml`` declares the structure (the tracks, and the keys that the
-Snakefile itself reads: paths, sources, seeds, grids, resources); each section listed in
-:func:`sections` is declared once, by its settings class, and checked here. The Snakefile calls
-:func:`validate_config` right after the schema, so that a typo anywhere fails before any job
-runs with one ``ConfigError`` naming the full dotted key (and the nearest known key).
+Snakefile itself reads: paths, sources, seeds, grids, resources), checked by
+:func:`validate_structure`; each section listed in :func:`sections` is declared once, by its
+settings class, and checked by :func:`validate_config`. The Snakefile calls both, after
+:func:`retype_overrides`, so that a typo anywhere fails before any job runs with one
+``ConfigError`` naming the full dotted key (and the nearest known key).
 """
 
 from __future__ import annotations
 
-from collections.abc import MutableMapping
+import copy
+import json
+from collections.abc import Mapping, MutableMapping
+from pathlib import Path
 from typing import Any
 
+import yaml
+
 from astrodag.errors import ConfigError
-from astrodag.settings import Settings
+from astrodag.settings import Settings, unknown_key
+
+
+def retype_overrides(config: MutableMapping[str, Any], overrides: Mapping[str, Any]) -> MutableMapping[str, Any]:
+    """Give the nested values of ``snakemake --config`` their YAML types, in ``config``, in place.
+
+    Snakemake reads ``--config 'flares={"synthetic": {"regions": 1000}}'`` with YAML's base loader,
+    which keeps every nested scalar a string (``'1000'``); top-level ``KEY=VALUE`` pairs are typed
+    by Snakemake itself. Each nested string is read again as JSON or else YAML, so ``1000`` becomes an integer,
+    ``true`` a boolean and ``null`` None, while ``abc`` (or a date) stays a string. A string that looks like a
+    number cannot be passed nested on the command line (its quotes are lost before this point):
+    put it in a ``--configfile``.
+
+    Parameters
+    ----------
+    config : mutable mapping
+        The workflow config, already holding the overrides.
+    overrides : mapping
+        The ``--config`` values as Snakemake parsed them (``workflow.config_settings.config``).
+
+    Returns
+    -------
+    mutable mapping
+        ``config``.
+    """
+
+    def retyped(value: Any) -> Any:
+        if isinstance(value, str):
+            try:  # JSON first: YAML 1.1 reads 3e-4 (no dot) as a string
+                parsed = json.loads(value)
+            except ValueError:
+                try:
+                    parsed = yaml.safe_load(value)
+                except yaml.YAMLError:
+                    return value
+            return parsed if parsed is None or isinstance(parsed, (bool, int, float)) else value
+        if isinstance(value, Mapping):
+            return {key: retyped(item) for key, item in value.items()}
+        if isinstance(value, list):
+            return [retyped(item) for item in value]
+        return value
+
+    def apply(target: MutableMapping[str, Any], given: Mapping[str, Any]) -> None:
+        for key, value in given.items():
+            if isinstance(value, Mapping) and isinstance(target.get(key), MutableMapping):
+                apply(target[key], value)
+            elif key in target and target[key] == value:
+                target[key] = retyped(value)
+
+    for key, value in overrides.items():
+        if isinstance(value, (Mapping, list)) and key in config:
+            if isinstance(value, Mapping) and isinstance(config[key], MutableMapping):
+                apply(config[key], value)
+            elif config[key] == value:
+                config[key] = retyped(value)
+    return config
+
+
+def _filling_defaults(validator_class):
+    """A jsonschema validator class that also fills in each property's ``default`` (jsonschema's FAQ recipe)."""
+    import jsonschema
+
+    check_properties = validator_class.VALIDATORS["properties"]
+
+    def properties(validator, declared, instance, schema):
+        if isinstance(instance, MutableMapping):
+            for name, subschema in declared.items():
+                if isinstance(subschema, Mapping) and "default" in subschema:
+                    instance.setdefault(name, copy.deepcopy(subschema["default"]))
+        yield from check_properties(validator, declared, instance, schema)
+
+    return jsonschema.validators.extend(validator_class, {"properties": properties})
+
+
+def validate_structure(config: MutableMapping[str, Any], schema_path: str | Path) -> MutableMapping[str, Any]:
+    """Check ``config`` against the workflow's JSON schema and fill in its defaults, in place.
+
+    Unlike ``snakemake.utils.validate``, a failure is one line: the dotted key and the problem
+    (for an unknown key, the nearest known one), not the schema.
+
+    Raises
+    ------
+    ConfigError
+        For the most relevant violation (``jsonschema.exceptions.best_match``).
+    """
+    import jsonschema
+
+    with open(schema_path) as handle:
+        schema = yaml.safe_load(handle)
+    validator = _filling_defaults(jsonschema.validators.validator_for(schema))(schema)
+    error = jsonschema.exceptions.best_match(validator.iter_errors(config))
+    if error is None:
+        return config
+    path = [str(part) for part in error.absolute_path]
+    if error.validator == "additionalProperties":
+        known = list(error.schema.get("properties", {}))
+        unknown = sorted(set(error.instance) - set(known))
+        raise ConfigError(".".join([*path, unknown[0]]), unknown_key(unknown[0], known))
+    if error.validator == "type" and isinstance(error.instance, str):
+        problem = f"must be of type {error.validator_value}, got the string {error.instance!r}"
+    else:
+        problem = error.message
+    raise ConfigError(".".join(path) or "(top level)", problem)
 
 
 def sections() -> dict[str, type[Settings]]:

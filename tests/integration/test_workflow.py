@@ -2,6 +2,7 @@
 
 import json
 import os
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -192,10 +193,51 @@ def test_lint_passes(tmp_path):
     assert result.returncode == 0, result.stdout[-4000:]
 
 
-def test_config_typo_fails_at_start_naming_the_key(tmp_path):
-    result = snakemake(tmp_path, "-n", "--config", "flares={'stride': 2}", check=False)
+def test_config_typo_fails_at_start_naming_the_key_in_a_few_lines(tmp_path):
+    result = snakemake(tmp_path, "-n", "--config", 'flares={"synthtic": {"regions": 10}}', check=False)
     assert result.returncode != 0
-    assert "'stride' was unexpected" in result.stdout + result.stderr
+    output = result.stdout + result.stderr
+    assert "config key 'flares.synthtic': unknown key; did you mean 'synthetic'?" in output
+    # The message and the key, not the schema.
+    assert "On schema" not in output and len(output.splitlines()) < 15, output
+
+
+def readme_snakemake_commands():
+    """Every `snakemake ...` line of the README's bash blocks, as written (comments dropped)."""
+    text = (REPO / "README.md").read_text()
+    commands = []
+    for block in text.split("```bash")[1:]:
+        for line in block.split("```")[0].splitlines():
+            if line.startswith("snakemake ") and "--report" not in line:
+                commands.append(shlex.split(line, comments=True))
+    return commands
+
+
+@pytest.mark.parametrize("command", readme_snakemake_commands(), ids=" ".join)
+def test_readme_snakemake_commands_work_as_written(command, tmp_path):
+    """Each of the README's Snakemake commands plans its jobs (a dry run from the repository root)."""
+    arguments = [sys.executable, "-m", "snakemake", *command[1:], "-n", "-d", str(tmp_path)]
+    result = subprocess.run(arguments, capture_output=True, text=True, cwd=REPO, timeout=300)
+    assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
+    assert "This was a dry-run" in result.stdout
+
+
+def test_readme_nested_config_override_reaches_the_rules(tmp_path):
+    """`--config 'flares={"synthetic": {"regions": 1000}}'` sets an integer, and keeps the other keys."""
+    result = snakemake(tmp_path, "-n", "-p", "--config", 'flares={"synthetic": {"regions": 1000}}',
+                       "--", "simulate_flare_data", check=False)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "--regions 1000 " in result.stdout and "--seed 2011 " in result.stdout
+
+
+def test_full_config_writes_only_into_its_own_results_and_logs(tmp_path):
+    command = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "-d", str(tmp_path), "-n",
+               "--configfile", str(REPO / "config" / "full.yaml"), "--summary"]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = [line.split("\t") for line in result.stdout.splitlines() if "\t" in line]
+    outputs = [row[0] for row in rows if row[0] != "output_file"]
+    assert len(outputs) > 100 and all(path.startswith(("results-full/", "logs-full/")) for path in outputs), outputs[:5]
 
 
 def test_bad_experiment_grid_is_rejected(tmp_path):

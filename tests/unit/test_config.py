@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from astrodag.config import sections, validate_config
+from astrodag.config import retype_overrides, sections, validate_config, validate_structure
 from astrodag.errors import ConfigError
 
 REPO = Path(__file__).resolve().parents[2]
@@ -98,3 +98,46 @@ def test_the_simulation_section_keeps_the_workflow_keys():
     checked = validate_config({"microlensing": {"simulation": simulation}})
     simulation = checked["microlensing"]["simulation"]
     assert simulation["shards"] == 4 and simulation["seed"] == 9 and simulation["noise"]["reference_mag"] == 17.0
+
+
+SCHEMA = REPO / "workflow" / "schemas" / "config.schema.yaml"
+
+
+def test_nested_command_line_values_get_their_yaml_types():
+    """Snakemake's --config keeps nested scalars as strings ('1000'); they become numbers again."""
+    from snakemake.cli import parse_config
+
+    overrides = parse_config(['flares={"synthetic": {"regions": 1000}, "models": ["baseline"]}',
+                              'supernova={"source": "mast", "dataset": {"bogus_per_real": null}}',
+                              'microlensing={"training": {"mixed_precision": false, "learning_rate": 3e-4}}'])
+    assert overrides["flares"]["synthetic"]["regions"] == "1000"  # what Snakemake gives
+    config = merged(load("config/config.yaml"), overrides)
+    retype_overrides(config, overrides)
+    assert config["flares"]["synthetic"] == {"regions": 1000, "seed": 2011}
+    assert config["flares"]["models"] == ["baseline"]
+    assert config["supernova"]["source"] == "mast" and config["supernova"]["dataset"]["bogus_per_real"] is None
+    assert config["microlensing"]["training"]["mixed_precision"] is False
+    assert config["microlensing"]["training"]["learning_rate"] == 3e-4
+    # Values not given on the command line are left alone, dates and words stay strings.
+    config = {"a": {"b": "2020-01-01", "c": "abc", "d": "7"}}
+    retype_overrides(config, {"a": {"b": "2020-01-01", "c": "abc"}})
+    assert config == {"a": {"b": "2020-01-01", "c": "abc", "d": "7"}}
+
+
+def test_structure_check_fills_defaults_and_names_a_typo_in_one_line():
+    config = merged(load("config/config.yaml"), {"flares": {"synthtic": {"regions": 10}}})
+    with pytest.raises(ConfigError) as error:
+        validate_structure(config, SCHEMA)
+    assert error.value.key == "flares.synthtic"
+    assert "did you mean 'synthetic'?" in str(error.value) and "\n" not in str(error.value)
+    with pytest.raises(ConfigError, match=r"'flares.synthetic.regions': must be of type integer, got the string"):
+        validate_structure(merged(load("config/config.yaml"), {"flares": {"synthetic": {"regions": "x"}}}), SCHEMA)
+    filled = validate_structure({}, SCHEMA)
+    assert filled["results_dir"] == "results" and filled["flares"]["synthetic"]["regions"] == 300
+    assert filled["supernova"]["download"]["cache_dir"] == ""
+
+
+def test_structure_check_accepts_every_shipped_config():
+    for name in ("config/config.yaml", "config/full.yaml", "tests/data/config_tiny.yaml"):
+        config = validate_structure(merged(load("config/config.yaml"), load(name)), SCHEMA)
+        assert config["results_dir"] == ("results-full" if name.endswith("full.yaml") else "results")

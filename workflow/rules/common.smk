@@ -87,19 +87,25 @@ shell.prefix(
     + "${{PYTHONPATH:+:$PYTHONPATH}}; "
 )
 
+# Each config writes into its own results and logs directories (config keys results_dir, logs_dir),
+# so that a full-scale run never overwrites the demo's outputs.
+RESULTS = config["results_dir"].rstrip("/")
+LOGS = config["logs_dir"].rstrip("/")
+BENCHMARKS = f"{RESULTS}/benchmarks"
+
 FLARES = config["flares"]
 FLARE_GRID = load_flare_experiments(repo_path(FLARES["experiments"]))
 FLARE_MODELS = FLARES["models"]
 
 # Output patterns, defined once.
-FLARE_RAW = "results/flares/raw"
-FLARE_DATASET = "results/flares/dataset"
+FLARE_RAW = f"{RESULTS}/flares/raw"
+FLARE_DATASET = f"{RESULTS}/flares/dataset"
 FLARE_EXPERIMENT = (
-    "results/flares/experiments/{flare_class}_{window}h/seed{seed}/{model}"
+    f"{RESULTS}/flares/experiments/{{flare_class}}_{{window}}h/seed{{seed}}/{{model}}"
 )
-FLARE_ANALYSIS = "results/flares/analysis"
-FLARE_LOGS = "logs/flares"
-FLARE_BENCHMARKS = "results/benchmarks/flares"
+FLARE_ANALYSIS = f"{RESULTS}/flares/analysis"
+FLARE_LOGS = f"{LOGS}/flares"
+FLARE_BENCHMARKS = f"{BENCHMARKS}/flares"
 
 
 def flare_experiment_files(name, models=None):
@@ -154,12 +160,12 @@ CADENCES_TSV = repo_path(MICROLENSING["cadences"])
 CADENCES = list(load_cadences_table(CADENCES_TSV)["cadence"])
 ML_SHARDS = [f"{i:03d}" for i in range(MICROLENSING["simulation"]["shards"])]
 
-ML_EVENTS = "results/microlensing/events/shard{shard}"
-ML_CADENCE = "results/microlensing/cadences/{cadence}"
+ML_EVENTS = f"{RESULTS}/microlensing/events/shard{{shard}}"
+ML_CADENCE = f"{RESULTS}/microlensing/cadences/{{cadence}}"
 ML_MASK = f"{ML_CADENCE}/masks/shard{{shard}}.npy"
-ML_COMPARISON = "results/microlensing/comparison"
-ML_LOGS = "logs/microlensing"
-ML_BENCHMARKS = "results/benchmarks/microlensing"
+ML_COMPARISON = f"{RESULTS}/microlensing/comparison"
+ML_LOGS = f"{LOGS}/microlensing"
+ML_BENCHMARKS = f"{BENCHMARKS}/microlensing"
 
 
 def microlensing_shards(wildcards=None):
@@ -196,14 +202,16 @@ SUPERNOVA = config["supernova"]
 SN_CATALOG = repo_path(SUPERNOVA["catalog"])
 SN_NAMES = load_supernova_catalog(SN_CATALOG)
 
-SN_ARCHIVE = "results/supernova/archive"
+SN_ARCHIVE = f"{RESULTS}/supernova/archive"
 SN_SYNTHETIC = f"{SN_ARCHIVE}/synthetic"
-SN_PAIR = "results/supernova/pairs/{pair_id}"
-SN_TRIPLETS = "results/supernova/triplets"
-SN_LOGS = "logs/supernova"
-SN_BENCHMARKS = "results/benchmarks/supernova"
+SN_PAIR = f"{RESULTS}/supernova/pairs/{{pair_id}}"
+SN_TRIPLETS = f"{RESULTS}/supernova/triplets"
+SN_LOGS = f"{LOGS}/supernova"
+SN_BENCHMARKS = f"{BENCHMARKS}/supernova"
 # MAST calls hold one unit of this resource; profiles cap it (resources: mast_connections=4).
 SN_MAST_CALLS = 1 if SUPERNOVA["source"] == "mast" else 0
+# Downloads are cached per results directory unless the config names a shared cache.
+SN_CACHE = SUPERNOVA["download"]["cache_dir"] or f"{SN_ARCHIVE}/cache"
 
 
 def supernova_backend():
@@ -267,9 +275,9 @@ if RB_DEPLOY not in RB_EXPERIMENTS:
         f"config key 'supernova.deploy_experiment': {RB_DEPLOY!r} is not in"
         f" {SUPERNOVA['realbogus_experiments']} ({', '.join(RB_EXPERIMENTS)})"
     )
-RB_EXPERIMENT = "results/supernova/realbogus/{experiment}"
+RB_EXPERIMENT = f"{RESULTS}/supernova/realbogus/{{experiment}}"
 RB_DEPLOYED = RB_EXPERIMENT.format(experiment=RB_DEPLOY)
-RB_REVIEW = "results/supernova/review"
+RB_REVIEW = f"{RESULTS}/supernova/review"
 
 
 def realbogus_missions(wildcards):

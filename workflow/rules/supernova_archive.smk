@@ -52,7 +52,7 @@ rule query_archive:
             if SUPERNOVA["query"]["missions"]
             else ""
         ),
-        cache_dir=SUPERNOVA["download"]["cache_dir"],
+        cache_dir=SN_CACHE,
         settings=as_json(SUPERNOVA["archive"]),
     shell:
         "python -m astrodag supernova query --catalog {input.catalog} --sn {params.name}"
@@ -103,7 +103,7 @@ rule download_pair:
         mast_connections=SN_MAST_CALLS,
     params:
         backend=supernova_backend(),
-        cache_dir=SUPERNOVA["download"]["cache_dir"],
+        cache_dir=SN_CACHE,
         out_dir=output_dir("record"),
         settings=as_json(SUPERNOVA["archive"]),
     shell:

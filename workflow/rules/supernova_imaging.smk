@@ -123,13 +123,13 @@ rule summarize_imaging:
         ),
     output:
         report=report(
-            "results/supernova/imaging_report.md",
+            f"{RESULTS}/supernova/imaging_report.md",
             caption="../report/supernova_imaging.rst",
             category="Supernova",
         ),
-        json="results/supernova/imaging_report.json",
+        json=f"{RESULTS}/supernova/imaging_report.json",
         per_pair=report(
-            "results/supernova/pairs_summary.csv",
+            f"{RESULTS}/supernova/pairs_summary.csv",
             caption="../report/supernova_pairs.rst",
             category="Supernova",
         ),

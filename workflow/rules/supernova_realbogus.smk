@@ -82,9 +82,9 @@ rule score_candidates:
         sidecar=f"{RB_DEPLOYED}/model/model.json",
         candidates=supernova_pair_files("candidates.csv"),
     output:
-        table="results/supernova/scored/candidates.parquet",
-        summary="results/supernova/scored/candidates.json",
-        stamps=directory("results/supernova/scored/stamps"),
+        table=f"{RESULTS}/supernova/scored/candidates.parquet",
+        summary=f"{RESULTS}/supernova/scored/candidates.json",
+        stamps=directory(f"{RESULTS}/supernova/scored/stamps"),
     log:
         f"{SN_LOGS}/score_candidates.log",
     benchmark:
@@ -179,13 +179,13 @@ rule compare_realbogus:
         catalog=SN_CATALOG,
     output:
         report=report(
-            "results/supernova/realbogus/report.md",
+            f"{RESULTS}/supernova/realbogus/report.md",
             caption="../report/realbogus_report.rst",
             category="Real/bogus",
         ),
-        json="results/supernova/realbogus/report.json",
-        summary="results/supernova/realbogus/summary.csv",
-        recovery="results/supernova/realbogus/sn_recovery.csv",
+        json=f"{RESULTS}/supernova/realbogus/report.json",
+        summary=f"{RESULTS}/supernova/realbogus/summary.csv",
+        recovery=f"{RESULTS}/supernova/realbogus/sn_recovery.csv",
     log:
         f"{SN_LOGS}/compare_realbogus.log",
     conda:
