@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from astrodag.errors import InputDataError
+from astrodag.errors import ConfigError, InputDataError
 from astrodag.flares.dataset import (
     assign_splits,
     assign_time_splits,
@@ -21,6 +21,7 @@ from astrodag.flares.dataset import (
     resample_to_cadence,
     write_dataset,
 )
+from astrodag.flares.settings import FlareDatasetSettings
 from astrodag.flares.sharp import SHARP_KEYWORDS, goes_class_to_flux, read_flare_events, read_keyword_table
 from astrodag.flares.synthetic import simulate_sharp_dataset, write_synthetic_dataset
 
@@ -449,3 +450,15 @@ def test_time_split_orders_regions_by_their_first_record(synthetic):
     np.testing.assert_array_equal(experiment_splits(index, 3, SPLITS, 7, method="time"), splits)
     with pytest.raises(ValueError, match="unknown split method"):
         experiment_splits(index, 0, SPLITS, 7, method="random")
+
+
+def test_dataset_settings_check_the_new_keys():
+    settings = FlareDatasetSettings.from_config({})
+    assert (settings.resample_tolerance_minutes, settings.max_longitude, settings.drop_unobserved_horizon,
+            settings.split_method) == (6.0, 70.0, True, "region")
+    assert FlareDatasetSettings.from_config({"max_longitude": None}).max_longitude is None
+    for options, key in (({"resample_tolerance_minutes": 30}, "resample_tolerance_minutes"),
+                         ({"cadence_minutes": 12, "resample_tolerance_minutes": 6}, "resample_tolerance_minutes"),
+                         ({"split_method": "random"}, "split_method"), ({"max_longitude": 95}, "max_longitude")):
+        with pytest.raises(ConfigError, match=f"flares.dataset.{key}"):
+            FlareDatasetSettings.from_config(options)
