@@ -145,7 +145,9 @@ def resample_to_cadence(keywords: pd.DataFrame, cadence_minutes: float, toleranc
     offsets = np.arange(n_slots.sum()) - np.repeat(np.cumsum(n_slots) - n_slots, n_slots)
     grid = pd.DataFrame(
         {
-            "timestamp": pd.to_datetime((np.repeat(first_slot, n_slots) + offsets) * cadence_ns, utc=True),
+            "timestamp": pd.to_datetime((np.repeat(first_slot, n_slots) + offsets) * cadence_ns, utc=True).as_unit(
+                "ns"
+            ),
             "HARPNUM": np.repeat(regions, n_slots),
         }
     )
@@ -160,7 +162,6 @@ def resample_to_cadence(keywords: pd.DataFrame, cadence_minutes: float, toleranc
     )
     filled = filled[filled["record_time"].notna()]
     filled = filled.sort_values(["HARPNUM", "timestamp"], kind="stable").reset_index(drop=True)
-    filled["timestamp"] = filled["timestamp"].dt.as_unit("ns")
     log.info(
         "resampled %d records of %d regions to %d samples at a %g-min cadence (%d grid times within %g min "
         "of none)", len(records), len(regions), len(filled), cadence_minutes, len(grid) - len(filled),
