@@ -8,15 +8,20 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from astrodag.errors import InputDataError
+from astrodag.errors import ConfigError, InputDataError
 from astrodag.flares.dataset import (
     assign_splits,
+    assign_time_splits,
     build_windows,
+    experiment_splits,
+    horizon_observed,
     label_column,
     load_dataset,
     prepare_dataset,
+    resample_to_cadence,
     write_dataset,
 )
+from astrodag.flares.settings import FlareDatasetSettings
 from astrodag.flares.sharp import SHARP_KEYWORDS, goes_class_to_flux, read_flare_events, read_keyword_table
 from astrodag.flares.synthetic import simulate_sharp_dataset, write_synthetic_dataset
 
@@ -74,6 +79,8 @@ def test_tiny_table_gives_the_expected_windows_and_labels(tiny):
     assert list(index.columns) == [
         "HARPNUM",
         "end_time",
+        "region_start",
+        "region_end",
         "label_C_1h",
         "label_C_2h",
         "label_M_1h",
@@ -89,7 +96,10 @@ def test_tiny_table_gives_the_expected_windows_and_labels(tiny):
     # The C flare of 202 at 6:30 is after its last sample but within (5, 7]; the B flare never counts.
     assert index["label_C_1h"].tolist() == [0, 1, 0, 0, 0, 0]
     assert index["label_C_2h"].tolist() == [1, 1, 0, 0, 0, 1]
-    assert all(index[name].dtype == np.uint8 for name in index.columns[2:])
+    assert all(index[name].dtype == np.uint8 for name in index.columns[4:])
+    # First and last record of each region with finite keywords.
+    assert hours(index.assign(end_time=index["region_start"])) == [0] * 6
+    assert hours(index.assign(end_time=index["region_end"])) == [9] * 5 + [5]
 
     assert features.shape == (6, 3, 9) and features.dtype == np.float32
     for k, (harpnum, end) in enumerate(zip(index["HARPNUM"], hours(index), strict=True)):
@@ -217,7 +227,6 @@ def test_bad_split_fractions(fractions, synthetic):
 def test_write_and_load_round_trip(tmp_path, tiny):
     keywords, events = tiny
     features, index = build_windows(keywords, events, window_steps=3, horizons_hours=(2,))
-    index["split"] = assign_splits(index, {"train": 0.5, "test": 0.5}, seed=0)
     paths = tmp_path / "f.npy", tmp_path / "i.parquet", tmp_path / "s.json"
     summary = write_dataset(*paths, features, index)
 
@@ -228,16 +237,15 @@ def test_write_and_load_round_trip(tmp_path, tiny):
     pd.testing.assert_frame_equal(loaded_index.drop(columns="row"), index)
     assert json.loads(paths[2].read_text()) == summary
     assert summary["windows"] == 6
-    assert sum(part["windows"] for part in summary["splits"].values()) == 6
     assert summary["positives"]["label_M_2h"] == 2
-    assert sum(part["positives"]["label_M_2h"] for part in summary["splits"].values()) == 2
+    # Ends 2, 3, 4, 8, 9 of region 101 (last record at 9) and 5 of 202 (last at 5): 2 h covered for 3.
+    assert summary["horizon_observed"]["label_M_2h"] == {"windows": 3, "positives": 2}
     assert not isinstance(load_dataset(paths[0], paths[1], mmap=False)[0], np.memmap)
 
 
 def test_load_rejects_mismatches(tmp_path, tiny):
     keywords, events = tiny
     features, index = build_windows(keywords, events, window_steps=3)
-    index["split"] = "train"
     write_dataset(tmp_path / "f.npy", tmp_path / "i.parquet", tmp_path / "s.json", features, index)
     np.save(tmp_path / "short.npy", features[:-1])
     with pytest.raises(InputDataError, match=r"short\.npy: 5 windows but the index i\.parquet has 6 rows"):
@@ -252,6 +260,9 @@ def test_load_rejects_mismatches(tmp_path, tiny):
         load_dataset(tmp_path / "junk.npy", tmp_path / "i.parquet")
     with pytest.raises(ValueError, match="5 feature windows but 6 index rows"):
         write_dataset(tmp_path / "g.npy", tmp_path / "j.parquet", tmp_path / "t.json", features[:-1], index)
+    with pytest.raises(ValueError, match="lacks column.*region_end"):
+        write_dataset(tmp_path / "g.npy", tmp_path / "j.parquet", tmp_path / "t.json", features,
+                      index.drop(columns="region_end"))
 
 
 def test_prepare_dataset_end_to_end(tmp_path):
@@ -269,14 +280,185 @@ def test_prepare_dataset_end_to_end(tmp_path):
         flare_classes=("C", "M", "M5"),
         split_fractions=SPLITS,
         split_seed=7,
+        max_longitude=70,
+        seeds=(0, 1),
     )
     ingestion = summary["ingestion"]
     assert ingestion["keywords"]["rows_dropped_nan"] == raw["rows_with_nan"]
     assert ingestion["events"]["rows_dropped_no_region"] == raw["flares_unassigned"]
-    assert list(summary["splits"]) == ["train", "validation", "test"]
-    assert sum(part["regions"] for part in summary["splits"].values()) == 60
-    assert len(summary["label_columns"]) == 9
+    assert list(summary["splits_by_seed"]) == ["0", "1"]
     features, index = load_dataset(tmp_path / "features.npy", tmp_path / "windows.parquet")
+    for seed, split in summary["splits_by_seed"].items():
+        assert split["split_seed"] == 7 + int(seed)
+        assert list(split)[1:] == ["train", "validation", "test"]
+        assert sum(split[name]["regions"] for name in SPLITS) == index["HARPNUM"].nunique()
+        assert sum(split[name]["windows"] for name in SPLITS) == len(index)
+        # The summary counts what the experiment of that seed uses: windows whose horizon is covered.
+        splits = experiment_splits(index, int(seed), SPLITS, 7)
+        used = horizon_observed(index, 72) & (splits == "test")
+        assert split["test"]["windows_used"]["label_C_72h"] == used.sum()
+        assert split["test"]["positives"]["label_C_72h"] == index.loc[used, "label_C_72h"].sum()
+    assert len(summary["label_columns"]) == 9
     assert features.shape == (summary["windows"], 10, 9)
-    assert index.groupby("HARPNUM")["split"].nunique().max() == 1
+    assert "split" not in index.columns
     assert json.loads((tmp_path / "summary.json").read_text())["ingestion"] == ingestion
+
+
+# Real SHARP cadence: 12-min records, not on the hour, with gaps.
+
+
+def twelve_minute_records(rng, harpnum, hours, skip=(), jitter_seconds=90, offset_seconds=-37):
+    """12-min records of one region over ``hours`` hours, each moved by a TAI-like offset and a random jitter.
+
+    Records at the whole hours listed in ``skip`` are missing. Keyword j of a record is
+    100 * (minutes since T0) + j, so the record behind each sample can be read off its values.
+    """
+    rows = []
+    for minute in range(0, 60 * hours, 12):
+        if minute % 60 == 0 and minute // 60 in skip:
+            continue
+        moved = minute * 60 + offset_seconds + rng.uniform(-jitter_seconds, jitter_seconds)
+        values = [100.0 * minute + j for j in range(len(SHARP_KEYWORDS))]
+        rows.append([T0 + pd.Timedelta(seconds=moved), harpnum, *values])
+    return pd.DataFrame(rows, columns=["timestamp", "HARPNUM", *SHARP_KEYWORDS])
+
+
+NO_EVENTS = pd.DataFrame({"HARPNUM": pd.Series([], dtype="int64"),
+                          "peak_time": pd.Series([], dtype="datetime64[ns, UTC]"),
+                          "peak_flux": pd.Series([], dtype="float64")})
+
+
+def test_twelve_minute_records_with_gaps_and_jitter_give_hourly_windows():
+    rng = np.random.default_rng(0)
+    keywords = pd.concat([twelve_minute_records(rng, 1, 14, skip=(5,)),
+                          twelve_minute_records(rng, 2, 6, skip=(2, 3))], ignore_index=True)
+    features, index = build_windows(keywords, NO_EVENTS, window_steps=3, horizons_hours=(1,))
+    # Region 1: hours 0-4 and 6-13 (hour 5's record is missing, its neighbours are 12 min away);
+    # region 2: hours 0-1 and 4-5, no run of 3.
+    assert index["HARPNUM"].tolist() == [1] * 9
+    assert hours(index) == [2, 3, 4, 8, 9, 10, 11, 12, 13]
+    # Each sample is the record taken nearest the whole hour.
+    for window, end in zip(features, hours(index), strict=True):
+        np.testing.assert_array_equal(window[:, 0], [6000.0 * hour for hour in range(end - 2, end + 1)])
+
+
+def test_resampling_takes_the_nearest_record_within_the_tolerance():
+    times = ["00:01", "00:50", "01:07", "02:00", "02:30", "03:30", "04:05", "04:55"]
+    keywords = pd.DataFrame({"timestamp": pd.to_datetime([f"2012-01-01T{t}Z" for t in times]), "HARPNUM": 5,
+                             "value": np.arange(len(times), dtype=float)})
+    samples = resample_to_cadence(keywords, cadence_minutes=60, tolerance_minutes=10)
+    # 01:00 takes 01:07 over 00:50; 03:00 has none within 10 min; 05:00 takes 04:55 (04:05 went to 04:00).
+    assert samples["timestamp"].dt.strftime("%H:%M").tolist() == ["00:00", "01:00", "02:00", "04:00", "05:00"]
+    assert samples["value"].tolist() == [0, 2, 3, 6, 7]
+    assert (samples["record_time"] - samples["timestamp"]).abs().max() <= pd.Timedelta(minutes=10)
+    # A tie goes to the earlier record, which cannot look ahead: 00:50 and 01:10 around 01:00.
+    pair = pd.DataFrame({"timestamp": pd.to_datetime(["2012-01-01T00:50Z", "2012-01-01T01:10Z"]), "HARPNUM": 5,
+                         "value": [1.0, 2.0]})
+    tie = resample_to_cadence(pair, cadence_minutes=60, tolerance_minutes=15)
+    assert tie["value"].tolist() == [1.0]
+    for tolerance in (30, -1):
+        with pytest.raises(ValueError, match="half the cadence"):
+            resample_to_cadence(keywords, cadence_minutes=60, tolerance_minutes=tolerance)
+
+
+def test_a_label_starts_after_the_record_of_the_last_sample():
+    # Hour 2's slot is filled by a record at 02:04; an M flare at 02:02 precedes it, one at 02:06 follows it.
+    keywords = pd.DataFrame({"timestamp": pd.to_datetime(["2012-01-01T00:00Z", "2012-01-01T01:00Z",
+                                                          "2012-01-01T02:04Z"]), "HARPNUM": 1,
+                             **{name: 1.0 for name in SHARP_KEYWORDS}})
+    for minute, expected in ((2, 0), (6, 1)):
+        events = pd.DataFrame({"HARPNUM": [1], "peak_time": [pd.Timestamp(f"2012-01-01T02:0{minute}Z")],
+                               "peak_flux": [2e-5]})
+        _, index = build_windows(keywords, events, window_steps=3, horizons_hours=(1,), flare_classes=("M",))
+        assert index["label_M_1h"].tolist() == [expected]
+
+
+def test_hourly_synthetic_data_is_unchanged_by_resampling(synthetic):
+    keywords, *_ = synthetic
+    samples = resample_to_cadence(keywords, cadence_minutes=60, tolerance_minutes=6)
+    assert (samples["record_time"] == samples["timestamp"]).all()
+    pd.testing.assert_frame_equal(samples.drop(columns="record_time")[keywords.columns], keywords)
+
+
+# The limb: horizons past a region's last record, and the longitude cut.
+
+
+def test_horizon_observed_marks_windows_whose_horizon_outruns_the_region(tiny):
+    keywords, events = tiny
+    _, index = build_windows(keywords, events, window_steps=3, horizons_hours=(1, 2))
+    # Region 101 ends at hour 9, 202 at hour 5; ends 2, 3, 4, 8, 9 and 5.
+    assert horizon_observed(index, 1).tolist() == [True, True, True, True, False, False]
+    assert horizon_observed(index, 2).tolist() == [True, True, True, False, False, False]
+
+
+def test_longitude_cut_drops_limb_records_and_needs_the_column(tiny, tmp_path):
+    keywords, events = tiny
+    # Region 101 crosses 70 deg at hour 8: hours 8 and 9 are dropped, leaving ends 2, 3, 4.
+    longitude = np.where(keywords["HARPNUM"] == 101, 50.0 + 2.5 * (keywords["timestamp"] - T0).dt.seconds / 3600, 0)
+    _, index = build_windows(keywords.assign(LON_FWT=longitude), events, window_steps=3, max_longitude=70)
+    assert list(zip(index["HARPNUM"], hours(index), strict=True)) == [(101, 2), (101, 3), (101, 4), (202, 5)]
+    # The region's last record (hour 9) still bounds the observed horizon.
+    assert hours(index.assign(end_time=index["region_end"]))[0] == 9
+    with pytest.raises(InputDataError, match=r"keywords\.csv: no LON_FWT column.*max_longitude: null"):
+        build_windows(keywords, events, window_steps=3, max_longitude=70, source=tmp_path / "keywords.csv")
+
+
+def test_synthetic_windows_stay_inside_the_longitude_limit():
+    keywords, events = simulate_sharp_dataset(40, seed=2)
+    keywords = keywords.dropna()
+    _, index = build_windows(keywords, events.dropna(), window_steps=10, max_longitude=70)
+    longitude = keywords.set_index(["HARPNUM", "timestamp"])["LON_FWT"]
+    for step in range(10):
+        keys = pd.MultiIndex.from_arrays([index["HARPNUM"], index["end_time"] - pd.Timedelta(hours=step)])
+        assert (longitude.loc[keys].abs() < 70).all()
+    assert len(index) < len(build_windows(keywords, events.dropna(), window_steps=10)[1])
+
+
+# Splits that vary with the seed, and the time-separated split.
+
+
+def test_each_seed_splits_other_regions(synthetic):
+    *_, index = synthetic
+    test_regions = []
+    for seed in range(5):
+        splits = experiment_splits(index, seed, SPLITS, split_seed=7)
+        regions = pd.DataFrame({"HARPNUM": index["HARPNUM"], "split": splits}).drop_duplicates()
+        assert not regions["HARPNUM"].duplicated().any()
+        np.testing.assert_array_equal(splits, assign_splits(index, SPLITS, seed=7 + seed))
+        test_regions.append(frozenset(regions.loc[regions["split"] == "test", "HARPNUM"]))
+    assert len(set(test_regions)) == 5
+    # Different, not disjoint: about a fifth of the test regions of one seed are test regions of another.
+    assert len(test_regions[0] & test_regions[1]) < 0.5 * len(test_regions[0])
+
+
+def test_time_split_orders_regions_by_their_first_record(synthetic):
+    *_, index = synthetic
+    splits = assign_time_splits(index, SPLITS)
+    regions = index.assign(split=splits).groupby("HARPNUM").agg(
+        split=("split", "first"), start=("region_start", "first"), end=("region_end", "first"),
+        splits=("split", "nunique"))
+    assert (regions["splits"] == 1).all()
+    counts = regions["split"].value_counts()
+    for name, fraction in SPLITS.items():
+        assert abs(counts[name] / len(regions) - fraction) <= 0.01
+    by_split = regions.groupby("split")
+    assert by_split["start"].max()["train"] <= by_split["start"].min()["validation"]
+    assert by_split["start"].max()["validation"] <= by_split["start"].min()["test"]
+    # Here the validation period outlasts every region: no training region is on the disk with a test region.
+    assert by_split["end"].max()["train"] < by_split["start"].min()["test"]
+    # The same split for every seed.
+    np.testing.assert_array_equal(experiment_splits(index, 3, SPLITS, 7, method="time"), splits)
+    with pytest.raises(ValueError, match="unknown split method"):
+        experiment_splits(index, 0, SPLITS, 7, method="random")
+
+
+def test_dataset_settings_check_the_new_keys():
+    settings = FlareDatasetSettings.from_config({})
+    assert (settings.resample_tolerance_minutes, settings.max_longitude, settings.drop_unobserved_horizon,
+            settings.split_method) == (6.0, 70.0, True, "region")
+    assert FlareDatasetSettings.from_config({"max_longitude": None}).max_longitude is None
+    for options, key in (({"resample_tolerance_minutes": 30}, "resample_tolerance_minutes"),
+                         ({"cadence_minutes": 12, "resample_tolerance_minutes": 6}, "resample_tolerance_minutes"),
+                         ({"split_method": "random"}, "split_method"), ({"max_longitude": 95}, "max_longitude")):
+        with pytest.raises(ConfigError, match=f"flares.dataset.{key}"):
+            FlareDatasetSettings.from_config(options)

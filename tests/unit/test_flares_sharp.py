@@ -118,6 +118,16 @@ def test_read_keyword_table_ignores_extra_columns_and_reads_parquet(tmp_path):
     pd.testing.assert_frame_equal(read_keyword_table(tmp_path / "naive.parquet")[0], table)
 
 
+def test_longitude_column_is_read_when_present_and_nan_keeps_the_row(tmp_path):
+    lines = [line + f",{lon}" for line, lon in zip(GOOD_LINES, ["12.5", "", "-71"], strict=True)]
+    path = write_keywords(tmp_path / "keywords.csv", lines, header=HEADER + ",LON_FWT")
+    table, report = read_keyword_table(path)
+    assert report["rows_kept"] == 3
+    # Sorted by HARPNUM then time: (3, 00:00) -71, (7, 00:00) NaN, (7, 01:00) 12.5.
+    np.testing.assert_array_equal(table["LON_FWT"].to_numpy(), [-71.0, np.nan, 12.5])
+    assert "LON_FWT" not in read_keyword_table(write_keywords(tmp_path / "plain.csv", GOOD_LINES))[0].columns
+
+
 def test_extra_csv_columns_are_never_parsed(tmp_path):
     lines = [f"{line},text;with;semicolons" for line in GOOD_LINES]
     lines[1] = lines[1].rsplit(",", 1)[0] + ",3.5"  # mixed types in an ignored column

@@ -9,7 +9,7 @@ import pytest
 from astrodag.cli import main
 from astrodag.evaluation.thresholds import select_threshold, sweep_thresholds, threshold_grid
 from astrodag.flares.analysis import analyze_study
-from astrodag.flares.dataset import prepare_dataset
+from astrodag.flares.dataset import experiment_splits, horizon_observed, prepare_dataset
 from astrodag.flares.experiment import fit_normalisation, train_experiment
 from astrodag.flares.sweep import sweep_experiment
 from astrodag.flares.synthetic import write_synthetic_dataset
@@ -28,16 +28,24 @@ def dataset(tmp_path_factory):
     return root
 
 
-def train(dataset, out_dir, model="everest", seed=0):
+def train(dataset, out_dir, model="everest", seed=0, dataset_options=None):
     return train_experiment(dataset / "X.npy", dataset / "w.parquet", out_dir, "C", 24, seed, model,
                             model_options=TINY_MODEL if model == "everest" else {},
-                            training_options=TINY_TRAINING, threads=1, progress=False)
+                            training_options=TINY_TRAINING, threads=1, progress=False,
+                            dataset_options=dataset_options)
+
+
+def seed_splits(dataset, seed):
+    """The windows' index with the split of an experiment of this seed (default settings), target C 24 h."""
+    index = pd.read_parquet(dataset / "w.parquet")
+    index["split"] = experiment_splits(index, seed, {"train": 0.6, "validation": 0.2, "test": 0.2}, 7)
+    return index[horizon_observed(index, 24)]
 
 
 def test_experiment_writes_only_validation_and_test_predictions(dataset, tmp_path):
     sidecar = train(dataset, tmp_path / "e")
     predictions = pd.read_parquet(tmp_path / "e" / "predictions.parquet")
-    index = pd.read_parquet(dataset / "w.parquet")
+    index = seed_splits(dataset, 0)
     assert set(predictions["split"]) == {"validation", "test"}
     assert len(predictions) == (index["split"] != "train").sum()
     assert predictions["probability"].between(0, 1).all()
@@ -49,7 +57,7 @@ def test_experiment_writes_only_validation_and_test_predictions(dataset, tmp_pat
 
 def test_normalisation_uses_the_training_split_only(dataset):
     features = np.load(dataset / "X.npy")
-    index = pd.read_parquet(dataset / "w.parquet")
+    index = seed_splits(dataset, 0)
     train_rows = index.loc[index["split"] == "train", "row"].to_numpy()
     before = fit_normalisation(features, train_rows)
     changed = features.copy()
@@ -63,6 +71,48 @@ def test_same_seed_same_predictions(dataset, tmp_path):
     first = pd.read_parquet(tmp_path / "a" / "predictions.parquet")
     second = pd.read_parquet(tmp_path / "b" / "predictions.parquet")
     pd.testing.assert_frame_equal(first, second)
+
+
+def test_each_seed_tests_on_other_regions_and_fits_its_own_normalisation(dataset, tmp_path):
+    sidecars, test_regions = [], []
+    for seed in (0, 1):
+        sidecars.append(train(dataset, tmp_path / str(seed), model="baseline", seed=seed))
+        predictions = pd.read_parquet(tmp_path / str(seed) / "predictions.parquet")
+        index = seed_splits(dataset, seed)
+        # The rows and splits are that seed's, and no region sits in two splits.
+        expected = pd.concat([index[index["split"] == split] for split in ("validation", "test")])
+        assert predictions["HARPNUM"].tolist() == expected["HARPNUM"].tolist()
+        assert predictions["split"].tolist() == expected["split"].tolist()
+        assert predictions.groupby("HARPNUM")["split"].nunique().max() == 1
+        assert not set(predictions["HARPNUM"]) & set(index.loc[index["split"] == "train", "HARPNUM"])
+        test_regions.append(set(predictions.loc[predictions["split"] == "test", "HARPNUM"]))
+        assert sidecars[-1]["split"]["split_seed"] == 7 + seed
+        assert sorted(test_regions[-1]) == sidecars[-1]["split"]["test_regions"]
+    assert test_regions[0] != test_regions[1]
+    assert sidecars[0]["normalisation"] != sidecars[1]["normalisation"]
+
+
+def test_windows_whose_horizon_outruns_the_region_are_left_out(dataset, tmp_path):
+    sidecar = train(dataset, tmp_path / "drop", model="baseline")
+    predictions = pd.read_parquet(tmp_path / "drop" / "predictions.parquet")
+    region_end = pd.read_parquet(dataset / "w.parquet").groupby("HARPNUM")["region_end"].first()
+    assert (predictions["end_time"] + pd.Timedelta(hours=24) <= predictions["HARPNUM"].map(region_end)).all()
+    assert sidecar["data"]["windows_horizon_unobserved"] > 0
+    kept = train(dataset, tmp_path / "keep", model="baseline", dataset_options={"drop_unobserved_horizon": False})
+    assert sum(kept["data"]["windows"].values()) == sum(sidecar["data"]["windows"].values()) + sidecar["data"][
+        "windows_horizon_unobserved"]
+
+
+def test_time_split_is_the_same_for_every_seed(dataset, tmp_path):
+    options = {"split_method": "time"}
+    first = train(dataset, tmp_path / "a", model="baseline", seed=0, dataset_options=options)
+    second = train(dataset, tmp_path / "b", model="baseline", seed=1, dataset_options=options)
+    assert first["split"]["test_regions"] == second["split"]["test_regions"]
+    assert first["split"]["split_seed"] is None
+    index = pd.read_parquet(dataset / "w.parquet").groupby("HARPNUM")["region_start"].first()
+    predictions = pd.read_parquet(tmp_path / "a" / "predictions.parquet")
+    assert index[first["split"]["test_regions"]].min() >= index[
+        predictions.loc[predictions["split"] == "validation", "HARPNUM"].unique()].max()
 
 
 def test_sweep_chooses_on_validation_and_scores_test_once(dataset, tmp_path):

@@ -28,7 +28,7 @@ def test_same_seed_same_tables_different_seed_different():
 
 def test_tables_have_the_input_format(moderate):
     keywords, events = moderate
-    assert list(keywords.columns) == ["timestamp", "HARPNUM", *SHARP_KEYWORDS]
+    assert list(keywords.columns) == ["timestamp", "HARPNUM", *SHARP_KEYWORDS, "LON_FWT"]
     assert str(keywords["timestamp"].dtype) == "datetime64[ns, UTC]"
     assert keywords["HARPNUM"].dtype == np.int64
     assert list(events.columns) == ["HARPNUM", "peak_time", "goes_class"]
@@ -50,6 +50,17 @@ def test_regions_overlap_and_live_a_few_days(moderate):
     assert keywords["HARPNUM"].nunique() == 400
     on_disk = keywords.groupby("timestamp")["HARPNUM"].nunique()
     assert on_disk.median() >= 5
+
+
+def test_longitude_follows_solar_rotation(moderate):
+    keywords, _ = moderate
+    assert keywords["LON_FWT"].between(-80, 90).all()
+    first = keywords.groupby("HARPNUM").head(2)
+    hours = first.groupby("HARPNUM")["timestamp"].diff().dt.total_seconds().dropna() / 3600
+    degrees = first.groupby("HARPNUM")["LON_FWT"].diff().dropna()
+    np.testing.assert_allclose(degrees / hours, 13.2 / 24)
+    # About half the regions rotate in over the east limb.
+    assert 0.3 < (keywords.groupby("HARPNUM")["LON_FWT"].first() < -70).mean() < 0.7
 
 
 def test_nan_samples_and_gaps_like_real_series(moderate):
@@ -133,7 +144,7 @@ def test_written_tables_read_back_without_loss(tmp_path, suffix):
 def test_csv_uses_iso_utc_times(tmp_path):
     write_synthetic_dataset(tmp_path / "k.csv", tmp_path / "e.csv", 3, seed=1)
     header, first = (tmp_path / "k.csv").read_text().splitlines()[:2]
-    assert header == "timestamp,HARPNUM," + ",".join(SHARP_KEYWORDS)
+    assert header == "timestamp,HARPNUM," + ",".join(SHARP_KEYWORDS) + ",LON_FWT"
     assert first.startswith("2011-01-01T00:00:00Z,")
 
 

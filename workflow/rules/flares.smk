@@ -49,12 +49,24 @@ rule prepare_flare_dataset:
             for name, value in FLARES["dataset"]["split_fractions"].items()
         ),
         split_seed=FLARES["dataset"]["split_seed"],
+        split_method=FLARES["dataset"]["split_method"],
+        tolerance=FLARES["dataset"]["resample_tolerance_minutes"],
+        max_longitude=FLARES["dataset"]["max_longitude"] or "none",
+        horizon_flag=(
+            "--drop-unobserved-horizon"
+            if FLARES["dataset"]["drop_unobserved_horizon"]
+            else "--no-drop-unobserved-horizon"
+        ),
+        seeds=" ".join(str(s) for s in sorted(FLARE_GRID["seed"].unique())),
     shell:
         "python -m astrodag flares build-dataset --keywords {input.keywords} --events {input.events}"
         " --features {output.features} --index {output.index} --summary {output.summary}"
         " --window-steps {params.window_steps} --cadence-minutes {params.cadence}"
         " --stride {params.stride} --horizons {params.horizons} --classes {params.classes}"
-        " --split-fractions {params.fractions} --split-seed {params.split_seed} --log {log}"
+        " --split-fractions {params.fractions} --split-seed {params.split_seed}"
+        " --split-method {params.split_method} --tolerance-minutes {params.tolerance}"
+        " --max-longitude {params.max_longitude} {params.horizon_flag} --seeds {params.seeds}"
+        " --log {log}"
 
 
 rule train_flare_model:
@@ -83,12 +95,13 @@ rule train_flare_model:
         out_dir=output_dir("predictions"),
         model_options=as_json(FLARES["everest"]),
         training_options=as_json(FLARES["training"]),
+        dataset_options=as_json(FLARES["dataset"]),
     shell:
         "python -m astrodag flares train --features {input.features} --index {input.index}"
         " --out-dir {params.out_dir} --flare-class {wildcards.flare_class}"
         " --window {wildcards.window} --seed {wildcards.seed} --architecture everest"
         " --model-options {params.model_options:q} --training-options {params.training_options:q}"
-        " --threads {threads} --log {log}"
+        " --dataset-options {params.dataset_options:q} --threads {threads} --log {log}"
 
 
 rule train_flare_baseline:
@@ -113,11 +126,13 @@ rule train_flare_baseline:
     params:
         out_dir=output_dir("predictions"),
         model_options=as_json(FLARES["baseline"]),
+        dataset_options=as_json(FLARES["dataset"]),
     shell:
         "python -m astrodag flares train --features {input.features} --index {input.index}"
         " --out-dir {params.out_dir} --flare-class {wildcards.flare_class}"
         " --window {wildcards.window} --seed {wildcards.seed} --architecture baseline"
-        " --model-options {params.model_options:q} --threads {threads} --log {log}"
+        " --model-options {params.model_options:q} --dataset-options {params.dataset_options:q}"
+        " --threads {threads} --log {log}"
 
 
 rule sweep_flare_thresholds:

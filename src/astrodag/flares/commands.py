@@ -36,7 +36,7 @@ def add_stages(stages) -> None:
     simulate.add_argument("--summary", type=Path, help="write a JSON summary of what was simulated")
 
     dataset = add_stage(stages, "build-dataset", _build_dataset,
-                        "validate SHARP/flare tables and build labelled, split windows")
+                        "validate SHARP/flare tables and build labelled windows")
     dataset.add_argument("--keywords", type=Path, required=True, help="SHARP keyword table (.csv or .parquet)")
     dataset.add_argument("--events", type=Path, required=True, help="flare-event table (.csv or .parquet)")
     dataset.add_argument("--features", type=Path, required=True, help="output windows array (.npy)")
@@ -46,14 +46,26 @@ def add_stages(stages) -> None:
                          help="samples per window (default: %(default)s)")
     dataset.add_argument("--cadence-minutes", type=int, default=SettingDefault(DATASET, "cadence_minutes"),
                          help="SHARP samples are resampled to this cadence (default: %(default)s)")
+    dataset.add_argument("--tolerance-minutes", type=float,
+                         default=SettingDefault(DATASET, "resample_tolerance_minutes"),
+                         help="largest distance of the record filling a grid time (default: %(default)s)")
+    dataset.add_argument("--max-longitude", type=_longitude, default=SettingDefault(DATASET, "max_longitude"),
+                         help="drop records at |LON_FWT| >= this many degrees; 'none' keeps all (default: %(default)s)")
     dataset.add_argument("--stride", type=int, default=SettingDefault(DATASET, "stride"),
                          help="steps between consecutive window ends (default: %(default)s)")
     dataset.add_argument("--horizons", type=int, nargs="+", default=[24, 48, 72], help="prediction windows in hours")
     dataset.add_argument("--classes", nargs="+", default=["C", "M", "M5"], help="flare classes (>= class)")
+    dataset.add_argument("--drop-unobserved-horizon", action=argparse.BooleanOptionalAction,
+                         default=SettingDefault(DATASET, "drop_unobserved_horizon"),
+                         help="count, per split, only windows whose horizon the region's records cover")
+    dataset.add_argument("--split-method", choices=("region", "time"), default=SettingDefault(DATASET, "split_method"),
+                         help="how the experiments split the regions (default: %(default)s)")
     dataset.add_argument("--split-fractions", nargs=3, default=SettingDefault(DATASET, "split_fractions"),
                          metavar="NAME=F", help="shares of the active regions (default: %(default)s)")
     dataset.add_argument("--split-seed", type=int, default=SettingDefault(DATASET, "split_seed"),
-                         help="default: %(default)s")
+                         help="experiment seed s splits with SPLIT_SEED + s (default: %(default)s)")
+    dataset.add_argument("--seeds", type=int, nargs="+", default=[0],
+                         help="experiment seeds whose splits the summary shows (default: 0)")
 
     train = add_stage(stages, "train", _train, "train one model for one (class, window, seed) experiment")
     train.add_argument("--features", type=Path, required=True)
@@ -67,6 +79,8 @@ def add_stages(stages) -> None:
                        help="architecture options as JSON/YAML or @file")
     train.add_argument("--training-options", type=json_or_yaml, default={},
                        help="trainer options as JSON/YAML or @file (ignored by the baseline)")
+    train.add_argument("--dataset-options", type=json_or_yaml, default={},
+                       help="the flares.dataset section as JSON/YAML or @file: the split and horizon keys apply")
     train.add_argument("--threads", type=int, help="torch CPU threads")
     train.add_argument("--work-dir", type=Path, help="checkpoints for resuming (default OUT_DIR/checkpoints)")
 
@@ -95,6 +109,11 @@ def add_stages(stages) -> None:
                          help="seed of the bootstrap (default: %(default)s)")
 
 
+def _longitude(text: str) -> float | None:
+    """A longitude limit in degrees, or None for 'none'/'null' (an argparse ``type``)."""
+    return None if text.lower() in ("none", "null") else float(text)
+
+
 def _simulate(args: argparse.Namespace) -> None:
     from astrodag.flares.synthetic import write_synthetic_dataset
 
@@ -115,6 +134,8 @@ def _build_dataset(args: argparse.Namespace) -> None:
         window_steps=args.window_steps, cadence_minutes=args.cadence_minutes, stride=args.stride,
         horizons_hours=tuple(args.horizons), flare_classes=tuple(args.classes),
         split_fractions=split_fractions(args.split_fractions), split_seed=args.split_seed, progress=args.progress,
+        tolerance_minutes=args.tolerance_minutes, max_longitude=args.max_longitude,
+        drop_unobserved_horizon=args.drop_unobserved_horizon, split_method=args.split_method, seeds=tuple(args.seeds),
     )
 
 
@@ -125,7 +146,7 @@ def _train(args: argparse.Namespace) -> None:
         args.features, args.index, args.out_dir, flare_class=args.flare_class, window_hours=args.window,
         seed=args.seed, model_name=args.architecture, model_options=args.model_options,
         training_options=args.training_options, threads=args.threads, work_dir=args.work_dir,
-        progress=args.progress,
+        progress=args.progress, dataset_options=args.dataset_options,
     )
 
 

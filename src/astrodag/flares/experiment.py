@@ -1,13 +1,18 @@
 """One experiment of the flare study: train a model for one (class, window, seed) target.
 
-The model sees windows of SHARP keywords from the training split only; its
-normalisation statistics come from the training split only; early stopping
-and, later, the decision threshold use the validation split; the test split is
+Each experiment draws its own split of the regions from its seed
+(:func:`~astrodag.flares.dataset.experiment_splits`), so the seeds of a
+target differ in their test regions as well as in the initialisation. The
+model sees windows of SHARP keywords from the training split only; its
+normalisation statistics come from that split only; early stopping and,
+later, the decision threshold use the validation split; the test split is
 only predicted, never looked at here.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import time
 from pathlib import Path
@@ -19,8 +24,8 @@ import pandas as pd
 from astrodag import __version__
 from astrodag.errors import InputDataError
 from astrodag.evaluation.metrics import binary_metrics, measure_latency
-from astrodag.flares.dataset import label_column, load_dataset
-from astrodag.flares.settings import BaselineSettings, EverestSettings, FlareTrainerSettings
+from astrodag.flares.dataset import experiment_splits, horizon_observed, label_column, load_dataset
+from astrodag.flares.settings import BaselineSettings, EverestSettings, FlareDatasetSettings, FlareTrainerSettings
 from astrodag.flares.sharp import SHARP_KEYWORDS
 from astrodag.io import file_digest, write_table
 from astrodag.models.registry import build_model
@@ -99,12 +104,18 @@ def train_experiment(
     threads: int | None = None,
     work_dir: str | Path | None = None,
     progress: bool | None = None,
+    dataset_options: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Train one model on one target and write its predictions and sidecar.
 
+    The split comes from ``seed`` and the split keys of ``dataset_options``
+    (:class:`~astrodag.flares.settings.FlareDatasetSettings`); with
+    ``drop_unobserved_horizon`` the windows whose horizon runs past their
+    region's last record are left out of every split.
+
     Writes into ``out_dir``: ``predictions.parquet`` (validation and test
     rows: HARPNUM, end_time, split, label, probability), ``model.json``
-    (architecture, options, normalisation, data digest, seed, metrics) and,
+    (architecture, options, normalisation, data digest, seed, split, metrics) and,
     for the transformer, ``model.pt`` (the best ``state_dict``) and
     ``history.csv``. Checkpoints for resuming live in ``work_dir``
     (default ``out_dir/checkpoints``), which Snakemake does not delete when a
@@ -114,9 +125,17 @@ def train_experiment(
         raise ValueError(f"unknown model {model_name!r}; choose one of {', '.join(MODEL_NAMES)}")
     out_dir = Path(out_dir)
     target = label_column(flare_class, window_hours)
+    dataset = FlareDatasetSettings.from_config(dataset_options)
     features, index = load_dataset(features_path, index_path, mmap=True)
     if target not in index.columns:
         raise InputDataError(index_path, f"no label column {target!r}; was the dataset built with this window?")
+    # The split is drawn over all windows, so a region's split for a seed is the same for every target.
+    index["split"] = experiment_splits(index, seed, dataset.split_fractions, dataset.split_seed,
+                                       dataset.split_method)
+    observed = horizon_observed(index, window_hours)
+    n_unobserved = int((~observed).sum())
+    if dataset.drop_unobserved_horizon:
+        index = index[observed]
     rows = _split_rows(index, target, Path(index_path))
     labels = np.zeros(len(features), dtype=np.float32)
     labels[index["row"].to_numpy()] = index[target].to_numpy(dtype=np.float32)
@@ -140,14 +159,25 @@ def train_experiment(
             "shape": list(features.shape),
             "windows": {split: int(len(rows[split])) for split in SPLITS},
             "positives": {split: int(targets[split].sum()) for split in SPLITS},
+            "regions": {split: int(index.loc[index["split"] == split, "HARPNUM"].nunique()) for split in SPLITS},
+            "windows_horizon_unobserved": n_unobserved,
+            "dropped_unobserved_horizon": dataset.drop_unobserved_horizon,
+        },
+        "split": {
+            "method": dataset.split_method,
+            "fractions": dataset.split_fractions,
+            "split_seed": dataset.split_seed + seed if dataset.split_method == "region" else None,
+            "test_regions": sorted(int(h) for h in index.loc[index["split"] == "test", "HARPNUM"].unique()),
         },
         "normalisation": normalisation,
     }
+    # A checkpoint resumes only the same data, target and split.
+    split_digest = hashlib.sha256(json.dumps(sidecar["split"], sort_keys=True).encode()).hexdigest()[:16]
     if model_name == "everest":
         probabilities, details, network = _train_transformer(
             inputs, targets, out_dir, seed, EverestSettings.from_config(model_options),
             FlareTrainerSettings.from_config(training_options), threads, work_dir, progress,
-            run_key=f"{target}:{sidecar['data']['index_sha256']}",
+            run_key=f"{target}:{sidecar['data']['index_sha256']}:{split_digest}:{dataset.drop_unobserved_horizon}",
         )
     else:
         probabilities, details = _train_baseline(inputs, targets, seed, BaselineSettings.from_config(model_options))

@@ -26,29 +26,56 @@ def _open_fraction(key: str, value: Any) -> float:
 
 @dataclasses.dataclass(frozen=True)
 class FlareDatasetSettings(Settings):
-    """Windows of SHARP keywords and their split (config ``flares.dataset``).
+    """Windows of SHARP keywords and each experiment's split (config ``flares.dataset``).
 
     Keys
     ----
     window_steps : int, default 10
         Samples per input window.
     cadence_minutes : int, default 60
-        SHARP samples are resampled to this cadence.
+        Each region's keyword series is resampled to this cadence: every whole multiple of it since
+        1970 (UTC) takes the nearest record (real SHARP series have 12-min records).
+    resample_tolerance_minutes : float, default 6
+        Largest distance between a grid time and the record that fills it, under half the cadence;
+        a grid time without a record this close is a gap, and no window spans a gap.
+    max_longitude : float or null, default 70
+        Drop keyword records whose ``|LON_FWT|`` (Stonyhurst longitude, degrees) is not below this:
+        near the limb the keywords are foreshortened and noisy. The keyword table then needs a
+        ``LON_FWT`` column; null keeps every record.
+    drop_unobserved_horizon : bool, default true
+        Leave out of an experiment the windows whose prediction horizon runs past their region's last
+        record: flares of a region that has crossed the west limb would make them false negatives.
     stride : int, default 1
         Steps between consecutive window ends (1: every window).
+    split_method : {"region", "time"}, default "region"
+        ``region``: regions shuffled with seed ``split_seed`` + the experiment's seed, stratified by
+        their strongest flare, so each seed tests on other regions; train and test regions are then on
+        the disk at the same time. ``time``: regions ordered by their first record, the earliest to
+        train, then validation, then test; the same split for every seed.
     split_fractions : mapping, default {train: 0.6, validation: 0.2, test: 0.2}
         Shares of the active regions in each split.
     split_seed : int, default 7
+        Base seed of the region split; experiment seed s splits with ``split_seed + s``.
     """
 
     PREFIX: ClassVar[str] = "flares.dataset"
 
     window_steps: int = setting(10, number(2, integer=True))
     cadence_minutes: int = setting(60, number(1, integer=True))
+    resample_tolerance_minutes: float = setting(6.0, number(0.0))
+    max_longitude: float | None = setting(70.0, optional(number(0.0, 90.0, low_open=True)))
+    drop_unobserved_horizon: bool = setting(True, flag)
     stride: int = setting(1, number(1, integer=True))
+    split_method: str = setting("region", choice("region", "time"))
     split_fractions: dict[str, float] = setting({"train": 0.6, "validation": 0.2, "test": 0.2},
                                                 fractions("train", "validation", "test"))
     split_seed: int = setting(7, number(0, integer=True))
+
+    def validate(self, prefix: str) -> None:
+        if not 2 * self.resample_tolerance_minutes < self.cadence_minutes:
+            raise ConfigError(f"{prefix}.resample_tolerance_minutes",
+                              f"must be under half the cadence ({self.cadence_minutes} min), "
+                              f"got {self.resample_tolerance_minutes}")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -7,7 +7,10 @@ Keyword table (``.csv`` or ``.parquet``)
     One row per HARP and sample time. Columns ``timestamp`` (ISO-8601 UTC such
     as ``2012-03-07T00:00:00Z``, or a datetime column in Parquet; times without
     a zone are taken as UTC), ``HARPNUM`` (integer) and the nine keywords of
-    :data:`SHARP_KEYWORDS` (floats, SHARP units). Extra columns are ignored.
+    :data:`SHARP_KEYWORDS` (floats, SHARP units). Optional: ``LON_FWT``, the
+    SHARP keyword for the Stonyhurst longitude (degrees) of the region's
+    flux-weighted centre, which the limb cut of the dataset needs (empty cells
+    are NaN). Other columns are ignored.
 
 Flare-event table (``.csv`` or ``.parquet``)
     One row per flare. Columns ``HARPNUM`` (empty for flares that were not
@@ -52,6 +55,8 @@ SHARP_KEYWORDS: tuple[str, ...] = (
 FLARE_CLASS_THRESHOLDS: dict[str, float] = {"C": 1e-6, "M": 1e-5, "M5": 5e-5}
 
 KEYWORD_COLUMNS: tuple[str, ...] = ("timestamp", "HARPNUM", *SHARP_KEYWORDS)
+# Stonyhurst longitude of the flux-weighted centre (SHARP keyword), degrees; optional in a keyword table.
+LONGITUDE_COLUMN = "LON_FWT"
 EVENT_COLUMNS: tuple[str, ...] = ("HARPNUM", "peak_time", "goes_class")
 
 # Decimal exponent of each GOES class letter: A1.0 = 1e-8 W/m^2 ... X1.0 = 1e-4 W/m^2.
@@ -126,11 +131,13 @@ def _row_label(path: Path, position: int) -> str:
     return f"row {position + 1}"
 
 
-def _read_table(path: Path, required: tuple[str, ...], string_columns: tuple[str, ...]) -> pd.DataFrame:
-    """Read the ``required`` columns of a CSV or Parquet file; every failure names the file.
+def _read_table(
+    path: Path, required: tuple[str, ...], string_columns: tuple[str, ...], optional: tuple[str, ...] = ()
+) -> pd.DataFrame:
+    """Read the ``required`` columns (and those of ``optional`` present) of a CSV or Parquet file.
 
-    ``string_columns`` are read from CSV as text so that their own parsers can
-    report the first bad value and its line.
+    Every failure names the file. ``string_columns`` are read from CSV as text
+    so that their own parsers can report the first bad value and its line.
     """
     if not path.is_file():
         raise InputDataError(path, "file not found")
@@ -147,14 +154,15 @@ def _read_table(path: Path, required: tuple[str, ...], string_columns: tuple[str
         else:
             columns = pq.read_schema(path).names
         missing = [name for name in required if name not in columns]
+        wanted = [*required, *(name for name in optional if name in columns)]
         if not missing:
             if kind == "CSV":
                 # pyarrow's reader is strict: a row with too few fields (a truncated file) is an error.
-                types = {name: pa.string() if name in string_columns else pa.float64() for name in required}
-                options = pa_csv.ConvertOptions(column_types=types, include_columns=list(required))
+                types = {name: pa.string() if name in string_columns else pa.float64() for name in wanted}
+                options = pa_csv.ConvertOptions(column_types=types, include_columns=wanted)
                 table = pa_csv.read_csv(path, convert_options=options)
             else:
-                table = pq.read_table(path, columns=list(required))
+                table = pq.read_table(path, columns=wanted)
     except (pa.ArrowException, OSError, ValueError, csv.Error) as exc:
         raise InputDataError(path, f"cannot read as {kind}: {exc}") from exc
     if missing:
@@ -225,7 +233,8 @@ def read_keyword_table(path: str | Path) -> tuple[pd.DataFrame, dict]:
 
     Rows with a NaN or infinite value in any keyword are dropped (real SHARP
     series have such samples); the drop is counted in the report and logged at
-    WARNING. Everything else that is wrong is an error.
+    WARNING. A NaN ``LON_FWT`` does not drop a row. Everything else that is
+    wrong is an error.
 
     Parameters
     ----------
@@ -235,8 +244,9 @@ def read_keyword_table(path: str | Path) -> tuple[pd.DataFrame, dict]:
     Returns
     -------
     table : pandas.DataFrame
-        Columns ``timestamp`` (datetime64[ns, UTC]), ``HARPNUM`` (int64) and the
-        keywords (float64), sorted by HARPNUM then timestamp, with a fresh index.
+        Columns ``timestamp`` (datetime64[ns, UTC]), ``HARPNUM`` (int64), the
+        keywords (float64) and, when the file has it, ``LON_FWT`` (float64),
+        sorted by HARPNUM then timestamp, with a fresh index.
     report : dict
         ``rows_read``, ``rows_dropped_nan``, ``rows_kept``, ``regions``.
 
@@ -249,7 +259,7 @@ def read_keyword_table(path: str | Path) -> tuple[pd.DataFrame, dict]:
         or no rows (before or after the NaN drop).
     """
     path = Path(path)
-    raw = _read_table(path, KEYWORD_COLUMNS, string_columns=("timestamp", "HARPNUM"))
+    raw = _read_table(path, KEYWORD_COLUMNS, string_columns=("timestamp", "HARPNUM"), optional=(LONGITUDE_COLUMN,))
     if raw.empty:
         raise InputDataError(path, "table has no data rows")
     harpnum = _parse_harpnums(raw["HARPNUM"], path)
@@ -263,6 +273,8 @@ def read_keyword_table(path: str | Path) -> tuple[pd.DataFrame, dict]:
             **{name: _parse_floats(raw[name], path, name) for name in SHARP_KEYWORDS},
         }
     )
+    if LONGITUDE_COLUMN in raw.columns:
+        table[LONGITUDE_COLUMN] = _parse_floats(raw[LONGITUDE_COLUMN], path, LONGITUDE_COLUMN)
     extra = table.duplicated(["HARPNUM", "timestamp"], keep="first").to_numpy()
     if extra.any():
         first = np.flatnonzero(extra)[0]

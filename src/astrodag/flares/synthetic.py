@@ -26,7 +26,8 @@ Keywords
     ABSNJZH ~1-1000 G^2/m, R_VALUE 0-5.5 (exactly 0 for simple regions) and a
     signed MEANALP of ~0.01-0.1 1/Mm. Each sample gets multiplicative
     measurement noise that grows towards the limb, where extensive quantities
-    are also slightly underestimated. A few samples per 1000 hold a NaN (the
+    are also slightly underestimated. Each sample also carries its region's
+    Stonyhurst longitude (``LON_FWT``, -80 to 90 deg). A few samples per 1000 hold a NaN (the
     whole row or one keyword) and observation gaps of a few hours (rarely a
     day) remove samples, as in real SHARP series.
 Flares
@@ -61,6 +62,7 @@ from tqdm.auto import tqdm
 
 from astrodag.flares.sharp import (
     FLARE_CLASS_THRESHOLDS,
+    LONGITUDE_COLUMN,
     SHARP_KEYWORDS,
     goes_class_to_flux,
     goes_classes_from_flux,
@@ -158,8 +160,8 @@ def _flare_fluxes(rng: np.random.Generator, n: int) -> np.ndarray:
 def _simulate_chunk(rng: np.random.Generator, p: dict[str, np.ndarray], dt_hours: float):
     """Keyword samples and flares of one chunk of regions on a padded (region, step) grid.
 
-    Returns the keyword array (n_samples, 9) with region index and step of each
-    kept sample, and the region index, step and peak flux of each flare.
+    Returns the keyword array (n_samples, 9) with the longitude, region index and
+    step of each kept sample, and the region index, step and peak flux of each flare.
     """
     n, width = len(p["n_steps"]), int(p["n_steps"].max())
     lag = max(1, round(_GROWTH_HOURS / dt_hours))
@@ -237,6 +239,7 @@ def _simulate_chunk(rng: np.random.Generator, p: dict[str, np.ndarray], dt_hours
     kept_cells = np.flatnonzero(kept)
     return (
         values[kept_cells],
+        longitude.ravel()[kept_cells],
         kept_cells // width,
         kept_cells % width,
         flare_cells // width,
@@ -270,9 +273,9 @@ def simulate_sharp_dataset(
     Returns
     -------
     keywords : pandas.DataFrame
-        ``timestamp`` (datetime64[ns, UTC]), ``HARPNUM`` (int64) and the nine
-        :data:`~astrodag.flares.sharp.SHARP_KEYWORDS` (float64, some NaN),
-        sorted by HARPNUM then timestamp, with gaps.
+        ``timestamp`` (datetime64[ns, UTC]), ``HARPNUM`` (int64), the nine
+        :data:`~astrodag.flares.sharp.SHARP_KEYWORDS` (float64, some NaN) and
+        ``LON_FWT`` (float64, degrees), sorted by HARPNUM then timestamp, with gaps.
     events : pandas.DataFrame
         ``HARPNUM`` (nullable Int64, empty for unassigned flares),
         ``peak_time`` (datetime64[ns, UTC], whole minutes) and ``goes_class``
@@ -296,15 +299,16 @@ def simulate_sharp_dataset(
     region_seed, event_seed, *chunk_seeds = np.random.SeedSequence(seed).spawn(2 + n_chunks)
     regions = _draw_regions(np.random.default_rng(region_seed), n_regions, dt_hours)
 
-    samples, sample_region, sample_step, flare_region, flare_step, flare_flux = ([] for _ in range(6))
+    samples, longitudes, sample_region, sample_step, flare_region, flare_step, flare_flux = ([] for _ in range(7))
     chunks = tqdm(chunk_seeds, desc="simulating regions", unit="chunk", disable=not progress)
     for chunk, chunk_seed in enumerate(chunks):
         first = chunk * _CHUNK_REGIONS
         part = {name: column[first : first + _CHUNK_REGIONS] for name, column in regions.items()}
-        values, s_region, s_step, f_region, f_step, f_flux = _simulate_chunk(
+        values, longitude, s_region, s_step, f_region, f_step, f_flux = _simulate_chunk(
             np.random.default_rng(chunk_seed), part, dt_hours
         )
         samples.append(values)
+        longitudes.append(longitude)
         sample_region.append(s_region + first)
         sample_step.append(s_step)
         flare_region.append(f_region + first)
@@ -321,6 +325,7 @@ def simulate_sharp_dataset(
             "timestamp": pd.to_datetime(sample_ns, utc=True).as_unit("ns"),
             "HARPNUM": regions["harpnum"][sample_region].astype(np.int64),
             **dict(zip(SHARP_KEYWORDS, np.concatenate(samples).T, strict=True)),
+            LONGITUDE_COLUMN: np.concatenate(longitudes),
         }
     )
 
