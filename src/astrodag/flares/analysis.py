@@ -470,10 +470,11 @@ def render_report(results, summary, comparison, cost, models, confidence, n_resa
         "",
         to_markdown(table),
         "",
-        f"Calibration: the models weigh positives up to parity in training, so their raw probabilities overstate "
-        f"flare rates. ECE (15 equal-width bins) and Brier score are shown after a {calibration} map fitted on each "
-        "experiment's validation split and applied to its test split (ECE raw: before it). The map is monotone, so "
-        "the thresholds, TSS and ranking metrics do not change.",
+        "Calibration: trained with positives weighted up to parity (the baseline's balanced class weights, the "
+        "transformer's `balance_classes`), the models' raw probabilities overstate flare rates. ECE (15 equal-width "
+        f"bins) and Brier score are shown after a {calibration} map fitted on each experiment's validation split and "
+        "applied to its test split (ECE raw: before it). Thresholds, TSS and the ranking metrics are those of the raw "
+        "probabilities.",
         "",
         "![TSS heatmap](tss_heatmap_everest.png)" if "everest" in models else "",
         "",
