@@ -143,7 +143,7 @@ def test_analysis_reports_intervals_and_the_paired_comparison(dataset, tmp_path)
     assert set(tss["model"]) == {"everest", "baseline"} and (tss["n"] == 3).all()
     assert (tss["t_ci_low"] <= tss["mean"]).all() and (tss["mean"] <= tss["t_ci_high"]).all()
     paired = pd.read_csv(tmp_path / "analysis" / "paired_tests.csv")
-    assert len(paired) == 1 and paired["n"].iloc[0] == 3
+    assert len(paired) == 1 and paired["seeds"].iloc[0] == 3
     report = (tmp_path / "analysis" / "report.md").read_text()
     assert "EVEREST transformer" in report and "logistic baseline" in report
     assert (tmp_path / "analysis" / "tss_heatmap_everest.png").stat().st_size > 0

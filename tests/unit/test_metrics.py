@@ -7,7 +7,11 @@ import warnings
 import numpy as np
 import pandas as pd
 import pytest
-from sklearn.calibration import calibration_curve
+import statsmodels.api as sm
+from scipy.special import expit, logit
+from sklearn.base import BaseEstimator, ClassifierMixin
+from sklearn.calibration import CalibratedClassifierCV, calibration_curve
+from sklearn.frozen import FrozenEstimator
 from sklearn.metrics import (
     accuracy_score,
     average_precision_score,
@@ -25,7 +29,10 @@ from astrodag.evaluation.metrics import (
     calibration_errors,
     confusion_counts,
     curve_points,
+    fit_recalibration,
     measure_latency,
+    rates_from_count_array,
+    rates_from_counts,
     reliability_curve,
 )
 
@@ -211,3 +218,72 @@ def test_binary_metrics_accepts_pandas(noisy):
     y_true, y_prob = noisy
     from_series = binary_metrics(pd.Series(y_true), pd.Series(y_prob))
     assert from_series == pytest.approx(binary_metrics(y_true, y_prob), nan_ok=True)
+
+
+def test_rates_from_count_array_matches_rates_from_counts_and_is_nan_without_a_class():
+    counts = np.array([[[5, 2, 30, 3], [0, 1, 9, 0]], [[4, 0, 0, 1], [1, 1, 1, 1]]], dtype=float)
+    rates = rates_from_count_array(counts)
+    expected = rates_from_counts(*np.moveaxis(counts, -1, 0))
+    defined = np.array([[True, False], [False, True]])
+    for key, value in expected.items():
+        np.testing.assert_allclose(rates[key][defined], value[defined])
+        assert np.isnan(rates[key][~defined]).all()
+    with pytest.raises(ValueError, match="tp, fp, tn, fn"):
+        rates_from_count_array(np.zeros((3, 5)))
+
+
+class _Scores(ClassifierMixin, BaseEstimator):
+    """A fitted 'classifier' whose probability is its single input column (for CalibratedClassifierCV)."""
+
+    classes_ = np.array([0, 1])
+
+    def fit(self, X, y):
+        return self
+
+    def __sklearn_is_fitted__(self):
+        return True
+
+    def predict_proba(self, X):
+        p = np.asarray(X, dtype=float)[:, 0]
+        return np.column_stack([1 - p, p])
+
+    def predict(self, X):
+        return (self.predict_proba(X)[:, 1] >= 0.5).astype(int)
+
+
+@pytest.fixture
+def reweighted():
+    """Calibrated probabilities whose odds a 9:1 reweighting of positives inflated, with their labels."""
+    rng = np.random.default_rng(7)
+    truth = expit(rng.normal(-2.5, 1.5, 4000))
+    labels = rng.random(4000) < truth
+    return labels.astype(int), expit(logit(truth) + np.log(9.0))
+
+
+def test_isotonic_recalibration_is_calibrated_classifier_cv(reweighted):
+    labels, prob = reweighted
+    fit, test = slice(0, 2000), slice(2000, None)
+    ours = fit_recalibration(labels[fit], prob[fit], "isotonic")(prob[test])
+    # ensemble=False: one calibrator on all the (frozen) model's predictions, not an average over folds.
+    reference = CalibratedClassifierCV(FrozenEstimator(_Scores()), method="isotonic", ensemble=False)
+    reference.fit(prob[fit, None], labels[fit])
+    np.testing.assert_allclose(ours, reference.predict_proba(prob[test, None])[:, 1])
+
+
+def test_platt_recalibration_is_the_logistic_fit_on_the_logit(reweighted):
+    labels, prob = reweighted
+    recalibrate = fit_recalibration(labels, prob, "platt")
+    model = sm.Logit(labels, sm.add_constant(logit(prob))).fit(disp=0)
+    intercept, slope = model.params
+    np.testing.assert_allclose(recalibrate(prob), model.predict(sm.add_constant(logit(prob))), atol=1e-5)
+    # It undoes the reweighting: slope 1, intercept -log 9 within their errors; the ECE drops.
+    assert slope == pytest.approx(1.0, abs=3 * model.bse[1])
+    assert intercept == pytest.approx(-np.log(9.0), abs=3 * model.bse[0])
+    assert calibration_errors(labels, recalibrate(prob))[0] < 0.2 * calibration_errors(labels, prob)[0]
+
+
+def test_recalibration_validates():
+    with pytest.raises(ValueError, match="method"):
+        fit_recalibration([0, 1], [0.2, 0.8], "beta")
+    with pytest.raises(ValueError, match="both classes"):
+        fit_recalibration([0, 0], [0.2, 0.8])

@@ -9,7 +9,7 @@ from matplotlib.figure import Figure
 
 from astrodag.evaluation import confusion_counts, select_threshold, sweep_thresholds
 from astrodag.io import save_figure
-from astrodag.reporting import figures, format_interval, format_mean_std, to_markdown
+from astrodag.reporting import figures, format_interval, format_mean_std, format_pvalue, to_markdown
 
 
 def _predictions(seed: int, skill: float, n: int = 300):
@@ -144,3 +144,10 @@ def test_format_mean_std():
     assert format_mean_std(0.7123, 0.0312) == "0.712 ± 0.031"
     assert format_mean_std(np.float64(0.5), np.nan) == "0.500 ± n/a"
     assert format_mean_std(None, 0.1) == "n/a"
+
+
+def test_format_pvalue_shows_the_smallest_reachable_value():
+    assert format_pvalue(0.03125, 0.0625 / 2) == "0.0312 (min 0.0312)"
+    assert format_pvalue(0.0001, 1 / 10000) == "0.0001 (min 0.0001)"
+    assert format_pvalue(0.5, np.nan) == "0.5 (min n/a)"
+    assert format_pvalue(np.nan, 0.25) == "n/a"

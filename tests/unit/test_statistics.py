@@ -10,8 +10,10 @@ import pytest
 from scipy import stats
 from sklearn.metrics import roc_auc_score
 
+from astrodag.evaluation.metrics import rates_from_count_array
 from astrodag.evaluation.statistics import (
     auc_p_value,
+    block_bootstrap,
     paired_comparison,
     resolvable_auc,
     summarize,
@@ -167,3 +169,88 @@ def test_resolvable_auc_inverts_the_untied_p_value():
         assert 0.5 < auc < 0.75
     assert resolvable_auc(716, 716) == pytest.approx(0.5 + 1.645 * math.sqrt(1433 / 12) / 716, abs=1e-3)
     assert np.isnan(resolvable_auc(0, 3))
+
+
+def test_paired_comparison_sign_flip_test_and_its_smallest_p_value():
+    a = np.array([0.71, 0.68, 0.74, 0.70, 0.69])
+    b = np.array([0.69, 0.66, 0.70, 0.66, 0.68])
+    result = paired_comparison(a, b)
+    # All five differences positive: only the identity and the all-flipped of the 2**5 sign patterns are as extreme.
+    assert result["sign_flip_pvalue"] == pytest.approx(2 / 2**5)
+    assert result["exact_min_pvalue"] == pytest.approx(0.0625)
+    diff = np.array([0.02, -0.01, 0.04, 0.03])
+    signs = np.array(np.meshgrid(*[[-1, 1]] * 4)).reshape(4, -1).T
+    by_hand = np.mean(np.abs((signs * diff).mean(axis=1)) >= abs(diff.mean()) - 1e-12)
+    assert paired_comparison(diff, np.zeros(4))["sign_flip_pvalue"] == pytest.approx(by_hand)
+
+
+def _tss(sums):
+    return {"tss": rates_from_count_array(sums)["tss"]}
+
+
+def _harp_counts(rng, n_harps=40, skill=0.6):
+    """(n_harps, 4) confusion counts (tp, fp, tn, fn): every fourth HARP flares."""
+    counts = np.zeros((n_harps, 4))
+    for harp in range(n_harps):
+        windows = rng.integers(5, 30)
+        positives = rng.binomial(windows, 0.5) if harp % 4 == 0 else 0
+        caught = rng.binomial(positives, skill)
+        false_alarms = rng.binomial(windows - positives, 0.1)
+        counts[harp] = caught, false_alarms, windows - positives - false_alarms, positives - caught
+    return counts
+
+
+def test_block_bootstrap_matches_scipy_bootstrap_over_blocks():
+    counts = _harp_counts(np.random.default_rng(1))
+    boot = block_bootstrap({"model": counts[None]}, _tss, n_resamples=20000, seed=3)
+    assert boot.estimates["model"]["tss"] == pytest.approx(_tss(counts.sum(axis=0))["tss"])
+    reference = stats.bootstrap(
+        tuple(counts.T), lambda *columns, axis=-1: _tss(np.stack([c.sum(axis=axis) for c in columns], -1))["tss"],
+        paired=True, n_resamples=20000, method="percentile", rng=np.random.default_rng(4),
+    ).confidence_interval
+    low, high = boot.interval("model", "tss")
+    # Two independent Monte Carlo runs of the same percentile interval.
+    assert low == pytest.approx(reference.low, abs=0.01) and high == pytest.approx(reference.high, abs=0.01)
+    assert high - low > 0.1
+
+
+def test_block_bootstrap_pairs_models_and_runs_on_the_same_blocks():
+    counts = _harp_counts(np.random.default_rng(2))
+    identical = block_bootstrap({"a": counts[None], "b": counts[None]}, _tss, n_resamples=500)
+    same = identical.difference("a", "b", "tss")
+    assert same["difference"] == 0 and same["ci_low"] == same["ci_high"] == 0 and same["pvalue"] == 1
+    # A block tested under two runs keeps one weight: two runs on the same blocks are no more precise than one.
+    one = block_bootstrap({"m": counts[None]}, _tss, n_resamples=500, seed=5)
+    two = block_bootstrap({"m": np.stack([counts, counts])}, _tss, n_resamples=500, seed=5)
+    np.testing.assert_allclose(two.draws["m"]["tss"], one.draws["m"]["tss"])
+
+
+def test_block_bootstrap_p_value_and_its_floor():
+    counts = _harp_counts(np.random.default_rng(3))
+    perfect = counts.copy()
+    perfect[:, 0] += perfect[:, 3]
+    perfect[:, 3] = 0
+    perfect[:, 2] += perfect[:, 1]
+    perfect[:, 1] = 0
+    boot = block_bootstrap({"perfect": perfect[None], "model": counts[None]}, _tss, n_resamples=999)
+    result = boot.difference("perfect", "model", "tss")
+    assert result["pvalue"] == result["min_pvalue"] == pytest.approx(1 / 1000)
+    assert result["resamples"] == 999 and result["ci_low"] > 0
+
+
+def test_block_bootstrap_drops_resamples_without_positives():
+    counts = np.array([[3.0, 1.0, 10.0, 1.0], [0.0, 2.0, 20.0, 0.0]])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        boot = block_bootstrap({"m": counts[None]}, _tss, n_resamples=400)
+    draws = boot.draws["m"]["tss"]
+    # Drawing the flare-free HARP twice (probability 1/4) leaves no positives: TSS undefined there.
+    assert 0.15 < np.isnan(draws).mean() < 0.35
+    assert np.all(np.isfinite(boot.interval("m", "tss")))
+
+
+def test_block_bootstrap_validates():
+    with pytest.raises(ValueError, match="shape"):
+        block_bootstrap({"a": np.zeros((1, 3, 4)), "b": np.zeros((1, 2, 4))}, _tss)
+    with pytest.raises(ValueError, match="n_resamples"):
+        block_bootstrap({"a": np.zeros((1, 3, 4))}, _tss, n_resamples=0)

@@ -222,10 +222,12 @@ rule analyze_flare_study:
         confidence=FLARES["analysis"]["confidence"],
         resamples=FLARES["analysis"]["bootstrap_resamples"],
         seed=FLARES["analysis"]["seed"],
+        calibration=FLARES["analysis"]["calibration"],
     shell:
         "python -m astrodag flares compare --results {input.results} --predictions {input.predictions}"
         " --out-dir {params.out_dir} --confidence {params.confidence}"
-        " --bootstrap-resamples {params.resamples} --seed {params.seed} --log {log}"
+        " --bootstrap-resamples {params.resamples} --seed {params.seed}"
+        " --calibration {params.calibration} --log {log}"
 
 
 rule flares:

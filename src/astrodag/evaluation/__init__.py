@@ -1,19 +1,24 @@
-"""Model evaluation: metrics, thresholds, completeness curves, run-to-run statistics and AUC significance."""
+"""Model evaluation: metrics, recalibration, thresholds, completeness, run-to-run and block-bootstrap statistics."""
 
 from astrodag.evaluation.completeness import completeness_curve, recall_interval
 from astrodag.evaluation.metrics import (
+    CALIBRATION_METHODS,
     binary_metrics,
     calibration_errors,
     check_binary_inputs,
     confusion_counts,
     curve_points,
+    fit_recalibration,
     measure_latency,
+    rates_from_count_array,
     rates_from_counts,
     reliability_curve,
 )
 from astrodag.evaluation.statistics import (
     CHANCE_LEVEL,
+    BlockBootstrap,
     auc_p_value,
+    block_bootstrap,
     paired_comparison,
     resolvable_auc,
     summarize,
@@ -35,22 +40,27 @@ from astrodag.evaluation.thresholds import (
 )
 
 __all__ = [
+    "CALIBRATION_METHODS",
     "CHANCE_LEVEL",
     "EVEREST_WEIGHTS",
     "WEIGHTABLE_METRICS",
+    "BlockBootstrap",
     "auc_p_value",
     "binary_metrics",
+    "block_bootstrap",
     "calibration_errors",
     "check_binary_inputs",
     "completeness_curve",
     "confusion_counts",
     "curve_points",
     "equal_error_threshold",
+    "fit_recalibration",
     "max_tss_threshold",
     "measure_latency",
     "paired_comparison",
     "rates_at",
     "recall_interval",
+    "rates_from_count_array",
     "rates_from_counts",
     "reliability_curve",
     "resolvable_auc",

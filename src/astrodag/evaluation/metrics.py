@@ -1,4 +1,4 @@
-"""Binary-classification metrics, calibration, curves and inference latency.
+"""Binary-classification metrics, calibration and recalibration, curves and inference latency.
 
 The positive class is 1 throughout. Labels may be given as 0/1 numbers or
 booleans; probabilities are the model's estimate of P(y = 1) and must lie in
@@ -14,6 +14,9 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+from scipy.special import logit
+from sklearn.isotonic import IsotonicRegression
+from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import (
     average_precision_score,
     brier_score_loss,
@@ -21,6 +24,10 @@ from sklearn.metrics import (
     roc_auc_score,
     roc_curve,
 )
+
+CALIBRATION_METHODS = ("platt", "isotonic")
+# Probabilities are clipped this far from 0 and 1 before the logit, so that saturated outputs stay finite.
+LOGIT_EPSILON = 1e-12
 
 
 def check_binary_inputs(y_true, y_prob) -> tuple[np.ndarray, np.ndarray]:
@@ -124,6 +131,28 @@ def rates_from_counts(tp, fp, tn, fn) -> dict[str, np.ndarray]:
     }
 
 
+def rates_from_count_array(counts) -> dict[str, np.ndarray]:
+    """`rates_from_counts` over an array of confusion counts, NaN where a class is absent.
+
+    Parameters
+    ----------
+    counts : array-like of shape (..., 4)
+        tp, fp, tn, fn along the last axis (e.g. resampled sums of per-region counts).
+
+    Returns
+    -------
+    dict of str to ndarray of shape (...)
+        As `rates_from_counts`, except that every metric is NaN where there are no positives
+        (tp + fn == 0) or no negatives (fp + tn == 0): no skill score means anything there.
+    """
+    counts = np.asarray(counts, dtype=float)
+    if counts.shape[-1:] != (4,):
+        raise ValueError(f"counts must end in an axis of 4 (tp, fp, tn, fn), got shape {counts.shape}")
+    tp, fp, tn, fn = np.moveaxis(counts, -1, 0)
+    both_classes = (tp + fn > 0) & (fp + tn > 0)
+    return {key: np.where(both_classes, value, np.nan) for key, value in rates_from_counts(tp, fp, tn, fn).items()}
+
+
 def confusion_counts(y_true, y_pred) -> dict[str, int]:
     """Count true/false positives and negatives.
 
@@ -224,6 +253,43 @@ def calibration_errors(y_true, y_prob, n_bins: int = 15) -> tuple[float, float]:
     gaps = (curve["fraction_positive"] - curve["mean_predicted"]).abs().to_numpy()
     weights = curve["count"].to_numpy() / curve["count"].sum()
     return float(np.sum(weights * gaps)), float(gaps.max())
+
+
+def fit_recalibration(y_true, y_prob, method: str = "platt") -> Callable[[Any], np.ndarray]:
+    """Fit a monotone map from a model's probabilities to calibrated ones (on the validation split).
+
+    Parameters
+    ----------
+    y_true : array-like of shape (n,)
+        0/1 labels; both classes must be present.
+    y_prob : array-like of shape (n,)
+        The model's probabilities on the same samples.
+    method : {"platt", "isotonic"}, default "platt"
+        ``platt``: a logistic regression of the label on ``logit(p)`` (two parameters, scikit-learn's
+        ``LogisticRegression`` without penalty); it undoes a reweighting of the classes exactly, which
+        shifts the logit by a constant. ``isotonic``: scikit-learn's ``IsotonicRegression``, a step
+        function free of any shape assumption, which needs many positives not to overfit.
+
+    Returns
+    -------
+    callable
+        Maps probabilities (array-like) to recalibrated probabilities (ndarray).
+    """
+    if method not in CALIBRATION_METHODS:
+        raise ValueError(f"method must be one of {CALIBRATION_METHODS}, got {method!r}")
+    y_true, y_prob = check_binary_inputs(y_true, y_prob)
+    if not 0 < y_true.sum() < len(y_true):
+        raise ValueError("recalibration needs both classes in y_true")
+    if method == "isotonic":
+        isotonic = IsotonicRegression(y_min=0.0, y_max=1.0, increasing=True, out_of_bounds="clip").fit(y_prob, y_true)
+        return lambda prob: isotonic.predict(np.asarray(prob, dtype=float))
+
+    def feature(prob) -> np.ndarray:
+        return logit(np.clip(np.asarray(prob, dtype=float), LOGIT_EPSILON, 1.0 - LOGIT_EPSILON))[:, None]
+
+    # Two parameters: converge tightly (the default tol leaves the fit ~1e-3 off its optimum).
+    platt = LogisticRegression(C=np.inf, tol=1e-10, max_iter=1000).fit(feature(y_prob), y_true)
+    return lambda prob: platt.predict_proba(feature(prob))[:, 1]
 
 
 def binary_metrics(y_true, y_prob, threshold: float = 0.5, n_bins: int = 15) -> dict[str, float]:

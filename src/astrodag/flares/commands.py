@@ -96,7 +96,7 @@ def add_stages(stages) -> None:
                        help="metric weights of the score, e.g. '{tss: 0.4, f1: 0.2, ...}' (EVEREST default)")
 
     compare = add_stage(stages, "compare", _compare,
-                        "compare the models over seeds: statistics, paired tests, figures and the report")
+                        "compare the models: HARP-block bootstrap, tests over seeds, figures and the report")
     compare.add_argument("--results", type=Path, nargs="+", required=True, help="results.json of each experiment")
     compare.add_argument("--predictions", type=Path, nargs="+", required=True,
                          help="predictions.parquet of each experiment, in the same order")
@@ -107,6 +107,10 @@ def add_stages(stages) -> None:
                          help="default: %(default)s")
     compare.add_argument("--seed", type=int, default=SettingDefault(ANALYSIS, "seed"),
                          help="seed of the bootstrap (default: %(default)s)")
+    compare.add_argument("--calibration", choices=("platt", "isotonic"),
+                         default=SettingDefault(ANALYSIS, "calibration"),
+                         help="recalibration fitted on validation before test calibration is reported "
+                              "(default: %(default)s)")
 
 
 def _longitude(text: str) -> float | None:
@@ -161,4 +165,4 @@ def _compare(args: argparse.Namespace) -> None:
     from astrodag.flares.analysis import analyze_study
 
     analyze_study(args.results, args.predictions, args.out_dir, confidence=args.confidence,
-                  n_resamples=args.bootstrap_resamples, seed=args.seed)
+                  n_resamples=args.bootstrap_resamples, seed=args.seed, calibration=args.calibration)

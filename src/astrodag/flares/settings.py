@@ -142,14 +142,21 @@ class SweepSettings(Settings):
 
 @dataclasses.dataclass(frozen=True)
 class FlareAnalysisSettings(Settings):
-    """Bootstrap intervals of the study's analysis (config ``flares.analysis``).
+    """Bootstrap intervals and recalibration of the study's analysis (config ``flares.analysis``).
 
     Keys
     ----
     confidence : float, default 0.95
         Level of the intervals, in (0, 1).
     bootstrap_resamples : int, default 9999
+        Resamples of the HARP-block bootstrap (and of the bootstrap over seeds); the smallest
+        bootstrap p-value is 1 / (resamples + 1).
     seed : int, default 0
+    calibration : {"platt", "isotonic"}, default "platt"
+        Map fitted on each experiment's validation split before its test calibration (ECE, Brier,
+        reliability) is reported. Platt (logistic on the logit) has two parameters, enough to undo
+        the training's reweighting of positives, and stays stable on the few dozen validation
+        positives of rare classes, where isotonic regression overfits.
     """
 
     PREFIX: ClassVar[str] = "flares.analysis"
@@ -157,3 +164,4 @@ class FlareAnalysisSettings(Settings):
     confidence: float = setting(0.95, _open_fraction)
     bootstrap_resamples: int = setting(9999, number(100, integer=True))
     seed: int = setting(0, number(0, integer=True))
+    calibration: str = setting("platt", choice("platt", "isotonic"))

@@ -17,16 +17,26 @@ from astrodag.io import read_table, write_json, write_table
 logger = logging.getLogger(__name__)
 
 PREDICTION_COLUMNS = ("split", "label", "probability")
+TRAINING_BUDGET_KEYS = ("epochs_run", "best_epoch", "stopped_early", "max_epochs", "early_stopping_patience")
 
 
-def read_predictions(path: str | Path) -> pd.DataFrame:
-    """Read an experiment's predictions and check the columns the sweep needs."""
+def read_predictions(path: str | Path, extra_columns: tuple[str, ...] = ()) -> pd.DataFrame:
+    """Read an experiment's predictions and check the columns the sweep needs, and ``extra_columns``."""
     path = Path(path)
-    frame = read_table(path, PREDICTION_COLUMNS, not_found="predictions file does not exist")
+    frame = read_table(path, (*PREDICTION_COLUMNS, *extra_columns), not_found="predictions file does not exist")
     for split in ("validation", "test"):
         if not (frame["split"] == split).any():
             raise InputDataError(path, f"no {split} predictions")
     return frame
+
+
+def training_budget(model_info: dict[str, Any]) -> dict[str, Any]:
+    """Epochs run, best epoch and early stopping of a trained network against its budget, from its sidecar.
+
+    Every value is None for a model without epochs (the logistic baseline, fitted to its optimum).
+    """
+    trainer = model_info.get("trainer", {})
+    return {key: model_info.get(key, trainer.get(key)) for key in TRAINING_BUDGET_KEYS}
 
 
 def sweep_experiment(
@@ -74,6 +84,7 @@ def sweep_experiment(
     results.update(
         {
             "latency_ms_per_sample": model_info.get("latency", {}).get("per_sample_ms"),
+            "training": training_budget(model_info),
             "threshold": threshold,
             "threshold_selected_on": "validation",
             "validation": metrics["validation"],

@@ -75,3 +75,16 @@ def format_mean_std(mean: float, std: float, digits: int = 3) -> str:
     if _number(mean, digits) == MISSING:
         return MISSING
     return f"{_number(mean, digits)} ± {_number(std, digits)}"
+
+
+def format_pvalue(pvalue: float, min_pvalue: float) -> str:
+    """Format a p-value with the smallest one its test can reach, e.g. ``"0.0312 (min 0.0001)"``.
+
+    A test with few resamples or pairs cannot give a small p-value whatever the data: an exact test
+    over 5 seeds stops at 0.0625, a bootstrap of 9999 resamples at 0.0001. Both are shown with three
+    significant digits; a missing p-value gives "n/a".
+    """
+    if _number(pvalue, 3) == MISSING:
+        return MISSING
+    minimum = "n/a" if _number(min_pvalue, 3) == MISSING else f"{float(min_pvalue):.3g}"
+    return f"{float(pvalue):.3g} (min {minimum})"
