@@ -142,15 +142,16 @@ def group_fields(pairs: pd.DataFrame, footprints: Mapping[str, np.ndarray | None
             link(i, j, None)
     if identities is not None and len(identities):
         known = identities[identities["pair_id"].isin(position)]
-        for column in (c for c in IDENTITY_COLUMNS if c in known.columns):
-            values = known[column].astype(str).str.strip()
-            usable = ~values.isin(("", "nan", "None", "<NA>"))
-            # obsids and checksums of the reference and science roles name one product namespace each
-            key = column.split("_", 1)[1] + ":" + values[usable]
-            for group in known[usable].groupby(key.to_numpy())["pair_id"]:
-                ids = [position[p] for p in group[1]]
-                for i, j in zip(ids[:-1], ids[1:]):
-                    link(i, j, "shared_observation")
+        # One product namespace per kind of key: a pair's science obsid may be another pair's reference obsid.
+        keys = pd.concat([pd.DataFrame({"pair_id": known["pair_id"],
+                                        "key": column.split("_", 1)[1] + ":" + known[column].astype(str).str.strip()})
+                          for column in IDENTITY_COLUMNS if column in known.columns], ignore_index=True)
+        empty = ("", "nan", "None", "<NA>")
+        keys = keys[~keys["key"].str.split(":", n=1).str[1].isin(empty)] if len(keys) else keys
+        for _, group in keys.groupby("key")["pair_id"] if len(keys) else ():
+            ids = [position[p] for p in group.unique()]
+            for i, j in zip(ids[:-1], ids[1:]):
+                link(i, j, "shared_observation")
     with_outline = [(position[p], np.asarray(c, float)) for p, c in footprints.items()
                     if p in position and c is not None and len(c)]
     if len(with_outline) > 1:
