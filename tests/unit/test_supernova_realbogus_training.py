@@ -9,8 +9,8 @@ import torch
 from realbogus_helpers import triplets, write_dataset
 
 from astrodag.errors import ConfigError, InputDataError
-from astrodag.supernova.realbogus import scoring
 from astrodag.evaluation.thresholds import equal_error_threshold, threshold_for_fnr
+from astrodag.supernova.realbogus import scoring
 from astrodag.supernova.realbogus.training import (
     RealBogusSettings,
     TripletDataset,
