@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -12,8 +13,9 @@ from astropy.wcs import WCS
 from astrodag.supernova.imaging.triplets import normalise
 
 SIZE = 63
-INDEX_COLUMNS = ("split", "row", "pair_id", "sn_name", "mission", "filter", "label", "source", "x", "y", "ra", "dec",
-                 "significance", "augmentation")
+INDEX_COLUMNS = ("split", "row", "pair_id", "sn_name", "field", "mission", "filter", "label", "source", "x", "y", "ra",
+                 "dec", "significance", "augmentation")
+FIELD_ROWS = 8  # consecutive rows of a split that form one field (one SN): 2 missions x 2 labels x 2
 
 
 def _gaussian(size: int, x: float, y: float, sigma: float = 1.5) -> np.ndarray:
@@ -51,8 +53,13 @@ def triplets(n: int, seed: int = 0, size: int = SIZE) -> tuple[np.ndarray, np.nd
 
 
 def write_dataset(directory: Path, counts: dict[str, int] | None = None, seed: int = 0,
-                  missions: tuple[str, ...] = ("SWIFT", "PS1")) -> Path:
-    """A dataset folder like the dataset stage's: ``{split}.npy`` and ``index.parquet``."""
+                  missions: tuple[str, ...] = ("SWIFT", "PS1"), bogus_per_real: float = 1.0) -> Path:
+    """A dataset folder like the dataset stage's: ``{split}.npy``, ``index.parquet`` and ``summary.json``.
+
+    Every ``FIELD_ROWS`` consecutive rows of a split are one field (and supernova) holding each
+    mission; ``summary.json`` records ``bogus_per_real`` bogus triplets per real one before
+    subsampling (the survey base rate).
+    """
     counts = counts or {"train": 64, "validation": 32, "test": 32}
     directory.mkdir(parents=True, exist_ok=True)
     frames = []
@@ -60,12 +67,17 @@ def write_dataset(directory: Path, counts: dict[str, int] | None = None, seed: i
         array, labels = triplets(n, seed=seed + number)
         np.save(directory / f"{split}.npy", array)
         mission = np.array(missions)[(np.arange(n) // 2) % len(missions)]
+        field = np.array([f"SN {split} {i // FIELD_ROWS}" for i in range(n)])
         frames.append(pd.DataFrame({
-            "split": split, "row": np.arange(n), "pair_id": [f"SN_{split}__{m}__1_2" for m in mission],
-            "sn_name": f"SN {split}", "mission": mission, "filter": "V", "label": labels.astype(np.int8),
+            "split": split, "row": np.arange(n), "pair_id": [f"{f}__{m}__1_2" for f, m in zip(field, mission)],
+            "sn_name": field, "field": field, "mission": mission, "filter": "V", "label": labels.astype(np.int8),
             "source": np.where(labels == 1, "injected", "artefact"), "x": 100.0, "y": 100.0, "ra": 150.0,
             "dec": 2.0, "significance": 6.0, "augmentation": "none"}))
-    pd.concat(frames, ignore_index=True)[list(INDEX_COLUMNS)].to_parquet(directory / "index.parquet", index=False)
+    index = pd.concat(frames, ignore_index=True)[list(INDEX_COLUMNS)]
+    index.to_parquet(directory / "index.parquet", index=False)
+    real = int(index["label"].sum())
+    (directory / "summary.json").write_text(json.dumps({"available": {"real": real,
+                                                                      "bogus": round(bogus_per_real * real)}}))
     return directory
 
 

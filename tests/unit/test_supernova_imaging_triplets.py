@@ -86,7 +86,7 @@ def test_sn_outside_the_image_is_left_out(processed_pair, tmp_path):  # noqa: F8
 
 @pytest.fixture(scope="module")
 def triplet_files(processed_pair, tmp_path_factory):  # noqa: F811
-    """Triplets of four 'supernovae' (the same pair cut four times with different seeds)."""
+    """Triplets of four 'supernovae' in four fields (the same pair cut four times, moved 1 degree apart on the sky)."""
     pair_dir, _, _ = processed_pair
     ra, dec = _sn_position(processed_pair)
     root = tmp_path_factory.mktemp("triplets")
@@ -94,17 +94,24 @@ def triplet_files(processed_pair, tmp_path_factory):  # noqa: F811
     for seed, name in enumerate(SN_NAMES):
         path = root / f"{seed}.npz"
         cut_triplets(pair_dir, ra, dec, f"pair{seed}", name, "SYN", "g", seed=seed, out=path)
+        with np.load(path, allow_pickle=False) as npz:
+            arrays = {key: npz[key] for key in npz.files}
+        arrays["dec"] = arrays["dec"] + seed
+        np.savez(path, **arrays)
         files.append(path)
     return files
 
 
 def test_build_dataset(triplet_files, tmp_path):
-    settings = DatasetSettings.from_config({"bogus_per_real": 1.0, "augment_copies": 1, "previews": 4})
+    settings = DatasetSettings.from_config({"bogus_per_real": 1.0, "augment_copies": 1, "previews": 4,
+                                            "min_fields": 1})
     summary = build_dataset(triplet_files, tmp_path, settings, seed=3)
     index = pd.read_parquet(tmp_path / "index.parquet")
     assert tuple(index.columns) == INDEX_COLUMNS
-    # Split by supernova: each SN in exactly one split, every split used.
-    assert (index.groupby("sn_name")["split"].nunique() == 1).all() and index["split"].nunique() == 3
+    # Split by field (here one SN each): each in exactly one split, every split used.
+    assert (index.groupby("field")["split"].nunique() == 1).all() and index["split"].nunique() == 3
+    assert index["field"].nunique() == 4 and summary["field_links"] == {"shared_observation": 0, "sky_overlap": 0}
+    assert sum(summary["fields"][split]["n_fields"] for split in ("train", "validation", "test")) == 4
     for split in ("train", "validation", "test"):
         array = np.load(tmp_path / f"{split}.npy", mmap_mode="r")
         part = index[index["split"] == split]

@@ -9,10 +9,13 @@ import torch
 from realbogus_helpers import triplets, write_dataset
 
 from astrodag.errors import ConfigError, InputDataError
+from astrodag.evaluation.thresholds import equal_error_threshold, threshold_for_fnr
 from astrodag.supernova.realbogus import scoring
 from astrodag.supernova.realbogus.training import (
     RealBogusSettings,
     TripletDataset,
+    base_rate_metrics,
+    choose_threshold,
     evaluate_realbogus,
     load_splits,
     train_realbogus,
@@ -77,8 +80,15 @@ def test_easy_problem_is_separated_and_every_output_is_written(trained):
     assert [t["target_fnr"] for t in metrics["fnr_targets"]] == [0.01, 0.02, 0.05]
     for target in metrics["fnr_targets"]:  # chosen on validation, so the bound holds there
         assert target["validation_fnr"] <= target["target_fnr"] + 1e-12
+    # Four fields of 8 triplets in each split; the helper's survey has one bogus per real, so the base-rate
+    # figures equal the subsampled ones.
+    assert metrics["test"]["n_fields"] == metrics["validation"]["n_fields"] == 4
+    assert metrics["test"]["fields_per_mission"] == {"PS1": 4, "SWIFT": 4}
+    assert sidecar["threshold_rule"]["n_fields"] == 4 and sidecar["data"]["fields"]["train"]["n_fields"] == 16
+    assert metrics["at_base_rate"]["bogus_per_real"] == 1.0
+    assert metrics["at_base_rate"]["aucpr"] == pytest.approx(metrics["aucpr"])
     table = pd.read_csv(out / "evaluation" / "thresholds.csv")
-    assert "operating" in set(table["marker"].fillna(""))
+    assert table["marker"].fillna("").str.split("+").map(lambda marks: "operating" in marks).sum() == 1
 
 
 def test_bfloat16_scores_of_a_trained_model_agree_with_float32(trained):
@@ -130,17 +140,26 @@ def test_resnet_and_balanced_sampling_train(dataset, tmp_path):
     assert sidecar["loss"]["positive_weight"] == 1.0
 
 
-def test_cross_mission_experiment_records_and_uses_the_missions(dataset, tmp_path):
+def test_cross_mission_experiment_records_and_uses_the_missions(tmp_path):
+    dataset = write_dataset(tmp_path / "data", {"train": 64, "validation": 32, "test": 32})
+    index = pd.read_parquet(dataset / "index.parquet")
+    # One training-split field seen by PS1 only: training never saw its sky.
+    index.loc[index["field"] == "SN train 0", "mission"] = "PS1"
+    index.to_parquet(dataset / "index.parquet", index=False)
     settings = RealBogusSettings.from_config(QUICK)
     sidecar = train_realbogus(dataset, tmp_path / "m", "braai", 0, settings, missions_train=["SWIFT"],
                               missions_test=["PS1"], threads=1, progress=False)
     assert sidecar["missions"] == {"train": ["SWIFT"], "test": ["PS1"]}
-    assert sidecar["data"]["triplets"] == {"train": 64, "validation": 16}
+    assert sidecar["data"]["triplets"] == {"train": 28, "validation": 16}
     metrics = evaluate_realbogus(tmp_path / "m", dataset, tmp_path / "e", settings)
     assert metrics["test"]["missions"] == ["PS1"] and metrics["validation"]["missions"] == ["SWIFT"]
-    # PS1 was held out of training: all its triplets, of every split, are test triplets.
-    index = pd.read_parquet(dataset / "index.parquet")
-    assert metrics["test"]["n"] == int((index["mission"] == "PS1").sum())
+    # PS1 was held out of training: its triplets of every split are test triplets, but only in the fields
+    # (sky) that training and validation did not use.
+    trained_on = set(index.loc[(index["mission"] == "SWIFT") & (index["split"] != "test"), "field"])
+    tested = index[(index["mission"] == "PS1") & ~index["field"].isin(trained_on)]
+    assert metrics["test"]["n"] == len(tested) == 16 + 8
+    assert set(metrics["test"]["fields"]) == set(tested["field"]) and not set(metrics["test"]["fields"]) & trained_on
+    assert metrics["test"]["n_fields"] == 5 and metrics["per_mission"]["PS1"]["n_fields"] == 5
     assert set(metrics["per_mission"]) == {"PS1"}
     with pytest.raises(InputDataError, match=r"the train split for missions \['GALEX'\] holds no triplets"):
         train_realbogus(dataset, tmp_path / "g", "braai", 0, settings, missions_train=["GALEX"], progress=False)
@@ -179,3 +198,52 @@ def test_dataset_errors_name_the_file(dataset, tmp_path):
         train_realbogus(dataset, tmp_path / "m", "braai", 0, settings, progress=False)
     with pytest.raises(InputDataError, match="index.parquet: missing"):
         load_splits(tmp_path / "nowhere")
+
+
+def _validation_scores(n_real, n_bogus, unlearnable, seed=0):
+    """Scores of a decent model: reals near 0.8, bogus near 0.2, and ``unlearnable`` reals scored ~0.01."""
+    rng = np.random.default_rng(seed)
+    labels = np.r_[np.ones(n_real, int), np.zeros(n_bogus, int)]
+    scores = np.r_[rng.uniform(0.5, 1.0, n_real), rng.uniform(0.0, 0.5, n_bogus)]
+    scores[:unlearnable] = rng.uniform(0.005, 0.015, unlearnable)
+    return labels, scores
+
+
+def test_fnr_threshold_needs_enough_validation_reals_else_equal_error():
+    settings = RealBogusSettings.from_config({"target_fnr": 0.02, "fnr_min_misses": 5, "threshold_bootstrap": 200})
+    labels, scores = _validation_scores(60, 60, unlearnable=3)
+    fields = np.r_[np.arange(60) % 6, np.arange(60) % 6]
+    record = choose_threshold(labels, scores, settings, fields=fields, seed=1)
+    # 60 reals allow 1.2 misses at 2 %: three unlearnable reals would drag the FNR threshold to ~0.01.
+    assert threshold_for_fnr(labels, scores, 0.02) < 0.02
+    assert record["rule"] == "eer" and record["requested_rule"] == "fnr" and "fnr_min_misses=5" in \
+        record["fallback_reason"]
+    assert record["value"] == equal_error_threshold(labels, scores) > 0.3
+    assert record["n_real"] == 60 and record["n_fields"] == 6
+    low, high = record["interval95"]
+    assert low <= record["value"] <= high and "6 validation fields" in record["interval_method"]
+    assert record["validation_fnr_ci95"][0] <= record["validation_fnr"] <= record["validation_fnr_ci95"][1]
+    assert choose_threshold(labels, scores, settings, fields=fields, seed=1) == record
+
+    labels, scores = _validation_scores(300, 300, unlearnable=3)
+    record = choose_threshold(labels, scores, settings, fields=np.arange(600) % 10)
+    assert record["rule"] == "fnr" and record["fallback_reason"] is None
+    assert record["value"] == threshold_for_fnr(labels, scores, 0.02)
+
+
+def test_base_rate_metrics_equal_those_of_explicitly_replicated_bogus():
+    from sklearn.metrics import average_precision_score, precision_score
+
+    labels, scores = _validation_scores(40, 40, unlearnable=2, seed=3)
+    scores[40:45] = 0.9  # a few confident bogus: precision depends on the base rate
+    result = base_rate_metrics(labels, scores, 0.5, bogus_per_real=4.0)
+    replicated = np.r_[np.flatnonzero(labels == 1), np.repeat(np.flatnonzero(labels == 0), 4)]
+    y, p = labels[replicated], scores[replicated]
+    assert result["weight_of_bogus"] == 4.0
+    assert result["aucpr"] == pytest.approx(average_precision_score(y, p))
+    assert result["precision"] == pytest.approx(precision_score(y, p >= 0.5))
+    assert result["precision"] < precision_score(labels, scores >= 0.5)
+    # Unequal split sizes: the weight brings the split to the survey's ratio.
+    half = np.r_[np.arange(40), np.arange(40, 80, 2)]
+    assert base_rate_metrics(labels[half], scores[half], 0.5, 4.0)["weight_of_bogus"] == 8.0
+    assert base_rate_metrics(labels, scores, 0.5, None)["aucpr"] is None

@@ -79,6 +79,9 @@ rule cut_triplets:
 rule build_triplet_dataset:
     input:
         triplets=supernova_pair_files("triplets.npz"),
+        # Fields: pairs sharing an observation (pairs.csv) or sky (each frame's WCS) split together.
+        frames=supernova_pair_files("difference.fits"),
+        pairs=f"{SN_ARCHIVE}/pairs.csv",
         reviewed=reviewed_triplets,
     output:
         splits=expand(
@@ -106,7 +109,8 @@ rule build_triplet_dataset:
         ),
     shell:
         "python -m astrodag supernova build-dataset --triplets {input.triplets} {params.reviewed}"
-        " --out-dir {params.out_dir} --settings {params.settings:q} --seed {params.seed} --log {log}"
+        " --pairs {input.pairs} --out-dir {params.out_dir} --settings {params.settings:q} --seed {params.seed}"
+        " --log {log}"
 
 
 rule summarize_imaging:

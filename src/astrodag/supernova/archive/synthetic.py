@@ -226,7 +226,8 @@ class SurveySettings(Settings):
     science_days_after : [float, float]
         Days after the discovery of a post-discovery visit. Default [2, 60].
     extra_mission_probability : float
-        Chance that a further mission covering a supernova observes it too. Default 0.3.
+        Chance that a further mission covering a supernova observes it too. Default 0.5 (GALEX
+        and PS1 in several fields each, so that every real/bogus split can hold every mission).
     reference_probability : float
         Chance that a mission has pre-discovery visits of a supernova at all (many supernovae have
         no archival image from before). Default 0.8.
@@ -275,7 +276,7 @@ class SurveySettings(Settings):
     visits_after: tuple[int, int] = setting((1, 2), checks.interval(0, 20, integer=True))
     reference_days_before: tuple[float, float] = setting((20.0, 2000.0), checks.interval(0.0, 20000.0))
     science_days_after: tuple[float, float] = setting((2.0, 60.0), checks.interval(0.0, 20000.0))
-    extra_mission_probability: float = setting(0.3, checks.number(0.0, 1.0))
+    extra_mission_probability: float = setting(0.5, checks.number(0.0, 1.0))
     reference_probability: float = setting(0.8, checks.number(0.0, 1.0))
     sn_peak_mag: tuple[float, float] = setting((14.0, 16.5), checks.interval(5.0, 30.0))
     sn_rise_days: float = setting(15.0, checks.number(0.5, 100.0))

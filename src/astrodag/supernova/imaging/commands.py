@@ -57,6 +57,8 @@ def add_stages(stages) -> None:
     dataset.add_argument("--settings", type=json_or_yaml, default={},
                          help="supernova.dataset settings as JSON/YAML or @file")
     dataset.add_argument("--seed", type=int, default=0, help="seed of the split, subsampling and augmentation")
+    dataset.add_argument("--pairs", type=Path,
+                         help="pairs.csv of the pairing stage: pairs sharing an observation join one field")
 
     report = add_stage(stages, "report", _report, "the imaging track's report: pairs, recovery, candidates, triplets")
     report.add_argument("--pairs", type=Path, required=True, help="pairs.csv of the pairing stage")
@@ -131,7 +133,7 @@ def _build_dataset(args: argparse.Namespace) -> None:
     from astrodag.supernova.imaging.triplets import DatasetSettings, build_dataset
 
     summary = build_dataset(_triplet_files(args.triplets), args.out_dir, DatasetSettings.from_config(args.settings),
-                            seed=args.seed)
+                            seed=args.seed, pairs=args.pairs)
     logger.info("dataset: %s", json.dumps(summary["triplets"]))
 
 

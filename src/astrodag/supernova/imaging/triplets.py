@@ -22,19 +22,25 @@ outside the image) are dropped. Normalisation (``normalisation``), per channel:
 ``l2``
     ``x / ||x||_2`` (braai, Duev et al. 2019), valid pixels only.
 
-The dataset (:func:`build_dataset`) splits by supernova (all pairs of one SN in one split;
-seeded), subsamples the bogus examples of each split to at most ``bogus_per_real`` times its
-real ones, adds ``augment_copies`` augmented copies (a random non-identity flip/90-degree
-rotation) of each example of the ``augment_splits``, shuffles each split and writes
+The dataset (:func:`build_dataset`) splits by field (:mod:`astrodag.supernova.imaging.fields`:
+supernovae whose pairs share an observation or overlapping sky, so that no image and no patch
+of sky is in two splits; all pairs of one field in one split; seeded; :func:`assign_splits` puts
+every mission and ``min_fields`` fields in validation and test where the fields allow),
+subsamples the bogus examples of each split to at most ``bogus_per_real`` times its real ones,
+adds ``augment_copies`` augmented copies (a random non-identity flip/90-degree rotation) of each
+example of the ``augment_splits``, shuffles each split and writes
 ``{split}.npy`` (``(n, 3, size, size)`` float32, memory-mappable, filled pair by pair through
 ``numpy.lib.format.open_memmap`` so the dataset never has to fit in memory), ``index.parquet``
-(one row per array row), ``summary.json`` and ``previews/{split}.png``.
+(one row per array row, with its ``field``), ``summary.json`` (triplets, fields and missions
+per split, and the ``available`` real and bogus triplets before subsampling: the survey's base
+rate) and ``previews/{split}.png``.
 """
 
 from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar
@@ -46,6 +52,7 @@ from scipy.spatial import cKDTree
 from astrodag.errors import ConfigError, InputDataError
 from astrodag.io import atomic_path, read_table, save_figure, write_json, write_table
 from astrodag.settings import Settings, choice, fractions, number, optional, setting, subset
+from astrodag.supernova.imaging.fields import frame_footprint, group_fields, hull_footprint
 from astrodag.supernova.imaging.pipeline import pair_rng, read_products
 
 log = logging.getLogger(__name__)
@@ -53,8 +60,8 @@ log = logging.getLogger(__name__)
 SPLITS = ("train", "validation", "test")
 SOURCES = ("sn", "injected", "candidate", "artefact", "reviewed")
 CHANNELS = ("science", "reference", "difference")
-INDEX_COLUMNS = ("split", "row", "pair_id", "sn_name", "mission", "filter", "label", "source", "x", "y", "ra", "dec",
-                 "significance", "augmentation")
+INDEX_COLUMNS = ("split", "row", "pair_id", "sn_name", "field", "mission", "filter", "label", "source", "x", "y", "ra",
+                 "dec", "significance", "augmentation")
 TABLE_COLUMNS = ("label", "source", "x", "y", "ra", "dec", "significance")
 # The eight symmetries of the square: k quarter turns (numpy.rot90), then an optional left-right flip.
 _NOT_DETECTED = "missing: run the difference and detect stages for this pair first"
@@ -108,7 +115,10 @@ class DatasetSettings(Settings):
     Keys
     ----
     split_fractions : mapping, default {train: 0.7, validation: 0.15, test: 0.15}
-        Target fractions of triplets per split; whole supernovae are assigned (seeded).
+        Target fractions of triplets per split; whole fields are assigned (seeded).
+    min_fields : int, default 3
+        Fields wanted in each of the validation and test splits (as many as there are, leaving
+        train at least one); every mission goes to train, then test, then validation first.
     bogus_per_real : float or null, default 1.0
         Bogus examples kept per real one in each split (subsampled, seeded); null keeps all.
     augment_copies : int, default 1
@@ -122,6 +132,7 @@ class DatasetSettings(Settings):
     PREFIX: ClassVar[str] = "supernova.dataset"
 
     split_fractions: dict = setting({"train": 0.7, "validation": 0.15, "test": 0.15}, fractions(*SPLITS))
+    min_fields: int = setting(3, number(1, integer=True))
     bogus_per_real: float | None = setting(1.0, optional(number(0.0, low_open=True)))
     augment_copies: int = setting(1, number(0, 7, integer=True))
     augment_splits: tuple[str, ...] = setting(("train",), subset(*SPLITS))
@@ -292,25 +303,65 @@ def cut_triplets(pair_dir: str | Path, sn_ra: float, sn_dec: float, pair_id: str
 # --------------------------------------------------------------------------------------------
 
 
-def assign_splits(counts: pd.Series, fractions_: dict[str, float], rng: np.random.Generator) -> dict[str, str]:
-    """Supernova -> split, filling each split's target share of the triplets.
+def assign_splits(counts: pd.Series, fractions_: dict[str, float], rng: np.random.Generator,
+                  missions: Mapping[str, Iterable[str]] | None = None, min_fields: int = 1) -> dict[str, str]:
+    """Field -> split: every mission and ``min_fields`` fields in each split where possible, then the shares.
 
-    The supernovae are shuffled; the first ones go one to each split with a non-zero fraction
-    (largest fraction last, so small splits are not left empty), then each next one to the
-    split furthest below its target.
+    Parameters
+    ----------
+    counts : Series
+        Triplets per field (the unit assigned whole; a supernova when fields are not known).
+    fractions_ : dict
+        Target share of the triplets per split; a split with fraction 0 gets nothing.
+    rng : Generator
+        Shuffles the fields (the order every step below takes them in).
+    missions : mapping, optional
+        Field -> the missions it holds.
+    min_fields : int, default 1
+        Fields wanted in each of validation and test.
+
+    Notes
+    -----
+    Greedy, in three passes over the shuffled fields: (1) for each mission, rarest first, one of
+    its fields to each split that lacks it, train first, then test, then validation (a mission
+    seen in two fields is trained and tested on, in one only trained on); (2) fields to test and
+    validation, in turn, until each holds ``min_fields`` (always leaving train at least one);
+    (3) each remaining field to the split furthest below its target share.
     """
     names = list(counts.index)
     order = [names[i] for i in rng.permutation(len(names))]
+    missions = {name: set(missions.get(name, ())) if missions else set() for name in names}
     total = float(counts.sum())
     targets = {split: fractions_[split] * total for split in SPLITS}
+    active = [s for s in ("train", "test", "validation") if fractions_[s] > 0]
     filled = dict.fromkeys(SPLITS, 0.0)
-    active = sorted((s for s in SPLITS if fractions_[s] > 0), key=lambda s: fractions_[s])
-    assignment = {}
-    for name in order:
-        empty = [s for s in active if filled[s] == 0]
-        split = empty[0] if empty else max(active, key=lambda s: targets[s] - filled[s])
+    covered: dict[str, set] = {split: set() for split in SPLITS}
+    assignment: dict[str, str] = {}
+
+    def give(name: str, split: str) -> None:
         assignment[name] = split
         filled[split] += float(counts[name])
+        covered[split] |= missions[name]
+
+    def free() -> list[str]:
+        return [name for name in order if name not in assignment]
+
+    fields_of = {m: [n for n in order if m in missions[n]] for m in set().union(*missions.values())}
+    for mission in sorted(fields_of, key=lambda m: (len(fields_of[m]), m)):
+        for split in active:
+            pool = [n for n in free() if mission in missions[n]]
+            if pool and mission not in covered[split]:
+                give(pool[0], split)
+    small = [s for s in ("test", "validation") if s in active]
+    while small:
+        wanting = [s for s in small if sum(v == s for v in assignment.values()) < min_fields]
+        spare = free()
+        keep_for_train = "train" in active and "train" not in assignment.values()
+        if not wanting or len(spare) <= int(keep_for_train):
+            break
+        give(spare[0], min(wanting, key=lambda s: (sum(v == s for v in assignment.values()), small.index(s))))
+    for name in free():
+        give(name, max(active, key=lambda s: targets[s] - filled[s]))
     return assignment
 
 
@@ -339,7 +390,7 @@ def _load_table(path: Path) -> pd.DataFrame:
 
 
 def build_dataset(triplet_files: list[str | Path], out_dir: str | Path, settings: DatasetSettings | None = None,
-                  seed: int = 0) -> dict:
+                  seed: int = 0, pairs: str | Path | pd.DataFrame | None = None) -> dict:
     """Assemble the split real/bogus dataset from per-pair triplet files (see the module notes).
 
     Parameters
@@ -352,6 +403,10 @@ def build_dataset(triplet_files: list[str | Path], out_dir: str | Path, settings
     settings : DatasetSettings, optional
     seed : int
         Seed of the split, the subsampling, the augmentations and the shuffles.
+    pairs : str, Path or DataFrame, optional
+        ``pairs.csv`` of the archive stage: pairs that share a reference or science observation
+        join one field (:mod:`astrodag.supernova.imaging.fields`). Sky overlap links fields
+        without it.
 
     Returns
     -------
@@ -374,9 +429,13 @@ def build_dataset(triplet_files: list[str | Path], out_dir: str | Path, settings
         key = table["pair_id"] + ":" + table["x"].round(2).astype(str) + ":" + table["y"].round(2).astype(str)
         reviewed = table["source"] == "reviewed"
         table = table[reviewed | ~key.isin(set(key[reviewed]))].reset_index(drop=True)
-    per_sn = table.groupby("sn_name").size() if len(table) else pd.Series(dtype=int)
-    split_of = assign_splits(per_sn, settings.split_fractions, rng) if len(per_sn) else {}
-    table["split"] = table["sn_name"].map(split_of)
+    field_of, links = _fields(table, size, pairs)
+    table["field"] = table["pair_id"].map(field_of)
+    per_field = table.groupby("field").size() if len(table) else pd.Series(dtype=int)
+    missions = table.groupby("field")["mission"].unique().to_dict() if len(table) else {}
+    split_of = assign_splits(per_field, settings.split_fractions, rng, missions, settings.min_fields) \
+        if len(per_field) else {}
+    table["split"] = table["field"].map(split_of)
 
     index_parts = []
     for split in SPLITS:
@@ -401,13 +460,21 @@ def build_dataset(triplet_files: list[str | Path], out_dir: str | Path, settings
         "seed": int(seed), "cutout_shape": [3, size, size], "channels": list(CHANNELS),
         "normalisation": "per channel, as cut by the triplets stage (see astrodag.supernova.imaging.triplets)",
         "pairs": int(table["pair_id"].nunique()) if len(table) else 0,
-        "supernovae": {split: sorted(n for n, s in split_of.items() if s == split) for split in SPLITS},
+        "supernovae": {split: sorted(table.loc[table["split"] == split, "sn_name"].unique()) for split in SPLITS},
+        "fields": {split: _field_summary(p) for split, p in zip(SPLITS, index_parts)},
+        "field_members": {field: sorted(members.unique()) for field, members in table.groupby("field")["sn_name"]}
+        if len(table) else {},
+        "field_links": links,
         "triplets": {split: {"real": int((p["label"] == 1).sum()), "bogus": int((p["label"] == 0).sum()),
                              "total": int(len(p)),
                              "per_source": {src: int((p["source"] == src).sum()) for src in SOURCES},
                              "augmented": int((p["augmentation"] != "none").sum())}
                      for split, p in zip(SPLITS, index_parts)},
+        # Before subsampling: the survey's real/bogus ratio, the deployment base rate of the metrics.
         "available": {"real": int((table["label"] == 1).sum()), "bogus": int((table["label"] == 0).sum())},
+        "available_per_split": {split: {"real": int(((table["split"] == split) & (table["label"] == 1)).sum()),
+                                        "bogus": int(((table["split"] == split) & (table["label"] == 0)).sum())}
+                                for split in SPLITS},
         "settings": settings.as_dict(),
     }
     write_json(out_dir / "summary.json", summary)
@@ -416,8 +483,36 @@ def build_dataset(triplet_files: list[str | Path], out_dir: str | Path, settings
         for split, part in zip(SPLITS, index_parts):
             if len(part):
                 _preview(out_dir / "previews" / f"{split}.png", out_dir / f"{split}.npy", part, settings.previews, rng)
-    log.info("dataset: %s", {s: v["total"] for s, v in summary["triplets"].items()})
+    log.info("dataset: %s triplets in %s fields", {s: v["total"] for s, v in summary["triplets"].items()},
+             {s: v["n_fields"] for s, v in summary["fields"].items()})
     return summary
+
+
+def _fields(table: pd.DataFrame, size: int, pairs: str | Path | pd.DataFrame | None) -> tuple[dict, dict]:
+    """Pair -> field of the dataset's pairs (:func:`astrodag.supernova.imaging.fields.group_fields`).
+
+    A pair's footprint is its cut-out frame (``difference.fits`` beside one of its triplet files),
+    else the hull of its cut-out centres, grown by half a cut-out either way.
+    """
+    if not len(table):
+        return {}, {"shared_observation": 0, "sky_overlap": 0}
+    identities = read_table(pairs, ("pair_id",), not_found="missing: the pairs table of the archive stage") \
+        if isinstance(pairs, (str, Path)) else pairs
+    margin = size // 2
+    footprints = {}
+    for pair_id, rows in table.groupby("pair_id", sort=False):
+        frames = (frame_footprint(Path(file).parent, margin) for file in rows["file"].unique())
+        footprints[pair_id] = next((f for f in frames if f is not None), None)
+        if footprints[pair_id] is None:
+            footprints[pair_id] = hull_footprint(rows["x"], rows["y"], rows["ra"], rows["dec"], margin)
+    return group_fields(table[["pair_id", "sn_name"]], footprints, identities)
+
+
+def _field_summary(part: pd.DataFrame) -> dict:
+    """Fields and missions of one split's triplets, and the fields behind each mission."""
+    return {"n_fields": int(part["field"].nunique()), "fields": sorted(part["field"].unique()),
+            "missions": sorted(part["mission"].unique()),
+            "fields_per_mission": {m: int(rows["field"].nunique()) for m, rows in part.groupby("mission")}}
 
 
 def _write_split(path: Path, part: pd.DataFrame, size: int) -> None:

@@ -17,13 +17,18 @@ Protocol (no test-set leakage):
   few-false-negatives analysis (validation FNR <= 1, 2, 5 %), once to the test split;
 * with ``missions_train`` / ``missions_test`` the training and validation triplets come from
   some missions and the test triplets from others (a cross-mission experiment); the splits
-  stay the dataset's, which are by supernova. A held-out mission (one training never saw) is
-  tested on its un-augmented triplets of every split, since the test split may hold none of it.
+  stay the dataset's, which are by field. A held-out mission (one training never saw) is
+  tested on its un-augmented triplets of every split in the fields that training and
+  validation did not touch, since the test split may hold none of it;
+* every metric names the independent fields behind it; precision and AUCPR are given on the
+  1:1-subsampled split and at the survey's base rate (the ``available`` real/bogus ratio of the
+  dataset's ``summary.json``: the bogus rows weighted up to it).
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import time
 from collections.abc import Mapping, Sequence
@@ -186,6 +191,14 @@ class RealBogusSettings(Settings):
         ``fixed_threshold``.
     target_fnr : float, default 0.02
         Validation FNR bound of the ``fnr`` rule.
+    fnr_min_misses : float, default 5.0
+        The ``fnr`` rule is used only when the validation split holds at least
+        ``fnr_min_misses / target_fnr`` reals (250 for 2 %), so that the target allows that many
+        misses; with fewer the equal-error threshold is used and ``model.json`` records the
+        fallback. The FNR-target analysis marks its unresolvable targets the same way.
+    threshold_bootstrap : int, default 1000
+        Resamples of the validation fields behind the operating threshold's 95 % interval (0:
+        none).
     fixed_threshold : float, default 0.5
         Threshold of the ``fixed`` rule.
     fnr_targets : list, default [0.01, 0.02, 0.05]
@@ -216,6 +229,8 @@ class RealBogusSettings(Settings):
     tensorboard: bool = setting(False, flag)
     threshold_rule: str = setting("fnr", choice(*THRESHOLD_RULES))
     target_fnr: float = setting(0.02, number(0.0, 1.0))
+    fnr_min_misses: float = setting(5.0, number(0.0))
+    threshold_bootstrap: int = setting(1000, number(0, 100000, integer=True))
     fixed_threshold: float = setting(0.5, number(0.0, 1.0))
     fnr_targets: tuple[float, ...] = setting((0.01, 0.02, 0.05), _fraction_list)
     calibration_bins: int = setting(10, number(2, 100, integer=True))
@@ -411,15 +426,19 @@ def _held_out_frame(splits: TripletSplits, missions_train: Sequence[str] | None,
     """The test rows: the test split, or every split's un-augmented rows of a held-out mission.
 
     A mission that training never saw (test missions disjoint from the training missions) is
-    tested on all of its triplets: the model saw none of them, and the test split alone may hold
-    none of that mission (splits are by supernova).
+    tested on all of its triplets in fields that training and validation did not use: the model
+    saw none of that mission, and the test split alone may hold none of it, but another
+    mission's image of the same sky (same host, same stars) was a training example.
     """
     if not missions_test or missions_train is None or set(missions_test) & set(missions_train):
         return _split_frame(splits, "test", missions_test)
     rows = pd.concat([splits.select(split, missions_test) for split in SPLITS], ignore_index=True)
     if "augmentation" in rows.columns:
         rows = rows[rows["augmentation"] == "none"]
-    where = f"the held-out missions {list(missions_test)}"
+    seen = np.unique(np.concatenate([field_labels(splits.select(split, missions_train))
+                                     for split in ("train", "validation")]))
+    rows = rows[~np.isin(field_labels(rows), seen)]
+    where = f"the held-out missions {list(missions_test)} (in fields training did not see)"
     if rows["label"].nunique() < 2:
         raise InputDataError(splits.directory / "index.parquet", f"{where} hold too few triplets of both classes")
     return rows
@@ -446,21 +465,74 @@ def _score_rows(scorer: RealBogusScorer, array: np.ndarray, rows: np.ndarray, ch
 # --------------------------------------------------------------------------------------------
 
 
-def choose_threshold(y_true: np.ndarray, y_prob: np.ndarray, settings: RealBogusSettings) -> dict[str, Any]:
-    """The operating threshold by ``settings.threshold_rule``, chosen on validation scores."""
-    rule = settings.threshold_rule
+def _rule_threshold(rule: str, y_true: np.ndarray, y_prob: np.ndarray, settings: RealBogusSettings) -> float:
     if rule == "fnr":
-        value = threshold_for_fnr(y_true, y_prob, settings.target_fnr)
-    elif rule == "eer":
-        value = equal_error_threshold(y_true, y_prob)
-    elif rule == "tss":
-        value = max_tss_threshold(y_true, y_prob)
-    else:
-        value = settings.fixed_threshold
-    record = {"value": float(value), "rule": rule, "chosen_on": "validation"}
-    if rule == "fnr":
+        return threshold_for_fnr(y_true, y_prob, settings.target_fnr)
+    if rule == "eer":
+        return equal_error_threshold(y_true, y_prob)
+    if rule == "tss":
+        return max_tss_threshold(y_true, y_prob)
+    return settings.fixed_threshold
+
+
+def fnr_resolvable(n_real: int, target_fnr: float, min_misses: float) -> bool:
+    """Whether ``n_real`` reals resolve an FNR of ``target_fnr``: the target allows ``min_misses`` of them."""
+    return n_real * target_fnr >= min_misses - 1e-9
+
+
+def choose_threshold(y_true: np.ndarray, y_prob: np.ndarray, settings: RealBogusSettings,
+                     fields: np.ndarray | None = None, seed: int = 0) -> dict[str, Any]:
+    """The operating threshold by ``settings.threshold_rule``, chosen on validation scores, and its interval.
+
+    The ``fnr`` rule needs at least ``fnr_min_misses / target_fnr`` validation reals (else a
+    handful of unlearnable reals decides the threshold); with fewer it falls back to the
+    equal-error threshold, and the record says so (``rule`` is the rule used, ``requested_rule``
+    the configured one). The interval is the 2.5-97.5 percentile range of the same rule over
+    ``threshold_bootstrap`` resamples of the validation fields (``fields``: each row's field, the
+    independent unit; default one field per row) with replacement; ``n_fields`` says how many
+    stand behind it. The achieved validation FNR comes with its Wilson interval (whose triplets
+    are not independent: the field bootstrap is the honest one).
+    """
+    y_true, y_prob = np.asarray(y_true), np.asarray(y_prob, float)
+    n_real = int((y_true == 1).sum())
+    rule, reason = settings.threshold_rule, None
+    if rule == "fnr" and not fnr_resolvable(n_real, settings.target_fnr, settings.fnr_min_misses):
+        reason = (f"{n_real} validation reals allow {n_real * settings.target_fnr:.2f} misses at FNR "
+                  f"{settings.target_fnr:g}, fewer than fnr_min_misses={settings.fnr_min_misses:g}")
+        log.warning("threshold: %s; using the equal-error threshold", reason)
+        rule = "eer"
+    value = _rule_threshold(rule, y_true, y_prob, settings)
+    fields = np.arange(len(y_true)) if fields is None else np.asarray(fields)
+    groups = list(pd.Series(np.arange(len(y_true))).groupby(fields, sort=True).indices.values())
+    interval = None
+    if rule != "fixed" and settings.threshold_bootstrap and len(groups) > 1:
+        rng = np.random.default_rng(seed)
+        values = []
+        for _ in range(settings.threshold_bootstrap):
+            rows = np.concatenate([groups[i] for i in rng.integers(len(groups), size=len(groups))])
+            labels = y_true[rows]
+            if labels.min() != labels.max():
+                values.append(_rule_threshold(rule, labels, y_prob[rows], settings))
+        if values:
+            interval = [float(v) for v in np.percentile(values, [2.5, 97.5])]
+    achieved = rates_at(y_true, y_prob, value)
+    record = {"value": float(value), "rule": rule, "requested_rule": settings.threshold_rule,
+              "fallback_reason": reason, "chosen_on": "validation", "n_real": n_real,
+              "n_bogus": int(len(y_true) - n_real), "n_fields": len(groups), "interval95": interval,
+              "interval_method": f"percentile bootstrap over the {len(groups)} validation fields "
+                                 f"({settings.threshold_bootstrap} resamples)" if interval else None,
+              "validation_fnr": achieved["fnr"], "validation_fnr_ci95": achieved["fnr_ci95"],
+              "validation_fpr": achieved["fpr"], "validation_fpr_ci95": achieved["fpr_ci95"]}
+    if settings.threshold_rule == "fnr":
         record["target_fnr"] = settings.target_fnr
+        record["fnr_min_misses"] = settings.fnr_min_misses
     return record
+
+
+def field_labels(frame: pd.DataFrame) -> np.ndarray:
+    """Each row's field, the independent unit (datasets built before fields: its supernova)."""
+    column = "field" if "field" in frame.columns else "sn_name" if "sn_name" in frame.columns else "pair_id"
+    return frame[column].astype(str).to_numpy()
 
 
 # --------------------------------------------------------------------------------------------
@@ -539,7 +611,8 @@ def train_realbogus(triplets_dir: str | Path, out_dir: str | Path, architecture:
                       evaluate=binary_metrics, run_key=run_key, threads=threads, prepare=prepare, progress=progress)
     result, fit_seconds = run.result, run.fit_seconds
     validation_scores = run.trainer.predict(datasets["validation"])
-    threshold = choose_threshold(labels["validation"], validation_scores, settings)
+    threshold = choose_threshold(labels["validation"], validation_scores, settings,
+                                 fields=field_labels(frames["validation"]), seed=seed)
     validation = binary_metrics(labels["validation"], validation_scores, threshold["value"],
                                 n_bins=settings.calibration_bins)
     samples_seen = len(datasets["train"]) * (result.epochs_run - result.resumed_from_epoch)
@@ -554,7 +627,8 @@ def train_realbogus(triplets_dir: str | Path, out_dir: str | Path, architecture:
         "software_version": __version__,
         "data": {"triplets_dir": str(splits.directory), "sha256": digest,
                  "triplets": {split: int(len(frame)) for split, frame in frames.items()},
-                 "real": {split: int(frame["label"].sum()) for split, frame in frames.items()}},
+                 "real": {split: int(frame["label"].sum()) for split, frame in frames.items()},
+                 "fields": {split: field_counts(frame) for split, frame in frames.items()}},
         "missions": {"train": missions_train, "test": missions_test},
         "loss": {"name": "BinaryFocalLoss", "gamma": settings.focal_gamma, "positive_weight": positive_weight,
                  "class_balance": settings.class_balance},
@@ -606,8 +680,9 @@ def evaluate_realbogus(model_dir: str | Path, triplets_dir: str | Path, out_dir:
     dict
         The content of ``metrics.json``: AUCPR first, then ROC AUC, FNR/FPR at the
         validation-chosen threshold, at the equal-error threshold and at 0.5 (braai's
-        operating point), the confusion matrix, calibration, the FNR-target analysis and
-        per-mission and per-source break-downs.
+        operating point), the confusion matrix, calibration, the FNR-target analysis,
+        per-mission and per-source break-downs, the fields behind the test and validation
+        triplets, and precision and AUCPR at the survey's base rate (``at_base_rate``).
     """
     from astrodag.evaluation.metrics import binary_metrics
     from astrodag.reporting.figures import plot_confusion_matrix, plot_precision_recall, plot_reliability, plot_roc
@@ -647,8 +722,11 @@ def evaluate_realbogus(model_dir: str | Path, triplets_dir: str | Path, out_dir:
         value = threshold_for_fnr(y_val, p_val, target)
         on_validation = rates_at(y_val, p_val, value)
         targets.append({"target_fnr": target, "threshold": value, "validation_fnr": on_validation["fnr"],
-                        "validation_fpr": on_validation["fpr"], "test": rates_at(y_test, p_test, value)})
+                        "validation_fpr": on_validation["fpr"],
+                        "resolvable": fnr_resolvable(int(y_val.sum()), target, settings.fnr_min_misses),
+                        "test": rates_at(y_test, p_test, value)})
     test_frame = frames["test"].assign(score=p_test.astype(np.float64), is_real=p_test >= threshold)
+    bogus_per_real = survey_bogus_per_real(splits.directory)
     metrics = {
         "aucpr": test["aucpr"],
         "roc_auc": test["roc_auc"],
@@ -660,11 +738,11 @@ def evaluate_realbogus(model_dir: str | Path, triplets_dir: str | Path, out_dir:
         "ece": test["ece"], "mce": test["mce"], "brier": test["brier"],
         "calibration_bins": settings.calibration_bins,
         "fnr_targets": targets,
-        "test": {"n": test["n"], "n_real": test["n_positive"], "missions": sorted(frames["test"]["mission"].unique()),
+        "at_base_rate": base_rate_metrics(y_test, p_test, threshold, bogus_per_real),
+        "test": {"n": test["n"], "n_real": test["n_positive"], **field_counts(frames["test"]),
                  "metrics_at_threshold": test},
         "validation": {"n": validation["n"], "n_real": validation["n_positive"], "aucpr": validation["aucpr"],
-                       "roc_auc": validation["roc_auc"],
-                       "missions": sorted(frames["validation"]["mission"].unique())},
+                       "roc_auc": validation["roc_auc"], **field_counts(frames["validation"])},
         "per_mission": _breakdown(test_frame, "mission", threshold),
         "per_source": _breakdown(test_frame, "source", threshold) if "source" in test_frame.columns else {},
         "anchor": BRAAI_ANCHOR,
@@ -694,8 +772,53 @@ def evaluate_realbogus(model_dir: str | Path, triplets_dir: str | Path, out_dir:
     return metrics
 
 
+def field_counts(frame: pd.DataFrame) -> dict[str, Any]:
+    """The independent fields behind a set of triplets: how many, which, and per mission."""
+    fields = field_labels(frame)
+    per_mission = pd.Series(fields).groupby(frame["mission"].to_numpy()).nunique()
+    return {"n_fields": int(len(np.unique(fields))), "fields": sorted(np.unique(fields).tolist()),
+            "missions": sorted(frame["mission"].unique()),
+            "fields_per_mission": {str(m): int(k) for m, k in per_mission.items()}}
+
+
+def survey_bogus_per_real(triplets_dir: str | Path) -> float | None:
+    """The survey's bogus/real ratio: ``available`` triplets of the dataset's summary.json, before subsampling.
+
+    None (with a warning) when the summary is missing or holds no real triplet.
+    """
+    path = Path(triplets_dir) / "summary.json"
+    try:
+        available = json.loads(path.read_text())["available"]
+        return float(available["bogus"]) / float(available["real"])
+    except (OSError, ValueError, KeyError, TypeError, ZeroDivisionError) as error:
+        log.warning("%s: no survey base rate (%s); precision and AUCPR only on the subsampled split", path, error)
+        return None
+
+
+def base_rate_metrics(y_true, y_prob, threshold: float, bogus_per_real: float | None) -> dict[str, Any]:
+    """Precision at ``threshold`` and AUCPR with the bogus rows weighted to ``bogus_per_real`` bogus per real.
+
+    Each bogus row weighs ``bogus_per_real * n_real / n_bogus``: the split's reals meet as many
+    bogus as the survey gives them (recall, FNR and FPR do not depend on the base rate).
+    """
+    from sklearn.metrics import average_precision_score
+
+    y_true, y_prob = np.asarray(y_true), np.asarray(y_prob, float)
+    n_real, n_bogus = int((y_true == 1).sum()), int((y_true == 0).sum())
+    if bogus_per_real is None or not n_real or not n_bogus:
+        return {"bogus_per_real": bogus_per_real, "weight_of_bogus": None, "precision": None, "aucpr": None}
+    weight = bogus_per_real * n_real / n_bogus
+    weights = np.where(y_true == 1, 1.0, weight)
+    called = y_prob >= threshold
+    tp, fp = float(np.sum(called & (y_true == 1))), float(np.sum(called & (y_true == 0))) * weight
+    return {"bogus_per_real": float(bogus_per_real), "weight_of_bogus": float(weight),
+            "precision": tp / (tp + fp) if tp + fp > 0 else None,
+            "aucpr": float(average_precision_score(y_true, y_prob, sample_weight=weights)),
+            "source": "summary.json 'available' (all cut triplets before subsampling)"}
+
+
 def _breakdown(frame: pd.DataFrame, column: str, threshold: float) -> dict[str, Any]:
-    """Counts, FNR and FPR (and AUCPR where both classes occur) per value of ``column``."""
+    """Counts (triplets, reals, fields), FNR and FPR (and AUCPR where both classes occur) per value of ``column``."""
     from sklearn.metrics import average_precision_score
 
     result = {}
@@ -704,6 +827,7 @@ def _breakdown(frame: pd.DataFrame, column: str, threshold: float) -> dict[str, 
         rates = rates_at(labels, scores, threshold)
         both = 0 < labels.sum() < len(labels)
         result[str(value)] = {"n": int(len(group)), "n_real": int(labels.sum()),
+                              "n_fields": int(len(np.unique(field_labels(group)))),
                               "aucpr": float(average_precision_score(labels, scores)) if both else None,
                               "fnr": rates["fnr"], "fpr": rates["fpr"]}
     return result
@@ -711,9 +835,11 @@ def _breakdown(frame: pd.DataFrame, column: str, threshold: float) -> dict[str, 
 
 def _threshold_table(y_val, p_val, y_test, p_test, threshold, eer_threshold, targets) -> pd.DataFrame:
     """FNR/FPR on validation and test over a grid of thresholds plus the chosen ones (marked)."""
-    special = {threshold: "operating", eer_threshold: "equal_error", 0.5: "braai_0.5"}
-    for target in targets:
-        special.setdefault(target["threshold"], f"fnr<={target['target_fnr']:g}")
+    special: dict[float, str] = {}
+    # One threshold may be several operating points (the operating one is the equal-error one after a fallback).
+    marks = [(threshold, "operating"), (eer_threshold, "equal_error"), (0.5, "braai_0.5")]
+    for value, name in marks + [(t["threshold"], f"fnr<={t['target_fnr']:g}") for t in targets]:
+        special[value] = f"{special[value]}+{name}" if value in special else name
     values = np.union1d(np.round(np.linspace(0.0, 1.0, 101), 6), list(special))
     rows = []
     for value in values:
