@@ -323,7 +323,8 @@ def cut_triplets(pair_dir: str | Path, sn_ra: float, sn_dec: float, pair_id: str
     radius = settings.match_radius_px
 
     sn_x, sn_y = (float(v) for v in products.wcs.world_to_pixel_values(sn_ra, sn_dec))
-    positions = np.array([(sn_ra, sn_dec), *(catalog_positions or [])], float).reshape(-1, 2)
+    # The pair's own SN is in the catalogue too: one position each.
+    positions = np.unique(np.array([(sn_ra, sn_dec), *(catalog_positions or [])], float).reshape(-1, 2), axis=0)
     px, py = products.wcs.world_to_pixel_values(positions[:, 0], positions[:, 1])
     protected = np.column_stack([px, py]).reshape(-1, 2)
     near_image = (protected[:, 0] > -radius) & (protected[:, 0] < nx + radius) \
