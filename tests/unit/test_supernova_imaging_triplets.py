@@ -195,6 +195,12 @@ def test_cli_stages(processed_pair, tmp_path):  # noqa: F811
         assert str(npz["sn_name"]) == "SN 2011fe" and (npz["source"] == "sn").sum() == 1
         assert json.loads(str(npz["summary"]))["catalog_supernovae_in_image"] == 2
         assert not _near(npz["x"], npz["y"], [(30.0, 40.0)]).any()
+    # The imaging report's per-pair columns: how many fakes became real examples, how many were dropped and why.
+    from astrodag.supernova.imaging.summary import _triplet_summary
+
+    fates = _triplet_summary(pair_dir)
+    assert fates["fakes_injected"] == 4
+    assert fates["fakes_real"] + sum(v for k, v in fates.items() if k.startswith("fakes_dropped_")) == 4
     assert len(np.load(tmp_path / "dataset" / "train.npy", mmap_mode="r")) > 0
     assert len(np.load(tmp_path / "dataset" / "test.npy", mmap_mode="r")) == 0
     # A directory stands for its .npz files (the reviewed triplets of the active-learning loop).
