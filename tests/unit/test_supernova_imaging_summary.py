@@ -57,5 +57,6 @@ def test_rejections_by_mission_add_up_to_the_total(tmp_path):
     assert (parts[counted].sum() == total[counted]).all()
     assert parts["observations"].sum() == total["observations"] == 5
     assert parts.loc["GALEX|SWIFT", "rejected_different_mission"] == 2
-    assert parts.loc["GALEX", "rejected_different_mission"] == 0 and parts.loc["GALEX", "rejected_different_filter"] == 1
+    assert parts.loc["GALEX", "rejected_different_mission"] == 0
+    assert parts.loc["GALEX", "rejected_different_filter"] == 1
     assert "`A|B`" in (tmp_path / "report" / "imaging_report.md").read_text()
