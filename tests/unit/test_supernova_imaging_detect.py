@@ -197,9 +197,9 @@ def test_injection_counts_brightness_placement_and_seed():
 
     data, table = run(1)
     assert tuple(table.columns) == INJECTION_COLUMNS and len(table) == 12
-    # Magnitudes relative to the 5-sigma limit: S/N between 5 * 10^(-0.2) and 5 * 10^2, as bright as the
+    # Magnitudes relative to the 5-sigma limit: S/N between 5 * 10^(-0.2) and 5 * 10^2.8, as bright as the
     # brightest supernovae.
-    assert table["snr"].between(5 * 10 ** -0.2, 5 * 10 ** 2).all() and table["snr"].max() > 100
+    assert table["snr"].between(5 * 10 ** -0.2, 5 * 10 ** 2.8).all() and table["snr"].max() > 300
     np.testing.assert_allclose(table["flux"], 10 ** (-0.4 * (table["mag"] - 25.0)))
     np.testing.assert_allclose(table["snr"], 5 * table["flux"] / limiting_flux(psf, sigma))
     # One fake on the galaxy's nucleus (round(0.1 * 12)), six more on the galaxy.
@@ -220,32 +220,37 @@ def test_injection_counts_brightness_placement_and_seed():
 
 
 def test_nucleus_fakes_go_on_bright_nuclei_that_other_fakes_avoid():
-    from astrodag.supernova.imaging.inject import InjectSettings, inject_sources
+    from astrodag.supernova.imaging.inject import InjectSettings, galaxy_map, galaxy_peaks, inject_sources
 
     rng = np.random.default_rng(3)
     shape, sigma, fwhm = (200, 200), 3.0, 3.0
     psf = gaussian_psf(fwhm, 19)
     y, x = np.mgrid[:shape[0], :shape[1]]
     galaxy = 300.0 * np.exp(-np.hypot((x - 100) / 15.0, (y - 100) / 15.0))  # a bright nucleus (S/N 100)
+    reference = (galaxy + rng.normal(0, sigma, shape)).astype(np.float32)
     data = (galaxy + rng.normal(0, sigma, shape)).astype(np.float32)
+    add_point_sources(data, psf, [112.0], [104.0], [3e4])  # a supernova on its host, brighter than the nucleus
+    rms, mask = np.full(shape, sigma, np.float32), np.zeros(shape, bool)
+    # The pipeline takes the nuclei from the reference: the transient is no nucleus there.
+    nuclei = galaxy_peaks(galaxy_map(reference, rms, mask, psf, fwhm), ~mask, fwhm)
+    assert np.hypot(*(nuclei[0] - 100)) <= 1
     settings = InjectSettings(count=10, nucleus_fraction=0.1, galaxy_fraction=0.4, poisson=False)
-    table = inject_sources(data, np.full(shape, sigma, np.float32), np.zeros(shape, bool), psf, fwhm, sigma,
-                           make_wcs(shape), settings, rng, zeropoint=25.0, avoid=np.array([[100.0, 100.0]]))
+    table = inject_sources(data, rms, mask, psf, fwhm, sigma, make_wcs(shape), settings, rng, zeropoint=25.0,
+                           avoid=np.array([[100.0, 100.0], [112.0, 104.0]]), nuclei=nuclei)
     separation = np.hypot(table["x"] - 100, table["y"] - 100)
     assert (separation[table["placement"] == "nucleus"] <= 1.0).sum() == 1
     assert (separation[table["placement"] != "nucleus"] >= 5 * fwhm).all()
+    from_sn = np.hypot(table["x"] - 112, table["y"] - 104)
+    assert (from_sn[table["placement"] != "nucleus"] >= 5 * fwhm).all() and from_sn.min() > 10
 
 
 def test_fakes_are_shaped_independently_of_the_subtraction_psf():
-    """Fakes take the image's own PSF (photutils ePSF), not the subtraction's stamp, whose error would hide."""
+    """Fakes take a profile fitted to the image's stars, not the subtraction's stamp, whose error would hide."""
     from astrodag.supernova.imaging.inject import InjectSettings, injection_psf, moffat_model, shifted_psf
 
-    def shifted(psf):
-        return shifted_psf(psf, 0.3, -0.2)
-
     rng = np.random.default_rng(4)
-    shape, true_fwhm = (160, 160), 4.0
-    truth = moffat_model(true_fwhm, 2.5)
+    shape = (160, 160)
+    truth = moffat_model(4.0, 2.5)
     grid_x, grid_y = np.meshgrid(np.arange(25.0, 150.0, 30.0), np.arange(25.0, 150.0, 30.0))
     # Isolated PSF stars, as estimate_psf selects them.
     stars = pd.DataFrame({"x": grid_x.ravel() + rng.uniform(-0.5, 0.5, grid_x.size),
@@ -255,22 +260,23 @@ def test_fakes_are_shaped_independently_of_the_subtraction_psf():
     for sx, sy in stars[["x", "y"]].to_numpy():
         data += 2e4 * truth.evaluate(xx, yy, 1.0, sx, sy, *truth.parameters[3:])
     data += rng.normal(0, 1.0, shape)
-    wrong = gaussian_psf(3.0, 25)  # a subtraction PSF estimated too narrow
+    wrong = gaussian_psf(3.0, 25)  # a subtraction PSF estimated too narrow, and of the wrong profile
     mask = np.zeros(shape, bool)
-
-    epsf = injection_psf(data, mask, stars, 3.0, wrong, InjectSettings())
-    assert epsf.method == "epsf" and epsf.size == 25
-    stamp = epsf.stamp(0.3, -0.2)
-    assert stamp.sum() == pytest.approx(1.0) and stamp.shape == (25, 25)
-    # The effective PSF follows the stars (a Moffat of FWHM 4 px), not the subtraction's 3-px Gaussian.
     grid = np.mgrid[-12:13, -12:13].astype(float)
     expected = truth.evaluate(grid[1], grid[0], 1.0, 0.3, -0.2, *truth.parameters[3:])
     expected /= expected.sum()
-    assert np.abs(stamp - expected).max() < 0.05 * expected.max()
-    assert np.abs(shifted(wrong) - expected).max() > 0.3 * expected.max()
+    assert np.abs(shifted_psf(wrong, 0.3, -0.2) - expected).max() > 0.3 * expected.max()
 
-    few = injection_psf(data, mask, stars.head(1), 4.0, wrong, InjectSettings())
-    assert few.method == "moffat" and few.model.fwhm == pytest.approx(4.0)
+    for method, tolerance in (("moffat", 0.02), ("epsf", 0.05)):
+        fakes = injection_psf(data, mask, stars, 3.0, wrong, InjectSettings(psf=method))
+        assert fakes.method == method and fakes.size == 25
+        stamp = fakes.stamp(0.3, -0.2)
+        assert stamp.sum() == pytest.approx(1.0) and stamp.shape == (25, 25)
+        # The profile follows the stars (a Moffat of FWHM 4 px), not the subtraction's 3-px Gaussian.
+        assert np.abs(stamp - expected).max() < tolerance * expected.max()
+
+    few = injection_psf(data, mask, stars.head(2), 4.0, wrong, InjectSettings())
+    assert few.method == "moffat_fwhm" and few.model.fwhm == pytest.approx(4.0) and few.model.beta == 3.0
     same = injection_psf(data, mask, stars, 3.0, wrong, InjectSettings(psf="subtraction"))
     np.testing.assert_allclose(same.stamp(), wrong / wrong.sum(), atol=1e-12)
     with pytest.raises(ConfigError, match="nucleus_fraction"):

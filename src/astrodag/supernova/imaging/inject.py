@@ -7,30 +7,36 @@ measures the pipeline.
 
 Shape (``psf``): the fakes are drawn from a PSF model independent of the one the subtraction
 uses, so that an error in the shared PSF estimate cannot make the fakes match the subtraction
-better than real transients do. ``epsf`` (the default) is photutils' effective PSF
-(``EPSFBuilder``, oversampled twice, two iterations) built from the image's own PSF stars;
-with fewer than two of them it falls back to ``moffat``, a photutils ``MoffatPSF`` of the
-measured FWHM and ``moffat_beta`` (the subtraction's fallback is a Gaussian, a different
-profile). ``subtraction`` reuses the subtraction's PSF stamp (the former behaviour). Every
-stamp is evaluated at the source's sub-pixel position and normalised to unit sum over the
-stamp, as the subtraction's PSFs are, so ``flux`` is what PSF photometry measures.
+better than real transients do. ``moffat`` (the default) is a photutils ``MoffatPSF`` whose
+width and index are fitted (photutils ``PSFPhotometry``, about 10 ms a star) to the image's
+brightest PSF stars and medianed: an analytic profile fitted to the stars themselves, not the
+stacked stamp the subtraction uses (or its Gaussian fallback). With fewer than 3 good fits it
+is a Moffat of the measured FWHM and ``moffat_beta`` (recorded as ``moffat_fwhm``). ``epsf`` is
+photutils' effective PSF (``EPSFBuilder``, oversampled twice, two iterations) of the same stars,
+closer to a PSF that is no Moffat but 0.2-2 s an image (it falls back to ``moffat``).
+``subtraction`` reuses the subtraction's PSF stamp (the former behaviour). Every stamp is
+evaluated at the source's sub-pixel position and normalised to unit sum over the stamp, as the
+subtraction's PSFs are, so ``flux`` is what PSF photometry measures.
 
 Brightness: ``magnitude_range`` is drawn uniformly in magnitude. With
 ``magnitude_reference = "limit"`` (the default) the range is relative to the image's
 5-sigma point-source limiting magnitude ``m_lim = zp - 2.5 log10(5 sigma / sqrt(sum P^2))``,
-so ``[-5, 0.5]`` spans S/N of about 500 (the brightest supernovae of the demo survey reach
-S_corr of 230) down to 3 whatever the mission; with ``"absolute"`` it is in magnitudes of the
-image zero point (header ``ZEROPT``/``MAGZPT``, else ``zeropoint``). The table records the flux
-(image units), the magnitude and the expected S/N on the science image's sky noise alone.
+so ``[-7, 0.5]`` spans S/N of about 3000 down to 3 whatever the mission. That S/N counts the
+science image's sky noise alone: the supernovae of the demo survey reach 100-5000 on that scale
+(median about 800), and, with their own photon noise, the reference's noise and the registration
+noise, S_corr of 20-230, which the brightest fakes match. With ``"absolute"`` the range is in
+magnitudes of the image zero point (header ``ZEROPT``/``MAGZPT``, else ``zeropoint``). The table
+records the flux (image units), the magnitude and that sky-only S/N (``snr``).
 
 Placement (``placement`` column): ``nucleus``: ``nucleus_fraction`` of the fakes at the
 brightest peaks of the galaxy map, brightest first, one per peak (they may sit on bright
-sources, where subtraction residuals are worst); ``galaxy``: ``galaxy_fraction`` drawn inside
-extended sources with probability proportional to their surface brightness, as supernova rates
-follow the light; ``random``: the rest, uniformly. Extended sources are the connected regions
-of the PSF-smoothed S/N map above 3 whose peak-to-total flux ratio is below half that of the
-PSF (point sources are more concentrated). Places left over (too few nuclei or galaxies) go to
-the next kind.
+sources, where subtraction residuals are worst; the pipeline takes the peaks of the
+reference's galaxy map, so that a bright transient on its host is no "nucleus");
+``galaxy``: ``galaxy_fraction`` drawn inside extended sources with probability proportional to
+their surface brightness, as supernova rates follow the light; ``random``: the rest,
+uniformly. Extended sources are the connected regions of the PSF-smoothed S/N map above 3
+whose peak-to-total flux ratio is below half that of the PSF (point sources are more
+concentrated). Places left over (too few nuclei or galaxies) go to the next kind.
 """
 
 from __future__ import annotations
@@ -46,7 +52,7 @@ import pandas as pd
 from astropy.nddata import NDData
 from astropy.table import Table
 from photutils.detection import find_peaks
-from photutils.psf import EPSFBuilder, MoffatPSF, extract_stars
+from photutils.psf import EPSFBuilder, MoffatPSF, PSFPhotometry, extract_stars
 from scipy import ndimage
 from scipy.spatial import cKDTree
 
@@ -58,6 +64,9 @@ log = logging.getLogger(__name__)
 INJECTION_COLUMNS = ("injection_id", "x", "y", "ra", "dec", "flux", "mag", "snr", "placement")
 PLACEMENTS = ("nucleus", "galaxy", "random")
 EPSF_OVERSAMPLING = 2
+MOFFAT_STARS = 10  # brightest PSF stars the Moffat profile is fitted to
+MIN_FITTED_STARS = 3
+_FAILED_FIT = 2 | 4 | 8  # photutils flags: centre left the box, negative flux, not converged
 EPSF_ITERATIONS = 2  # one refit of the stars' centres on the ePSF itself (0.1-0.5 s for 25 stars)
 
 
@@ -69,9 +78,9 @@ class InjectSettings(Settings):
     ----
     count : int, default 20
         Sources injected per science image (0 disables injection).
-    magnitude_range : [float, float], default [-5.0, 0.5]
+    magnitude_range : [float, float], default [-7.0, 0.5]
         Magnitudes drawn uniformly in this range (see ``magnitude_reference``); with ``limit``,
-        S/N of about 500 down to 3.
+        sky-only S/N of about 3000 down to 3, as bright as the brightest supernovae.
     magnitude_reference : {"limit", "absolute"}, default "limit"
         ``limit``: relative to the image's 5-sigma limiting magnitude; ``absolute``: on the
         image's zero point.
@@ -81,11 +90,11 @@ class InjectSettings(Settings):
     galaxy_fraction : float, default 0.4
         Fraction placed on or near galaxies (the rest uniformly at random); all are random
         when the image has no galaxy. ``nucleus_fraction + galaxy_fraction`` is at most 1.
-    psf : {"epsf", "moffat", "subtraction"}, default "epsf"
-        Shape of the fakes (see the module notes): photutils' effective PSF of the image's
-        stars, a Moffat profile of the measured FWHM, or the subtraction's own PSF stamp.
+    psf : {"moffat", "epsf", "subtraction"}, default "moffat"
+        Shape of the fakes (see the module notes): a Moffat profile fitted to the image's
+        stars, photutils' effective PSF of those stars, or the subtraction's own PSF stamp.
     moffat_beta : float, default 3.0
-        Moffat index of the ``moffat`` shape (and of ``epsf`` when the image has too few stars).
+        Moffat index when the image has too few stars to fit one.
     min_separation_fwhm : float, default 5.0
         Minimum distance, in PSF FWHMs, from each other, from bright sources (S/N > 50; not
         for nucleus fakes) and from bad pixels.
@@ -100,11 +109,11 @@ class InjectSettings(Settings):
     PREFIX: ClassVar[str] = "supernova.difference.inject"
 
     count: int = setting(20, number(0, 10000, integer=True))
-    magnitude_range: tuple[float, float] = setting((-5.0, 0.5), interval(-40.0, 40.0))
+    magnitude_range: tuple[float, float] = setting((-7.0, 0.5), interval(-40.0, 40.0))
     magnitude_reference: str = setting("limit", choice("limit", "absolute"))
     nucleus_fraction: float = setting(0.1, number(0.0, 1.0))
     galaxy_fraction: float = setting(0.4, number(0.0, 1.0))
-    psf: str = setting("epsf", choice("epsf", "moffat", "subtraction"))
+    psf: str = setting("moffat", choice("moffat", "epsf", "subtraction"))
     moffat_beta: float = setting(3.0, number(1.0, 20.0, low_open=True))
     min_separation_fwhm: float = setting(5.0, number(0.0))
     edge_px: int = setting(16, number(0, integer=True))
@@ -167,6 +176,27 @@ def moffat_model(fwhm: float, beta: float) -> MoffatPSF:
     return MoffatPSF(flux=1.0, alpha=alpha, beta=beta)
 
 
+def fit_moffat(data: np.ndarray, mask: np.ndarray, stars: pd.DataFrame, fwhm: float) -> MoffatPSF | None:
+    """Moffat profile fitted to the stars (photutils ``PSFPhotometry``; median width and index), None below 3 fits."""
+    if len(stars) < MIN_FITTED_STARS:
+        return None
+    model = moffat_model(fwhm, 3.0)
+    model.alpha.fixed = model.beta.fixed = False
+    model.beta.bounds = (1.05, 50.0)  # beta <= 1 has no finite flux
+    fit_shape = 2 * math.ceil(2 * fwhm) + 1
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # non-converged fits are flagged and dropped below
+        result = PSFPhotometry(model, fit_shape, aperture_radius=1.5 * fwhm)(
+            np.nan_to_num(data), mask=mask, init_params=Table({"x": stars["x"].to_numpy(float),
+                                                               "y": stars["y"].to_numpy(float)}))
+    alpha, beta = np.asarray(result["alpha_fit"], float), np.asarray(result["beta_fit"], float)
+    good = ((np.asarray(result["flags"], int) & _FAILED_FIT) == 0) & np.isfinite(alpha) & np.isfinite(beta) \
+        & (alpha > 0) & (beta > 1.05) & (np.asarray(result["flux_fit"], float) > 0)
+    if good.sum() < MIN_FITTED_STARS:
+        return None
+    return MoffatPSF(flux=1.0, alpha=float(np.median(alpha[good])), beta=float(np.median(beta[good])))
+
+
 def injection_psf(data: np.ndarray, mask: np.ndarray, stars: pd.DataFrame, fwhm: float, stamp: np.ndarray,
                   settings: InjectSettings) -> FakePSF:
     """The fakes' shape (see the module notes).
@@ -178,7 +208,8 @@ def injection_psf(data: np.ndarray, mask: np.ndarray, stars: pd.DataFrame, fwhm:
     mask : numpy.ndarray
         Its bad pixels.
     stars : pandas.DataFrame
-        Its PSF stars (``x, y``: fitted centres), as :func:`astrodag.supernova.imaging.psf.estimate_psf` finds them.
+        Its PSF stars (``x, y``: fitted centres), brightest first, as
+        :func:`astrodag.supernova.imaging.psf.estimate_psf` finds them.
     fwhm : float
         Measured FWHM, pixels.
     stamp : numpy.ndarray
@@ -188,19 +219,23 @@ def injection_psf(data: np.ndarray, mask: np.ndarray, stars: pd.DataFrame, fwhm:
     size = stamp.shape[0]
     if settings.psf == "subtraction":
         return FakePSF.from_stamp(stamp)
-    if settings.psf == "epsf" and len(stars) >= 2:
+    if settings.psf == "epsf" and len(stars) >= MIN_FITTED_STARS:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # stars too near an edge are dropped with a warning
             cut = extract_stars(NDData(np.nan_to_num(data), mask=mask), Table({"x": stars["x"].to_numpy(float),
                                                                             "y": stars["y"].to_numpy(float)}),
                                 size=size)
-            if len(cut.all_good_stars) >= 2:
+            if len(cut.all_good_stars) >= MIN_FITTED_STARS:
                 built = EPSFBuilder(oversampling=EPSF_OVERSAMPLING, maxiters=EPSF_ITERATIONS, progress_bar=False)(cut)
                 model = built.epsf if hasattr(built, "epsf") else built[0]
                 if np.isfinite(model.data).all() and model.data.sum() > 0:
                     return FakePSF(size, "epsf", model=model)
-        log.info("too few stars for an effective PSF: Moffat fakes of FWHM %.2f px", fwhm)
-    return FakePSF(size, "moffat", model=moffat_model(fwhm, settings.moffat_beta))
+    fitted = fit_moffat(data, mask, stars.head(MOFFAT_STARS), fwhm)
+    if fitted is not None:
+        return FakePSF(size, "moffat", model=fitted)
+    log.info("too few stars to fit the fakes' profile: a Moffat of FWHM %.2f px and beta %.2f", fwhm,
+             settings.moffat_beta)
+    return FakePSF(size, "moffat_fwhm", model=moffat_model(fwhm, settings.moffat_beta))
 
 
 def add_point_sources(data: np.ndarray, psf: np.ndarray | FakePSF, x: np.ndarray, y: np.ndarray, flux: np.ndarray,
@@ -285,7 +320,8 @@ def galaxy_peaks(galaxies: np.ndarray, allowed: np.ndarray, fwhm: float) -> np.n
 def inject_sources(data: np.ndarray, rms: np.ndarray, mask: np.ndarray, psf: np.ndarray, fwhm: float,
                    sigma: float, wcs, settings: InjectSettings, rng: np.random.Generator,
                    zeropoint: float | None = None, gain: float | None = None,
-                   avoid: np.ndarray | None = None, shape: FakePSF | None = None) -> pd.DataFrame:
+                   avoid: np.ndarray | None = None, shape: FakePSF | None = None,
+                   nuclei: np.ndarray | None = None) -> pd.DataFrame:
     """Inject fake point sources into a background-subtracted science image (in place).
 
     Parameters
@@ -314,6 +350,9 @@ def inject_sources(data: np.ndarray, rms: np.ndarray, mask: np.ndarray, psf: np.
         ``(n, 2)`` pixel positions ``(x, y)`` to keep away from (bright sources; not for nucleus fakes).
     shape : FakePSF, optional
         The fakes' shape (:func:`injection_psf`); ``psf`` itself when None.
+    nuclei : numpy.ndarray, optional
+        ``(n, 2)`` positions ``(x, y)`` of galaxy nuclei, brightest first (:func:`galaxy_peaks`
+        of the reference); the peaks of ``data``'s own galaxy map when None.
 
     Returns
     -------
@@ -333,7 +372,7 @@ def inject_sources(data: np.ndarray, rms: np.ndarray, mask: np.ndarray, psf: np.
         low, high = m_lim + low, m_lim + high
     mags = rng.uniform(low, high, settings.count)
 
-    positions, placement = _positions(data, rms, mask, psf, fwhm, settings, rng, avoid)
+    positions, placement = _positions(data, rms, mask, psf, fwhm, settings, rng, avoid, nuclei)
     if len(positions) < settings.count:
         log.warning("room for only %d of %d injected sources", len(positions), settings.count)
     mags = mags[:len(positions)]
@@ -347,7 +386,7 @@ def inject_sources(data: np.ndarray, rms: np.ndarray, mask: np.ndarray, psf: np.
                          "flux": flux, "mag": mags, "snr": 5.0 * flux / f_lim, "placement": placement})
 
 
-def _positions(data, rms, mask, psf, fwhm, settings, rng, avoid):
+def _positions(data, rms, mask, psf, fwhm, settings, rng, avoid, nuclei):
     ny, nx = data.shape
     separation = settings.min_separation_fwhm * fwhm
     edge = settings.edge_px
@@ -369,7 +408,7 @@ def _positions(data, rms, mask, psf, fwhm, settings, rng, avoid):
     # places a kind cannot fill (too few nuclei or galaxies) pass to the next one.
     blocks = []
     if n_nucleus and galaxies is not None:
-        peaks = galaxy_peaks(galaxies, allowed, fwhm)
+        peaks = galaxy_peaks(galaxies, allowed, fwhm) if nuclei is None else np.asarray(nuclei, float).reshape(-1, 2)
         blocks.append(("nucleus", peaks + rng.uniform(-0.5, 0.5, peaks.shape), n_nucleus))
     if n_galaxy and galaxies is not None and galaxies.sum() > 0:
         p = (galaxies / galaxies.sum()).ravel()

@@ -82,7 +82,13 @@ from astrodag.supernova.imaging.background import (
 )
 from astrodag.supernova.imaging.detect import DetectSettings, detect_candidates
 from astrodag.supernova.imaging.fitsio import Image, load_image, write_image
-from astrodag.supernova.imaging.inject import InjectSettings, inject_sources, injection_psf
+from astrodag.supernova.imaging.inject import (
+    InjectSettings,
+    galaxy_map,
+    galaxy_peaks,
+    inject_sources,
+    injection_psf,
+)
 from astrodag.supernova.imaging.psf import PSF, PSFSettings, estimate_psf
 from astrodag.supernova.imaging.subtract import (
     FluxScale,
@@ -284,9 +290,12 @@ def _inject(science: Image, pair: _Registered, psf_sci: PSF, psf_ref: PSF, setti
                         for psf in (psf_sci, psf_ref)])
     # A shape independent of the subtraction's PSF, built before any fake is added.
     shape = injection_psf(pair.new, science.mask, psf_sci.stars, psf_sci.fwhm, psf_sci.image, settings.inject)
+    # Nuclei from the reference: a bright transient on its host would be the science image's brightest peak.
+    nuclei = galaxy_peaks(galaxy_map(pair.ref, pair.ref_bkg.rms, pair.ref_bad, psf_ref.image, psf_ref.fwhm),
+                          ~pair.ref_bad, psf_ref.fwhm) if settings.inject.nucleus_fraction else None
     table = inject_sources(pair.new, pair.sci_bkg.rms, science.mask | pair.ref_bad, psf_sci.image, psf_sci.fwhm,
                            pair.sci_bkg.rms_median, science.wcs, settings.inject, rng, zeropoint=science.zeropoint,
-                           gain=science.gain, avoid=bright, shape=shape)
+                           gain=science.gain, avoid=bright, shape=shape, nuclei=nuclei)
     return table, shape.method
 
 
