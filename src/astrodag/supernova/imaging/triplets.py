@@ -32,8 +32,9 @@ outside the image) are dropped. Normalisation (``normalisation``), per channel:
     their sky noise with one photo-electron added in quadrature (``NOISESCI``, ``NOISEREF``
     of ``difference.fits``; the floor keeps a nearly empty photon-counting sky, GALEX at 0.15
     counts a pixel, from turning single photons into clipped pixels), D by its robust noise
-    (``NOISED``, 1 for ZOGY up to resampling). The planes are background-subtracted already,
-    so sky sits at 0 and the brightness of a source relative to the image's noise survives.
+    (``NOISED``: 1 in theory for ZOGY, 1.0-1.7 measured on the demo's pairs). The planes are
+    background-subtracted already, so sky sits at 0 and the brightness of a source relative to
+    the image's noise survives.
 ``robust``
     ``(x - median) / (1.4826 MAD)`` over the valid pixels of the cut-out, clipped to
     ``[-clip, clip]``; collapses on photon-counting data, where the MAD of a cut-out is
