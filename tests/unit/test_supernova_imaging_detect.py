@@ -187,7 +187,7 @@ def test_injection_counts_brightness_placement_and_seed():
     rms = np.full(shape, sigma, np.float32)
     mask = np.zeros(shape, bool)
     mask[:, 150:] = True  # no reference coverage there
-    settings = InjectSettings(count=12, galaxy_fraction=0.5, poisson=False)
+    settings = InjectSettings(count=12, nucleus_fraction=0.1, galaxy_fraction=0.5, poisson=False)
 
     def run(seed):
         data = base.copy()
@@ -197,13 +197,17 @@ def test_injection_counts_brightness_placement_and_seed():
 
     data, table = run(1)
     assert tuple(table.columns) == INJECTION_COLUMNS and len(table) == 12
-    # Magnitudes relative to the 5-sigma limit: S/N between 5 * 10^(-0.2) and 5 * 10^(1.2).
-    assert table["snr"].between(5 * 10 ** -0.2, 5 * 10 ** 1.2).all()
+    # Magnitudes relative to the 5-sigma limit: S/N between 5 * 10^(-0.2) and 5 * 10^2.8, as bright as the
+    # brightest supernovae.
+    assert table["snr"].between(5 * 10 ** -0.2, 5 * 10 ** 2.8).all() and table["snr"].max() > 300
     np.testing.assert_allclose(table["flux"], 10 ** (-0.4 * (table["mag"] - 25.0)))
     np.testing.assert_allclose(table["snr"], 5 * table["flux"] / limiting_flux(psf, sigma))
+    # One fake on the galaxy's nucleus (round(0.1 * 12)), six more on the galaxy.
+    nucleus = table[table["placement"] == "nucleus"]
+    assert len(nucleus) == 1 and np.hypot(nucleus["x"].iloc[0] - 60, nucleus["y"].iloc[0] - 140).min() <= 1.5
     assert (table["placement"] == "galaxy").sum() == 6
     on_galaxy = galaxy_map(base, rms, mask, psf, fwhm)
-    for _, row in table[table["placement"] == "galaxy"].iterrows():
+    for _, row in table[table["placement"] != "random"].iterrows():
         assert on_galaxy[int(round(row["y"])), int(round(row["x"]))] > 0
     assert (table["x"] < 150 - 15).all()  # kept off the uncovered part
     separation = np.hypot(*(table[["x", "y"]].to_numpy()[:, None] - table[["x", "y"]].to_numpy()[None]).T)
@@ -213,3 +217,67 @@ def test_injection_counts_brightness_placement_and_seed():
     pd.testing.assert_frame_equal(same, table)
     np.testing.assert_array_equal(again, data)
     assert not np.allclose(run(2)[1]["x"], table["x"])
+
+
+def test_nucleus_fakes_go_on_bright_nuclei_that_other_fakes_avoid():
+    from astrodag.supernova.imaging.inject import InjectSettings, galaxy_map, galaxy_peaks, inject_sources
+
+    rng = np.random.default_rng(3)
+    shape, sigma, fwhm = (200, 200), 3.0, 3.0
+    psf = gaussian_psf(fwhm, 19)
+    y, x = np.mgrid[:shape[0], :shape[1]]
+    galaxy = 300.0 * np.exp(-np.hypot((x - 100) / 15.0, (y - 100) / 15.0))  # a bright nucleus (S/N 100)
+    reference = (galaxy + rng.normal(0, sigma, shape)).astype(np.float32)
+    data = (galaxy + rng.normal(0, sigma, shape)).astype(np.float32)
+    add_point_sources(data, psf, [112.0], [104.0], [3e4])  # a supernova on its host, brighter than the nucleus
+    rms, mask = np.full(shape, sigma, np.float32), np.zeros(shape, bool)
+    # The pipeline takes the nuclei from the reference: the transient is no nucleus there.
+    nuclei = galaxy_peaks(galaxy_map(reference, rms, mask, psf, fwhm), ~mask, fwhm)
+    assert np.hypot(*(nuclei[0] - 100)) <= 1
+    settings = InjectSettings(count=10, nucleus_fraction=0.1, galaxy_fraction=0.4, poisson=False)
+    table = inject_sources(data, rms, mask, psf, fwhm, sigma, make_wcs(shape), settings, rng, zeropoint=25.0,
+                           avoid=np.array([[100.0, 100.0], [112.0, 104.0]]), nuclei=nuclei)
+    separation = np.hypot(table["x"] - 100, table["y"] - 100)
+    assert (separation[table["placement"] == "nucleus"] <= 1.0).sum() == 1
+    assert (separation[table["placement"] != "nucleus"] >= 5 * fwhm).all()
+    from_sn = np.hypot(table["x"] - 112, table["y"] - 104)
+    assert (from_sn[table["placement"] != "nucleus"] >= 5 * fwhm).all() and from_sn.min() > 10
+
+
+def test_fakes_are_shaped_independently_of_the_subtraction_psf():
+    """Fakes take a profile fitted to the image's stars, not the subtraction's stamp, whose error would hide."""
+    from astrodag.supernova.imaging.inject import InjectSettings, injection_psf, moffat_model, shifted_psf
+
+    rng = np.random.default_rng(4)
+    shape = (160, 160)
+    truth = moffat_model(4.0, 2.5)
+    grid_x, grid_y = np.meshgrid(np.arange(25.0, 150.0, 30.0), np.arange(25.0, 150.0, 30.0))
+    # Isolated PSF stars, as estimate_psf selects them.
+    stars = pd.DataFrame({"x": grid_x.ravel() + rng.uniform(-0.5, 0.5, grid_x.size),
+                          "y": grid_y.ravel() + rng.uniform(-0.5, 0.5, grid_x.size)})
+    data = np.zeros(shape)
+    yy, xx = np.mgrid[:shape[0], :shape[1]]
+    for sx, sy in stars[["x", "y"]].to_numpy():
+        data += 2e4 * truth.evaluate(xx, yy, 1.0, sx, sy, *truth.parameters[3:])
+    data += rng.normal(0, 1.0, shape)
+    wrong = gaussian_psf(3.0, 25)  # a subtraction PSF estimated too narrow, and of the wrong profile
+    mask = np.zeros(shape, bool)
+    grid = np.mgrid[-12:13, -12:13].astype(float)
+    expected = truth.evaluate(grid[1], grid[0], 1.0, 0.3, -0.2, *truth.parameters[3:])
+    expected /= expected.sum()
+    assert np.abs(shifted_psf(wrong, 0.3, -0.2) - expected).max() > 0.3 * expected.max()
+
+    for method, tolerance in (("moffat", 0.02), ("epsf", 0.05)):
+        fakes = injection_psf(data, mask, stars, 3.0, wrong, InjectSettings(psf=method))
+        assert fakes.method == method and fakes.size == 25
+        stamp = fakes.stamp(0.3, -0.2)
+        assert stamp.sum() == pytest.approx(1.0) and stamp.shape == (25, 25)
+        # The profile follows the stars (a Moffat of FWHM 4 px), not the subtraction's 3-px Gaussian.
+        assert np.abs(stamp - expected).max() < tolerance * expected.max()
+
+    few = injection_psf(data, mask, stars.head(2), 4.0, wrong, InjectSettings())
+    assert few.method == "moffat_fwhm" and few.model.fwhm == pytest.approx(4.0) and few.model.beta == 3.0
+    same = injection_psf(data, mask, stars, 3.0, wrong, InjectSettings(psf="subtraction"))
+    np.testing.assert_allclose(same.stamp(), wrong / wrong.sum(), atol=1e-12)
+    with pytest.raises(ConfigError, match="nucleus_fraction"):
+        DifferenceSettings.from_config({"inject": {"nucleus_fraction": 0.6, "galaxy_fraction": 0.5}})

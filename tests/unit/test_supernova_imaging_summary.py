@@ -26,3 +26,37 @@ def test_too_few_images_or_no_magnitudes_give_no_table():
     few = pd.DataFrame({"sn_name": ["a", "b"], "sn_mag": [18.0, 19.0], "sn_recovered": [True, False]})
     assert len(few) < MIN_PAIRS_PER_BIN and _recovery_by_magnitude(few) == []
     assert _recovery_by_magnitude(few.drop(columns="sn_mag")) == []
+
+
+def test_rejections_by_mission_add_up_to_the_total(tmp_path):
+    """yield.csv counts a two-mission combination under both missions; the report counts it once."""
+    from astrodag.supernova.archive.pairing import DECISION_COLUMNS, PAIR_COLUMNS, yield_table
+    from astrodag.supernova.imaging.summary import summarize_imaging_track
+
+    observations = pd.DataFrame({"obs_collection": ["GALEX", "GALEX", "SWIFT", "SWIFT", "PS1"]})
+    decisions = pd.DataFrame({
+        "sn_name": ["SN A"] * 7,
+        "mission": ["GALEX|SWIFT", "SWIFT|GALEX", "GALEX", "SWIFT", "GALEX|PS1", "SWIFT", "PS1"],
+        "accepted": [False, False, False, False, False, True, False],
+        "reason": ["different_mission", "different_mission", "different_filter", "superseded", "different_mission",
+                   "accepted", "no_science"],
+    }).reindex(columns=list(DECISION_COLUMNS))
+    yields = yield_table(observations, decisions)
+    decisions.to_csv(tmp_path / "decisions.csv", index=False)
+    yields.to_csv(tmp_path / "yield.csv", index=False)
+    pd.DataFrame(columns=list(PAIR_COLUMNS)).to_csv(tmp_path / "pairs.csv", index=False)
+    pd.DataFrame({"sn_name": ["SN A"], "ra": [10.0], "dec": [20.0]}).to_csv(tmp_path / "catalog.csv", index=False)
+
+    summary = summarize_imaging_track(tmp_path / "pairs.csv", tmp_path / "decisions.csv", tmp_path / "yield.csv",
+                                      tmp_path / "catalog.csv", [], tmp_path / "report")
+    table = pd.DataFrame(summary["yield_by_mission"]).set_index("mission")
+    total = table.loc["total"]
+    parts = table.drop(index="total")
+    assert total["rejected_different_mission"] == 3 == summary["rejected_by_reason"]["different_mission"]
+    counted = [c for c in table.columns if c != "observations"]
+    assert (parts[counted].sum() == total[counted]).all()
+    assert parts["observations"].sum() == total["observations"] == 5
+    assert parts.loc["GALEX|SWIFT", "rejected_different_mission"] == 2
+    assert parts.loc["GALEX", "rejected_different_mission"] == 0
+    assert parts.loc["GALEX", "rejected_different_filter"] == 1
+    assert "`A|B`" in (tmp_path / "report" / "imaging_report.md").read_text()

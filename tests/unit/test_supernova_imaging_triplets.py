@@ -19,6 +19,7 @@ from astrodag.supernova.imaging.triplets import (
     augment,
     build_dataset,
     cut_triplets,
+    cutouts,
     normalise,
 )
 
@@ -43,6 +44,16 @@ def test_normalisation():
     assert np.sqrt(np.sum(l2 ** 2)) == pytest.approx(1.0) and l2[5, 5] == 0
     assert not normalise(np.full((9, 9), np.nan)).any()
     assert np.isfinite(normalise(np.ones((9, 9)))).all()
+    # sky: the plane's noise, not the cut-out's: the sky level and the source's brightness survive.
+    sky = normalise(cutout, "sky", noise=3.0)
+    assert sky[5, 5] == 0 and sky[30, 30] == 30.0 and np.median(sky) == pytest.approx(10.0 / 3.0, rel=0.05)
+    with pytest.raises(ValueError, match="noise"):
+        normalise(cutout, "sky")
+    with pytest.raises(ValueError, match="NOISE"):
+        cutouts([cutout], np.zeros((63, 63), bool), np.array([31.0]), np.array([31.0]), 9, "sky", 30.0)
+    stack, _ = cutouts([cutout], np.zeros((63, 63), bool), np.array([31.0]), np.array([31.0]), 9, "sky", 30.0,
+                       noise=[3.0])
+    np.testing.assert_allclose(stack[0, 0], normalise(cutout[27:36, 27:36], "sky", noise=3.0))
 
 
 def test_cut_triplets_labels_and_file(processed_pair, tmp_path):  # noqa: F811
@@ -167,8 +178,11 @@ def test_cli_stages(processed_pair, tmp_path):  # noqa: F811
     for name in ("science.fits", "reference.fits"):
         shutil.copy(source_dir / name, pair_dir / name)
     ra, dec = _sn_position(processed_pair)
-    pd.DataFrame({"sn_name": ["SN 2011fe"], "ra": [ra], "dec": [dec], "discovery_mjd": [55797.2], "type": ["Ia"],
-                  "redshift": [0.0008], "host": ["M101"]}).to_csv(tmp_path / "catalog.csv", index=False)
+    # Two supernovae in the field: the second is never a bogus example either.
+    other = [float(v) for v in processed_pair[1].pixel_to_world_values(30.0, 40.0)]
+    pd.DataFrame({"sn_name": ["SN 2011fe", "SN 2099zz"], "ra": [ra, other[0]], "dec": [dec, other[1]],
+                  "discovery_mjd": [55797.2, 88000.0], "type": ["Ia", "II"], "redshift": [0.0008, 0.0008],
+                  "host": ["M101", "M101"]}).to_csv(tmp_path / "catalog.csv", index=False)
     pd.DataFrame({"pair_id": [pair_dir.name], "sn_name": ["SN 2011fe"], "mission": ["SYN"], "filter": ["g"]}) \
         .to_csv(tmp_path / "pairs.csv", index=False)
     runs = [
@@ -177,7 +191,8 @@ def test_cli_stages(processed_pair, tmp_path):  # noqa: F811
         ["detect", "--pair-dir", str(pair_dir), "--settings", "{threshold: 5.5}", "--out",
          str(pair_dir / "candidates.csv")],
         ["triplets", "--pair-dir", str(pair_dir), "--pairs", str(tmp_path / "pairs.csv"), "--pair-id", pair_dir.name,
-         "--catalog", str(tmp_path / "catalog.csv"), "--seed", "2", "--out", str(pair_dir / "triplets.npz")],
+         "--catalog", str(tmp_path / "catalog.csv"), "--seed", "2", "--out", str(pair_dir / "triplets.npz"),
+         "--detection-settings", "{threshold: 5.5}"],
         ["build-dataset", "--triplets", str(pair_dir / "triplets.npz"), "--out-dir", str(tmp_path / "dataset"),
          "--settings", '{"split_fractions": {"train": 1.0, "validation": 0.0, "test": 0.0}}'],
     ]
@@ -185,6 +200,14 @@ def test_cli_stages(processed_pair, tmp_path):  # noqa: F811
         run_stage("supernova", *argv)
     with np.load(pair_dir / "triplets.npz") as npz:
         assert str(npz["sn_name"]) == "SN 2011fe" and (npz["source"] == "sn").sum() == 1
+        assert json.loads(str(npz["summary"]))["catalog_supernovae_in_image"] == 2
+        assert not _near(npz["x"], npz["y"], [(30.0, 40.0)]).any()
+    # The imaging report's per-pair columns: how many fakes became real examples, how many were dropped and why.
+    from astrodag.supernova.imaging.summary import _triplet_summary
+
+    fates = _triplet_summary(pair_dir)
+    assert fates["fakes_injected"] == 4
+    assert fates["fakes_real"] + sum(v for k, v in fates.items() if k.startswith("fakes_dropped_")) == 4
     assert len(np.load(tmp_path / "dataset" / "train.npy", mmap_mode="r")) > 0
     assert len(np.load(tmp_path / "dataset" / "test.npy", mmap_mode="r")) == 0
     # A directory stands for its .npz files (the reviewed triplets of the active-learning loop).
@@ -234,3 +257,137 @@ def test_a_reviewed_cutout_replaces_the_pairs_own_copy(processed_pair, tmp_path)
     assert len(same) == 1 and same["source"].iloc[0] == "reviewed" and same["label"].iloc[0] == 1
     assert summary["triplets"]["train"]["total"] == len(arrays["label"])
     assert summary["triplets"]["train"]["per_source"]["reviewed"] == 1
+
+
+# ---- labels: catalogue supernovae and fakes --------------------------------------------------
+
+
+def _copy_pair(processed_pair, directory):  # noqa: F811
+    pair_dir, _, _ = processed_pair
+    shutil.copytree(pair_dir, directory)
+    return directory
+
+
+def _near(x, y, points, radius=3.0):
+    points = np.asarray(points, float).reshape(-1, 2)
+    return np.hypot(x[:, None] - points[None, :, 0], y[:, None] - points[None, :, 1]).min(axis=1) <= radius
+
+
+def test_no_catalogue_supernova_becomes_a_bogus_example(processed_pair, tmp_path):  # noqa: F811
+    """The SN rejected by a shape cut, another catalogue SN of the field and one among the bright sources."""
+    pair_dir = _copy_pair(processed_pair, tmp_path / "pair")
+    _, wcs, _ = processed_pair
+    ra, dec = _sn_position(processed_pair)
+    # Where the bogus examples went without the other supernovae: the first candidate and the first star.
+    plain = cut_triplets(pair_dir, ra, dec, "pair1", "SN 2011fe", "SYN", "g", seed=1, out=tmp_path / "plain.npz")
+    with np.load(tmp_path / "plain.npz") as npz:
+        source, x, y = npz["source"], npz["x"], npz["y"]
+    assert plain["per_source"]["sn"] == 1
+    other = [(x[source == kind][0], y[source == kind][0]) for kind in ("candidate", "artefact")]
+    # The SN's own candidate rejected as extended (a residual on a nucleus).
+    candidates = pd.read_csv(pair_dir / "candidates.csv", keep_default_na=False)
+    at_sn = np.hypot(candidates["x"] - TRANSIENT[0], candidates["y"] - TRANSIENT[1]) <= 3
+    assert at_sn.sum() == 1
+    candidates.loc[at_sn, ["kept", "reject_reason"]] = [False, "extended"]
+    candidates.to_csv(pair_dir / "candidates.csv", index=False)
+
+    positions = [tuple(float(v) for v in wcs.pixel_to_world_values(px, py)) for px, py in other]
+    summary = cut_triplets(pair_dir, ra, dec, "pair1", "SN 2011fe", "SYN", "g", seed=1, out=tmp_path / "t.npz",
+                           catalog_positions=[(ra, dec), *positions, (RA + 1.0, DEC)])
+    with np.load(tmp_path / "t.npz") as npz:
+        label, x, y = npz["label"], npz["x"], npz["y"]
+    assert summary["catalog_supernovae_in_image"] == 3  # the pair's own (given twice) and two more
+    assert summary["per_source"]["sn"] == 0 and summary["undetected_sn"] == 1
+    bogus = label == 0
+    assert not _near(x[bogus], y[bogus], [TRANSIENT[:2], *other]).any()
+
+
+def test_a_fake_is_real_only_when_position_flux_and_significance_agree(processed_pair, tmp_path):  # noqa: F811
+    pair_dir = _copy_pair(processed_pair, tmp_path / "pair")
+    ra, dec = _sn_position(processed_pair)
+    injections = pd.read_csv(pair_dir / "injections.csv")
+    candidates = pd.read_csv(pair_dir / "candidates.csv", keep_default_na=False)
+    kept = candidates[candidates["kept"].astype(bool)]
+    distance = np.hypot(kept["x"].to_numpy()[None] - injections[["x"]].to_numpy(),
+                        kept["y"].to_numpy()[None] - injections[["y"]].to_numpy())
+    matched = distance.min(axis=1) <= 3.0
+    assert matched.sum() >= 3 and (~matched).sum() >= 1
+    # A matched fake whose measured flux is three times the injected one (a blend, a host residual) ...
+    bright = int(np.flatnonzero(matched)[np.argmax(injections["snr"].to_numpy()[matched])])
+    candidates.loc[kept.index[np.argmin(distance[bright])], "flux"] *= 3.0
+    # ... and a fake far below the limit that a noise peak at 5.3 sigma happens to match.
+    faint = int(np.flatnonzero(~matched)[0])
+    fake = injections.iloc[faint]
+    sigma_f = fake["flux"] / 2.0  # an expected significance of 2
+    noise_peak = {**candidates.iloc[0].to_dict(), "candidate_id": 999, "x": fake["x"] + 0.5, "y": fake["y"],
+                  "significance": 5.3, "flux": 5.3 * sigma_f, "kept": True, "reject_reason": ""}
+    candidates = pd.concat([candidates, pd.DataFrame([noise_peak])], ignore_index=True)
+    candidates.to_csv(pair_dir / "candidates.csv", index=False)
+
+    summary = cut_triplets(pair_dir, ra, dec, "pair1", "SN 2011fe", "SYN", "g", seed=1, out=tmp_path / "t.npz")
+    fakes = summary["fakes"]
+    assert fakes["injected"] == len(injections)
+    assert fakes["dropped"]["flux_mismatch"] == 1 and fakes["dropped"]["below_threshold"] == 1
+    assert fakes["real"] == matched.sum() - 1 == summary["per_source"]["injected"]
+    assert fakes["real"] + sum(fakes["dropped"].values()) == fakes["injected"]
+    with np.load(tmp_path / "t.npz") as npz:
+        x, y = npz["x"], npz["y"]
+        assert json.loads(str(npz["summary"]))["fakes"] == fakes and str(npz["normalisation"]) == "sky"
+    dropped = injections.iloc[[bright, faint]][["x", "y"]].to_numpy()
+    # Neither a real example nor a bogus one.
+    assert not _near(x, y, dropped).any()
+    # A stricter detection threshold drops more: the expected significance must reach it.
+    strict = cut_triplets(pair_dir, ra, dec, "pair1", "SN 2011fe", "SYN", "g", seed=1, out=tmp_path / "s.npz",
+                          detection_threshold=1e4)
+    assert strict["fakes"]["real"] == 0 and strict["per_source"]["sn"] == 1
+
+
+# ---- normalisation on photon-counting data ----------------------------------------------------
+
+
+def _photon_counting_pair(directory, sky=0.15, seed=0):
+    """A GALEX-like pair: 0.15 counts a pixel of sky, Poisson noise, GAIN 1; the SN at TRANSIENT (300 counts)."""
+    from imaging_helpers import make_wcs, render, sky_stars, write_fits
+
+    rng = np.random.default_rng(seed)
+    shape = (144, 144)
+    ra, dec, flux = sky_stars(rng, 15, shape, flux=(300.0, 3000.0))
+    wcs = make_wcs(shape)
+    images = {}
+    for name, fwhm, extra in (("science", 3.0, TRANSIENT[:2] + (300.0,)), ("reference", 3.0, None)):
+        x, y = wcs.world_to_pixel_values(ra, dec)
+        expected = sky + render(shape, x, y, flux, fwhm)
+        if extra is not None:
+            expected += render(shape, [extra[0]], [extra[1]], [extra[2]], fwhm)
+        images[name] = write_fits(directory / f"{name}.fits", rng.poisson(expected).astype(np.float32), wcs,
+                                  GAIN=1.0, EXPTIME=1000.0)
+    return images["science"], images["reference"], wcs
+
+
+def test_sky_normalisation_keeps_photon_counting_stamps_readable(tmp_path):
+    from astrodag.supernova.imaging.pipeline import DifferenceSettings, detect_pair, difference_pair
+
+    pair_dir = tmp_path / "SN2004dj__GALEX_FUV__1_2"
+    pair_dir.mkdir()
+    science, reference, wcs = _photon_counting_pair(pair_dir)
+    difference_pair(science, reference, pair_dir, DifferenceSettings.from_config({"inject": {"count": 4}}))
+    detect_pair(pair_dir)
+    ra, dec = (float(v) for v in wcs.pixel_to_world_values(TRANSIENT[0], TRANSIENT[1]))
+    fractions = {}
+    for method in ("sky", "robust"):
+        summary = cut_triplets(pair_dir, ra, dec, "p", "SN 2004dj", "GALEX", "FUV",
+                               TripletSettings(normalisation=method), out=tmp_path / f"{method}.npz")
+        assert summary["per_source"]["sn"] == 1
+        with np.load(tmp_path / f"{method}.npz") as npz:
+            cut, source = npz["cutouts"], npz["source"]
+        science_channel = cut[:, 0]
+        fractions[method] = float(np.mean(science_channel >= 30.0))
+        if method == "sky":
+            sn = cut[np.flatnonzero(source == "sn")[0], 0]
+            # Sky pixels hold 0 or 1 photon, about 1 (the sky noise and one photon in quadrature) apart,
+            # far below the SN's core.
+            assert np.percentile(science_channel, 90) < 1.5 and sn[29:34, 29:34].max() > 10.0
+    # Per-stamp MAD scaling collapses on an almost empty sky: every photon clips (14 % of the sky pixels);
+    # scaled by the sky noise, only the cores of the brightest stars do.
+    assert fractions["robust"] > 0.1
+    assert fractions["sky"] < 0.02

@@ -69,11 +69,12 @@ rule cut_triplets:
     params:
         pair_dir=output_dir(0),
         settings=as_json(SUPERNOVA["triplets"]),
+        detection=as_json(SUPERNOVA["detection"]),
         seed=SUPERNOVA["seed"],
     shell:
         "python -m astrodag supernova triplets --pair-dir {params.pair_dir} --pairs {input.pairs}"
         " --pair-id {wildcards.pair_id} --catalog {input.catalog} --settings {params.settings:q}"
-        " --seed {params.seed} --out {output} --log {log}"
+        " --detection-settings {params.detection:q} --seed {params.seed} --out {output} --log {log}"
 
 
 rule build_triplet_dataset:

@@ -42,9 +42,13 @@ def add_stages(stages) -> None:
     triplets.add_argument("--pairs", type=Path, required=True, help="pairs.csv (sn_name, mission, filter per pair)")
     triplets.add_argument("--pair-id", required=True, help="the pair's pair_id in pairs.csv")
     triplets.add_argument("--catalog", type=Path, required=True,
-                          help="supernova catalogue CSV (sn_name, ra, dec, discovery_mjd, type, redshift, host)")
+                          help="supernova catalogue CSV (sn_name, ra, dec, discovery_mjd, type, redshift, host); "
+                               "no bogus example is cut at any of its positions")
     triplets.add_argument("--settings", type=json_or_yaml, default={},
                           help="supernova.triplets settings as JSON/YAML or @file")
+    triplets.add_argument("--detection-settings", type=json_or_yaml, default={},
+                          help="supernova.detection settings as JSON/YAML or @file (its threshold: the least "
+                               "expected significance of a fake labelled real)")
     triplets.add_argument("--seed", type=int, default=0, help="seed of the random artefact positions")
     triplets.add_argument("--out", type=Path, help="output .npz (default PAIR_DIR/triplets.npz)")
 
@@ -74,7 +78,7 @@ def add_stages(stages) -> None:
 
 
 def _pair_row(pairs: Path, pair_id: str, catalog: Path) -> dict:
-    """sn_name, mission, filter of a pair and its supernova's position."""
+    """sn_name, mission, filter of a pair, its supernova's position and every catalogue position."""
     from astrodag.errors import InputDataError
     from astrodag.io import read_table
 
@@ -92,7 +96,8 @@ def _pair_row(pairs: Path, pair_id: str, catalog: Path) -> dict:
     if len(sn) != 1:
         raise InputDataError(catalog, f"has {len(sn)} rows for {row['sn_name']!r} (expected 1)")
     return {"sn_name": str(row["sn_name"]), "mission": str(row["mission"]), "filter": str(row["filter"]),
-            "sn_ra": float(sn.iloc[0]["ra"]), "sn_dec": float(sn.iloc[0]["dec"])}
+            "sn_ra": float(sn.iloc[0]["ra"]), "sn_dec": float(sn.iloc[0]["dec"]),
+            "catalog_positions": tables[catalog][["ra", "dec"]].to_numpy(float).tolist()}
 
 
 def _difference(args: argparse.Namespace) -> None:
@@ -112,12 +117,15 @@ def _detect(args: argparse.Namespace) -> None:
 
 
 def _triplets(args: argparse.Namespace) -> None:
+    from astrodag.supernova.imaging.detect import DetectSettings
     from astrodag.supernova.imaging.triplets import TripletSettings, cut_triplets
 
     settings = TripletSettings.from_config(args.settings)
+    threshold = DetectSettings.from_config(args.detection_settings).threshold
     pair = _pair_row(args.pairs, args.pair_id, args.catalog)
     summary = cut_triplets(args.pair_dir, pair["sn_ra"], pair["sn_dec"], args.pair_id, pair["sn_name"],
-                           pair["mission"], pair["filter"], settings, seed=args.seed, out=args.out)
+                           pair["mission"], pair["filter"], settings, seed=args.seed, out=args.out,
+                           catalog_positions=pair["catalog_positions"], detection_threshold=threshold)
     logger.info("triplets: %s", json.dumps(summary))
 
 

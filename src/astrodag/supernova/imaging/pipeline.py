@@ -10,7 +10,8 @@
 4. ``psf``: stars, FWHM and empirical PSF of both (:mod:`astrodag.supernova.imaging.psf`); with
    ``align.refine``, a significant residual shift between the two star lists is corrected by
    resampling the reference again (and its background is re-measured);
-5. ``inject``: fake point sources into the science image (:mod:`astrodag.supernova.imaging.inject`);
+5. ``inject``: fake point sources into the science image (:mod:`astrodag.supernova.imaging.inject`),
+   shaped by a PSF model independent of the subtraction's (photutils' effective PSF of the stars);
 6. ``flux``: science/reference flux ratio from the matched stars;
 7. ``subtract``: ZOGY (or the Gaussian baseline) with per-pixel variance maps (sky noise
    squared plus the photon noise of the sources), then the removal of D's smooth residual
@@ -22,10 +23,13 @@ Products in ``out_dir`` (all FITS on the science grid, with its WCS and provenan
 ``difference.fits``
     Primary: D, the proper difference image (unit noise; ``gaussian``: science units).
     Header: ``FLUXZPD`` (F_D), ``FLUXSCL`` (F_S: transient flux = S / F_S), ``FWHM_D``,
-    ``FWHMSCI``, ``FWHMREF``, ``FLXRATIO``, ``SUBMETH``. Extensions: ``SCIENCE`` (science with
-    the injected sources, background-subtracted), ``REFERENCE`` (aligned, background-subtracted,
-    multiplied by the flux ratio: science units), ``PSF_D``, ``PSF_SCI``, ``PSF_REF`` (stamps)
-    and ``SOURCES`` (table of the science image's brightest sources: ``x, y, snr``).
+    ``FWHMSCI``, ``FWHMREF``, ``FLXRATIO``, ``SUBMETH``, and the per-pixel noise of the three
+    planes the cut-outs are scaled by: ``NOISESCI`` and ``NOISEREF`` (sky noise with one
+    photo-electron added in quadrature, :func:`plane_noise`), ``NOISED`` (robust, of D).
+    Extensions: ``SCIENCE`` (science with the injected sources, background-subtracted),
+    ``REFERENCE`` (aligned, background-subtracted, multiplied by the flux ratio: science units),
+    ``PSF_D``, ``PSF_SCI``, ``PSF_REF`` (stamps) and ``SOURCES`` (table of the science image's
+    brightest sources: ``x, y, snr``).
 ``significance.fits``
     Primary: S_corr (sigma); extension ``SCORE``: S.
 ``mask.fits``
@@ -35,7 +39,8 @@ Products in ``out_dir`` (all FITS on the science grid, with its WCS and provenan
     The injected sources (:data:`astrodag.supernova.imaging.inject.INJECTION_COLUMNS`).
 ``difference.json``
     Timings per step, FWHMs, flux ratio, overlap fraction, alignment method and error,
-    noise levels, S_corr statistics (median, robust std, the typical offset removed by
+    noise levels (also those of the ``NOISE*`` cards), the fakes' shape (``injection_psf``),
+    S_corr statistics (median, robust std, the typical offset removed by
     ``subtract.difference_background``), settings and seed (and the peak traced memory per
     step when run under ``tracemalloc``, as the benchmark does).
 
@@ -77,7 +82,13 @@ from astrodag.supernova.imaging.background import (
 )
 from astrodag.supernova.imaging.detect import DetectSettings, detect_candidates
 from astrodag.supernova.imaging.fitsio import Image, load_image, write_image
-from astrodag.supernova.imaging.inject import InjectSettings, inject_sources
+from astrodag.supernova.imaging.inject import (
+    InjectSettings,
+    galaxy_map,
+    galaxy_peaks,
+    inject_sources,
+    injection_psf,
+)
 from astrodag.supernova.imaging.psf import PSF, PSFSettings, estimate_psf
 from astrodag.supernova.imaging.subtract import (
     FluxScale,
@@ -268,14 +279,35 @@ def _realign(science: Image, reference: Image, pair: _Registered, psf_ref: PSF, 
 
 
 def _inject(science: Image, pair: _Registered, psf_sci: PSF, psf_ref: PSF, settings: DifferenceSettings,
-            rng: np.random.Generator) -> pd.DataFrame:
-    """Fake point sources added to ``pair.new`` in place, clear of the bright sources of either image."""
+            rng: np.random.Generator) -> tuple[pd.DataFrame, str]:
+    """Fake point sources added to ``pair.new`` in place, clear of the bright sources of either image
+    (nucleus fakes excepted); also the name of their shape (``InjectSettings.psf``, after fallbacks)."""
+    if settings.inject.count == 0:
+        return inject_sources(pair.new, pair.sci_bkg.rms, science.mask, psf_sci.image, psf_sci.fwhm,
+                              pair.sci_bkg.rms_median, science.wcs, settings.inject, rng), "none"
     # Their residuals would be confused with the fakes.
     bright = np.vstack([psf.sources[psf.sources["snr"] > 50][["x", "y"]].to_numpy(float)
                         for psf in (psf_sci, psf_ref)])
-    return inject_sources(pair.new, pair.sci_bkg.rms, science.mask | pair.ref_bad, psf_sci.image, psf_sci.fwhm,
-                          pair.sci_bkg.rms_median, science.wcs, settings.inject, rng, zeropoint=science.zeropoint,
-                          gain=science.gain, avoid=bright)
+    # A shape independent of the subtraction's PSF, built before any fake is added.
+    shape = injection_psf(pair.new, science.mask, psf_sci.stars, psf_sci.fwhm, psf_sci.image, settings.inject)
+    # Nuclei from the reference: a bright transient on its host would be the science image's brightest peak.
+    nuclei = galaxy_peaks(galaxy_map(pair.ref, pair.ref_bkg.rms, pair.ref_bad, psf_ref.image, psf_ref.fwhm),
+                          ~pair.ref_bad, psf_ref.fwhm) if settings.inject.nucleus_fraction else None
+    table = inject_sources(pair.new, pair.sci_bkg.rms, science.mask | pair.ref_bad, psf_sci.image, psf_sci.fwhm,
+                           pair.sci_bkg.rms_median, science.wcs, settings.inject, rng, zeropoint=science.zeropoint,
+                           gain=science.gain, avoid=bright, shape=shape, nuclei=nuclei)
+    return table, shape.method
+
+
+def plane_noise(sky_rms: float, gain: float | None, scale: float = 1.0) -> float:
+    """Noise of one pixel of a background-subtracted plane for the cut-outs' ``sky`` normalisation.
+
+    The sky noise with the noise of one photo-electron (``1 / gain`` data units) added in quadrature,
+    times ``scale`` (the flux ratio of the scaled reference): the floor keeps a nearly empty
+    photon-counting sky (GALEX, 0.15 counts a pixel) from turning single photons into huge values.
+    """
+    quantum = 1.0 / gain if gain else 0.0
+    return float(scale * math.hypot(sky_rms, quantum))
 
 
 def _grown_mask(bad: np.ndarray, grow_px: int) -> np.ndarray:
@@ -398,6 +430,21 @@ def _record(science_path, reference_path, seed: int, science: Image, pair: _Regi
     }
 
 
+def _plane_noise(science: Image, reference: Image, pair: _Registered, scale: FluxScale, result: _Difference,
+                 grown: np.ndarray) -> dict:
+    """Per-pixel noise of the SCIENCE, REFERENCE and difference planes as written (``NOISE*`` header cards).
+
+    D has unit noise in theory (ZOGY; the Gaussian baseline's D is in science units): its robust
+    standard deviation is measured all the same, so that the cut-outs see unit noise either way.
+    """
+    good = result.difference[~grown]
+    good = good[np.isfinite(good)]
+    _, d_noise = _robust_stats(good[::max(1, good.size // 1_000_000)])
+    return {"science_plane": plane_noise(pair.sci_bkg.rms_median, science.gain),
+            "reference_plane": plane_noise(pair.ref_bkg.rms_median, reference.gain, scale.ratio),
+            "difference_plane": d_noise if d_noise > 0 else 1.0}
+
+
 def difference_pair(science_path: str | Path, reference_path: str | Path, out_dir: str | Path,
                     settings: DifferenceSettings | None = None, seed: int = 0) -> dict:
     """Difference one pair and write the products listed in the module notes.
@@ -437,7 +484,7 @@ def difference_pair(science_path: str | Path, reference_path: str | Path, out_di
             and math.hypot(residual.shift_x, residual.shift_y) > settings.align.refine_min_shift_px):
         pair = _realign(science, reference, pair, psf_ref, residual, settings, timer)
     with timer("inject"):
-        injections = _inject(science, pair, psf_sci, psf_ref, settings, pair_rng(seed, out_dir.name))
+        injections, fake_psf = _inject(science, pair, psf_sci, psf_ref, settings, pair_rng(seed, out_dir.name))
     grown = _grown_mask(science.mask | pair.ref_bad, settings.subtract.mask_grow_px)
     with timer("flux"):
         scale = _flux_scale(science, reference, pair, psf_sci, psf_ref, radius, grown, settings)
@@ -446,6 +493,8 @@ def difference_pair(science_path: str | Path, reference_path: str | Path, out_di
 
     record = _record(science_path, reference_path, seed, science, pair, residual, psf_sci, psf_ref, scale, result,
                      grown, injections, settings)
+    record["injection_psf"] = fake_psf
+    record["noise"].update(_plane_noise(science, reference, pair, scale, result, grown))
     with timer("write"):
         _write_products(out_dir, science, reference, record, pair.new, pair.ref * np.float32(scale.ratio),
                         result.difference, result.score, result.significance, result.psf, psf_sci, psf_ref,
@@ -476,6 +525,9 @@ def _write_products(out_dir, science, reference, record, new, ref_scaled, differ
     header["FLXRATIO"] = (record["flux"]["ratio"], "science / reference flux ratio")
     header["ALIGNMTH"] = (record["alignment"]["method"], "alignment method")
     header["OVERLAP"] = (record["alignment"]["overlap_fraction"], "fraction of science pixels covered")
+    header["NOISESCI"] = (record["noise"]["science_plane"], "pixel noise of SCIENCE, photon floor")
+    header["NOISEREF"] = (record["noise"]["reference_plane"], "pixel noise of REFERENCE, photon floor")
+    header["NOISED"] = (record["noise"]["difference_plane"], "robust pixel noise of D")
     wcs_header = science.wcs.to_header(relax=True)
 
     def image(name, data):
@@ -520,6 +572,10 @@ class PairProducts:
     wcs: WCS
     header: fits.Header
     sources: pd.DataFrame
+    noise: tuple[float, float, float] | None = None  # per-pixel noise of science, reference, D (NOISE* cards)
+
+
+NOISE_CARDS = ("NOISESCI", "NOISEREF", "NOISED")
 
 
 def read_products(pair_dir: str | Path) -> PairProducts:
@@ -555,7 +611,9 @@ def read_products(pair_dir: str | Path) -> PairProducts:
             psf=np.asarray(difference["PSF_D"][0], float),
             wcs=WCS(difference["PRIMARY"][1]).celestial, header=difference["PRIMARY"][1],
             sources=pd.DataFrame({"x": np.asarray(sources["x"], float), "y": np.asarray(sources["y"], float),
-                                  "snr": np.asarray(sources["snr"], float)}))
+                                  "snr": np.asarray(sources["snr"], float)}),
+            noise=tuple(float(difference["PRIMARY"][1][card]) for card in NOISE_CARDS)
+            if all(card in difference["PRIMARY"][1] for card in NOISE_CARDS) else None)
     except KeyError as error:
         raise InputDataError(pair_dir / "difference.fits", f"lacks the {error} extension (written by an older "
                                                            "version? rerun the difference stage)") from error

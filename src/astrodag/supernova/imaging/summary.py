@@ -4,12 +4,16 @@ Read from the files the track's stages write (pairs.csv, decisions.csv, yield.cs
 difference.json and candidates.csv, the triplet dataset's summary.json and, for the synthetic
 survey, truth.csv), it answers the questions a user asks of a run:
 
-* how many reference/science pairs were found per mission, and why the others were rejected;
+* how many reference/science pairs were found per mission, and why the others were rejected (a
+  combination of two missions' images has its own row, ``A|B``, so that every column adds up to
+  the total: yield.csv counts it under both missions);
 * whether each SN was recovered in its difference image: a kept 5-sigma candidate within
   ``match_radius_arcsec`` of the catalogue position, and at what significance (for the synthetic
   survey also the injected magnitude, so recovery can be read against brightness);
 * how many candidates each difference image produced (kept and rejected by the shape cuts);
-* how many real and bogus triplets went into each split.
+* how many fakes each pair injected, how many became real examples and how many were dropped
+  for each reason (``triplets.npz``'s summary), and how many real and bogus triplets went into
+  each split.
 """
 
 from __future__ import annotations
@@ -50,6 +54,48 @@ def _read_json(path: Path) -> dict[str, Any]:
         raise InputDataError(path, f"is not valid JSON ({error})") from error
 
 
+def _yield_by_mission(yields: pd.DataFrame, decisions: pd.DataFrame) -> pd.DataFrame:
+    """yield.csv with each decision counted once: cross-mission combinations get their own ``A|B`` row.
+
+    yield.csv counts a combination of two missions under each of them, so its mission rows add
+    up to more than its ``total`` row; here they add up to it.
+    """
+    counted = [c for c in yields.columns if c == "pairs_accepted" or c.startswith("rejected_")]
+    total = yields[yields["mission"] == "total"]
+    if len(decisions) == 0:
+        return yields
+    missions = decisions["mission"].fillna("").astype(str)
+    # One label per pair of missions whatever their order (reference|science or science|reference).
+    label = missions.map(lambda value: "|".join(sorted(set(value.split("|")))) if value else "")
+    rows = []
+    for mission in [m for m in yields["mission"] if m != "total"] + sorted({m for m in label if "|" in m}):
+        reasons = decisions.loc[label == mission, "reason"].value_counts()
+        observations = yields.loc[yields["mission"] == mission, "observations"]
+        row = {"mission": mission, "observations": int(observations.iloc[0]) if len(observations) else 0}
+        row.update({c: int(reasons.get("accepted" if c == "pairs_accepted" else c[len("rejected_"):], 0))
+                    for c in counted})
+        rows.append(row)
+    frame = pd.DataFrame(rows, columns=list(yields.columns))
+    return pd.concat([frame, total], ignore_index=True)
+
+
+def _triplet_summary(pair_dir: Path) -> dict[str, Any]:
+    """The fakes' fates of a pair (``triplets.npz``'s summary); empty before the triplets stage ran."""
+    path = pair_dir / "triplets.npz"
+    if not path.is_file():
+        return {}
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            summary = json.loads(str(npz["summary"])) if "summary" in npz.files else {}
+    except (OSError, ValueError) as error:
+        raise InputDataError(path, f"not a triplet file written by the triplets stage: {error}") from error
+    fakes = summary.get("fakes")
+    if not fakes:
+        return {}
+    return {"fakes_injected": fakes["injected"], "fakes_real": fakes["real"],
+            **{f"fakes_dropped_{reason}": count for reason, count in fakes["dropped"].items()}}
+
+
 def _pair_row(pair: pd.Series, pair_dir: Path, sn: pd.Series, truth: pd.DataFrame | None,
               radius_arcsec: float) -> dict[str, Any]:
     record = _read_json(pair_dir / "difference.json")
@@ -85,6 +131,7 @@ def _pair_row(pair: pd.Series, pair_dir: Path, sn: pd.Series, truth: pd.DataFram
     row["sn_recovered"] = bool(near.any())
     row["sn_significance"] = float(kept["significance"].to_numpy()[near].max()) if near.any() else np.nan
     row["sn_offset_arcsec"] = float(distance[near].min()) if near.any() else np.nan
+    row.update(_triplet_summary(pair_dir))
     return row
 
 
@@ -128,7 +175,7 @@ def summarize_imaging_track(
     out_dir = Path(out_dir)
     pairs = _read_csv(Path(pairs_path), ("pair_id", "sn_name", "mission", "filter", "science_obsid",
                                          "overlap_fraction"))
-    decisions = _read_csv(Path(decisions_path), ("sn_name", "accepted", "reason"))
+    decisions = _read_csv(Path(decisions_path), ("sn_name", "mission", "accepted", "reason"))
     yields = _read_csv(Path(yield_path), ("mission",))
     catalog = _read_csv(Path(catalog_path), ("sn_name", "ra", "dec")).set_index("sn_name")
     truth_table = _read_csv(Path(truth), ("obsid", "sn_name", "sn_injected", "sn_mag")) if truth else None
@@ -159,7 +206,7 @@ def summarize_imaging_track(
         "pairs_accepted": len(pairs),
         "combinations_rejected": int(reasons.sum()),
         "rejected_by_reason": {str(k): int(v) for k, v in reasons.items()},
-        "yield_by_mission": yields.to_dict("records"),
+        "yield_by_mission": _yield_by_mission(yields, decisions).to_dict("records"),
         "sn_recovery": {
             "pairs_with_sn": n_with,
             "recovered": n_recovered,
@@ -176,6 +223,7 @@ def summarize_imaging_track(
             "total_kept": int(per_pair["candidates_kept"].sum()) if len(per_pair) else 0,
             "total_rejected": int(per_pair["candidates_rejected"].sum()) if len(per_pair) else 0,
         },
+        "fakes": _fake_totals(per_pair),
         "triplets": dataset,
     }
     write_table(out_dir / "pairs_summary.csv", per_pair)
@@ -183,6 +231,12 @@ def summarize_imaging_track(
     write_text(out_dir / "imaging_report.md", _markdown(summary, per_pair, reasons))
     logger.info("%d pairs; SN recovered in %d of %d; wrote %s", len(pairs), n_recovered, n_with, out_dir)
     return summary
+
+
+def _fake_totals(per_pair: pd.DataFrame) -> dict[str, int]:
+    """Fakes injected, real and dropped per reason, summed over the pairs (empty before the triplets stage)."""
+    columns = [c for c in per_pair.columns if c.startswith("fakes_")]
+    return {c[len("fakes_"):]: int(per_pair[c].fillna(0).sum()) for c in columns}
 
 
 # Bins of the injected SN magnitude: quartiles, each reported only with this many science images.
@@ -225,6 +279,8 @@ def _markdown(summary: dict[str, Any], per_pair: pd.DataFrame, reasons: pd.Serie
         "",
         "## Pairs per mission",
         "",
+        "Each decision counts once: a combination of two missions' images has its own row (`A|B`).",
+        "",
         tabulate(pd.DataFrame(summary["yield_by_mission"]), headers="keys", tablefmt="github", showindex=False),
         "",
         "## Rejections by reason",
@@ -251,8 +307,16 @@ def _markdown(summary: dict[str, Any], per_pair: pd.DataFrame, reasons: pd.Serie
         lines += ["", "Recovery against the injected SN magnitude (quantile bins; 95 % Wilson intervals over images, "
                   f"none below {MIN_PAIRS_PER_BIN} images; images of one SN are not independent):", "",
                   tabulate(table, headers="keys", tablefmt="github", showindex=False, floatfmt=".2f")]
+    fakes = summary.get("fakes") or {}
+    if fakes.get("injected"):
+        dropped = ", ".join(f"{count} {key[len('dropped_'):].replace('_', ' ')}" for key, count in fakes.items()
+                            if key.startswith("dropped_"))
+        lines += ["", "## Fakes", "",
+                  f"{fakes['injected']} fakes injected, {fakes['real']} real examples (a kept candidate within the "
+                  f"match radius, flux consistent, expected significance at least the detection threshold); "
+                  f"dropped: {dropped}."]
     columns = [c for c in ("pair_id", "mission", "filter", "sn_mag", "sn_recovered", "sn_significance",
-                           "candidates_kept", "candidates_rejected") if c in per_pair.columns]
+                           "candidates_kept", "candidates_rejected", "fakes_real") if c in per_pair.columns]
     lines += ["", "## Per pair", "",
               tabulate(per_pair[columns], headers="keys", tablefmt="github", showindex=False, floatfmt=".2f")
               if len(per_pair) else "No pairs."]

@@ -3,22 +3,42 @@
 Per pair (:func:`cut_triplets`), cut-outs of ``size`` x ``size`` pixels (63 by default) from
 the ``SCIENCE`` and ``REFERENCE`` extensions and the difference D of ``difference.fits``:
 
-* real (label 1): the supernova at its catalogue position (``source = sn``) and every
-  injected source (``injected``), each only where a kept candidate lies within
-  ``match_radius_px`` (the classifier scores candidates; a faded SN or a fake below the limit
-  would be a real label on an empty difference image);
-* bogus (label 0): every candidate of ``candidates.csv`` (kept or rejected) farther than
-  ``match_radius_px`` from all real and undetected injected positions (``candidate``), plus sampled artefacts
-  (``artefact``): the brightest science sources (star residuals) and random positions in the
-  footprint, also away from real positions.
+* real (label 1): the supernova at its catalogue position (``source = sn``) where a kept
+  candidate lies within ``match_radius_px`` (the classifier scores candidates; a faded SN
+  would be a real label on an empty difference image), and each injected source
+  (``injected``) that was recovered: a kept candidate within ``match_radius_px`` whose flux
+  agrees with the injected one, ``|f - f_inj| <= flux_tolerance_sigma * sigma_f +
+  flux_tolerance_fraction * f_inj`` (``f`` and ``sigma_f = f / significance`` from
+  ``candidates.csv``: the PSF-fit flux S / F_S and its error at the S_corr peak; the fraction
+  allows for the fakes' PSF differing from the subtraction's on purpose), and whose expected
+  significance ``f_inj / sigma_f`` reaches the detection threshold (``supernova.detection.threshold``):
+  a fake below the limit matched by a noise peak is not a source the classifier can learn.
+  Fakes failing a test are dropped, by reason: ``near_sn`` (within ``match_radius_px`` of a
+  catalogue supernova), ``undetected``, ``below_threshold``, ``flux_mismatch``; the counts
+  are in the returned summary and in the ``.npz`` (``summary``, JSON).
+* bogus (label 0): every candidate of ``candidates.csv`` (kept or rejected: ``candidate``)
+  plus sampled artefacts (``artefact``): the brightest science sources (star residuals) and
+  random positions in the footprint; none within ``match_radius_px`` of a real example, of
+  a dropped fake, or of any catalogue supernova inside the image (the pair's own, detected or
+  not, kept or rejected by a shape cut, and the other supernovae of the same field: two
+  supernovae of one galaxy share images).
 
 Cut-outs are centred on the nearest pixel; parts outside the image or masked are 0 after
 normalisation; positions whose cut-out is more than ``max_masked_fraction`` masked (or
 outside the image) are dropped. Normalisation (``normalisation``), per channel:
 
-``robust`` (default)
+``sky`` (default)
+    ``x / noise`` of the whole plane, clipped to ``[-clip, clip]``: science and reference by
+    their sky noise with one photo-electron added in quadrature (``NOISESCI``, ``NOISEREF``
+    of ``difference.fits``; the floor keeps a nearly empty photon-counting sky, GALEX at 0.15
+    counts a pixel, from turning single photons into clipped pixels), D by its robust noise
+    (``NOISED``: 1 in theory for ZOGY, 1.0-1.7 measured on the demo's pairs). The planes are
+    background-subtracted already, so sky sits at 0 and the brightness of a source relative to
+    the image's noise survives.
+``robust``
     ``(x - median) / (1.4826 MAD)`` over the valid pixels of the cut-out, clipped to
-    ``[-clip, clip]``: sky at 0, noise about 1, bright cores saturate at ``clip``.
+    ``[-clip, clip]``; collapses on photon-counting data, where the MAD of a cut-out is
+    about 0.
 ``l2``
     ``x / ||x||_2`` (braai, Duev et al. 2019), valid pixels only.
 
@@ -38,6 +58,7 @@ rate) and ``previews/{split}.png``.
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 from collections.abc import Iterable, Mapping
@@ -59,6 +80,8 @@ log = logging.getLogger(__name__)
 
 SPLITS = ("train", "validation", "test")
 SOURCES = ("sn", "injected", "candidate", "artefact", "reviewed")
+NORMALISATIONS = ("sky", "robust", "l2")
+FAKE_DROP_REASONS = ("near_sn", "undetected", "below_threshold", "flux_mismatch")
 CHANNELS = ("science", "reference", "difference")
 INDEX_COLUMNS = ("split", "row", "pair_id", "sn_name", "field", "mission", "filter", "label", "source", "x", "y", "ra",
                  "dec", "significance", "augmentation")
@@ -77,17 +100,23 @@ class TripletSettings(Settings):
     size : int, default 63
         Cut-out side in pixels (odd).
     match_radius_px : float, default 3.0
-        A candidate within this distance of a real position is that real source, not bogus.
+        A candidate within this distance of a real position is that real source, not bogus;
+        no bogus example lies this close to a catalogue supernova or a fake.
+    flux_tolerance_sigma : float, default 3.0
+        A recovered fake's measured flux may differ from the injected one by this many of its
+        errors ...
+    flux_tolerance_fraction : float, default 0.3
+        ... plus this fraction of the injected flux (PSF mismatch, host residuals).
     max_candidates : int, default 200
         Most significant bogus candidates cut per pair.
     star_count : int, default 10
         Brightest science sources cut as star-residual artefacts.
     random_count : int, default 10
         Random footprint positions cut as artefacts.
-    normalisation : {"robust", "l2"}, default "robust"
+    normalisation : {"sky", "robust", "l2"}, default "sky"
         Per-channel normalisation (see the module notes).
     clip : float, default 30.0
-        Clip of the ``robust`` normalisation.
+        Clip of the ``sky`` and ``robust`` normalisations.
     max_masked_fraction : float, default 0.5
         Cut-outs with more invalid pixels than this fraction are dropped.
     """
@@ -96,10 +125,12 @@ class TripletSettings(Settings):
 
     size: int = setting(63, number(9, 255, integer=True))
     match_radius_px: float = setting(3.0, number(0.0, low_open=True))
+    flux_tolerance_sigma: float = setting(3.0, number(0.0))
+    flux_tolerance_fraction: float = setting(0.3, number(0.0))
     max_candidates: int = setting(200, number(0, integer=True))
     star_count: int = setting(10, number(0, integer=True))
     random_count: int = setting(10, number(0, integer=True))
-    normalisation: str = setting("robust", choice("robust", "l2"))
+    normalisation: str = setting("sky", choice(*NORMALISATIONS))
     clip: float = setting(30.0, number(1.0))
     max_masked_fraction: float = setting(0.5, number(0.0, 1.0))
 
@@ -144,13 +175,24 @@ class DatasetSettings(Settings):
 # --------------------------------------------------------------------------------------------
 
 
-def normalise(cutout: np.ndarray, method: str = "robust", clip: float = 30.0) -> np.ndarray:
-    """One channel normalised (see the module notes); invalid (NaN) pixels become 0."""
+def normalise(cutout: np.ndarray, method: str = "robust", clip: float = 30.0,
+              noise: float | None = None) -> np.ndarray:
+    """One channel normalised (see the module notes); invalid (NaN) pixels become 0.
+
+    ``noise`` is the plane's per-pixel noise, needed by ``sky``.
+    """
+    if method not in NORMALISATIONS:
+        raise ValueError(f"normalisation must be one of {NORMALISATIONS}, got {method!r}")
     valid = np.isfinite(cutout)
     out = np.zeros(cutout.shape, np.float32)
     if not valid.any():
         return out
     values = cutout[valid].astype(np.float64)
+    if method == "sky":
+        if noise is None or not noise > 0:
+            raise ValueError(f"the sky normalisation needs the plane's noise (> 0), got {noise!r}")
+        out[valid] = np.clip(values / noise, -clip, clip)
+        return out
     if method == "l2":
         norm = float(np.sqrt(np.sum(values ** 2)))
         out[valid] = values / norm if norm > 0 else 0.0
@@ -164,8 +206,15 @@ def normalise(cutout: np.ndarray, method: str = "robust", clip: float = 30.0) ->
 
 
 def cutouts(planes: list[np.ndarray], invalid: np.ndarray, x: np.ndarray, y: np.ndarray, size: int,
-            method: str, clip: float) -> tuple[np.ndarray, np.ndarray]:
-    """Normalised ``(n, len(planes), size, size)`` cut-outs and each one's invalid-pixel fraction."""
+            method: str, clip: float, noise=None) -> tuple[np.ndarray, np.ndarray]:
+    """Normalised ``(n, len(planes), size, size)`` cut-outs and each one's invalid-pixel fraction.
+
+    ``noise`` holds each plane's per-pixel noise (``PairProducts.noise``), needed by ``sky``.
+    """
+    if method == "sky" and (noise is None or len(noise) != len(planes)):
+        raise ValueError("the sky normalisation needs each plane's noise (the NOISE* cards of difference.fits: "
+                         "rerun the difference stage)")
+    noise = list(noise) if noise is not None else [None] * len(planes)
     half = size // 2
     ny, nx = invalid.shape
     padded_invalid = np.pad(invalid, half, constant_values=True)
@@ -179,7 +228,7 @@ def cutouts(planes: list[np.ndarray], invalid: np.ndarray, x: np.ndarray, y: np.
         bad = padded_invalid[window]
         fraction[i] = bad.mean()
         for c, plane in enumerate(padded):
-            stack[i, c] = normalise(np.where(bad, np.nan, plane[window]), method, clip)
+            stack[i, c] = normalise(np.where(bad, np.nan, plane[window]), method, clip, noise[c])
     return stack, fraction
 
 
@@ -190,9 +239,56 @@ def _far_from(points: np.ndarray, real: np.ndarray, radius: float) -> np.ndarray
     return ~np.isfinite(distance)
 
 
+def _xy(rows) -> np.ndarray:
+    return np.array([(x, y) for _, x, y in rows], float).reshape(-1, 2)
+
+
+def classify_fakes(fakes: pd.DataFrame, candidates: pd.DataFrame, protected: np.ndarray, settings: TripletSettings,
+                   threshold: float) -> np.ndarray:
+    """Each fake's fate: ``"real"`` or one of ``FAKE_DROP_REASONS`` (see the module notes).
+
+    Parameters
+    ----------
+    fakes : pandas.DataFrame
+        ``injections.csv``: ``x, y, flux``.
+    candidates : pandas.DataFrame
+        ``candidates.csv``: ``x, y, flux, significance, kept``.
+    protected : numpy.ndarray
+        ``(n, 2)`` pixel positions of the catalogue supernovae.
+    settings : TripletSettings
+    threshold : float
+        The detection threshold (sigma).
+    """
+    fate = np.full(len(fakes), "real", dtype=object)
+    if len(fakes) == 0:
+        return fate
+    xy = fakes[["x", "y"]].to_numpy(float)
+    kept = candidates[candidates["kept"].astype(bool)]
+    if len(kept):
+        distance, nearest = cKDTree(kept[["x", "y"]].to_numpy(float)).query(xy)
+    else:
+        distance, nearest = np.full(len(xy), np.inf), np.zeros(len(xy), int)
+    found = distance <= settings.match_radius_px
+    nearest = np.where(found, nearest, 0)
+    flux = kept["flux"].to_numpy(float)[nearest] if len(kept) else np.full(len(xy), np.nan)
+    significance = kept["significance"].to_numpy(float)[nearest] if len(kept) else np.full(len(xy), np.nan)
+    injected = fakes["flux"].to_numpy(float)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        error = np.abs(flux) / significance  # PSF-fit flux over its S/N: the flux error at the S_corr peak
+        expected = injected / error
+    agrees = np.abs(flux - injected) <= settings.flux_tolerance_sigma * error \
+        + settings.flux_tolerance_fraction * injected
+    # The first failing test names the reason.
+    fate[~(expected >= threshold)] = "below_threshold"
+    fate[~agrees & (fate == "real")] = "flux_mismatch"
+    fate[~found] = "undetected"
+    fate[~_far_from(xy, protected, settings.match_radius_px)] = "near_sn"
+    return fate
+
+
 def cut_triplets(pair_dir: str | Path, sn_ra: float, sn_dec: float, pair_id: str, sn_name: str, mission: str,
                  filter: str, settings: TripletSettings | None = None, seed: int = 0,
-                 out: str | Path | None = None) -> dict:
+                 out: str | Path | None = None, catalog_positions=None, detection_threshold: float = 5.0) -> dict:
     """Cut the real and bogus triplets of one pair and write them as one ``.npz``.
 
     Parameters
@@ -209,56 +305,68 @@ def cut_triplets(pair_dir: str | Path, sn_ra: float, sn_dec: float, pair_id: str
         Seed of the random artefact positions (combined with ``pair_id``).
     out : str or Path, optional
         Output file (default ``pair_dir/triplets.npz``).
+    catalog_positions : sequence of (float, float), optional
+        ``(ra, dec)`` of every catalogue supernova (degrees): those inside the image are never
+        bogus examples (the pair's own always counts).
+    detection_threshold : float
+        The detection threshold (``supernova.detection.threshold``): a fake whose expected
+        significance is lower is no real example.
 
     Returns
     -------
     dict
-        Counts per source and the number dropped for masking.
+        Counts per source, the number dropped for masking, the fakes' fates (``fakes``:
+        ``injected``, ``real`` and ``dropped`` per reason) and the catalogue supernovae in the image.
 
     Notes
     -----
     The ``.npz`` holds ``cutouts`` (``(n, 3, size, size)`` float32), the columns
-    ``TABLE_COLUMNS`` as arrays (``source`` as fixed-width strings) and the 0-d string arrays
-    ``pair_id``, ``sn_name``, ``mission``, ``filter``; it loads without pickle.
+    ``TABLE_COLUMNS`` as arrays (``source`` as fixed-width strings), the 0-d string arrays
+    ``pair_id``, ``sn_name``, ``mission``, ``filter``, ``normalisation`` and ``summary`` (the
+    returned dict as JSON); it loads without pickle.
     """
     settings = settings or TripletSettings()
     pair_dir = Path(pair_dir)
     products = read_products(pair_dir)
-    injections = read_table(pair_dir / "injections.csv", ("x", "y"), not_found=_NOT_DETECTED)
-    candidates = read_table(pair_dir / "candidates.csv", ("x", "y", "significance", "kept"),
+    injections = read_table(pair_dir / "injections.csv", ("x", "y", "flux"), not_found=_NOT_DETECTED)
+    candidates = read_table(pair_dir / "candidates.csv", ("x", "y", "significance", "flux", "kept"),
                             not_found=_NOT_DETECTED)
     ny, nx = products.mask.shape
+    radius = settings.match_radius_px
 
     sn_x, sn_y = (float(v) for v in products.wcs.world_to_pixel_values(sn_ra, sn_dec))
+    # The pair's own SN is in the catalogue too: one position each.
+    positions = np.unique(np.array([(sn_ra, sn_dec), *(catalog_positions or [])], float).reshape(-1, 2), axis=0)
+    px, py = products.wcs.world_to_pixel_values(positions[:, 0], positions[:, 1])
+    protected = np.column_stack([px, py]).reshape(-1, 2)
+    near_image = (protected[:, 0] > -radius) & (protected[:, 0] < nx + radius) \
+        & (protected[:, 1] > -radius) & (protected[:, 1] < ny + radius)
+    protected = protected[near_image & np.isfinite(protected).all(axis=1)]
     rows = []
     # Real examples are real sources that were detected: the classifier only ever sees candidates.
-    # A faded SN (a science epoch long after discovery) or a fake injected below the detection
-    # limit would otherwise be labelled real on an empty difference image.
+    # A faded SN (a science epoch long after discovery) would otherwise be labelled real on an
+    # empty difference image.
     kept = candidates[candidates["kept"].astype(bool)][["x", "y"]].to_numpy(float)
-
-    def detected(x: float, y: float) -> bool:
-        return bool(len(kept)) and bool(np.min(np.hypot(kept[:, 0] - x, kept[:, 1] - y)) <= settings.match_radius_px)
-
-    if not (0 <= sn_x < nx and 0 <= sn_y < ny):
+    inside = 0 <= sn_x < nx and 0 <= sn_y < ny
+    if not inside:
         log.warning("%s: the supernova (%.5f, %.5f) falls outside the science image", pair_id, sn_ra, sn_dec)
-    elif detected(sn_x, sn_y):
+    elif not _far_from(kept, np.array([[sn_x, sn_y]]), radius).all():
         rows.append(("sn", sn_x, sn_y))
     else:
         log.info("%s: no kept candidate at the supernova's position; it is not cut as a real example", pair_id)
-    fakes = injections[["x", "y"]].to_numpy(float)
-    found = [detected(x, y) for x, y in fakes]
-    rows += [("injected", x, y) for (x, y), hit in zip(fakes, found, strict=True) if hit]
-    undetected = fakes[~np.array(found, bool)] if len(fakes) else fakes
-    # Undetected fakes are neither real examples nor places to cut bogus ones.
-    real = np.concatenate([np.array([(x, y) for _, x, y in rows]).reshape(-1, 2), undetected.reshape(-1, 2)])
+    fate = classify_fakes(injections, candidates, protected, settings, detection_threshold)
+    fakes = injections[["x", "y"]].to_numpy(float).reshape(-1, 2)
+    rows += [("injected", x, y) for (x, y), f in zip(fakes, fate, strict=True) if f == "real"]
+    # Dropped fakes and every catalogue supernova are neither real examples nor places to cut bogus ones.
+    excluded = np.concatenate([fakes[fate != "real"], protected])
 
     bogus = candidates.sort_values("significance", ascending=False, kind="stable")
-    bogus = bogus[_far_from(bogus[["x", "y"]].to_numpy(float), real, settings.match_radius_px)]
+    bogus = bogus[_far_from(bogus[["x", "y"]].to_numpy(float), np.concatenate([_xy(rows), excluded]), radius)]
     rows += [("candidate", x, y) for x, y in bogus[["x", "y"]].to_numpy(float)[:settings.max_candidates]]
 
-    taken = np.concatenate([np.array([(x, y) for _, x, y in rows]).reshape(-1, 2), undetected.reshape(-1, 2)])
+    taken = np.concatenate([_xy(rows), excluded])
     stars = products.sources[["x", "y"]].to_numpy(float)
-    stars = stars[_far_from(stars, taken, settings.match_radius_px)][:settings.star_count]
+    stars = stars[_far_from(stars, taken, radius)][:settings.star_count]
     rows += [("artefact", x, y) for x, y in stars]
     rng = pair_rng(seed, pair_id)
     half = settings.size // 2
@@ -267,7 +375,7 @@ def cut_triplets(pair_dir: str | Path, sn_ra: float, sn_dec: float, pair_id: str
     if settings.random_count and valid.size:
         picks = valid[rng.choice(valid.size, size=min(valid.size, 4 * settings.random_count), replace=False)]
         points = np.column_stack([picks % (nx - 2 * half) + half, picks // (nx - 2 * half) + half]).astype(float)
-        points = points[_far_from(points, taken, settings.match_radius_px)][:settings.random_count]
+        points = points[_far_from(points, taken, radius)][:settings.random_count]
         rows += [("artefact", x, y) for x, y in points]
 
     source = np.array([r[0] for r in rows], dtype="<U9")
@@ -275,7 +383,8 @@ def cut_triplets(pair_dir: str | Path, sn_ra: float, sn_dec: float, pair_id: str
     y = np.array([r[2] for r in rows], float)
     planes = [products.science, products.reference, products.difference]
     invalid = products.mask | ~np.isfinite(products.difference)
-    stack, fraction = cutouts(planes, invalid, x, y, settings.size, settings.normalisation, settings.clip)
+    stack, fraction = cutouts(planes, invalid, x, y, settings.size, settings.normalisation, settings.clip,
+                              noise=products.noise)
     keep = fraction <= settings.max_masked_fraction
     dropped = {name: int(np.sum(~keep & (source == name))) for name in SOURCES}
     stack, source, x, y = stack[keep], source[keep], x[keep], y[keep]
@@ -284,18 +393,22 @@ def cut_triplets(pair_dir: str | Path, sn_ra: float, sn_dec: float, pair_id: str
     significance = products.significance[iy, ix].astype(float) if len(x) else np.array([])
     label = np.isin(source, ("sn", "injected")).astype(np.int8)
 
+    counts = {name: int(np.sum(source == name)) for name in SOURCES}
+    lost = {reason: int(np.sum(fate == reason)) for reason in FAKE_DROP_REASONS}
+    summary = {"triplets": int(len(source)), "per_source": counts, "dropped_masked": dropped,
+               "undetected_sn": int("sn" not in source and inside),
+               "undetected_injected": lost["undetected"],
+               "fakes": {"injected": int(len(fate)), "real": int(np.sum(fate == "real")), "dropped": lost},
+               "catalog_supernovae_in_image": int(len(protected))}
     out = Path(out) if out is not None else pair_dir / "triplets.npz"
     with atomic_path(out) as tmp, open(tmp, "wb") as handle:
         np.savez(handle, cutouts=stack, label=label, source=source, x=x, y=y, ra=np.asarray(ra, float),
                  dec=np.asarray(dec, float), significance=significance, pair_id=np.array(pair_id),
-                 sn_name=np.array(sn_name), mission=np.array(mission), filter=np.array(filter))
-    counts = {name: int(np.sum(source == name)) for name in SOURCES}
-    log.info("%s: %d triplets (%s), %d dropped for masking", pair_id, len(source), counts, sum(dropped.values()))
-    return {"triplets": int(len(source)), "per_source": counts, "dropped_masked": dropped,
-            "undetected_sn": int("sn" not in source and 0 <= sn_x < nx and 0 <= sn_y < ny),
-            "undetected_injected": int(len(undetected))}
-
-
+                 sn_name=np.array(sn_name), mission=np.array(mission), filter=np.array(filter),
+                 normalisation=np.array(settings.normalisation), summary=np.array(json.dumps(summary)))
+    log.info("%s: %d triplets (%s), %d dropped for masking; fakes %s", pair_id, len(source), counts,
+             sum(dropped.values()), summary["fakes"])
+    return summary
 
 
 # --------------------------------------------------------------------------------------------
