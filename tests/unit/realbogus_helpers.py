@@ -77,7 +77,8 @@ def write_dataset(directory: Path, counts: dict[str, int] | None = None, seed: i
     index.to_parquet(directory / "index.parquet", index=False)
     real = int(index["label"].sum())
     (directory / "summary.json").write_text(json.dumps({"available": {"real": real,
-                                                                      "bogus": round(bogus_per_real * real)}}))
+                                                                      "bogus": round(bogus_per_real * real)},
+                                                        "normalisation": "sky"}))
     return directory
 
 
@@ -119,6 +120,8 @@ def write_pair(directory: Path, seed: int = 0, shape: tuple[int, int] = (160, 16
     psf = np.exp(-((np.mgrid[:15, :15][0] - 7) ** 2 + (np.mgrid[:15, :15][1] - 7) ** 2) / 4.5)
     primary = fits.PrimaryHDU(difference.astype(np.float32), header=header)
     primary.header["FLUXSCL"], primary.header["FLUXZPD"], primary.header["FWHM_D"] = 1.0, 1.0, 3.5
+    # Each plane's pixel noise, as the difference stage records it for the sky normalisation.
+    primary.header["NOISESCI"], primary.header["NOISEREF"], primary.header["NOISED"] = 1.0, 1.25, 0.8
     fits.HDUList([primary, fits.ImageHDU(science.astype(np.float32), header=header, name="SCIENCE"),
                   fits.ImageHDU(reference.astype(np.float32), header=header, name="REFERENCE"),
                   fits.ImageHDU(psf / psf.sum(), name="PSF_D"), sources]).writeto(directory / "difference.fits")

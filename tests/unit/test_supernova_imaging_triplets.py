@@ -113,6 +113,16 @@ def triplet_files(processed_pair, tmp_path_factory):  # noqa: F811
     return files
 
 
+def test_dataset_records_one_normalisation_and_refuses_mixed_files(triplet_files, tmp_path):
+    settings = DatasetSettings.from_config({"previews": 0, "min_fields": 1})
+    assert build_dataset(triplet_files, tmp_path / "one", settings)["normalisation"] == "sky"
+    with np.load(triplet_files[1], allow_pickle=False) as npz:
+        arrays = {key: npz[key] for key in npz.files}
+    np.savez(tmp_path / "robust.npz", **{**arrays, "normalisation": np.array("robust")})
+    with pytest.raises(InputDataError, match="cut with different normalisations"):
+        build_dataset([triplet_files[0], tmp_path / "robust.npz"], tmp_path / "mixed", settings)
+
+
 def test_build_dataset(triplet_files, tmp_path):
     settings = DatasetSettings.from_config({"bogus_per_real": 1.0, "augment_copies": 1, "previews": 4,
                                             "min_fields": 1})

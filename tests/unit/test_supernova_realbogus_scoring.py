@@ -154,6 +154,31 @@ def test_prepare_triplet_normalises_like_the_dataset():
         prepare_triplet(planes[0][0], planes[1], planes[2])
 
 
+def test_sky_normalised_models_scale_each_plane_by_its_noise(tmp_path):
+    """A model trained on sky-normalised triplets scores pairs and raw cut-outs with each image's noise."""
+    planes = raw_triplet(1, np.random.default_rng(0))
+    prepared = prepare_triplet(*planes, method="sky", clip=30.0, noise=[2.0, 4.0, 1.0])
+    for channel, level in enumerate((2.0, 4.0, 1.0)):
+        np.testing.assert_array_equal(prepared[channel], np.clip(planes[channel] / level, -30, 30).astype(np.float32))
+    for noise in (None, [1.0, 2.0], [1.0, 0.0, 1.0]):
+        with pytest.raises(ValueError, match="NOISESCI, NOISEREF, NOISED"):
+            prepare_triplet(*planes, method="sky", clip=30.0, noise=noise)
+
+    torch.manual_seed(0)
+    sidecar = {**SIDECAR, "normalisation": {"method": "sky", "clip": 30.0}}
+    save_realbogus_model(build_model("braai", {"dropout": 0.5}), sidecar, tmp_path / "model")
+    sky = RealBogusScorer.from_files(tmp_path / "model" / "model.pt", threads=1, precision="float32")
+    table = write_pair(tmp_path / "pair", seed=3)
+    scored = score_pair(tmp_path / "pair", sky, candidates=table)
+    products = read_products(tmp_path / "pair")
+    assert products.noise == (1.0, 1.25, 0.8)
+    stack, fraction = cutouts([products.science, products.reference, products.difference],
+                              products.mask | ~np.isfinite(products.difference), table["x"].to_numpy(),
+                              table["y"].to_numpy(), 63, "sky", 30.0, noise=products.noise)
+    good = fraction <= 0.5
+    np.testing.assert_allclose(scored["score"].to_numpy()[good], sky.score(stack[good]), rtol=1e-5, atol=1e-6)
+
+
 def test_score_batch_equals_scoring_all_cutouts_at_once(scorer, tmp_path):
     pairs = [tmp_path / f"pair{i}" for i in range(3)]
     tables = [write_pair(path, seed=i) for i, path in enumerate(pairs)]

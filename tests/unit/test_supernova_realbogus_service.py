@@ -1,5 +1,6 @@
 """The real/bogus HTTP service, through a real uvicorn server on 127.0.0.1 and a real HTTP client."""
 
+import contextlib
 import gzip
 import io
 import json
@@ -50,6 +51,13 @@ def url(model_files):
     # float32: the answers are compared with the float32 scorer to 1e-6, whatever the CPU offers.
     app = create_app(model_files["model"], max_batch=MAX_BATCH, max_bytes=MAX_BYTES, device="cpu",
                      precision="float32")
+    with running(app) as address:
+        yield address
+
+
+@contextlib.contextmanager
+def running(app):
+    """Serve ``app`` with uvicorn in a thread; yields its URL."""
     # port 0: the OS picks a free port, read back from the listening socket (no race).
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", lifespan="on"))
     thread = threading.Thread(target=server.run, daemon=True)
@@ -59,9 +67,11 @@ def url(model_files):
         assert thread.is_alive() and time.monotonic() < deadline, "the service did not start"
         time.sleep(0.05)
     port = server.servers[0].sockets[0].getsockname()[1]
-    yield f"http://127.0.0.1:{port}"
-    server.should_exit = True
-    thread.join(timeout=30)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=30)
 
 
 @pytest.fixture
@@ -163,6 +173,38 @@ def test_fits_and_json_cutouts_are_normalised_like_training(client, scorer):
     as_json = client.post("/score", json=payload)
     assert as_json.status_code == 200, as_json.text
     assert as_json.json()["scores"] == pytest.approx(expected.tolist(), abs=1e-6)
+
+
+def test_sky_models_take_each_cutouts_noise_from_json_or_the_fits_noise_card(tmp_path):
+    """A sky-normalised model needs the images' noise: JSON 'noise', or each FITS file's NOISE card."""
+    torch.manual_seed(0)
+    sidecar = {"architecture": "braai", "options": {"size": SIZE}, "input_shape": [3, SIZE, SIZE],
+               "normalisation": {"method": "sky", "clip": 30.0}, "threshold": THRESHOLD}
+    files = save_realbogus_model(BraaiCNN(size=SIZE), sidecar, tmp_path)
+    app = create_app(files["model"], device="cpu", precision="float32")
+    science, reference, difference = _cutouts()
+    noise = [5.0, 4.0, 1.0]
+    sky = RealBogusScorer.from_files(files["model"], device="cpu", precision="float32")
+    expected = sky.score(prepare_triplet(science, reference, difference, "sky", 30.0, noise=noise))
+    names = ("science", "reference", "difference")
+    with running(app) as address, httpx.Client(base_url=address, timeout=30) as client:
+        payload = {name: np.where(np.isnan(image), None, image).tolist()
+                   for name, image in zip(names, (science, reference, difference))}
+        missing = client.post("/score", json=payload)
+        assert missing.status_code == 422 and "NOISESCI" in missing.json()["detail"]
+        answer = client.post("/score", json={**payload, "noise": noise})
+        assert answer.status_code == 200, answer.text
+        assert answer.json()["scores"] == pytest.approx(expected.tolist(), abs=1e-6)
+        upload = {}
+        for name, image, level in zip(names, (science, reference, difference), noise):
+            hdu = fits.PrimaryHDU(image)
+            hdu.header["NOISE"] = level
+            buffer = io.BytesIO()
+            hdu.writeto(buffer)
+            upload[name] = (f"{name}.fits", buffer.getvalue(), "application/fits")
+        answer = client.post("/score", files=upload)
+        assert answer.status_code == 200, answer.text
+        assert answer.json()["scores"] == pytest.approx(expected.tolist(), abs=1e-6)
 
 
 def test_oversize_content_length_is_refused_before_the_body(url):

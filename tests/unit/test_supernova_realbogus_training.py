@@ -63,7 +63,7 @@ def test_easy_problem_is_separated_and_every_output_is_written(trained):
     assert list(metrics)[0] == "aucpr" and metrics["aucpr"] > 0.9
     assert sidecar["validation_metrics"]["aucpr"] > 0.9
     assert sidecar["input_shape"] == [3, 63, 63] and sidecar["architecture"] == "braai"
-    assert sidecar["normalisation"] == {"method": "robust", "clip": 30.0}
+    assert sidecar["normalisation"] == {"method": "sky", "clip": 30.0}
     assert sidecar["threshold_rule"]["chosen_on"] == "validation" and 0 <= sidecar["threshold"] <= 1
     assert json.loads((out / "model" / "model.json").read_text())["threshold"] == sidecar["threshold"]
     for name in ("model.pt", "history.csv", "checkpoints/best.pt", "checkpoints/last.pt"):
@@ -193,9 +193,15 @@ def test_dataset_errors_name_the_file(dataset, tmp_path):
     np.save(copy / "test.npy", np.zeros((4, 3, 63, 63), np.float64))
     with pytest.raises(InputDataError, match="must be float32"):
         load_splits(copy)
+    settings = RealBogusSettings.from_config({**QUICK, "normalisation": "robust"})
+    with pytest.raises(InputDataError, match="summary.json: the triplets were cut with normalisation 'sky', but"):
+        train_realbogus(dataset, tmp_path / "m", "braai", 0, settings, progress=False)
+    summary = json.loads((dataset / "summary.json").read_text())
+    (copy / "summary.json").write_text(json.dumps({**summary, "normalisation": None}))
+    np.save(copy / "test.npy", np.zeros((4, 3, 63, 63), np.float32))
     settings = RealBogusSettings.from_config({**QUICK, "normalisation": "l2"})
     with pytest.raises(InputDataError, match="train.npy: channels have norms above 1"):
-        train_realbogus(dataset, tmp_path / "m", "braai", 0, settings, progress=False)
+        train_realbogus(copy, tmp_path / "m", "braai", 0, settings, progress=False)
     with pytest.raises(InputDataError, match="index.parquet: missing"):
         load_splits(tmp_path / "nowhere")
 

@@ -494,11 +494,14 @@ def _load_table(path: Path) -> pd.DataFrame:
             for key in ("pair_id", "sn_name", "mission", "filter"):
                 table[key] = str(npz[key])
             size = npz["cutouts"].shape[-1]
+            # Files of the active-learning ingestion carry none: cut like the model that queued them.
+            normalisation = str(npz["normalisation"]) if "normalisation" in npz.files else None
     except (OSError, KeyError, ValueError) as error:
         raise InputDataError(path, f"not a triplet file written by the triplets stage: {error}") from error
     table["file"] = str(path)
     table["file_row"] = np.arange(len(table))
     table.attrs["size"] = size
+    table.attrs["normalisation"] = normalisation
     return table
 
 
@@ -534,6 +537,12 @@ def build_dataset(triplet_files: list[str | Path], out_dir: str | Path, settings
     if len(sizes) > 1:
         raise InputDataError(Path(triplet_files[0]), f"triplet files have different cut-out sizes {sorted(sizes)}")
     size = sizes.pop() if sizes else 63
+    methods = {t.attrs["normalisation"] for t in tables} - {None}
+    if len(methods) > 1:
+        mixed = {t.attrs["normalisation"]: t["file"].iloc[0] if len(t) else "" for t in tables}
+        raise InputDataError(Path(triplet_files[0]), f"triplet files were cut with different normalisations "
+                                                     f"({mixed}): cut every pair again with one")
+    normalisation = methods.pop() if methods else None
     table = pd.concat(tables, ignore_index=True) if tables else pd.DataFrame(
         columns=[*TABLE_COLUMNS, "pair_id", "sn_name", "mission", "filter", "file", "file_row"])
     if len(table) and (table["source"] == "reviewed").any():
@@ -571,7 +580,7 @@ def build_dataset(triplet_files: list[str | Path], out_dir: str | Path, settings
 
     summary = {
         "seed": int(seed), "cutout_shape": [3, size, size], "channels": list(CHANNELS),
-        "normalisation": "per channel, as cut by the triplets stage (see astrodag.supernova.imaging.triplets)",
+        "normalisation": normalisation,  # per channel, as cut by the triplets stage
         "pairs": int(table["pair_id"].nunique()) if len(table) else 0,
         "supernovae": {split: sorted(table.loc[table["split"] == split, "sn_name"].unique()) for split in SPLITS},
         "fields": {split: _field_summary(p) for split, p in zip(SPLITS, index_parts)},

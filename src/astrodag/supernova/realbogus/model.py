@@ -9,7 +9,7 @@ A trained model is two files (written by :func:`save_realbogus_model` through
     The sidecar: ``format`` (``SIDECAR_FORMAT``), ``architecture`` and ``options`` (rebuild the
     network with :func:`astrodag.models.registry.build_model`), ``input_shape``
     (``[3, S, S]``), ``channels`` (``["science", "reference", "difference"]``),
-    ``normalisation`` (``{"method": "robust" | "l2", "clip": float}``, as the triplets were
+    ``normalisation`` (``{"method": "sky" | "robust" | "l2", "clip": float}``, as the triplets were
     cut), ``threshold`` (P(real) at or above which a candidate is called real, chosen on the
     validation split) and whatever the training run recorded (seed, data digest, metrics).
 """
@@ -50,10 +50,12 @@ def check_sidecar(sidecar: Mapping[str, Any], path: str | Path = "model.json") -
     if (not isinstance(shape, (list, tuple)) or len(shape) != 3 or not all(isinstance(n, int) and n > 0 for n in shape)
             or shape[1] != shape[2]):
         raise InputDataError(path, f"input_shape must be [channels, S, S] of positive integers, got {shape!r}")
+    from astrodag.supernova.imaging.triplets import NORMALISATIONS
+
     normalisation = sidecar["normalisation"]
-    if not isinstance(normalisation, Mapping) or normalisation.get("method") not in ("robust", "l2") \
+    if not isinstance(normalisation, Mapping) or normalisation.get("method") not in NORMALISATIONS \
             or not isinstance(normalisation.get("clip"), (int, float)):
-        raise InputDataError(path, f"normalisation must be {{'method': 'robust'|'l2', 'clip': number}}, "
+        raise InputDataError(path, f"normalisation must be {{'method': {'|'.join(NORMALISATIONS)}, 'clip': number}}, "
                                    f"got {normalisation!r}")
     threshold = sidecar["threshold"]
     if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not 0.0 <= threshold <= 1.0:

@@ -88,7 +88,7 @@ def candidate_cutouts(products, x: np.ndarray, y: np.ndarray, size: int, normali
     invalid = products.mask | ~np.isfinite(products.difference)
     for start in range(0, len(x), batch_size):
         yield cutouts(planes, invalid, x[start:start + batch_size], y[start:start + batch_size], size,
-                      normalisation["method"], float(normalisation["clip"]))
+                      normalisation["method"], float(normalisation["clip"]), noise=products.noise)
 
 
 def score_pair(pair_dir: str | Path, scorer: RealBogusScorer, out_table: str | Path | None = None,

@@ -18,7 +18,7 @@ included. :attr:`RealBogusScorer.precision` is the resolved value. The evaluatio
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
@@ -234,7 +234,7 @@ class RealBogusScorer:
 
 
 def prepare_triplet(science: np.ndarray, reference: np.ndarray, difference: np.ndarray, method: str = "robust",
-                    clip: float = 30.0) -> np.ndarray:
+                    clip: float = 30.0, noise: Sequence[float] | None = None) -> np.ndarray:
     """Normalise raw cut-outs into one ``(3, S, S)`` float32 triplet as the training data were.
 
     Each channel goes through :func:`astrodag.supernova.imaging.triplets.normalise`; NaN pixels
@@ -245,17 +245,20 @@ def prepare_triplet(science: np.ndarray, reference: np.ndarray, difference: np.n
     science, reference, difference : ndarray
         Square 2-D cut-outs of the same shape, centred on the candidate (reference aligned to
         the science grid and flux-scaled, difference as written by the difference stage).
-    method : {"robust", "l2"}, default "robust"
+    method : {"sky", "robust", "l2"}, default "robust"
         Pass ``**scorer.normalisation`` to match a model.
     clip : float, default 30.0
+    noise : sequence of 3 floats, optional
+        Per-pixel noise of the science, reference and difference images (the ``NOISESCI``,
+        ``NOISEREF``, ``NOISED`` cards of ``difference.fits``); needed by ``sky``.
 
     Raises
     ------
     ValueError
-        For cut-outs that are not square 2-D arrays of one shape, or a channel without any
-        finite pixel.
+        For cut-outs that are not square 2-D arrays of one shape, a channel without any finite
+        pixel, or ``sky`` without three positive noise values.
     """
-    from astrodag.supernova.imaging.triplets import normalise
+    from astrodag.supernova.imaging.triplets import NORMALISATIONS, normalise
 
     planes = [np.asarray(plane, dtype=np.float64) for plane in (science, reference, difference)]
     for name, plane in zip(CHANNELS, planes):
@@ -265,6 +268,13 @@ def prepare_triplet(science: np.ndarray, reference: np.ndarray, difference: np.n
             raise ValueError(f"the {name} cut-out has no finite pixel")
     if len({plane.shape for plane in planes}) != 1:
         raise ValueError(f"the cut-outs differ in shape: {[plane.shape for plane in planes]}")
-    if method not in ("robust", "l2"):
-        raise ValueError(f"method must be 'robust' or 'l2', got {method!r}")
+    if method not in NORMALISATIONS:
+        raise ValueError(f"method must be one of {', '.join(NORMALISATIONS)}, got {method!r}")
+    if method == "sky":
+        values = np.asarray(noise if noise is not None else [], dtype=float).ravel()
+        if values.size != 3 or not np.all(np.isfinite(values) & (values > 0)):
+            raise ValueError("this model's cut-outs are scaled by each image's pixel noise (normalisation 'sky'): "
+                             "give the positive noise of the science, reference and difference images (the "
+                             f"NOISESCI, NOISEREF, NOISED cards of difference.fits), got {noise!r}")
+        return np.stack([normalise(plane, method, clip, float(level)) for plane, level in zip(planes, values)])
     return np.stack([normalise(plane, method, clip) for plane in planes])

@@ -16,10 +16,13 @@ Endpoints
     * ``multipart/form-data`` with either a file field ``triplets`` (a ``.npy`` array) or three
       file fields ``science``, ``reference``, ``difference`` (FITS cut-outs of one candidate,
       first image HDU each, normalised by :func:`~astrodag.supernova.realbogus.scoring.prepare_triplet`
-      exactly as the training data were), e.g. ``curl -F science=@sci.fits
+      exactly as the training data were; for a model with the ``sky`` normalisation each file's
+      header card ``NOISE`` gives its image's pixel noise), e.g. ``curl -F science=@sci.fits
       -F reference=@ref.fits -F difference=@diff.fits URL/score``;
     * ``application/json``: ``{"triplets": [...]}`` (nested lists) or ``{"science": [[...]],
-      "reference": [[...]], "difference": [[...]]}`` (raw 2-D cut-outs, normalised as above);
+      "reference": [[...]], "difference": [[...]]}`` (raw 2-D cut-outs, normalised as above), with
+      ``"noise": [science, reference, difference]`` (each image's pixel noise, the ``NOISE*``
+      cards of ``difference.fits``) for a ``sky`` model;
     * anything else: the body is a ``.npy`` file (``np.save`` output), e.g.
       ``curl --data-binary @batch.npy -H 'Content-Type: application/x-npy' URL/score``.
 
@@ -176,9 +179,10 @@ def decode_npy(data: bytes, what: str = "body") -> np.ndarray:
         raise _unprocessable(f"{what} is not a readable .npy file: {error}") from error
 
 
-def read_fits_cutout(data: bytes, field: str, shape: tuple[int, int]) -> np.ndarray:
-    """The first image HDU of an uploaded FITS file as a float64 cut-out of ``shape``; 422 otherwise.
+def read_fits_cutout(data: bytes, field: str, shape: tuple[int, int]) -> tuple[np.ndarray, float | None]:
+    """The first image HDU of an uploaded FITS file as a float64 cut-out of ``shape``, and its ``NOISE`` card.
 
+    422 for anything else, or a ``NOISE`` card that is not a number.
     The image's shape is checked from its header before its data are read, and compressed
     files are refused, so a small upload cannot unpack into a huge image.
     """
@@ -195,11 +199,14 @@ def read_fits_cutout(data: bytes, field: str, shape: tuple[int, int]) -> np.ndar
                 raise _unprocessable(f"{field}: expected a cut-out of shape {tuple(shape)} (the model's input), "
                                      f"got an image of shape {tuple(hdu.shape)}")
             image = np.array(hdu.data, dtype=np.float64)
+            noise = hdu.header.get("NOISE")
     except HTTPException:
         raise
     except Exception as error:  # astropy raises many types on corrupt bytes; any of them is bad input
         raise _unprocessable(f"{field}: not a readable FITS file ({type(error).__name__}: {error})") from error
-    return image
+    if noise is not None and (isinstance(noise, bool) or not isinstance(noise, (int, float))):
+        raise _unprocessable(f"{field}: the NOISE card must be a number, got {noise!r}")
+    return image, None if noise is None else float(noise)
 
 
 class Batcher:
@@ -340,12 +347,13 @@ class _Service:
         except ValueError as error:
             raise _unprocessable(f"{what}: {error}") from error
 
-    def from_cutouts(self, cutouts: dict[str, np.ndarray]) -> np.ndarray:
-        """Normalise raw (science, reference, difference) cut-outs into a one-triplet batch."""
+    def from_cutouts(self, cutouts: dict[str, np.ndarray], noise=None) -> np.ndarray:
+        """Normalise raw (science, reference, difference) cut-outs (and each image's noise) into a one-triplet batch."""
         from astrodag.supernova.realbogus.scoring import prepare_triplet
 
         try:
-            triplet = prepare_triplet(*(cutouts[name] for name in FITS_FIELDS), **self.scorer.normalisation)
+            triplet = prepare_triplet(*(cutouts[name] for name in FITS_FIELDS), **self.scorer.normalisation,
+                                      noise=noise)
         except ValueError as error:
             raise _unprocessable(f"cannot prepare the cut-outs: {error}") from error
         return self.batch(triplet, "cut-outs")
@@ -358,10 +366,11 @@ class _Service:
             payload = json.loads(body)
         except (ValueError, RecursionError) as error:  # RecursionError: absurdly deep nesting
             raise _unprocessable(f"body is not valid JSON: {error}") from error
-        if not isinstance(payload, dict) or not (set(payload) == {"triplets"} or set(payload) == set(FITS_FIELDS)):
+        if not isinstance(payload, dict) or not (set(payload) == {"triplets"}
+                                                 or set(payload) - {"noise"} == set(FITS_FIELDS)):
             keys = sorted(payload) if isinstance(payload, dict) else type(payload).__name__
             raise _unprocessable(f"JSON must be an object with the key 'triplets' or the keys "
-                                 f"{', '.join(FITS_FIELDS)}; got {keys}")
+                                 f"{', '.join(FITS_FIELDS)} (and 'noise'); got {keys}")
         arrays = {}
         for key, value in payload.items():
             try:
@@ -370,14 +379,17 @@ class _Service:
                 raise _unprocessable(f"{key}: not a rectangular array of numbers ({error})") from error
         if "triplets" in arrays:
             return self.batch(arrays["triplets"])
-        return self.from_cutouts(arrays)
+        return self.from_cutouts({name: arrays[name] for name in FITS_FIELDS}, arrays.get("noise"))
 
     def from_form(self, files: dict[str, bytes]) -> np.ndarray:
         if set(files) == {"triplets"}:
             return self.from_npy(files["triplets"], "triplets")
         if set(files) == set(FITS_FIELDS):
             shape = tuple(self.scorer.input_shape[1:])
-            return self.from_cutouts({name: read_fits_cutout(files[name], name, shape) for name in FITS_FIELDS})
+            read = {name: read_fits_cutout(files[name], name, shape) for name in FITS_FIELDS}
+            noise = [read[name][1] for name in FITS_FIELDS]
+            return self.from_cutouts({name: read[name][0] for name in FITS_FIELDS},
+                                     None if None in noise else noise)
         raise _unprocessable(f"form fields {sorted(files)}: send a file 'triplets' (.npy) or the three files "
                              f"{', '.join(FITS_FIELDS)} (FITS)")
 

@@ -47,6 +47,7 @@ from astrodag.evaluation.thresholds import equal_error_threshold, max_tss_thresh
 from astrodag.io import read_table, save_figure, write_json, write_table
 from astrodag.models.settings import BraaiCNNSettings, ResNetTripletSettings
 from astrodag.settings import Settings, choice, device_name, flag, number, optional, section, setting, subset
+from astrodag.supernova.imaging.triplets import NORMALISATIONS
 from astrodag.supernova.realbogus.model import CHANNELS, save_realbogus_model
 from astrodag.supernova.realbogus.scoring import RealBogusScorer
 from astrodag.training.settings import PRECISIONS, TrainerSettings
@@ -156,7 +157,7 @@ class RealBogusSettings(Settings):
     augment : list, default [flips, rot90]
         On-the-fly training augmentation: random left-right flips and/or rotations by
         multiples of 90 degrees (with both, all eight symmetries of the square).
-    normalisation : {"robust", "l2"}, default "robust"
+    normalisation : {"sky", "robust", "l2"}, default "sky"
         How the triplets were normalised: must equal ``supernova.triplets.normalisation``
         (recorded in ``model.json`` so that new cut-outs are normalised the same way).
     clip : float, default 30.0
@@ -215,7 +216,7 @@ class RealBogusSettings(Settings):
     class_balance: str = setting("weighted", choice("weighted", "balanced", "none"))
     focal_gamma: float = setting(0.0, number(0.0, 10.0))
     augment: tuple[str, ...] = setting(("flips", "rot90"), subset("flips", "rot90"))
-    normalisation: str = setting("robust", choice("robust", "l2"))
+    normalisation: str = setting("sky", choice(*NORMALISATIONS))
     clip: float = setting(30.0, number(1.0))
     weight_decay: float = setting(1e-4, number(0.0))
     warmup_fraction: float = setting(0.05, number(0.0, 0.5))
@@ -342,19 +343,25 @@ def triplets_digest(splits: TripletSplits, sample_rows: int = DIGEST_ROWS) -> st
 def check_normalisation(splits: TripletSplits, method: str, clip: float, sample_rows: int = DIGEST_ROWS) -> None:
     """Refuse a dataset whose values cannot come from the configured normalisation.
 
-    ``robust`` cut-outs lie within ``[-clip, clip]``; ``l2`` channels have unit norm at
-    most. A sample of training rows is checked (and for NaN), so that a mismatch between
+    The method recorded in the dataset's ``summary.json`` must be ``method``; ``sky`` and
+    ``robust`` cut-outs lie within ``[-clip, clip]``; ``l2`` channels have unit norm at most.
+    A sample of training rows is checked (and for NaN), so that a mismatch between
     ``supernova.triplets`` and ``supernova.realbogus`` fails here, not silently at scoring.
     """
+    summary_path = splits.directory / "summary.json"
+    recorded = json.loads(summary_path.read_text()).get("normalisation") if summary_path.is_file() else None
+    if recorded in NORMALISATIONS and recorded != method:
+        raise InputDataError(summary_path, f"the triplets were cut with normalisation {recorded!r}, but "
+                                           f"supernova.realbogus.normalisation is {method!r}: set both alike")
     array = splits.arrays["train"]
     rows = np.unique(np.linspace(0, len(array) - 1, min(sample_rows, len(array))).astype(int))
     sample = np.asarray(array[rows], dtype=np.float64)
     path = splits.directory / "train.npy"
     if not np.isfinite(sample).all():
         raise InputDataError(path, "holds NaN or infinite values (the dataset stage writes finite cut-outs)")
-    if method == "robust" and np.abs(sample).max() > clip * (1 + 1e-6):
+    if method in ("sky", "robust") and np.abs(sample).max() > clip * (1 + 1e-6):
         raise InputDataError(path, f"values reach {np.abs(sample).max():.4g}, beyond clip={clip}: the triplets were "
-                                   "not cut with normalisation 'robust' and this clip (supernova.triplets)")
+                                   f"not cut with normalisation {method!r} and this clip (supernova.triplets)")
     if method == "l2" and np.sqrt((sample ** 2).sum(axis=(2, 3))).max() > 1 + 1e-4:
         raise InputDataError(path, "channels have norms above 1: the triplets were not cut with normalisation 'l2'")
 
