@@ -164,6 +164,13 @@ def test_split_assignment_puts_every_mission_and_several_fields_in_each_split():
     assert sorted(split[f] for f in names[:2]) == ["test", "train"]
     missions[names[1]] = {"SWIFT"}
     assert assign_splits(counts, fractions, np.random.default_rng(0), missions, min_fields=3)[names[0]] == "train"
+    # Four fields of two missions: mission coverage never leaves a split empty.
+    two = {name: {"PS1" if i % 2 else "SWIFT"} for i, name in enumerate(names[:4])}
+    for seed in range(5):
+        split = assign_splits(counts[:4], fractions, np.random.default_rng(seed), two, min_fields=3)
+        assert sorted(set(split.values())) == sorted(SPLITS)
+        assert {m for f, s in split.items() if s == "test" for m in two[f]} | {
+            m for f, s in split.items() if s == "train" for m in two[f]} == {"PS1", "SWIFT"}
     # Too few fields: train keeps one, then test before validation.
     small = assign_splits(counts[:2], fractions, np.random.default_rng(0), min_fields=3)
     assert sorted(small.values()) == ["test", "train"]

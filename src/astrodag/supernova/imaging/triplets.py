@@ -435,11 +435,12 @@ def assign_splits(counts: pd.Series, fractions_: dict[str, float], rng: np.rando
 
     Notes
     -----
-    Greedy, in three passes over the shuffled fields: (1) for each mission, rarest first, one of
-    its fields to each split that lacks it, train first, then test, then validation (a mission
-    seen in two fields is trained and tested on, in one only trained on); (2) fields to test and
-    validation, in turn, until each holds ``min_fields`` (always leaving train at least one);
-    (3) each remaining field to the split furthest below its target share.
+    Greedy, in passes over the shuffled fields: (1) for each mission, rarest first, one of its
+    fields to each split that lacks it, train first, then test, then validation (a mission seen
+    in two fields is trained and tested on, in one only trained on), as long as enough fields
+    are left to give every split one; (2) one field to each split still empty; (3) fields to
+    test and validation, in turn, until each holds ``min_fields`` (always leaving train at least
+    one); (4) each remaining field to the split furthest below its target share.
     """
     names = list(counts.index)
     order = [names[i] for i in rng.permutation(len(names))]
@@ -459,12 +460,20 @@ def assign_splits(counts: pd.Series, fractions_: dict[str, float], rng: np.rando
     def free() -> list[str]:
         return [name for name in order if name not in assignment]
 
+    def leaves_room(split: str) -> bool:
+        """Whether giving ``split`` one more field still leaves a field for every empty split."""
+        empty = [s for s in active if s != split and s not in assignment.values()]
+        return len(free()) - 1 >= len(empty)
+
     fields_of = {m: [n for n in order if m in missions[n]] for m in set().union(*missions.values())}
     for mission in sorted(fields_of, key=lambda m: (len(fields_of[m]), m)):
         for split in active:
             pool = [n for n in free() if mission in missions[n]]
-            if pool and mission not in covered[split]:
+            if pool and mission not in covered[split] and leaves_room(split):
                 give(pool[0], split)
+    for split in active:
+        if split not in assignment.values() and free():
+            give(free()[0], split)
     small = [s for s in ("test", "validation") if s in active]
     while small:
         wanting = [s for s in small if sum(v == s for v in assignment.values()) < min_fields]
