@@ -57,8 +57,8 @@ def write_dataset(directory: Path, counts: dict[str, int] | None = None, seed: i
     """A dataset folder like the dataset stage's: ``{split}.npy``, ``index.parquet`` and ``summary.json``.
 
     Every ``FIELD_ROWS`` consecutive rows of a split are one field (and supernova) holding each
-    mission; ``summary.json`` records ``bogus_per_real`` bogus triplets per real one before
-    subsampling (the survey base rate).
+    mission; ``summary.json`` records ``bogus_per_real`` bogus candidates per detected SN before
+    subsampling (the survey base rate), beside fakes and artefacts that do not count in it.
     """
     counts = counts or {"train": 64, "validation": 32, "test": 32}
     directory.mkdir(parents=True, exist_ok=True)
@@ -76,9 +76,10 @@ def write_dataset(directory: Path, counts: dict[str, int] | None = None, seed: i
     index = pd.concat(frames, ignore_index=True)[list(INDEX_COLUMNS)]
     index.to_parquet(directory / "index.parquet", index=False)
     real = int(index["label"].sum())
-    (directory / "summary.json").write_text(json.dumps({"available": {"real": real,
-                                                                      "bogus": round(bogus_per_real * real)},
-                                                        "normalisation": "sky"}))
+    # The survey's stream: bogus_per_real bogus candidates per detected SN (fakes are no part of it).
+    sources = {"sn": real, "injected": 3 * real, "candidate": round(bogus_per_real * real), "artefact": real,
+               "reviewed": 0}
+    (directory / "summary.json").write_text(json.dumps({"available_per_source": sources, "normalisation": "sky"}))
     return directory
 
 

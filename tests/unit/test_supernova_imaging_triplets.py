@@ -13,6 +13,7 @@ from astrodag.errors import ConfigError, InputDataError
 from astrodag.supernova.imaging.triplets import (
     AUGMENTATIONS,
     INDEX_COLUMNS,
+    SOURCES,
     DatasetSettings,
     TripletSettings,
     assign_splits,
@@ -132,6 +133,9 @@ def test_build_dataset(triplet_files, tmp_path):
     # Split by field (here one SN each): each in exactly one split, every split used.
     assert (index.groupby("field")["split"].nunique() == 1).all() and index["split"].nunique() == 3
     assert index["field"].nunique() == 4 and summary["field_links"] == {"shared_observation": 0, "sky_overlap": 0}
+    # The base rate's counts: every cut triplet per source, before subsampling.
+    table = pd.concat([pd.Series(np.load(path)["source"]) for path in triplet_files])
+    assert summary["available_per_source"] == {src: int((table == src).sum()) for src in SOURCES}
     assert sum(summary["fields"][split]["n_fields"] for split in ("train", "validation", "test")) == 4
     for split in ("train", "validation", "test"):
         array = np.load(tmp_path / f"{split}.npy", mmap_mode="r")

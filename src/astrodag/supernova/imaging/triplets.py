@@ -52,8 +52,9 @@ example of the ``augment_splits``, shuffles each split and writes
 ``{split}.npy`` (``(n, 3, size, size)`` float32, memory-mappable, filled pair by pair through
 ``numpy.lib.format.open_memmap`` so the dataset never has to fit in memory), ``index.parquet``
 (one row per array row, with its ``field``), ``summary.json`` (triplets, fields and missions
-per split, and the ``available`` real and bogus triplets before subsampling: the survey's base
-rate) and ``previews/{split}.png``.
+per split, and the ``available`` real and bogus triplets before subsampling, also per source:
+the detected supernovae and the bogus candidates give the survey's base rate) and
+``previews/{split}.png``.
 """
 
 from __future__ import annotations
@@ -603,6 +604,7 @@ def build_dataset(triplet_files: list[str | Path], out_dir: str | Path, settings
                      for split, p in zip(SPLITS, index_parts)},
         # Before subsampling: the survey's real/bogus ratio, the deployment base rate of the metrics.
         "available": {"real": int((table["label"] == 1).sum()), "bogus": int((table["label"] == 0).sum())},
+        "available_per_source": {src: int((table["source"] == src).sum()) for src in SOURCES},
         "available_per_split": {split: {"real": int(((table["split"] == split) & (table["label"] == 1)).sum()),
                                         "bogus": int(((table["split"] == split) & (table["label"] == 0)).sum())}
                                 for split in SPLITS},

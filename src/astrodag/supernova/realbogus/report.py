@@ -267,7 +267,8 @@ def _markdown(report: dict[str, Any], summary: pd.DataFrame, recovery: pd.DataFr
         "the rule in the table, with a 95 % interval from a bootstrap over the validation fields; the equal-error "
         "threshold where validation FNR = FPR). Validation and test are subsampled to one bogus per real; "
         "\"survey\" columns weight the bogus back to the survey's ratio"
-        + (f" ({ratio.iloc[0]:.2f} bogus per real among all cut triplets)" if len(ratio) else "")
+        + (f" ({ratio.iloc[0]:.1f} bogus candidates per detected supernova over all pairs, fakes left out)"
+           if len(ratio) else "")
         + ", the base rate a deployed classifier meets. The anchor: braai (Duev et al. 2019) FNR 1.1 % / FPR 2.9 % "
         "at 0.5 on ZTF's internal set.",
         "",

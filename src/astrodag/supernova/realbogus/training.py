@@ -21,8 +21,8 @@ Protocol (no test-set leakage):
   tested on its un-augmented triplets of every split in the fields that training and
   validation did not touch, since the test split may hold none of it;
 * every metric names the independent fields behind it; precision and AUCPR are given on the
-  1:1-subsampled split and at the survey's base rate (the ``available`` real/bogus ratio of the
-  dataset's ``summary.json``: the bogus rows weighted up to it).
+  1:1-subsampled split and at the survey's base rate (bogus candidates per detected supernova,
+  from the dataset's ``summary.json``: the bogus rows weighted up to it).
 """
 
 from __future__ import annotations
@@ -789,14 +789,18 @@ def field_counts(frame: pd.DataFrame) -> dict[str, Any]:
 
 
 def survey_bogus_per_real(triplets_dir: str | Path) -> float | None:
-    """The survey's bogus/real ratio: ``available`` triplets of the dataset's summary.json, before subsampling.
+    """The survey's bogus/real ratio: bogus candidates per detected supernova, before subsampling.
 
-    None (with a warning) when the summary is missing or holds no real triplet.
+    What the detector hands a deployed classifier: every candidate of every pair (kept or
+    rejected by the shape cuts, ``available_per_source`` of the dataset's summary.json) that is
+    not a supernova, per supernova detected. Fakes and sampled artefacts are training devices
+    that a survey's stream does not hold, so they do not count. None (with a warning) when the
+    summary is missing or no supernova was detected.
     """
     path = Path(triplets_dir) / "summary.json"
     try:
-        available = json.loads(path.read_text())["available"]
-        return float(available["bogus"]) / float(available["real"])
+        sources = json.loads(path.read_text())["available_per_source"]
+        return float(sources["candidate"]) / float(sources["sn"])
     except (OSError, ValueError, KeyError, TypeError, ZeroDivisionError) as error:
         log.warning("%s: no survey base rate (%s); precision and AUCPR only on the subsampled split", path, error)
         return None
@@ -821,7 +825,7 @@ def base_rate_metrics(y_true, y_prob, threshold: float, bogus_per_real: float | 
     return {"bogus_per_real": float(bogus_per_real), "weight_of_bogus": float(weight),
             "precision": tp / (tp + fp) if tp + fp > 0 else None,
             "aucpr": float(average_precision_score(y_true, y_prob, sample_weight=weights)),
-            "source": "summary.json 'available' (all cut triplets before subsampling)"}
+            "source": "bogus candidates per detected supernova over all pairs (summary.json 'available_per_source')"}
 
 
 def _breakdown(frame: pd.DataFrame, column: str, threshold: float) -> dict[str, Any]:
