@@ -19,12 +19,17 @@ configfile: os.path.join(workflow.basedir, "config", "config.yaml")
 # one line naming the key.
 sys.path.insert(0, os.path.join(workflow.basedir, "src"))
 import astrodag.config
+from astrodag.errors import ConfigError
 
-astrodag.config.retype_overrides(config, workflow.config_settings.config)
-astrodag.config.validate_structure(
-    config, os.path.join(workflow.basedir, "workflow", "schemas", "config.schema.yaml")
-)
-astrodag.config.validate_config(config)
+try:
+    astrodag.config.retype_overrides(config, workflow.config_settings.config)
+    astrodag.config.validate_structure(
+        config, os.path.join(workflow.basedir, "workflow", "schemas", "config.schema.yaml")
+    )
+    astrodag.config.validate_config(config)
+except ConfigError as error:
+    # One line: the key and the problem, without a traceback.
+    raise WorkflowError(str(error)) from None
 
 
 include: "workflow/rules/common.smk"
