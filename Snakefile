@@ -24,7 +24,8 @@ from astrodag.errors import ConfigError
 try:
     astrodag.config.retype_overrides(config, workflow.config_settings.config)
     astrodag.config.validate_structure(
-        config, os.path.join(workflow.basedir, "workflow", "schemas", "config.schema.yaml")
+        config,
+        os.path.join(workflow.basedir, "workflow", "schemas", "config.schema.yaml"),
     )
     astrodag.config.validate_config(config)
 except ConfigError as error:
