@@ -293,13 +293,42 @@ def test_shard_magnitudes_follow_the_observation_model(shard):
     e = events[~pspl]
     amp[~pspl] = binary_magnification(SMALL_TIMES, *(e[k] for k in ("t0", "u0", "tE", "s", "q", "alpha", "rho")))
     truth = magnitudes_from_magnification(amp, events["baseline_mag"], events["source_fraction"])
-    np.testing.assert_allclose(errors, NoiseModel().sigma(truth), rtol=1e-6)
+    np.testing.assert_allclose(errors, NoiseModel().sigma(mags), rtol=1e-6)  # the pipeline's error at m_obs
     pulls = (mags - truth) / errors
     assert abs(pulls.mean()) < 0.02 and pulls.std() == pytest.approx(1.0, abs=0.02)
     # the event is in the curve: brightest epoch near t0 for bright, strongly magnified PSPL
     strong = pspl & (events["u0"] < 0.3).to_numpy() & (events["baseline_mag"] < 19).to_numpy()
     for i in np.flatnonzero(strong):
         assert abs(SMALL_TIMES[np.argmin(mags[i])] - events["t0"][i]) < events["tE"][i]
+
+
+def test_errors_do_not_reveal_the_noiseless_curve(shard):
+    """Inverting the error model on errors.npy gives the observed magnitudes, not the noiseless ones."""
+    out, _ = shard
+    events = pd.read_parquet(out / "events.parquet")
+    mags = np.load(out / "magnitudes.npy").astype(np.float64)
+    errors = np.load(out / "errors.npy").astype(np.float64)
+    noise = NoiseModel()
+    amp = np.empty(mags.shape)
+    pspl = (events["label"] == 0).to_numpy()
+    e = events[pspl]
+    amp[pspl] = pspl_magnification(SMALL_TIMES, e["t0"], e["u0"], e["tE"])
+    e = events[~pspl]
+    amp[~pspl] = binary_magnification(SMALL_TIMES, *(e[k] for k in ("t0", "u0", "tE", "s", "q", "alpha", "rho")))
+    truth = magnitudes_from_magnification(amp, events["baseline_mag"], events["source_fraction"])
+    # sigma(m) is invertible where the photon term stands clear of the floor (m >~ 17 here).
+    photon_sq = errors**2 - noise.systematic_floor**2
+    invertible = photon_sq > (2 * noise.systematic_floor) ** 2
+    assert invertible.mean() > 0.5
+    recovered = noise.reference_mag + 5.0 * np.log10(np.sqrt(photon_sq[invertible]) / noise.sigma_at_reference)
+    # With errors from the noiseless curve the recovered magnitudes matched it to ~1e-6 mag.
+    difference = np.abs(recovered - truth[invertible])
+    assert np.median(difference) > 0.3 * np.median(errors[invertible])
+    # The errors are a function of the observed magnitudes: they add nothing the model does not already see.
+    np.testing.assert_allclose(recovered, mags[invertible], atol=1e-4)
+    # ... and still describe the scatter about the truth.
+    pulls = (mags - truth) / errors
+    assert np.mean(pulls**2) == pytest.approx(1.0, abs=0.05)
 
 
 def test_shard_is_reproducible_bit_for_bit_whatever_the_chunks(shard, tmp_path):

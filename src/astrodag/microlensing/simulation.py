@@ -11,12 +11,15 @@ The observation model, per event:
 * blending: only the fraction ``fs = F_source / (F_source + F_blend)`` of the baseline flux is
   magnified, so the noiseless magnitude is ``m = baseline_mag - 2.5 log10(fs A + 1 - fs)``;
 * noise: ``sigma(m) = hypot(systematic_floor, sigma_at_reference * 10**(0.2 (m - reference_mag)))``
-  (photon noise of the total flux plus a floor), evaluated at the noiseless magnitude, and the
-  observed magnitude is ``m + sigma(m) z`` with ``z`` standard normal.
+  (photon noise of the total flux plus a floor). The noise itself is physical, set by the true
+  flux: the observed magnitude is ``m_obs = m + sigma(m) z`` with ``z`` standard normal. The
+  reported error is what a photometry pipeline would report, ``sigma(m_obs)`` at the observed
+  magnitude: at the noiseless one, inverting ``sigma`` would recover the noiseless curve (to
+  1e-6 mag) from the error channel the model sees.
 
 A binary event is flagged ``pspl_like`` when the best-fitting PSPL light curve (``fit_pspl``:
 t0, u0, tE, source flux and blend flux all free, fitted to the noiseless binary curve with the
-errors above) stays within ``pspl_like_max_deviation_sigma`` sigma of it at every epoch: such an
+errors ``sigma(m)`` of the noiseless curve) stays within ``pspl_like_max_deviation_sigma`` sigma of it at every epoch: such an
 event cannot be told apart from a single lens by any classifier, which the analysis reports.
 For the test split's binaries (the events the analysis reports on), ``evidence_time`` (days) is
 the first epoch at which the light curve seen so far (every epoch up to then, noiseless) is
@@ -126,7 +129,7 @@ class NoiseModel(Settings):
     systematic_floor: float = setting(0.003, number(0.0))
 
     def sigma(self, magnitudes: np.ndarray) -> np.ndarray:
-        """1-sigma error (mag) at the given (noiseless) magnitudes."""
+        """1-sigma error (mag) at the given magnitudes (true ones for the noise, observed ones for the errors)."""
         photon = self.sigma_at_reference * 10.0 ** (0.2 * (np.asarray(magnitudes) - self.reference_mag))
         return np.hypot(self.systematic_floor, photon)
 
@@ -625,20 +628,25 @@ def simulate_shard(out_dir: str | Path, shard_index: int, events_per_shard: int,
             true_mag = magnitudes_from_magnification(amp, ev["baseline_mag"].to_numpy(),
                                                      ev["source_fraction"].to_numpy())
             del amp
-            sigma = settings.noise.sigma(true_mag)
+            true_sigma = settings.noise.sigma(true_mag)
             noise = np.empty_like(true_mag)
             for i, row in enumerate(rows):
                 noise[i] = _noise_rng(seed, shard_index, int(row)).standard_normal(n_times)
             clock = time.perf_counter()
             if (~pspl).any():
+                # PSPL-likeness and evidence are properties of the truth (what an ideal observer with this noise
+                # level could tell apart), not model inputs: the noiseless curve with its true errors.
                 # The evidence search (about 4x the fit) only where the analysis reads it: the test split.
                 deviation[rows[~pspl]], evidence_time[rows[~pspl]] = pspl_deviation(
-                    times, true_mag[~pspl], sigma[~pspl], ev[~pspl], settings.pspl_like_max_deviation_sigma,
+                    times, true_mag[~pspl], true_sigma[~pspl], ev[~pspl], settings.pspl_like_max_deviation_sigma,
                     evidence_rows=(ev["split"] == "test").to_numpy()[~pspl])
             timing["fit"] += time.perf_counter() - clock
 
-            observed = true_mag + sigma * noise
-            for tmp, values in ((mag_tmp, observed), (err_tmp, sigma)):
+            observed = true_mag + true_sigma * noise
+            # Reported errors as a pipeline measures them, from the observed flux: they then carry nothing
+            # about the noiseless curve that the observed magnitudes do not.
+            errors = settings.noise.sigma(observed)
+            for tmp, values in ((mag_tmp, observed), (err_tmp, errors)):
                 array = np.load(tmp, mmap_mode="r+")
                 array[rows[0]:rows[-1] + 1] = values.astype(np.float32)
                 array.flush()
