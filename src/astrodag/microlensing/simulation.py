@@ -19,8 +19,9 @@ The observation model, per event:
 
 A binary event is flagged ``pspl_like`` when the best-fitting PSPL light curve (``fit_pspl``:
 t0, u0, tE, source flux and blend flux all free, fitted to the noiseless binary curve with the
-errors ``sigma(m)`` of the noiseless curve) stays within ``pspl_like_max_deviation_sigma`` sigma of it at every epoch: such an
-event cannot be told apart from a single lens by any classifier, which the analysis reports.
+errors ``sigma(m)`` of the noiseless curve) stays within ``pspl_like_max_deviation_sigma`` sigma
+of it at every epoch: such an event cannot be told apart from a single lens by any classifier,
+which the analysis reports.
 For the test split's binaries (the events the analysis reports on), ``evidence_time`` (days) is
 the first epoch at which the light curve seen so far (every epoch up to then, noiseless) is
 fitted by no PSPL to within chi2 = threshold**2 (9 for 3 sigma: one epoch 3 sigma off, or many
