@@ -46,12 +46,11 @@ from typing import Any, ClassVar
 
 import numpy as np
 import pandas as pd
+from statsmodels.stats.rates import confint_poisson
 
 from astrodag.errors import ConfigError, InputDataError
 from astrodag.evaluation.completeness import recall_interval
 from astrodag.evaluation.metrics import binary_metrics, curve_points
-from statsmodels.stats.rates import confint_poisson
-
 from astrodag.evaluation.statistics import auc_p_value, untied_auc_p_value, wilson_interval
 from astrodag.io import read_table, save_figure, write_json, write_table
 from astrodag.microlensing.figures import cadence_roc_figure, detection_times_figure, early_detection_figure

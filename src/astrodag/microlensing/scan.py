@@ -281,7 +281,8 @@ def check_consecutive(consecutive) -> int:
     return int(consecutive)
 
 
-def alarms(chunk: np.ndarray, observed: np.ndarray | None, threshold, consecutive: int) -> tuple[np.ndarray, np.ndarray]:
+def alarms(chunk: np.ndarray, observed: np.ndarray | None, threshold: float,
+           consecutive: int) -> tuple[np.ndarray, np.ndarray]:
     """Real-time alarms: when P(binary) is at or above a threshold at ``consecutive`` observed epochs in a row.
 
     Only observed epochs count: an unobserved step neither raises an alarm nor breaks a run.
