@@ -551,6 +551,19 @@ def test_compare_cadences_tables_json_and_figures(evaluated, tmp_path):
     assert text.startswith("Microlensing classification by cadence\n====") and "|" not in text
     # Long records: 2 cadences x 2 bases x 3 fractions, 2 cadences x 2 thresholds.
     assert len(on_disk["early_detection"]) == 12 and len(on_disk["detection"]) == 4
+    # False alarms per PSPL event and per year of monitoring, per cadence and threshold.
+    for record in on_disk["detection"]:
+        written = pd.read_csv(evaluated[record["cadence"]]["out"] / "detection_summary.csv").set_index("threshold")
+        expected = written.loc[record["threshold"]]
+        for key in ("n_pspl_alarms", "alarms_per_pspl_event", "alarms_per_year", "monitoring_days",
+                    "consecutive_epochs"):
+            assert record[key] == pytest.approx(expected[key]), key
+        assert expected["n_pspl_alarms"] >= expected["n_false_alarms"]
+        cell = format_interval(expected["alarms_per_year"], expected["alarms_per_year_low"],
+                               expected["alarms_per_year_high"])
+        assert cell in markdown and cell in text
+    assert "false alarms per year" in markdown and "1 observed epoch in a row" in markdown
+    assert "the grid's duration per event, gaps included, 500 days" in markdown
     early = pd.read_csv(evaluated["sparse"]["out"] / "early_detection.csv")
     record = next(r for r in on_disk["early_detection"]
                   if r["cadence"] == "sparse" and r["basis"] == "observed" and r["fraction"] == 0.5)
