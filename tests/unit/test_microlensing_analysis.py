@@ -10,6 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from statsmodels.stats.proportion import proportion_confint
+from statsmodels.stats.rates import confint_poisson
 
 from astrodag.errors import InputDataError
 from astrodag.evaluation.metrics import binary_metrics
@@ -187,11 +188,16 @@ def _naive_observed_step(row_mask, fraction):
     return int(np.nonzero(np.cumsum(row_mask) >= needed)[0][0])
 
 
-def _naive_detection_step(row, threshold):
+def _naive_alarms(row, observed, threshold, k):
+    """Alarm steps by walking the observed epochs one by one, as a real-time system would."""
+    steps, run = [], 0
     for step in range(len(row)):
-        if np.all(row[step:] >= threshold):
-            return step
-    return None
+        if not observed[step]:
+            continue
+        run = run + 1 if row[step] >= threshold else 0
+        if run == k:
+            steps.append(step)
+    return steps
 
 
 def test_streaming_memmap_matches_a_naive_computation(tmp_path):
@@ -217,16 +223,19 @@ def test_streaming_memmap_matches_a_naive_computation(tmp_path):
     events = pd.DataFrame({"label": labels, "t0": rng.uniform(0, 40, n), "tE": rng.uniform(1, 5, n)})
     times = np.arange(t) * 2.0
     thresholds = [0.3, 0.6, 0.9]
-    detections = detection_times(mapped, events, times, thresholds, chunk_events=4)
-    assert len(detections) == n * len(thresholds)
-    for row in detections.itertuples():
-        expected = _naive_detection_step(prob[row.event_id].astype(float), row.threshold)
-        if expected is None:
-            assert not row.detected and pd.isna(row.detection_step) and np.isnan(row.detection_phase)
-        else:
-            assert row.detected and row.detection_step == expected
-            assert row.detection_phase == pytest.approx((times[expected] - events.t0[row.event_id]) /
-                                                        events.tE[row.event_id])
+    for k in (1, 2, 3):
+        detections = detection_times(mapped, events, times, thresholds, mask=mask, consecutive_epochs=k,
+                                     chunk_events=4)
+        assert len(detections) == n * len(thresholds)
+        for row in detections.itertuples():
+            expected = _naive_alarms(prob[row.event_id].astype(float), mask[row.event_id], row.threshold, k)
+            assert row.n_alarms == len(expected)
+            if not expected:
+                assert not row.detected and pd.isna(row.detection_step) and np.isnan(row.detection_phase)
+            else:
+                assert row.detected and row.detection_step == expected[0]
+                assert row.detection_phase == pytest.approx((times[expected[0]] - events.t0[row.event_id]) /
+                                                            events.tE[row.event_id])
 
 
 # ---------------------------------------------------------------------------
@@ -234,11 +243,11 @@ def test_streaming_memmap_matches_a_naive_computation(tmp_path):
 # ---------------------------------------------------------------------------
 
 
-def test_detection_time_is_the_first_step_after_which_it_stays_above():
+def test_detection_is_the_first_crossing_and_every_crossing_on_a_pspl_is_a_false_alarm():
     prob = np.array([
-        [0.1, 0.6, 0.7, 0.4, 0.6, 0.92, 0.95, 0.97],  # binary: the dip at step 3 resets the 0.5 detection
-        [0.1, 0.6, 0.7, 0.8, 0.9, 0.95, 0.6, 0.4],  # binary: falls back below -> never
-        [0.6] * 8,  # PSPL: above 0.5 from the start -> false alarm at step 0
+        [0.1, 0.6, 0.7, 0.4, 0.6, 0.92, 0.95, 0.97],  # binary: crosses 0.5 early, dips, crosses again
+        [0.1, 0.6, 0.7, 0.8, 0.9, 0.95, 0.6, 0.4],  # binary: detected, then falls back (the future never undoes it)
+        [0.2, 0.6, 0.3, 0.3, 0.55, 0.2, 0.1, 0.1],  # PSPL: crosses 0.5 twice and falls back: two false alarms
         [0.1] * 7 + [0.95],  # PSPL: only the last step -> false alarm at step 7
     ])
     events = pd.DataFrame({
@@ -253,23 +262,69 @@ def test_detection_time_is_the_first_step_after_which_it_stays_above():
     assert table["event_id"].tolist() == [10, 10, 11, 11, 12, 12, 13, 13]
     assert table["threshold"].tolist() == [0.5, 0.9] * 4
     steps = [None if pd.isna(s) else int(s) for s in table["detection_step"]]
-    assert steps == [4, 5, None, None, 0, None, 7, 7]
-    assert table["detected"].tolist() == [True, True, False, False, True, False, True, True]
-    np.testing.assert_allclose(table["detection_day"], [20, 25, np.nan, np.nan, 0, np.nan, 35, 35])
-    np.testing.assert_allclose(table["detection_phase"], [2.0, 3.0, np.nan, np.nan, -0.5, np.nan, 5.0, 5.0])
+    assert steps == [1, 5, 1, 4, 1, None, 7, 7]
+    assert table["detected"].tolist() == [True, True, True, True, True, False, True, True]
+    assert table["n_alarms"].tolist() == [2, 1, 1, 1, 2, 0, 1, 1]
+    np.testing.assert_allclose(table["detection_day"], [5, 25, 5, 20, 5, np.nan, 35, 35])
+    np.testing.assert_allclose(table["detection_phase"], [-1.0, 3.0, -1.0, 2.0, 0.0, np.nan, 5.0, 5.0])
+    assert (table["monitoring_days"] == 40.0).all() and (table["consecutive_epochs"] == 1).all()
 
     summary = detection_summary(table)
     assert summary["threshold"].tolist() == [0.5, 0.9]
-    assert summary["n_detected"].tolist() == [1, 1]
-    assert summary["detected_fraction"].tolist() == [0.5, 0.5]
-    assert summary["median_phase"].tolist() == [2.0, 3.0]
+    assert summary["n_detected"].tolist() == [2, 2]
+    assert summary["detected_fraction"].tolist() == [1.0, 1.0]
+    assert summary["median_phase"].tolist() == [-1.0, 2.5]
     assert summary["detected_fraction_without_pspl_like"].tolist() == [1.0, 1.0]
     assert summary["n_false_alarms"].tolist() == [2, 1]
     assert summary["false_alarm_fraction"].tolist() == [1.0, 0.5]
     low, high = _wilson(1, 2)
-    assert summary.loc[0, ["detected_low", "detected_high"]].tolist() == pytest.approx([low, high])
-    low, high = _wilson(1, 2)
     assert summary.loc[1, ["false_alarm_low", "false_alarm_high"]].tolist() == pytest.approx([low, high])
+    # Every up-crossing on a PSPL event counts: 3 at 0.5 over 2 events monitored 40 days each.
+    assert summary["n_pspl_alarms"].tolist() == [3, 1]
+    assert summary["alarms_per_pspl_event"].tolist() == [1.5, 0.5]
+    years = 2 * 40.0 / 365.25
+    assert summary["alarms_per_year"].to_numpy() == pytest.approx([3 / years, 1 / years])
+    assert summary.loc[0, ["alarms_per_year_low", "alarms_per_year_high"]].tolist() == pytest.approx(
+        list(confint_poisson(3, years, method="exact-c", alpha=0.05)))
+    assert summary.loc[0, ["alarms_per_pspl_event_low", "alarms_per_pspl_event_high"]].tolist() == pytest.approx(
+        list(confint_poisson(3, 2, method="exact-c", alpha=0.05)))
+    assert summary["monitoring_days"].tolist() == [40.0, 40.0]
+
+
+def test_k_consecutive_observed_epochs_raise_the_alarm():
+    prob = np.array([
+        [0.6, 0.2, 0.6, 0.7, 0.2, 0.6, 0.6, 0.6],  # runs of 1, 2 and 3 above 0.5
+        [0.6, 0.7, 0.2, 0.6, 0.2, 0.1, 0.1, 0.1],  # PSPL: one run of 2, then a single epoch
+    ])
+    events = pd.DataFrame({"label": [1, 0], "t0": [0.0, 0.0], "tE": [1.0, 1.0]})
+    times = np.arange(8.0)
+    steps = {k: detection_times(prob, events, times, [0.5], consecutive_epochs=k) for k in (1, 2, 3, 4)}
+    assert steps[1]["detection_step"].tolist() == [0, 0] and steps[1]["n_alarms"].tolist() == [3, 2]
+    assert steps[2]["detection_step"].tolist() == [3, 1] and steps[2]["n_alarms"].tolist() == [2, 1]
+    assert steps[3]["detection_step"].tolist() == [7, pd.NA] and steps[3]["n_alarms"].tolist() == [1, 0]
+    assert steps[4]["detected"].tolist() == [False, False]
+    assert detection_summary(steps[3])["consecutive_epochs"].tolist() == [3]
+    with pytest.raises(ValueError, match="consecutive_epochs"):
+        detection_times(prob, events, times, [0.5], consecutive_epochs=0)
+
+
+def test_unobserved_epochs_never_raise_an_alarm_nor_break_a_run():
+    prob = np.array([
+        [0.1, 0.9, 0.9, 0.1, 0.1, 0.1],  # PSPL: above 0.5 only where it was not observed
+        [0.1, 0.9, 0.2, 0.9, 0.1, 0.1],  # binary: the dip at step 2 is unobserved, so 1 and 3 are one run
+    ])
+    mask = np.array([
+        [1, 0, 0, 1, 1, 1],
+        [1, 1, 0, 1, 1, 1],
+    ], dtype=np.uint8)
+    events = pd.DataFrame({"label": [0, 1], "t0": [0.0, 0.0], "tE": [1.0, 1.0]})
+    times = np.arange(6.0)
+    table = detection_times(prob, events, times, [0.5], mask=mask)
+    assert table["detected"].tolist() == [False, True] and table["n_alarms"].tolist() == [0, 1]
+    # Without the mask the PSPL's unobserved steps would have raised a false alarm.
+    assert detection_times(prob, events, times, [0.5])["detected"].tolist() == [True, True]
+    two = detection_times(prob, events, times, [0.5], mask=mask, consecutive_epochs=2)
+    assert two["detection_step"].tolist() == [pd.NA, 3]
 
 
 def test_detection_summary_quartiles():
@@ -280,10 +335,14 @@ def test_detection_summary_quartiles():
         "detected": [True, True, True, True, False, False],
         "detection_day": [1.0, 2.0, 3.0, 4.0, np.nan, np.nan],
         "detection_phase": [-1.0, 0.0, 1.0, 2.0, np.nan, np.nan],
+        "n_alarms": [1, 1, 1, 1, 0, 0],
+        "monitoring_days": 365.25,
+        "consecutive_epochs": 1,
     })
     row = detection_summary(frame).iloc[0]
     assert (row.phase_q25, row.median_phase, row.phase_q75) == pytest.approx((-0.25, 0.5, 1.25))
     assert row.detected_fraction == 0.8 and row.false_alarm_fraction == 0.0
+    assert row.alarms_per_year == 0.0 and row.alarms_per_year_high == pytest.approx(-np.log(0.025))
 
 
 # ---------------------------------------------------------------------------
@@ -396,7 +455,7 @@ def test_evaluate_cadence_writes_files_that_agree_with_the_pure_functions(evalua
         pd.testing.assert_frame_equal(written[written["basis"] == basis].reset_index(drop=True), direct,
                                       check_dtype=False)
 
-    direct = detection_times(prob, events, times, THRESHOLDS)
+    direct = detection_times(prob, events, times, THRESHOLDS, mask=mask)
     written = pd.read_csv(out / "detection_times.csv")
     assert written.columns.tolist() == direct.columns.tolist()
     np.testing.assert_array_equal(written["event_id"], direct["event_id"])
@@ -409,12 +468,13 @@ def test_evaluate_cadence_writes_files_that_agree_with_the_pure_functions(evalua
 
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics == json.loads(json.dumps(evaluated["dense"]["metrics"]))
-    # Detected at 0.5 <=> called binary at the last step, so the two reports agree.
+    # The last step is observed: called binary there => an alarm by then; alarms that fall back count too.
     at_half = direct[direct["threshold"] == 0.5]
-    np.testing.assert_array_equal(at_half["detected"], prob[:, -1].astype(float) >= 0.5)
+    assert np.all(at_half["detected"].to_numpy() >= (prob[:, -1].astype(float) >= 0.5))
     summary = detection_summary(direct).set_index("threshold")
-    assert summary.loc[0.5, "false_alarm_fraction"] == pytest.approx(metrics["final_step"]["false_alarm_rate"])
-    assert summary.loc[0.5, "detected_fraction"] == pytest.approx(metrics["final_step"]["recall"])
+    assert summary.loc[0.5, "false_alarm_fraction"] > metrics["final_step"]["false_alarm_rate"]
+    assert summary.loc[0.5, "detected_fraction"] >= metrics["final_step"]["recall"]
+    assert metrics["consecutive_epochs"] == 1 and metrics["monitoring_days"] == pytest.approx(500.0)
     final = binary_metrics(events["label"], prob[:, -1].astype(float))
     assert metrics["final_step"]["accuracy"] == pytest.approx(final["accuracy"])
     assert metrics["final_step"]["roc_auc"] == pytest.approx(final["roc_auc"])
@@ -491,6 +551,19 @@ def test_compare_cadences_tables_json_and_figures(evaluated, tmp_path):
     assert text.startswith("Microlensing classification by cadence\n====") and "|" not in text
     # Long records: 2 cadences x 2 bases x 3 fractions, 2 cadences x 2 thresholds.
     assert len(on_disk["early_detection"]) == 12 and len(on_disk["detection"]) == 4
+    # False alarms per PSPL event and per year of monitoring, per cadence and threshold.
+    for record in on_disk["detection"]:
+        written = pd.read_csv(evaluated[record["cadence"]]["out"] / "detection_summary.csv").set_index("threshold")
+        expected = written.loc[record["threshold"]]
+        for key in ("n_pspl_alarms", "alarms_per_pspl_event", "alarms_per_year", "monitoring_days",
+                    "consecutive_epochs"):
+            assert record[key] == pytest.approx(expected[key]), key
+        assert expected["n_pspl_alarms"] >= expected["n_false_alarms"]
+        cell = format_interval(expected["alarms_per_year"], expected["alarms_per_year_low"],
+                               expected["alarms_per_year_high"])
+        assert cell in markdown and cell in text
+    assert "false alarms per year" in markdown and "1 observed epoch in a row" in markdown
+    assert "the grid's duration per event, gaps included, 500 days" in markdown
     early = pd.read_csv(evaluated["sparse"]["out"] / "early_detection.csv")
     record = next(r for r in on_disk["early_detection"]
                   if r["cadence"] == "sparse" and r["basis"] == "observed" and r["fraction"] == 0.5)

@@ -157,10 +157,12 @@ rule evaluate_microlensing_cadence:
         thresholds=" ".join(
             str(t) for t in MICROLENSING["analysis"]["detection_thresholds"]
         ),
+        consecutive=MICROLENSING["analysis"]["consecutive_epochs"],
     shell:
         "python -m astrodag microlensing evaluate --evaluation-dir {params.evaluation_dir}"
         " --out-dir {params.out_dir} --cadence {wildcards.cadence}"
-        " --fractions {params.fractions} --thresholds {params.thresholds} --log {log}"
+        " --fractions {params.fractions} --thresholds {params.thresholds}"
+        " --consecutive-epochs {params.consecutive} --log {log}"
 
 
 rule compare_cadences:

@@ -14,8 +14,11 @@ at step t uses only epochs <= t). This module turns those scores into
   light curve seen so far is of each simulated population to go on: a weak
   signal that needs more test events than the smallest AUC they resolve
   (``resolvable_auc``);
-* detection times: the first step after which P(binary) stays above a threshold
-  until the end (binaries give detections, PSPL events false alarms);
+* detection times, as a real-time system would raise them: the first observed epoch
+  at which P(binary) has been at or above a threshold for ``consecutive_epochs``
+  observed epochs in a row (the model is causal, so this uses only the scores up to
+  that epoch; unobserved steps never raise one). Binaries give detections; on PSPL
+  events every alarm is a false alarm, counted per event and per year of monitoring;
 * per-cadence metrics, tables and figures (:func:`evaluate_cadence`).
 
 The streaming pass over the scores is in :mod:`astrodag.microlensing.scan`, the figures in
@@ -43,6 +46,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 import pandas as pd
+from statsmodels.stats.rates import confint_poisson
 
 from astrodag.errors import ConfigError, InputDataError
 from astrodag.evaluation.completeness import recall_interval
@@ -56,6 +60,7 @@ from astrodag.microlensing.scan import (
     ArrayProblem,
     as_2d,
     check_basis,
+    check_consecutive,
     check_decision_threshold,
     check_event_column,
     check_fractions,
@@ -94,12 +99,18 @@ class MicrolensingAnalysisSettings(Settings):
         Fractions of the light curve seen at which early detection is reported, in (0, 1].
     detection_thresholds : list of float, default [0.5, 0.8, 0.9, 0.95]
         P(binary) thresholds of the detection times, in (0, 1).
+    consecutive_epochs : int, default 1
+        Observed epochs in a row with P(binary) at or above the threshold that raise an alarm
+        (a detection on a binary, a false alarm on a PSPL event); >= 1.
     """
 
     PREFIX: ClassVar[str] = "microlensing.analysis"
 
     fractions: tuple[float, ...] = setting(DEFAULT_FRACTIONS, sequence(number(0.0, 1.0, low_open=True)))
     detection_thresholds: tuple[float, ...] = setting(DEFAULT_THRESHOLDS, sequence(_open_probability))
+    consecutive_epochs: int = setting(1, number(1, integer=True))
+
+
 DECISION_THRESHOLD = 0.5
 CONFIDENCE = 0.95
 CLASS_NAMES = ("PSPL", "binary")
@@ -406,7 +417,20 @@ def _events_arrays(events: pd.DataFrame, n_events: int, need_phase: bool = True)
     return arrays
 
 
-def _detection_frame(detection: np.ndarray, thresholds: np.ndarray, arrays: dict, times: np.ndarray) -> pd.DataFrame:
+def grid_days(times: np.ndarray) -> float:
+    """Duration of the time grid: its span plus one (median) step, each step standing for its interval.
+
+    The monitoring time of every event: the survey watches the field over the whole grid,
+    gaps included, and an alarm can be raised at any observed epoch of it. NaN for one step.
+    """
+    if len(times) < 2:
+        return _NAN
+    return float(times[-1] - times[0] + np.median(np.diff(times)))
+
+
+def _detection_frame(scan: dict, thresholds: np.ndarray, arrays: dict, times: np.ndarray,
+                     consecutive: int) -> pd.DataFrame:
+    detection, alarm_counts = scan["detection"], scan["alarms"]
     n_events, n_thresholds = detection.shape
     n_steps = len(times)
     never = detection >= n_steps
@@ -417,10 +441,13 @@ def _detection_frame(detection: np.ndarray, thresholds: np.ndarray, arrays: dict
         "label": np.repeat(arrays["label"], n_thresholds),
         "pspl_like": np.repeat(arrays["pspl_like"], n_thresholds),
         "threshold": np.tile(thresholds, n_events),
+        "consecutive_epochs": consecutive,
         "detected": ~never.ravel(),
         "detection_step": pd.arrays.IntegerArray(detection.ravel().astype(np.int64), never.ravel()),
         "detection_day": days.ravel(),
         "detection_phase": phase.ravel(),
+        "n_alarms": alarm_counts.ravel(),
+        "monitoring_days": grid_days(times),
     })
 
 
@@ -430,10 +457,12 @@ def detection_times(
     times,
     thresholds=DEFAULT_THRESHOLDS,
     *,
+    mask=None,
+    consecutive_epochs: int = 1,
     chunk_events: int = CHUNK_EVENTS,
     progress: bool | None = None,
 ) -> pd.DataFrame:
-    """When the classifier commits: the first step after which P(binary) stays >= threshold.
+    """Real-time alarms: the first observed epoch at which P(binary) >= threshold held k observed epochs in a row.
 
     Parameters
     ----------
@@ -446,6 +475,10 @@ def detection_times(
         The time grid in days.
     thresholds : sequence of float
         Thresholds in (0, 1].
+    mask : array-like of shape (N, T), optional (keyword only)
+        1 = observed epoch; only observed epochs raise or break a run. None: every step is observed.
+    consecutive_epochs : int, default 1 (keyword only)
+        k: observed epochs in a row at or above the threshold that raise an alarm.
     chunk_events : int
         Rows per chunk.
     progress : bool, optional
@@ -455,23 +488,42 @@ def detection_times(
     -------
     DataFrame
         One row per event and threshold (event-major): event_id, label,
-        pspl_like, threshold, detected, detection_step (nullable Int64; <NA>
-        when P(binary) is below the threshold at the last step, i.e. never),
+        pspl_like, threshold, consecutive_epochs, detected (at least one alarm), detection_step
+        (nullable Int64: the step of the first alarm, <NA> when none),
         detection_day, detection_phase = (detection_day - t0)/tE (NaN if
-        never). A dip below the threshold resets the detection. For binaries
-        this is a detection, for PSPL events a false alarm.
+        none), n_alarms (separate alarms: after one, P(binary) must fall below
+        the threshold at an observed epoch before the next) and monitoring_days
+        (the grid's duration, see `grid_days`). The model is causal, so an alarm
+        uses only the scores up to its epoch; what follows never undoes it. For
+        binaries the first alarm is the detection, on PSPL events every alarm is
+        a false alarm.
     """
     thresholds = check_thresholds(thresholds)
     probabilities = as_2d(probabilities, "probabilities")
     n_events, n_steps = probabilities.shape
     arrays = _events_arrays(events, n_events)
     times = check_times(times, n_steps)
-    scan = scan_scores(probabilities, None, check_fractions([1.0]), (), thresholds, chunk_events, progress)
-    return _detection_frame(scan["detection"], thresholds, arrays, times)
+    if mask is not None:
+        mask = check_mask_shape(mask, probabilities.shape)
+    consecutive_epochs = check_consecutive(consecutive_epochs)
+    scan = scan_scores(probabilities, mask, check_fractions([1.0]), (), thresholds, chunk_events, progress,
+                       consecutive_epochs)
+    return _detection_frame(scan, thresholds, arrays, times, consecutive_epochs)
+
+
+DAYS_PER_YEAR = 365.25
+
+
+def _alarm_rate(n_alarms: int, exposure: float) -> tuple[float, float, float]:
+    """Alarms per unit of exposure with the exact (Garwood) Poisson interval; NaN without exposure."""
+    if not exposure > 0:
+        return _NAN, _NAN, _NAN
+    low, high = confint_poisson(n_alarms, exposure, method="exact-c", alpha=1 - CONFIDENCE)
+    return n_alarms / exposure, float(low), float(high)
 
 
 def detection_summary(detections: pd.DataFrame) -> pd.DataFrame:
-    """Per threshold: share of binaries detected, how early, and false alarms among PSPL events.
+    """Per threshold: share of binaries detected, how early, and false alarms on PSPL events.
 
     Parameters
     ----------
@@ -481,14 +533,23 @@ def detection_summary(detections: pd.DataFrame) -> pd.DataFrame:
     Returns
     -------
     DataFrame
-        One row per threshold: threshold, n_binary, n_detected,
+        One row per threshold: threshold, consecutive_epochs, n_binary, n_detected,
         detected_fraction, detected_low, detected_high (95 % Wilson),
-        median_phase, phase_q25, phase_q75 ((t_det - t0)/tE of the detected
-        binaries), median_detection_day, n_binary_without_pspl_like,
+        median_phase, phase_q25, phase_q75 ((t_det - t0)/tE at the first alarm of the
+        detected binaries), median_detection_day, n_binary_without_pspl_like,
         detected_fraction_without_pspl_like(+_low/_high), n_pspl,
-        n_false_alarms, false_alarm_fraction, false_alarm_low, false_alarm_high.
+        n_false_alarms (PSPL events with at least one alarm), false_alarm_fraction,
+        false_alarm_low, false_alarm_high (Wilson over the PSPL events: false alarms
+        per PSPL event, counted once), n_pspl_alarms (every alarm on a PSPL event:
+        separate up-crossings), alarms_per_pspl_event(+_low/_high), monitoring_days
+        (per event: the grid's duration, gaps included), alarms_per_year(+_low/_high)
+        (per year of monitoring one PSPL event). The alarm-count intervals are exact
+        Poisson intervals: they treat alarms as independent, which repeated crossings
+        on one event are not, so they are too narrow when events alarm repeatedly;
+        the Wilson interval over events is the robust one.
     """
-    missing = {"threshold", "label", "pspl_like", "detected", "detection_phase", "detection_day"} - set(detections)
+    missing = {"threshold", "label", "pspl_like", "detected", "detection_phase", "detection_day", "n_alarms",
+               "monitoring_days", "consecutive_epochs"} - set(detections)
     if missing:
         raise ValueError(f"detections lack column(s) {sorted(missing)}")
     rows = []
@@ -505,8 +566,14 @@ def detection_summary(detections: pd.DataFrame) -> pd.DataFrame:
         alarms = recall_interval(detected[pspl], CONFIDENCE)
         n_detected = found["recovered"]
         quartiles = np.percentile(phase, [25, 50, 75]) if n_detected else [_NAN] * 3
+        n_pspl_alarms = int(group["n_alarms"].to_numpy()[pspl].sum())
+        days = group["monitoring_days"].to_numpy(dtype=float)[pspl]
+        monitoring_days = _median(days)
+        per_event = _alarm_rate(n_pspl_alarms, float(pspl.sum()))
+        per_year = _alarm_rate(n_pspl_alarms, float(days.sum()) / DAYS_PER_YEAR)
         rows.append({
             "threshold": float(threshold),
+            "consecutive_epochs": int(group["consecutive_epochs"].iloc[0]),
             "n_binary": found["n"],
             "n_detected": n_detected,
             "detected_fraction": found["fraction"],
@@ -525,6 +592,14 @@ def detection_summary(detections: pd.DataFrame) -> pd.DataFrame:
             "false_alarm_fraction": alarms["fraction"],
             "false_alarm_low": alarms["fraction_low"],
             "false_alarm_high": alarms["fraction_high"],
+            "n_pspl_alarms": n_pspl_alarms,
+            "alarms_per_pspl_event": per_event[0],
+            "alarms_per_pspl_event_low": per_event[1],
+            "alarms_per_pspl_event_high": per_event[2],
+            "monitoring_days": monitoring_days,
+            "alarms_per_year": per_year[0],
+            "alarms_per_year_low": per_year[1],
+            "alarms_per_year_high": per_year[2],
         })
     return pd.DataFrame(rows)
 
@@ -594,6 +669,7 @@ def evaluate_cadence(
     threshold: float = DECISION_THRESHOLD,
     chunk_events: int = CHUNK_EVENTS,
     progress: bool | None = None,
+    consecutive_epochs: int = 1,
 ) -> dict[str, Any]:
     """Metrics, early detection and detection times of one cadence, as tables and figures.
 
@@ -620,6 +696,8 @@ def evaluate_cadence(
         Events per chunk of the streaming pass.
     progress : bool, optional
         Progress bar.
+    consecutive_epochs : int, default 1
+        Observed epochs in a row at or above a threshold that raise an alarm (`detection_times`).
 
     Returns
     -------
@@ -637,6 +715,7 @@ def evaluate_cadence(
     fractions = check_fractions(fractions)
     thresholds = check_thresholds(thresholds)
     threshold = check_decision_threshold(threshold)
+    consecutive_epochs = check_consecutive(consecutive_epochs)
     inputs = _load_evaluation(evaluation_dir)
     paths = inputs["paths"]
     try:
@@ -646,7 +725,8 @@ def evaluate_cadence(
         arrays = _events_arrays(inputs["events"], n_events)
         times = check_times(inputs["times"], n_steps)
         logger.info("%s: scanning %d events x %d steps", cadence, n_events, n_steps)
-        scan = scan_scores(probabilities, mask, fractions, BASES, thresholds, chunk_events, progress)
+        scan = scan_scores(probabilities, mask, fractions, BASES, thresholds, chunk_events, progress,
+                           consecutive_epochs)
     except ArrayProblem as problem:
         raise InputDataError(paths[problem.source], str(problem)) from problem
 
@@ -657,7 +737,7 @@ def evaluate_cadence(
         for row in _early_rows(basis, fractions, scan["gathered"][basis], scan["steps"][basis], labels, pspl_like,
                                threshold, times, arrays["t0"], arrays["tE"], arrays.get("evidence_time"))
     ])
-    detections = _detection_frame(scan["detection"], thresholds, arrays, times)
+    detections = _detection_frame(scan, thresholds, arrays, times, consecutive_epochs)
     summary = detection_summary(detections)
 
     final = scan["final"]
@@ -696,6 +776,8 @@ def evaluate_cadence(
         },
         "fractions": fractions.tolist(),
         "thresholds": thresholds.tolist(),
+        "consecutive_epochs": consecutive_epochs,
+        "monitoring_days": grid_days(times),
         "roc_curve": _roc_points(labels, final),
     }
     metrics = finite_or_none(metrics)

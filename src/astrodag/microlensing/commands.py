@@ -95,6 +95,9 @@ def add_stages(stages) -> None:
     evaluate.add_argument("--thresholds", type=float, nargs="+",
                           default=SettingDefault(ANALYSIS, "detection_thresholds"),
                           help="P(binary) thresholds for detection times (default: %(default)s)")
+    evaluate.add_argument("--consecutive-epochs", type=int,
+                          default=SettingDefault(ANALYSIS, "consecutive_epochs"),
+                          help="observed epochs in a row above a threshold that raise an alarm (default: %(default)s)")
 
     compare = add_stage(stages, "compare", _compare, "compare cadences: one report, tables and figures")
     compare.add_argument("--cadence-dirs", nargs="+", required=True, metavar="NAME=DIR",
@@ -152,7 +155,7 @@ def _evaluate(args: argparse.Namespace) -> None:
     from astrodag.microlensing.analysis import evaluate_cadence
 
     evaluate_cadence(args.evaluation_dir, args.out_dir, args.cadence, fractions=tuple(args.fractions),
-                     thresholds=tuple(args.thresholds))
+                     thresholds=tuple(args.thresholds), consecutive_epochs=args.consecutive_epochs)
 
 
 def _compare(args: argparse.Namespace) -> None:

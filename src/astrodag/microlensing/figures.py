@@ -112,13 +112,13 @@ def detection_times_figure(cadence: str, detections: pd.DataFrame, summary: pd.D
         left.step(xs, ys, where="post", color=color, label=f"P >= {row['threshold']:g}")
     left.axvline(0.0, color="grey", linestyle=":", linewidth=1)
     left.set(xlim=(low, high), ylim=(0, 1.02), xlabel="Detection time (t - t0) / tE",
-             ylabel="Share of binaries detected", title="Binaries: when P(binary) stays above threshold")
+             ylabel="Share of binaries detected", title="Binaries: first alarm at an observed epoch")
     left.legend(fontsize="small", loc="lower right")
     positions = np.arange(len(summary))
     width = 0.38
     for offset, column, name, color in (
         (-width / 2, "detected", "binaries detected", "tab:blue"),
-        (width / 2, "false_alarm", "PSPL false alarms", "tab:red"),
+        (width / 2, "false_alarm", "PSPL events with a false alarm", "tab:red"),
     ):
         value_column = "detected_fraction" if column == "detected" else "false_alarm_fraction"
         values = summary[value_column].to_numpy(dtype=float)

@@ -60,7 +60,9 @@ def _read_cadence_outputs(name: str, directory: Path) -> dict[str, Any]:
             raise InputDataError(files["metrics.json"], f"lacks the key {key!r}; was it written by evaluate_cadence?")
     frames = {}
     for key, columns in (("early_detection.csv", ("basis", "fraction", "accuracy", "accuracy_low", "accuracy_high")),
-                         ("detection_summary.csv", ("threshold", "detected_fraction", "false_alarm_fraction"))):
+                         ("detection_summary.csv", ("threshold", "consecutive_epochs", "detected_fraction",
+                                                    "false_alarm_fraction", "alarms_per_pspl_event",
+                                                    "alarms_per_year", "monitoring_days"))):
         frames[key] = read_table(files[key], columns)
     return {"metrics": metrics, "early": frames["early_detection.csv"], "detection": frames["detection_summary.csv"]}
 
@@ -140,7 +142,12 @@ def _display_tables(summary: pd.DataFrame, early: pd.DataFrame, detection: pd.Da
         "binaries detected": _interval(detection, "detected_fraction", "detected_low", "detected_high"),
         "median (t_det - t0)/tE [q25, q75]": (
             _interval(detection, "median_phase", "phase_q25", "phase_q75") if has_quartiles else "n/a"),
-        "PSPL false alarms": _interval(detection, "false_alarm_fraction", "false_alarm_low", "false_alarm_high"),
+        "PSPL events with a false alarm": _interval(detection, "false_alarm_fraction", "false_alarm_low",
+                                                    "false_alarm_high"),
+        "false alarms per PSPL event": _interval(detection, "alarms_per_pspl_event", "alarms_per_pspl_event_low",
+                                                 "alarms_per_pspl_event_high"),
+        "false alarms per year": _interval(detection, "alarms_per_year", "alarms_per_year_low",
+                                           "alarms_per_year_high"),
     })
     return tables
 
@@ -218,7 +225,7 @@ def _overlap_note(summary: pd.DataFrame, column: str, what: str) -> str:
     return text
 
 
-def _report(summary, tables, thresholds_used, plain: bool, chance_notes: Mapping[str, str]) -> str:
+def _report(summary, tables, detection, thresholds_used, plain: bool, chance_notes: Mapping[str, str]) -> str:
     """comparison.md (plain=False) or comparison.txt (plain=True)."""
 
     def table(frame: pd.DataFrame) -> str:
@@ -233,6 +240,11 @@ def _report(summary, tables, thresholds_used, plain: bool, chance_notes: Mapping
         return [f"{'#' * level} {text}", ""]
 
     thresholds_text = ", ".join(f"{t:g}" for t in thresholds_used)
+    runs = sorted({int(k) for k in detection["consecutive_epochs"]})
+    k_text = " or ".join(f"{k} observed epoch{'s' if k > 1 else ''} in a row" for k in runs)
+    days = sorted({round(float(d), 3) for d in detection["monitoring_days"] if np.isfinite(d)})
+    monitoring_text = ("monitoring time: the grid's duration per event, gaps included, "
+                       + (" or ".join(f"{d:g}" for d in days) + " days" if days else "unknown"))
     counts_text = ", ".join(f"{c} {n}" for c, n in zip(summary["cadence"], summary["n_events"], strict=True))
     lines = heading("Microlensing classification by cadence", 1)
     lines += [
@@ -270,9 +282,13 @@ def _report(summary, tables, thresholds_used, plain: bool, chance_notes: Mapping
             lines += [chance_notes[basis], ""]
     lines += heading("Detection times", 2)
     lines += [
-        ("A binary is detected at the first step after which P(binary) stays at or above the threshold until the "
-        "end of the grid (a dip resets it); for PSPL events the same is a false alarm. Times are (t_det - t0)/tE "
-        "of the detected binaries: median and quartiles."),
+        (f"An alarm is raised, as a real-time system would, at the observed epoch that completes {k_text} "
+        "with P(binary) at or above the threshold (the model is causal: only the scores up to that epoch count; "
+        "unobserved steps neither raise an alarm nor break a run). A binary is detected at its first alarm; on a "
+        "PSPL event every alarm is a false alarm, and a new one needs an observed epoch below the threshold first. "
+        "Times are (t_det - t0)/tE of the detected binaries: median and quartiles. False alarms are given as the "
+        "share of PSPL events with at least one (Wilson), the alarms per PSPL event and per year of monitoring "
+        f"one PSPL event ({monitoring_text}; exact Poisson intervals, too narrow where events alarm repeatedly)."),
         "",
         table(tables["detection"]),
         "",
@@ -339,7 +355,7 @@ def compare_cadences(cadence_dirs: Mapping[str, str | Path], out_dir: str | Path
     write_json(out_dir / "comparison.json", result)
     for suffix, plain in ((".md", False), (".txt", True)):
         write_text(out_dir / f"comparison{suffix}",
-                   _report(summary, tables, thresholds_used, plain=plain, chance_notes=chance_notes))
+                   _report(summary, tables, detection, thresholds_used, plain=plain, chance_notes=chance_notes))
     save_figure(out_dir / "early_detection_comparison.png",
           early_detection_figure({name: out["early"] for name, out in outputs.items()},
                                   title=f"Early detection by cadence (threshold {threshold_text})",

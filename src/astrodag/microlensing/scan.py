@@ -275,6 +275,58 @@ def observed_steps(mask, fractions, chunk_events: int = CHUNK_EVENTS) -> np.ndar
 # ---------------------------------------------------------------------------
 
 
+def check_consecutive(consecutive) -> int:
+    if isinstance(consecutive, bool) or not isinstance(consecutive, (int, np.integer)) or consecutive < 1:
+        raise ValueError(f"consecutive_epochs must be a positive integer, got {consecutive!r}")
+    return int(consecutive)
+
+
+def alarms(chunk: np.ndarray, observed: np.ndarray | None, threshold: float,
+           consecutive: int) -> tuple[np.ndarray, np.ndarray]:
+    """Real-time alarms: when P(binary) is at or above a threshold at ``consecutive`` observed epochs in a row.
+
+    Only observed epochs count: an unobserved step neither raises an alarm nor breaks a run.
+    An alarm fires at the observed epoch that completes a run; a new one needs an observed
+    epoch below the threshold first. Each alarm uses only the scores up to its epoch.
+
+    Parameters
+    ----------
+    chunk : ndarray of shape (n, T)
+        P(binary) at every step.
+    observed : ndarray of shape (n, T) or None
+        True (or 1) at observed epochs; None: every step is observed.
+    threshold : float
+        Compared in float64 (as binary_metrics compares), so float32 scores agree with it.
+    consecutive : int
+        Observed epochs in a row at or above the threshold that make an alarm.
+
+    Returns
+    -------
+    first : ndarray of int64, shape (n,)
+        Step of the first alarm, T when none.
+    count : ndarray of int64, shape (n,)
+        Number of alarms (separate up-crossings).
+    """
+    n_rows, n_steps = chunk.shape
+    high = chunk >= np.float64(threshold)
+    if observed is None:
+        above, below = high, ~high
+    else:
+        seen = observed.astype(bool, copy=False)
+        above, below = seen & high, seen & ~high
+    # Length of the current run of observed epochs above the threshold: the observed-above
+    # epochs counted since the last observed epoch below it.
+    counted = np.cumsum(above, axis=1, dtype=np.int32)
+    steps = np.arange(n_steps, dtype=np.int32)
+    last_below = np.maximum.accumulate(np.where(below, steps, -1), axis=1)
+    at_last_below = np.take_along_axis(counted, np.maximum(last_below, 0), axis=1)
+    run = counted - np.where(last_below >= 0, at_last_below, 0)
+    fire = above & (run == consecutive)
+    count = np.count_nonzero(fire, axis=1).astype(np.int64)
+    first = np.where(count > 0, np.argmax(fire, axis=1), n_steps).astype(np.int64)
+    return first, count
+
+
 def scan_scores(
     probabilities,
     mask,
@@ -283,14 +335,17 @@ def scan_scores(
     thresholds: np.ndarray | None,
     chunk_events: int,
     progress: bool | None,
+    consecutive: int = 1,
 ) -> dict[str, Any]:
     """One pass over row chunks gathering everything the tables need.
 
     Returns a dict with "final" (N,) probabilities at the last step,
     "gathered"/"steps" per basis ((N, F) probabilities and step indices),
-    "detection" ((N, K) first step after which P stays >= each threshold; T
-    when never) and "n_observed" ((N,) or None).
+    "detection" ((N, K) step of the first alarm per threshold, see `alarms`; T
+    when none; every step counts as observed without a mask), "alarms" ((N, K)
+    number of alarms) and "n_observed" ((N,) or None).
     """
+    consecutive = check_consecutive(consecutive)
     if isinstance(chunk_events, bool) or not isinstance(chunk_events, (int, np.integer)) or chunk_events < 1:
         raise ValueError(f"chunk_events must be a positive integer, got {chunk_events!r}")
     if not (probabilities.dtype == bool or np.issubdtype(probabilities.dtype, np.number)):
@@ -305,8 +360,8 @@ def scan_scores(
     fixed_steps = _needed_counts(fractions, np.array([n_steps]))[0] - 1
     if "time" in bases:
         steps["time"][:] = fixed_steps
-    thresholds64 = None if thresholds is None else [np.float64(t) for t in thresholds]
     detection = None if thresholds is None else np.empty((n_events, len(thresholds)), dtype=np.int64)
+    alarm_counts = None if thresholds is None else np.empty((n_events, len(thresholds)), dtype=np.int64)
     n_observed = None if mask is None else np.empty(n_events, dtype=np.int64)
 
     starts = range(0, n_events, chunk_events)
@@ -319,6 +374,7 @@ def scan_scores(
         final[start:stop] = chunk[:, -1]
         if "time" in bases:
             gathered["time"][start:stop] = chunk[:, fixed_steps]
+        mask_chunk = None
         if mask is not None:
             mask_chunk = _check_chunk_mask(np.asarray(mask[start:stop]), start)
             if "observed" in bases:
@@ -329,19 +385,15 @@ def scan_scores(
                 totals = np.count_nonzero(mask_chunk, axis=1)
             n_observed[start:stop] = totals
         if detection is not None:
-            # Suffix minimum, read from the end: min(p[t:]) is non-decreasing in t,
-            # so the first step after which p stays >= thr is the number of
-            # suffixes whose minimum is below thr (T when even the last step is).
-            suffix_min = np.minimum.accumulate(chunk[:, ::-1], axis=1)
-            for j, thr in enumerate(thresholds64):
-                # thr is a float64 scalar, so float32 scores are compared in
-                # float64, exactly as binary_metrics compares them.
-                detection[start:stop, j] = np.count_nonzero(suffix_min < thr, axis=1)
+            for j, threshold in enumerate(thresholds):
+                detection[start:stop, j], alarm_counts[start:stop, j] = alarms(chunk, mask_chunk, threshold,
+                                                                               consecutive)
     return {
         "final": final,
         "gathered": gathered,
         "steps": steps,
         "detection": detection,
+        "alarms": alarm_counts,
         "n_observed": n_observed,
         "n_steps": n_steps,
     }
