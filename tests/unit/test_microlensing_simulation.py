@@ -281,8 +281,8 @@ def test_shard_files_and_table(shard):
     assert summary["binary_curves_per_second"] > 0 and summary["seconds"] > 0
 
 
-def test_shard_magnitudes_follow_the_observation_model(shard):
-    out, _ = shard
+def _shard_and_truth(out):
+    """A shard's events, magnitudes and errors, and the noiseless magnitudes of its events."""
     events = pd.read_parquet(out / "events.parquet")
     mags = np.load(out / "magnitudes.npy").astype(np.float64)
     errors = np.load(out / "errors.npy").astype(np.float64)
@@ -293,6 +293,13 @@ def test_shard_magnitudes_follow_the_observation_model(shard):
     e = events[~pspl]
     amp[~pspl] = binary_magnification(SMALL_TIMES, *(e[k] for k in ("t0", "u0", "tE", "s", "q", "alpha", "rho")))
     truth = magnitudes_from_magnification(amp, events["baseline_mag"], events["source_fraction"])
+    return events, mags, errors, truth
+
+
+def test_shard_magnitudes_follow_the_observation_model(shard):
+    out, _ = shard
+    events, mags, errors, truth = _shard_and_truth(out)
+    pspl = (events["label"] == 0).to_numpy()
     np.testing.assert_allclose(errors, NoiseModel().sigma(mags), rtol=1e-6)  # the pipeline's error at m_obs
     pulls = (mags - truth) / errors
     assert abs(pulls.mean()) < 0.02 and pulls.std() == pytest.approx(1.0, abs=0.02)
@@ -305,17 +312,8 @@ def test_shard_magnitudes_follow_the_observation_model(shard):
 def test_errors_do_not_reveal_the_noiseless_curve(shard):
     """Inverting the error model on errors.npy gives the observed magnitudes, not the noiseless ones."""
     out, _ = shard
-    events = pd.read_parquet(out / "events.parquet")
-    mags = np.load(out / "magnitudes.npy").astype(np.float64)
-    errors = np.load(out / "errors.npy").astype(np.float64)
+    events, mags, errors, truth = _shard_and_truth(out)
     noise = NoiseModel()
-    amp = np.empty(mags.shape)
-    pspl = (events["label"] == 0).to_numpy()
-    e = events[pspl]
-    amp[pspl] = pspl_magnification(SMALL_TIMES, e["t0"], e["u0"], e["tE"])
-    e = events[~pspl]
-    amp[~pspl] = binary_magnification(SMALL_TIMES, *(e[k] for k in ("t0", "u0", "tE", "s", "q", "alpha", "rho")))
-    truth = magnitudes_from_magnification(amp, events["baseline_mag"], events["source_fraction"])
     # sigma(m) is invertible where the photon term stands clear of the floor (m >~ 17 here).
     photon_sq = errors**2 - noise.systematic_floor**2
     invertible = photon_sq > (2 * noise.systematic_floor) ** 2
