@@ -119,7 +119,7 @@ def _simulate(args: argparse.Namespace) -> None:
     from astrodag.microlensing.simulation import SimulationSettings, simulate_shard, time_grid
 
     summary = simulate_shard(args.out_dir, args.shard, args.events, SimulationSettings.from_config(args.settings),
-                             time_grid(args.epochs, args.duration_days), args.seed, progress=args.progress)
+                             time_grid(args.epochs, args.duration_days), args.seed)
     logger.info("simulated %s", json.dumps(summary, default=str))
 
 
