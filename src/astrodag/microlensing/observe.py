@@ -521,7 +521,8 @@ def observe_shard(events_path: str | Path, out_dir: str | Path, spec, times: np.
     if isinstance(chunk_events, bool) or not isinstance(chunk_events, (int, np.integer)) or chunk_events < 1:
         raise ValueError(f"chunk_events must be an integer >= 1, got {chunk_events!r}")
     times = np.asarray(times, dtype=np.float64)
-    if times.ndim != 1 or times.size < 2 or times[1] <= times[0] or not np.allclose(np.diff(times), times[1] - times[0]):
+    regular = times.ndim == 1 and times.size >= 2 and np.allclose(np.diff(times), times[1] - times[0])
+    if not (regular and times[1] > times[0]):
         raise ValueError("times must be a regular increasing grid of at least 2 steps")
     events = read_table(events_path, EVENT_COLUMNS, not_found="file does not exist (written by simulate)")
     out_dir = Path(out_dir)
@@ -530,6 +531,9 @@ def observe_shard(events_path: str | Path, out_dir: str | Path, spec, times: np.
     duration = float(times[-1] + step_days)
     binned = {name: np.zeros((n, n_steps), dtype=dtype) for name, dtype in ARRAYS.items()}
     truth = {name: np.zeros((n, n_steps), dtype=np.float32) for name in ("magnitudes", "errors", "times")}
+    # The reference image's error: the baseline's, averaged over the stacked epochs.
+    reference_error = spec.noise.sigma(events["baseline_mag"].to_numpy(dtype=np.float64)) / math.sqrt(
+        settings.reference_images)
     reference_mag = np.empty(n)
     observations = np.zeros(n, dtype=np.int64)
     outside = 0
@@ -546,8 +550,7 @@ def observe_shard(events_path: str | Path, out_dir: str | Path, spec, times: np.
                                                      event.source_fraction)
             sigma = spec.noise.sigma(true_mag)
             rng = _event_rng(int(seed), spec.name, int(event.event_id))
-            reference_sigma = float(spec.noise.sigma(np.float64(event.baseline_mag))) / math.sqrt(settings.reference_images)
-            reference_mag[first + offset] = event.baseline_mag + reference_sigma * rng.standard_normal()
+            reference_mag[first + offset] = event.baseline_mag + reference_error[first + offset] * rng.standard_normal()
             observed = true_mag + sigma * rng.standard_normal(at.size)
             # Reported errors as a pipeline measures them, from the observed flux (never the truth).
             for key, values in (("times", at), ("true", true_mag), ("sigma", sigma), ("observed", observed),
@@ -584,7 +587,6 @@ def observe_shard(events_path: str | Path, out_dir: str | Path, spec, times: np.
     delta_chi2[binary] = chi2
     evidence_time = np.full(n, np.nan)
     evidence_time[binary] = np.where(evidence >= 0, times[np.maximum(evidence, 0)], np.nan)
-    reference_error = spec.noise.sigma(events["baseline_mag"].to_numpy()) / math.sqrt(settings.reference_images)
     brightening = brightening_steps(binned["magnitudes"], binned["errors"], binned["counts"], reference_mag,
                                     reference_error, settings.brightening_sigma, settings.brightening_points)
 
