@@ -78,6 +78,9 @@ _MAG = 2.5 / math.log(10.0)  # dm = -_MAG df / f
 _FIT_BATCH = 128  # curves per PSPL-fit batch: about 250 bytes per step each (50 MB at 1500 steps)
 _PREFIX_BLOCK = 250  # steps: prefix fits of the evidence search are cut to a multiple of this
 _EVIDENCE_BATCH = 4 * _FIT_BATCH  # curves per prefix fit (vectorised LM steps cost little per extra row)
+# Iterations per start of a prefix fit: a partial curve often leaves a long flat valley (u0, tE and blending
+# degenerate) that the LM descends slowly; with 100 the fit could stop ~5 % above a minimum below the threshold.
+_EVIDENCE_ITERATIONS = 500
 _NOISE_STREAM = 0x6E6F6973  # in every noise generator's key: apart from other per-event streams (the cadence's)
 
 
@@ -389,11 +392,13 @@ def evidence_steps(times, magnitudes, sigma, events: pd.DataFrame, chi2_threshol
                 rows, last = active[group[first:first + _EVIDENCE_BATCH]], middle[group[first:first + _EVIDENCE_BATCH]]
                 prefix_sigma = np.where(steps[None, :cut] <= last[:, None], sigma[rows, :cut], np.inf)
                 fit = fit_pspl(times[rows, :cut], magnitudes[rows, :cut], prefix_sigma,
-                               *(values[rows] for values in start), stop_below=chi2_threshold)
+                               *(values[rows] for values in start), stop_below=chi2_threshold,
+                               max_iter=_EVIDENCE_ITERATIONS)
                 again = np.flatnonzero(fit["chi2"] > chi2_threshold)
                 if again.size:  # the evidence must hold from the truth too
                     retry = fit_pspl(times[rows[again], :cut], magnitudes[rows[again], :cut], prefix_sigma[again],
-                                     *(values[rows[again]] for values in truth), stop_below=chi2_threshold)
+                                     *(values[rows[again]] for values in truth), stop_below=chi2_threshold,
+                                     max_iter=_EVIDENCE_ITERATIONS)
                     better = retry["chi2"] < fit["chi2"][again]
                     for key in _START_KEYS + ("chi2", "model"):
                         fit[key][again[better]] = retry[key][better]
