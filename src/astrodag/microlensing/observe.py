@@ -423,12 +423,17 @@ def pspl_delta_chi2(times, magnitudes, sigma, events: pd.DataFrame, chi2_thresho
 
     Returns ``chi2`` of the best PSPL (``fit_pspl``) per row and the ``evidence_steps`` (with
     ``chi2_threshold``; -1 when never) of the rows selected by the boolean ``evidence_rows``
-    (default: all; -1 for the others). Arguments as ``evidence_steps``.
+    (default: all; -1 for the others). Arguments as ``evidence_steps``; the fits run on each row's
+    observed (finite-error) steps only, moved to the front, which changes nothing but the cost.
     """
     magnitudes = np.asarray(magnitudes, dtype=np.float64)
     sigma = np.asarray(sigma, dtype=np.float64)
     times = np.broadcast_to(np.asarray(times, dtype=np.float64), magnitudes.shape)
     n = magnitudes.shape[0]
+    seen = np.isfinite(sigma)
+    width = max(1, int(seen.sum(axis=1).max(initial=0)))
+    columns = np.argsort(~seen, axis=1, kind="stable")[:, :width]  # observed steps first, in order
+    times, magnitudes, sigma = (np.take_along_axis(values, columns, axis=1) for values in (times, magnitudes, sigma))
     full_fit = {key: np.empty(n) for key in _START_KEYS + ("chi2",)}
     full_fit["model"] = np.empty(magnitudes.shape)
     for start in range(0, n, _FIT_BATCH):
@@ -439,9 +444,9 @@ def pspl_delta_chi2(times, magnitudes, sigma, events: pd.DataFrame, chi2_thresho
     steps = np.full(n, -1, dtype=np.int64)
     selected = np.flatnonzero(np.ones(n, dtype=bool) if evidence_rows is None else evidence_rows)
     if selected.size:
-        steps[selected] = evidence_steps(times[selected], magnitudes[selected], sigma[selected],
-                                         events.iloc[selected], chi2_threshold,
-                                         full_fit={key: values[selected] for key, values in full_fit.items()})
+        found = evidence_steps(times[selected], magnitudes[selected], sigma[selected], events.iloc[selected],
+                               chi2_threshold, full_fit={key: values[selected] for key, values in full_fit.items()})
+        steps[selected] = np.where(found >= 0, columns[selected, np.maximum(found, 0)], -1)
     return full_fit["chi2"], steps
 
 
