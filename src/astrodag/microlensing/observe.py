@@ -79,8 +79,9 @@ _FIT_BATCH = 128  # curves per PSPL-fit batch: about 250 bytes per step each (50
 _PREFIX_BLOCK = 250  # steps: prefix fits of the evidence search are cut to a multiple of this
 _EVIDENCE_BATCH = 4 * _FIT_BATCH  # curves per prefix fit (vectorised LM steps cost little per extra row)
 # Iterations per start of a prefix fit: a partial curve often leaves a long flat valley (u0, tE and blending
-# degenerate) that the LM descends slowly; with 100 the fit could stop ~5 % above a minimum below the threshold.
-_EVIDENCE_ITERATIONS = 500
+# degenerate) that the LM descends slowly. With 200 a fit may still stop a few % above a minimum just below the
+# threshold (evidence then comes a few steps early; the tests bound it against scipy); 500 costs 2x the fits.
+_EVIDENCE_ITERATIONS = 200
 _NOISE_STREAM = 0x6E6F6973  # in every noise generator's key: apart from other per-event streams (the cadence's)
 
 
