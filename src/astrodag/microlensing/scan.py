@@ -365,12 +365,12 @@ def scan_scores(
     detection = None if thresholds is None else np.empty((n_events, len(thresholds)), dtype=np.int64)
     alarm_counts = None if thresholds is None else np.empty((n_events, len(thresholds)), dtype=np.int64)
     n_observed = None if mask is None else np.empty(n_events, dtype=np.int64)
-    if event_steps is not None:
-        event_steps = np.asarray(event_steps, dtype=np.int64)
-        outside = np.any((event_steps < 0) | (event_steps >= n_steps))
-        if event_steps.ndim != 2 or len(event_steps) != n_events or outside:
+    picks = None if event_steps is None else np.asarray(event_steps, dtype=np.int64)
+    if picks is not None:
+        outside = np.any((picks < 0) | (picks >= n_steps))
+        if picks.ndim != 2 or len(picks) != n_events or outside:
             raise ValueError(f"event_steps must be ({n_events}, P) step indices in [0, {n_steps})")
-    at_steps = None if event_steps is None else np.empty(event_steps.shape, dtype=dtype)
+    at_steps = None if picks is None else np.empty(picks.shape, dtype=dtype)
 
     starts = range(0, n_events, chunk_events)
     for start in tqdm(starts, desc="scanning scores", unit="chunk", disable=not progress_enabled(progress)):
@@ -381,7 +381,7 @@ def scan_scores(
         _check_chunk_probabilities(chunk, start)
         final[start:stop] = chunk[:, -1]
         if at_steps is not None:
-            at_steps[start:stop] = np.take_along_axis(chunk, event_steps[start:stop], axis=1)
+            at_steps[start:stop] = np.take_along_axis(chunk, picks[start:stop], axis=1)
         if "time" in bases:
             gathered["time"][start:stop] = chunk[:, fixed_steps]
         mask_chunk = None
