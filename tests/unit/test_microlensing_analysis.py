@@ -13,10 +13,10 @@ from statsmodels.stats.proportion import proportion_confint
 from statsmodels.stats.rates import confint_poisson
 
 from astrodag.errors import InputDataError
+from astrodag.evaluation.base_rate import deployment_rates
 from astrodag.evaluation.metrics import binary_metrics
 from astrodag.evaluation.statistics import resolvable_auc, untied_auc_p_value
 from astrodag.microlensing import analysis, report
-from astrodag.evaluation.base_rate import deployment_rates
 from astrodag.microlensing.analysis import (
     deployment_metrics,
     detection_summary,

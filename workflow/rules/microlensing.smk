@@ -136,11 +136,13 @@ rule evaluate_microlensing_cadence:
         early=f"{ML_CADENCE}/analysis/early_detection.csv",
         detection=f"{ML_CADENCE}/analysis/detection_summary.csv",
         detection_times=f"{ML_CADENCE}/analysis/detection_times.csv",
+        phase=f"{ML_CADENCE}/analysis/early_detection_phase.csv",
         figures=multiext(
             f"{ML_CADENCE}/analysis/",
             "roc.png",
             "confusion_matrix.png",
             "early_detection.png",
+            "early_detection_phase.png",
             "detection_times.png",
         ),
     log:
@@ -185,6 +187,7 @@ rule compare_cadences:
             multiext(
                 f"{ML_COMPARISON}/",
                 "early_detection_comparison.png",
+                "early_detection_phase_comparison.png",
                 "roc_comparison.png",
                 "accuracy_comparison.png",
             ),

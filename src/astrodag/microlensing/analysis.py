@@ -14,6 +14,11 @@ at step t uses only epochs <= t). This module turns those scores into
   light curve seen so far is of each simulated population to go on: a weak
   signal that needs more test events than the smallest AUC they resolve
   (``resolvable_auc``);
+* early detection by the event's own clock (`phase_detection`): the same columns at
+  t = t0 + k tE and t = brightening_time + k tE, each event scored with P(binary) at the
+  last step complete by t; events without such a step are left out of that row and counted;
+* precision, NPV and alarms per true binary at realistic binary shares (5-10 %) from the
+  test recall and false-alarm rate (`deployment_metrics`);
 * detection times, as a real-time system would raise them: the first observed epoch
   at which P(binary) has been at or above a threshold for ``consecutive_epochs``
   observed epochs in a row (the model is causal, so this uses only the scores up to

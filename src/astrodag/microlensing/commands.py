@@ -98,6 +98,15 @@ def add_stages(stages) -> None:
     evaluate.add_argument("--consecutive-epochs", type=int,
                           default=SettingDefault(ANALYSIS, "consecutive_epochs"),
                           help="observed epochs in a row above a threshold that raise an alarm (default: %(default)s)")
+    evaluate.add_argument("--event-phases", type=float, nargs="+", default=SettingDefault(ANALYSIS, "event_phases_tE"),
+                          help="k of the early detection at t0 + k tE (default: %(default)s)")
+    evaluate.add_argument("--after-brightening", type=float, nargs="+",
+                          default=SettingDefault(ANALYSIS, "after_brightening_tE"),
+                          help="k of the early detection at the first brightening + k tE (default: %(default)s)")
+    evaluate.add_argument("--binary-shares", type=float, nargs="+",
+                          default=SettingDefault(ANALYSIS, "deployment_binary_shares"),
+                          help="binary shares at which precision, NPV and alarms per true binary are given "
+                               "(default: %(default)s)")
 
     compare = add_stage(stages, "compare", _compare, "compare cadences: one report, tables and figures")
     compare.add_argument("--cadence-dirs", nargs="+", required=True, metavar="NAME=DIR",
@@ -155,7 +164,9 @@ def _evaluate(args: argparse.Namespace) -> None:
     from astrodag.microlensing.analysis import evaluate_cadence
 
     evaluate_cadence(args.evaluation_dir, args.out_dir, args.cadence, fractions=tuple(args.fractions),
-                     thresholds=tuple(args.thresholds), consecutive_epochs=args.consecutive_epochs)
+                     thresholds=tuple(args.thresholds), consecutive_epochs=args.consecutive_epochs,
+                     event_phases=tuple(args.event_phases), after_brightening=tuple(args.after_brightening),
+                     binary_shares=tuple(args.binary_shares))
 
 
 def _compare(args: argparse.Namespace) -> None:
