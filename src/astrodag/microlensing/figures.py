@@ -13,6 +13,7 @@ import pandas as pd
 from matplotlib import colormaps
 from matplotlib.figure import Figure
 
+from astrodag.evaluation.statistics import CHANCE_LEVEL
 from astrodag.microlensing.scan import BASES
 from astrodag.reporting.figures import plot_roc
 
@@ -99,7 +100,7 @@ CLOCK_LABELS = {"peak": "(t - t0) / tE", "brightening": "(t - first significant 
 def phase_detection_figure(phase_by_name: Mapping[str, pd.DataFrame], title: str) -> Figure:
     """Accuracy (Wilson band) and ROC AUC against k, one column per clock, one colour per name.
 
-    Open markers: ROC AUC that does not beat chance (one-sided p >= 0.05); each row has its own events
+    Open markers: ROC AUC that does not beat chance (one-sided p >= CHANCE_LEVEL); each row has its own events
     (those with a score at that time), given in early_detection_phase.csv.
     """
     clocks = list(CLOCK_LABELS)
@@ -115,13 +116,13 @@ def phase_detection_figure(phase_by_name: Mapping[str, pd.DataFrame], title: str
             top.fill_between(rows["k_tE"], rows["accuracy_low"], rows["accuracy_high"], color=color, alpha=0.2,
                              linewidth=0)
             bottom.plot(rows["k_tE"], rows["roc_auc"], color=color, label=name)
-            beats = rows["roc_auc_p_value"].to_numpy(dtype=float) < 0.05
+            beats = rows["roc_auc_p_value"].to_numpy(dtype=float) < CHANCE_LEVEL
             bottom.scatter(rows["k_tE"][beats], rows["roc_auc"][beats], color=color, zorder=3)
             bottom.scatter(rows["k_tE"][~beats], rows["roc_auc"][~beats], facecolors="none", edgecolors=color,
                            zorder=3)
     for column, clock in enumerate(clocks):
-        for ax, ylabel in zip(axes[:, column], ("Accuracy (95 % Wilson band)", "ROC AUC (open: p >= 0.05)"),
-                              strict=True):
+        ylabels = ("Accuracy (95 % Wilson band)", f"ROC AUC (open: p >= {CHANCE_LEVEL:g})")
+        for ax, ylabel in zip(axes[:, column], ylabels, strict=True):
             ax.axhline(0.5, color="grey", linestyle=":", linewidth=1)
             ax.axvline(0.0, color="grey", linestyle=":", linewidth=1)
             ax.set(xlabel=f"k = {CLOCK_LABELS[clock]}", ylabel=ylabel)
