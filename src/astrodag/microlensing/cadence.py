@@ -271,9 +271,9 @@ def observation_times(spec: CadenceSpec, event_id: int, seed: int, duration_days
         # Restore lost visits at random, in-season first; if the grid holds too few slots at all, add random times.
         night, rank, all_slots = _slots(phase, first, counts, step)
         all_times = all_slots + rng.uniform(-half_jitter, half_jitter, all_slots.size)
-        lost = (all_times >= 0.0) & (all_times < duration_days)
-        lost &= (rank < start[night]) | (rank >= start[night] + visited[night])
         in_season = _in_season(spec, all_slots, season_phase)
+        visited_slot = (rank >= start[night]) & (rank < start[night] + visited[night])
+        lost = (all_times >= 0.0) & (all_times < duration_days) & ~(visited_slot & in_season)
         chosen = [times]
         for pool in (np.flatnonzero(lost & in_season), np.flatnonzero(lost & ~in_season)):
             take = rng.permutation(pool)[:needed]
