@@ -259,8 +259,9 @@ def test_bad_supernova_catalog_is_rejected(tmp_path):
 
 def test_bad_cadence_table_is_rejected(tmp_path):
     table = tmp_path / "cadences.tsv"
-    table.write_text("cadence\tmissing_fraction\tseason_days\tgap_days\tclump_epochs\tdescription\n"
-                     "weird\t1.5\t0\t0\t1\tmore than everything\n")
+    table.write_text("cadence\tperiod_days\tseason_days\tsites\tnight_hours\tnight_probability\tvisit_interval_minutes"
+                     "\tvisits_per_night\tdepth_mag\terror_floor_mag\tdescription\n"
+                     "weird\t365.25\t240\t1\t8\t1.5\t60\t0\t21\t0.005\tmore than certain\n")
     result = snakemake(tmp_path, "-n", "--config", f"microlensing={{'cadences': '{table}'}}", check=False)
     assert result.returncode != 0
     assert "1.5" in result.stdout + result.stderr
