@@ -12,7 +12,6 @@ import pytest
 import torch
 
 from astrodag.errors import InputDataError
-from astrodag.microlensing.classify import classify_files, read_photometry, resample_to_grid
 from astrodag.microlensing.dataset import (
     INPUT_LAYOUT,
     LightCurveDataset,
@@ -166,52 +165,6 @@ def test_training_is_reproducible_resumable_and_scores_the_test_split(toy, tmp_p
     with pytest.raises(InputDataError, match="model.pt.*retrain"):
         predict_split(tmp_path / "a" / "model.pt", stale, [d for d, _ in toy], [m for _, m in toy],
                       tmp_path / "stale_evaluation", progress=False)
-
-
-def test_photometry_formats(tmp_path):
-    csv = tmp_path / "event.csv"
-    csv.write_text("HJD,mag,err\n3.0,18.0,0.05\n1.0,18.1,0.05\n2.0,nan,0.05\n")
-    frame = read_photometry(csv)
-    assert frame["time"].tolist() == [1.0, 3.0] and frame["magnitude"].tolist() == [18.1, 18.0]
-    ogle = tmp_path / "phot.dat"
-    ogle.write_text("2457000.1 17.50 0.010 5.0 900\n2457000.9 17.40 0.010 5.1 880\n")
-    assert read_photometry(ogle)["magnitude"].tolist() == [17.5, 17.4]
-    flux = tmp_path / "kmt.txt"
-    flux.write_text("# time flux flux_err\n1.0 1000.0 10.0\n2.0 -5.0 10.0\n")
-    converted = read_photometry(flux, flux=True, zeropoint=25.0)
-    assert converted["magnitude"].tolist() == pytest.approx([17.5])
-    assert converted["error"].tolist() == pytest.approx([2.5 / np.log(10) * 0.01])
-    (tmp_path / "bad.csv").write_text("time,brightness\n1,2\n")
-    with pytest.raises(InputDataError, match="bad.csv.*needs columns"):
-        read_photometry(tmp_path / "bad.csv")
-
-
-def test_resampling_bins_with_inverse_variance_weights():
-    photometry = pd.DataFrame({"time": [0.1, 0.2, 5.5, 30.0], "magnitude": [18.0, 19.0, 17.0, 16.0],
-                               "error": [0.1, 0.2, 0.1, 0.1]})
-    binned = resample_to_grid(photometry, epochs=10, duration_days=10.0, start=0.0)
-    assert binned["mask"].tolist() == [1, 0, 0, 0, 0, 1, 0, 0, 0, 0]
-    assert binned["magnitudes"][0] == pytest.approx((18 / 0.01 + 19 / 0.04) / (1 / 0.01 + 1 / 0.04))
-    assert binned["outside"] == 1
-    # By default the grid ends at the latest observation.
-    latest = resample_to_grid(photometry, epochs=10, duration_days=10.0)
-    assert latest["mask"][-1] == 1 and latest["used"] == 1
-
-
-def test_classify_files_end_to_end(toy, tmp_path):
-    train(toy, tmp_path / "model")
-    event = tmp_path / "event.csv"
-    times = np.linspace(0, DURATION, 60, endpoint=False)
-    event.write_text("time,magnitude,error\n" + "".join(
-        f"{t:.3f},{18 - 1 / (1 + ((t - 20) / 3) ** 2):.4f},0.02\n" for t in times))
-    summary = classify_files([event], tmp_path / "model" / "model.pt", tmp_path / "model" / "model.json",
-                             output_dir=tmp_path / "series")
-    row = summary.iloc[0]
-    assert 0 <= row["p_binary_last"] <= 1 and row["epochs_observed"] > 40
-    series = pd.read_csv(tmp_path / "series" / "event.csv")
-    assert series["p_binary"].iloc[-1] == pytest.approx(row["p_binary_last"], abs=1e-6)
-    sidecar = json.loads((tmp_path / "model" / "model.json").read_text())
-    assert sidecar["time_grid"] == {"epochs": STEPS, "duration_days": DURATION}
 
 
 def test_bfloat16_training_is_recorded_and_still_reproducible(toy, tmp_path):
