@@ -44,12 +44,11 @@ from scipy import optimize, stats
 
 from astrodag.errors import InputDataError
 from astrodag.io import write_table
-from astrodag.microlensing.experiment import binary_probability
-from astrodag.microlensing.features import INPUT_LAYOUT, Normalisation, bin_observations, causal_features
+from astrodag.microlensing.experiment import binary_probability, load_cadence_model
+from astrodag.microlensing.features import Normalisation, bin_observations, causal_features
 from astrodag.microlensing.magnification import pspl_magnification
 from astrodag.microlensing.noise import SurveyNoise, fit_error_rescaling, rescale_errors
-from astrodag.models.registry import build_model
-from astrodag.training.bundle import load_model, read_sidecar
+from astrodag.training.bundle import read_sidecar
 from astrodag.training.seeding import select_device
 
 logger = logging.getLogger(__name__)
@@ -334,16 +333,6 @@ def _grid(sidecar: Mapping[str, Any]) -> tuple[int, float]:
     return n_steps, float(grid.get("step_days", grid["duration_days"] / n_steps))
 
 
-def _load_model(model_path, sidecar, device, sidecar_path):
-    def build(record):
-        if record.get("inputs") != INPUT_LAYOUT:
-            raise InputDataError(model_path, f"was trained on inputs {record.get('inputs')!r}, but this version "
-                                             f"builds {INPUT_LAYOUT!r}; retrain it (astrodag microlensing train)")
-        return build_model("temporal_cnn", record["architecture"])
-
-    return load_model(model_path, build, sidecar_path, device, sidecar=sidecar)[0]
-
-
 def classify_photometry(photometry: pd.DataFrame, sidecar: Mapping[str, Any], model: torch.nn.Module,
                         device: torch.device, start: float | None = None, name: str = "") -> tuple[dict, pd.DataFrame]:
     """Classify one light curve (a :func:`read_photometry` frame); returns its summary row and time series."""
@@ -445,7 +434,7 @@ def classify_files(
     references = references * len(paths) if len(references) == 1 else references
     sidecar = read_sidecar(sidecar_path)
     torch_device = select_device(device)
-    model = _load_model(model_path, sidecar, torch_device, sidecar_path)
+    model = load_cadence_model(model_path, sidecar, torch_device, sidecar_path)
     rows = []
     for path, reference in zip(paths, references):
         path = Path(path)
