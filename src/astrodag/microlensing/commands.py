@@ -113,11 +113,21 @@ def add_stages(stages) -> None:
     compare.add_argument("--out-dir", type=Path, required=True)
 
     classify = add_stage(stages, "classify", _classify,
-                         "classify photometry files (time, magnitude, error) as PSPL or binary")
+                         "classify photometry files (magnitudes, fluxes or difference fluxes) as PSPL, binary or"
+                         " out of distribution")
     classify.add_argument("files", type=Path, nargs="+", help="CSV or whitespace text; OGLE phot.dat works as is")
     add_model_files(classify, "model.pt of a trained cadence")
-    classify.add_argument("--flux", action="store_true", help="the value column is flux, not magnitude")
-    classify.add_argument("--zeropoint", type=float, default=22.0, help="magnitude zero point for flux files")
+    values = classify.add_mutually_exclusive_group()
+    values.add_argument("--flux", action="store_true", help="the value column is flux, not magnitude")
+    values.add_argument("--difference-flux", action="store_true",
+                        help="the value column is a difference flux Delta F (KMTNet pySIS, MOA);"
+                             " needs --reference-flux")
+    classify.add_argument("--reference-flux", type=float, nargs="+",
+                          help="source flux on the reference image, units of Delta F (F = F_ref + Delta F); one value"
+                               " for all files or one per file")
+    classify.add_argument("--zeropoint", type=float,
+                          help="magnitude zero point of the fluxes (default: instrumental magnitudes; the baseline"
+                               " prior check is then skipped)")
     classify.add_argument("--start", type=float, help="time of the grid's first epoch (default: fit the latest data)")
     classify.add_argument("--out-dir", type=Path, help="write each file's P(binary) time series as CSV here")
     classify.add_argument("--summary", type=Path, help="write the summary table (CSV) here too")
@@ -185,12 +195,13 @@ def _compare(args: argparse.Namespace) -> None:
 def _classify(args: argparse.Namespace) -> None:
     from astrodag.microlensing.classify import classify_files
 
-    summary = classify_files(args.files, args.model, sidecar_path(args), flux=args.flux, zeropoint=args.zeropoint,
-                             start=args.start, output_dir=args.out_dir)
+    summary = classify_files(args.files, args.model, sidecar_path(args), flux=args.flux,
+                             difference_flux=args.difference_flux, reference_flux=args.reference_flux,
+                             zeropoint=args.zeropoint, start=args.start, output_dir=args.out_dir)
     if args.summary:
         from astrodag.io import write_table
 
         write_table(args.summary, summary)
     columns = ["file", "epochs_observed", "p_binary_at_25pct", "p_binary_at_50pct", "p_binary_at_75pct",
-               "p_binary_last", "classification"]
-    print(summary[columns].to_string(index=False, float_format=lambda v: f"{v:.3f}"))
+               "p_binary_last", "classification", "reason"]
+    print(summary.reindex(columns=columns).to_string(index=False, float_format=lambda v: f"{v:.3f}"))
