@@ -52,7 +52,7 @@ def test_dry_run_of_the_default_config_plans_the_45_experiment_grid_and_5_cadenc
     counts = planned_jobs(tmp_path)
     for rule in ("train_microlensing_model", "predict_microlensing_test", "evaluate_microlensing_cadence"):
         assert counts[rule] == 5, rule
-    assert counts["simulate_events"] == 3 and counts["mask_cadence"] == 15
+    assert counts["simulate_events"] == 3 and counts["observe_cadence"] == 15
     assert counts["train_flare_model"] == 45
     assert counts["train_flare_baseline"] == 45
     assert counts["sweep_flare_thresholds"] == 90
@@ -93,7 +93,7 @@ def test_full_config_plans_1m_light_curves_in_shards(tmp_path):
     full = yaml.safe_load((REPO / "config" / "full.yaml").read_text())["microlensing"]["simulation"]
     assert full["shards"] * full["events_per_shard"] == 1_000_000
     assert counts["simulate_events"] == full["shards"] == 20
-    assert counts["mask_cadence"] == 5 * 20 and counts["train_microlensing_model"] == 5
+    assert counts["observe_cadence"] == 5 * 20 and counts["train_microlensing_model"] == 5
 
 
 def test_microlensing_track_outputs(finished_run):
@@ -115,10 +115,11 @@ def test_microlensing_track_outputs(finished_run):
         early = pd.read_csv(results / "cadences" / cadence / "analysis" / "early_detection.csv")
         assert set(early["basis"]) == {"time", "observed"} and len(early) == 2 * 4
         assert (finished_run / "logs" / "microlensing" / "train" / f"{cadence}.log").stat().st_size > 0
-    # Masks are cadence-specific: the same events, different observed epochs.
-    normal = np.load(results / "cadences" / "normal" / "masks" / "shard000.npy")
-    roman = np.load(results / "cadences" / "roman" / "masks" / "shard000.npy")
-    assert normal.shape == roman.shape == (96, 120) and not np.array_equal(normal, roman)
+        assert sidecar["cadence"]["name"] == cadence and sidecar["observation"] and sidecar["simulation"]
+    # Observations are cadence-specific: the same events, different observed steps.
+    normal = np.load(results / "cadences" / "normal" / "observations" / "shard000" / "counts.npy")
+    roman = np.load(results / "cadences" / "roman" / "observations" / "shard000" / "counts.npy")
+    assert normal.shape == roman.shape == (96, 120) and not np.array_equal(normal > 0, roman > 0)
 
 
 def test_supernova_track_outputs(finished_run):
@@ -258,8 +259,9 @@ def test_bad_supernova_catalog_is_rejected(tmp_path):
 
 def test_bad_cadence_table_is_rejected(tmp_path):
     table = tmp_path / "cadences.tsv"
-    table.write_text("cadence\tmissing_fraction\tseason_days\tgap_days\tclump_epochs\tdescription\n"
-                     "weird\t1.5\t0\t0\t1\tmore than everything\n")
+    table.write_text("cadence\tperiod_days\tseason_days\tsites\tnight_hours\tnight_probability\tvisit_interval_minutes"
+                     "\tvisits_per_night\tdepth_mag\terror_floor_mag\tdescription\n"
+                     "weird\t365.25\t240\t1\t8\t1.5\t60\t0\t21\t0.005\tmore than certain\n")
     result = snakemake(tmp_path, "-n", "--config", f"microlensing={{'cadences': '{table}'}}", check=False)
     assert result.returncode != 0
     assert "1.5" in result.stdout + result.stderr

@@ -174,9 +174,9 @@ def test_option_defaults_come_from_the_settings_classes():
     sweep = resolve_defaults(parser.parse_args(["flares", "sweep", "--predictions", "p", "--model-json", "m",
                                                 "--out-dir", "o"]))
     assert (sweep.start, sweep.stop, sweep.num) == (SweepSettings().start, SweepSettings().stop, SweepSettings().num)
-    mask = resolve_defaults(parser.parse_args(["microlensing", "mask", "--events", "e", "--cadences", "c",
-                                               "--cadence", "lsst", "--out", "o"]))
-    assert (mask.epochs, mask.duration_days) == (TimeGridSettings().epochs, TimeGridSettings().duration_days)
+    observe = resolve_defaults(parser.parse_args(["microlensing", "observe", "--events", "e", "--cadences", "c",
+                                                  "--cadence", "lsst", "--out-dir", "o"]))
+    assert (observe.epochs, observe.duration_days) == (TimeGridSettings().epochs, TimeGridSettings().duration_days)
     evaluate = resolve_defaults(parser.parse_args(["microlensing", "evaluate", "--evaluation-dir", "e",
                                                    "--out-dir", "o", "--cadence", "lsst"]))
     assert tuple(evaluate.thresholds) == MicrolensingAnalysisSettings().detection_thresholds

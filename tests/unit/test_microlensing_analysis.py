@@ -13,10 +13,19 @@ from statsmodels.stats.proportion import proportion_confint
 from statsmodels.stats.rates import confint_poisson
 
 from astrodag.errors import InputDataError
+from astrodag.evaluation.base_rate import deployment_rates
 from astrodag.evaluation.metrics import binary_metrics
 from astrodag.evaluation.statistics import resolvable_auc, untied_auc_p_value
 from astrodag.microlensing import analysis, report
-from astrodag.microlensing.analysis import detection_summary, detection_times, early_detection, evaluate_cadence
+from astrodag.microlensing.analysis import (
+    deployment_metrics,
+    detection_summary,
+    detection_times,
+    early_detection,
+    evaluate_cadence,
+    known_steps,
+    phase_detection,
+)
 from astrodag.microlensing.report import compare_cadences
 from astrodag.microlensing.scan import observed_steps, time_steps
 from astrodag.reporting.tables import format_interval
@@ -414,8 +423,11 @@ def _write_evaluation(directory, seed, n=240, steps=60, skill=0.6, missing=0.3):
     np.save(directory / "times.npy", times)
     # Told apart from a PSPL at the peak (never for PSPL events and PSPL-like binaries).
     evidence_time = np.where((label == 1) & ~pspl_like, t0, np.nan)
+    # Brightened about 1.5 tE before the peak; a few never did.
+    brightening_time = np.where(rng.random(n) < 0.1, np.nan, t0 - 1.5 * tE)
     pd.DataFrame({"event_id": np.arange(n) + 1000, "label": label, "split": "test", "t0": t0, "tE": tE,
-                  "pspl_like": pspl_like, "evidence_time": evidence_time}).to_parquet(directory / "events.parquet")
+                  "pspl_like": pspl_like, "evidence_time": evidence_time,
+                  "brightening_time": brightening_time}).to_parquet(directory / "events.parquet")
     return directory
 
 
@@ -493,6 +505,17 @@ def test_evaluate_cadence_writes_files_that_agree_with_the_pure_functions(evalua
     assert metrics["mean_observed_fraction"] == pytest.approx(mask.mean())
     assert len(metrics["roc_curve"]["fpr"]) == len(metrics["roc_curve"]["tpr"]) >= 2
 
+    # Early detection by the event's clock: the file is the pure function's table.
+    written = pd.read_csv(out / "early_detection_phase.csv")
+    direct = phase_detection(prob, events, times)
+    pd.testing.assert_frame_equal(written, direct, check_dtype=False)
+    assert written["clock"].tolist() == ["peak"] * 7 + ["brightening"] * 4
+    assert (written["n_events"] + written["n_excluded"] == len(events)).all()
+    # Deployment at 5 and 10 % binaries, from the final-step decisions at the decision threshold.
+    assert [entry["binary_share"] for entry in metrics["deployment"]] == [0.05, 0.1]
+    expected = deployment_metrics(events["label"].to_numpy(), prob[:, -1], 0.5, 0.05)
+    assert metrics["deployment"][0] == pytest.approx(expected)
+
 
 @pytest.mark.parametrize(
     ("name", "corrupt", "message"),
@@ -502,6 +525,8 @@ def test_evaluate_cadence_writes_files_that_agree_with_the_pure_functions(evalua
         ("mask.npy", lambda p: np.save(p, np.zeros((240, 60), dtype=np.uint8)), "no observed epoch"),
         ("events.parquet", lambda p: pd.read_parquet(p).drop(columns="pspl_like").to_parquet(p), "pspl_like"),
         ("events.parquet", lambda p: pd.read_parquet(p).iloc[:10].to_parquet(p), "10 event rows for 240"),
+        ("events.parquet", lambda p: pd.read_parquet(p).drop(columns="brightening_time").to_parquet(p),
+         "lacks the column 'brightening_time'.*observe"),
         ("times.npy", lambda p: np.save(p, np.arange(10.0)), "times has shape"),
         ("times.npy", lambda p: p.unlink(), "missing"),
         ("probabilities.npy", lambda p: p.write_bytes(b"not numpy"), "cannot read"),
@@ -551,6 +576,22 @@ def test_compare_cadences_tables_json_and_figures(evaluated, tmp_path):
     assert text.startswith("Microlensing classification by cadence\n====") and "|" not in text
     # Long records: 2 cadences x 2 bases x 3 fractions, 2 cadences x 2 thresholds.
     assert len(on_disk["early_detection"]) == 12 and len(on_disk["detection"]) == 4
+    # Early detection by the event's clock: 2 cadences x 11 (clock, k) rows, with the events behind each row.
+    assert len(on_disk["early_detection_phase"]) == 22
+    assert "Early detection by the event's own clock" in markdown and "binaries / PSPL (left out)" in markdown
+    for record in on_disk["early_detection_phase"]:
+        if record["clock"] == "peak" and record["k_tE"] == 1.0:
+            row = pd.read_csv(evaluated[record["cadence"]]["out"] / "early_detection_phase.csv").iloc[5]
+            assert f"{row['n_binary']} / {row['n_pspl']} ({row['n_excluded']})" in markdown
+            assert record["roc_auc"] == pytest.approx(row["roc_auc"])
+    # Precision, NPV and alarms per true binary at 5 and 10 % binaries: summary.csv, JSON and report.
+    for _, row in summary.iterrows():
+        entry = evaluated[row["cadence"]]["metrics"]["deployment"][0]
+        assert row["precision_at_0.05"] == pytest.approx(entry["precision"])
+        assert row["alarms_per_true_binary_at_0.1_high"] >= row["alarms_per_true_binary_at_0.1"]
+        cell = format_interval(entry["precision"], entry["precision_low"], entry["precision_high"])
+        assert cell in markdown and cell in text
+    assert len(on_disk["deployment"]) == 4 and "At a realistic binary share" in markdown
     # False alarms per PSPL event and per year of monitoring, per cadence and threshold.
     for record in on_disk["detection"]:
         written = pd.read_csv(evaluated[record["cadence"]]["out"] / "detection_summary.csv").set_index("threshold")
@@ -576,3 +617,76 @@ def test_compare_cadences_reports_missing_outputs(evaluated, tmp_path):
         compare_cadences({"dense": evaluated["dense"]["out"], "lsst": tmp_path / "nothing"}, tmp_path / "out")
     with pytest.raises(ValueError, match="empty"):
         compare_cadences({}, tmp_path / "out")
+
+
+def _clock_events(n_steps=100):
+    """Events on a grid of 1-day steps: t0 mid-step, tE = 4 d, brightening 3 d before the peak."""
+    t0 = np.array([20.5, 30.5, 40.5, 50.5, 60.5, 70.5])
+    return pd.DataFrame({"label": [1, 0, 1, 0, 1, 0], "t0": t0, "tE": 4.0, "pspl_like": False,
+                         "brightening_time": t0 - 3.0}), np.arange(float(n_steps))
+
+
+def test_phase_scores_are_those_of_the_last_step_complete_by_t0_plus_k_tE():
+    events, times = _clock_events()
+    label = events["label"].to_numpy()
+    n, n_steps = len(events), len(times)
+    # Step i covers [i, i + 1): at t = t0 + 1 tE (= brightening + 1.75 tE) the last complete step is floor(t) - 1.
+    at = events["t0"].to_numpy() + 4.0
+    steps, inside = known_steps(times, at)
+    np.testing.assert_array_equal(steps, np.floor(at).astype(int) - 1)
+    assert inside.all()
+    # Right up to that step the scores rank every binary first; from the next step on they say the opposite.
+    right = np.where(label == 1, 0.9, 0.1)
+    prob = np.repeat(right[:, None], n_steps, axis=1)
+    after = np.arange(n_steps)[None, :] > steps[:, None]
+    prob[after] = np.broadcast_to((1.0 - right)[:, None], (n, n_steps))[after]
+    table = phase_detection(prob.astype(np.float32), events, times, event_phases=[1.0], after_brightening=[1.75])
+    for row in table.itertuples():
+        assert (row.clock, row.n_events, row.n_excluded) in {("peak", 6, 0), ("brightening", 6, 0)}
+        assert row.roc_auc == 1.0 and row.accuracy == 1.0 and row.n_binary == row.n_pspl == 3
+    # A score from one step later (what a step-start clock would read) would be the opposite.
+    later = phase_detection(prob.astype(np.float32), events, times + 1.0, event_phases=[1.0],
+                            after_brightening=[1.75])
+    assert (later["roc_auc"] == 1.0).all()
+    earlier = phase_detection(prob.astype(np.float32), events, times - 1.0, event_phases=[1.0],
+                              after_brightening=[1.75])
+    assert (earlier["roc_auc"] == 0.0).all() and (earlier["accuracy"] == 0.0).all()
+
+
+def test_phase_rows_leave_out_and_count_events_off_the_grid_or_without_brightening():
+    events, times = _clock_events()
+    events.loc[0, "brightening_time"] = np.nan  # a binary that never brightened
+    events.loc[5, "t0"] = 95.5  # a PSPL whose t0 + 2 tE falls after the grid's end (100 d)
+    prob = np.full((len(events), len(times)), 0.5, dtype=np.float32)
+    table = phase_detection(prob, events, times, event_phases=[-5.0, 0.0, 2.0], after_brightening=[0.0])
+    rows = table.set_index(["clock", "k_tE"])
+    # t0 - 5 tE = 0.5: no step is complete yet, for the first event only.
+    assert rows.loc[("peak", -5.0), ["n_excluded", "n_excluded_binary", "n_outside_grid", "n_no_reference"]].tolist() \
+        == [1, 1, 1, 0]
+    assert rows.loc[("peak", 0.0), "n_excluded"] == 0
+    assert rows.loc[("peak", 2.0), ["n_excluded", "n_excluded_pspl", "n_outside_grid"]].tolist() == [1, 1, 1]
+    assert rows.loc[("brightening", 0.0), ["n_excluded", "n_excluded_binary", "n_no_reference"]].tolist() == [1, 1, 1]
+    assert (table["n_binary"] + table["n_pspl"] + table["n_excluded"] == len(events)).all()
+    assert rows.loc[("brightening", 0.0), "n_binary"] == 2 and rows.loc[("brightening", 0.0), "n_pspl"] == 3
+    with pytest.raises(ValueError, match="brightening_time"):
+        phase_detection(prob, events.drop(columns="brightening_time"), times)
+
+
+def test_deployment_precision_is_the_closed_form_and_drops_at_a_realistic_binary_share():
+    rng = np.random.default_rng(4)
+    labels = np.repeat([1, 0], 200)
+    scores = np.where(labels == 1, rng.uniform(0.3, 1.0, 400), rng.uniform(0.0, 0.7, 400))
+    tpr = np.mean(scores[labels == 1] >= 0.5)
+    fpr = np.mean(scores[labels == 0] >= 0.5)
+    at = {share: deployment_metrics(labels, scores, 0.5, share) for share in (0.05, 0.1, 0.5)}
+    for share, metrics in at.items():
+        assert metrics["tpr"] == pytest.approx(tpr) and metrics["fpr"] == pytest.approx(fpr)
+        assert metrics["precision"] == pytest.approx(tpr * share / (tpr * share + fpr * (1 - share)))
+        assert metrics["alarms_per_true_binary"] == pytest.approx(1 / metrics["precision"])
+        assert metrics["precision_low"] < metrics["precision"] < metrics["precision_high"]
+    # Balanced test set: at 50 % the precision is the test set's own.
+    assert at[0.5]["precision"] == pytest.approx(np.mean(labels[scores >= 0.5]))
+    assert at[0.05]["precision"] < at[0.1]["precision"] < at[0.5]["precision"]
+    assert at[0.05]["precision_high"] < at[0.5]["precision_low"]
+    assert at[0.05]["npv"] > at[0.5]["npv"]
+    assert deployment_rates(tpr, fpr, 0.05)["precision"] == pytest.approx(at[0.05]["precision"])

@@ -9,12 +9,12 @@ import torch
 from realbogus_helpers import triplets, write_dataset
 
 from astrodag.errors import ConfigError, InputDataError
+from astrodag.evaluation.base_rate import base_rate_metrics
 from astrodag.evaluation.thresholds import equal_error_threshold, threshold_for_fnr
 from astrodag.supernova.realbogus import scoring
 from astrodag.supernova.realbogus.training import (
     RealBogusSettings,
     TripletDataset,
-    base_rate_metrics,
     choose_threshold,
     evaluate_realbogus,
     load_splits,
@@ -242,14 +242,14 @@ def test_base_rate_metrics_equal_those_of_explicitly_replicated_bogus():
 
     labels, scores = _validation_scores(40, 40, unlearnable=2, seed=3)
     scores[40:45] = 0.9  # a few confident bogus: precision depends on the base rate
-    result = base_rate_metrics(labels, scores, 0.5, bogus_per_real=4.0)
+    result = base_rate_metrics(labels, scores, 0.5, negatives_per_positive=4.0)
     replicated = np.r_[np.flatnonzero(labels == 1), np.repeat(np.flatnonzero(labels == 0), 4)]
     y, p = labels[replicated], scores[replicated]
-    assert result["weight_of_bogus"] == 4.0
+    assert result["weight_of_negatives"] == 4.0
     assert result["aucpr"] == pytest.approx(average_precision_score(y, p))
     assert result["precision"] == pytest.approx(precision_score(y, p >= 0.5))
     assert result["precision"] < precision_score(labels, scores >= 0.5)
     # Unequal split sizes: the weight brings the split to the survey's ratio.
     half = np.r_[np.arange(40), np.arange(40, 80, 2)]
-    assert base_rate_metrics(labels[half], scores[half], 0.5, 4.0)["weight_of_bogus"] == 8.0
+    assert base_rate_metrics(labels[half], scores[half], 0.5, 4.0)["weight_of_negatives"] == 8.0
     assert base_rate_metrics(labels, scores, 0.5, None)["aucpr"] is None

@@ -162,20 +162,36 @@ ML_SHARDS = [f"{i:03d}" for i in range(MICROLENSING["simulation"]["shards"])]
 
 ML_EVENTS = f"{RESULTS}/microlensing/events/shard{{shard}}"
 ML_CADENCE = f"{RESULTS}/microlensing/cadences/{{cadence}}"
-ML_MASK = f"{ML_CADENCE}/masks/shard{{shard}}.npy"
+ML_OBSERVATIONS = f"{ML_CADENCE}/observations/shard{{shard}}"
+# The files of an observation directory (astrodag.microlensing.observe.observe_shard).
+ML_OBSERVATION_FILES = (
+    "magnitudes.npy",
+    "errors.npy",
+    "scatter.npy",
+    "counts.npy",
+    "events.parquet",
+    "summary.json",
+)
 ML_COMPARISON = f"{RESULTS}/microlensing/comparison"
 ML_LOGS = f"{LOGS}/microlensing"
 ML_BENCHMARKS = f"{BENCHMARKS}/microlensing"
 
 
-def microlensing_shards(wildcards=None):
-    """The event directories' files of every shard (the inputs of training)."""
-    return expand(f"{ML_EVENTS}/events.parquet", shard=ML_SHARDS)
+def microlensing_observation_events(wildcards):
+    """The events table of the cadence's observation directory of every shard, in shard order."""
+    return expand(
+        f"{ML_OBSERVATIONS}/events.parquet", cadence=wildcards.cadence, shard=ML_SHARDS
+    )
 
 
-def microlensing_masks(wildcards):
-    """The cadence's mask of every shard, in shard order."""
-    return expand(ML_MASK, cadence=wildcards.cadence, shard=ML_SHARDS)
+def microlensing_observation_arrays(wildcards):
+    """The other files of the cadence's observation directories (so that a change reruns training)."""
+    return expand(
+        f"{ML_OBSERVATIONS}/{{name}}",
+        cadence=wildcards.cadence,
+        shard=ML_SHARDS,
+        name=[name for name in ML_OBSERVATION_FILES if name != "events.parquet"],
+    )
 
 
 # ---- supernova imaging --------------------------------------------------------------

@@ -1,11 +1,10 @@
-# Microlensing early classification: shards of simulated events -> cadence masks ->
-# one causal per-timestep CNN per cadence -> test-split scores -> analysis -> comparison.
+# Microlensing early classification: shards of simulated events -> each cadence's noisy photometry
+# binned on the grid -> one causal per-timestep CNN per cadence -> test-split scores -> analysis ->
+# comparison.
 
 
 rule simulate_events:
     output:
-        magnitudes=f"{ML_EVENTS}/magnitudes.npy",
-        errors=f"{ML_EVENTS}/errors.npy",
         events=f"{ML_EVENTS}/events.parquet",
     log:
         f"{ML_LOGS}/simulate_events/shard{{shard}}.log",
@@ -26,12 +25,7 @@ rule simulate_events:
         settings=as_json(
             {
                 key: MICROLENSING["simulation"][key]
-                for key in (
-                    "priors",
-                    "noise",
-                    "split_fractions",
-                    "pspl_like_max_deviation_sigma",
-                )
+                for key in ("priors", "split_fractions")
             }
         ),
     shell:
@@ -40,33 +34,45 @@ rule simulate_events:
         " --seed {params.seed} --settings {params.settings:q} --log {log}"
 
 
-rule mask_cadence:
+rule observe_cadence:
     input:
-        events=f"{ML_EVENTS}/events.parquet",
+        events=rules.simulate_events.output.events,
         cadences=CADENCES_TSV,
     output:
-        ML_MASK,
+        magnitudes=f"{ML_OBSERVATIONS}/magnitudes.npy",
+        errors=f"{ML_OBSERVATIONS}/errors.npy",
+        scatter=f"{ML_OBSERVATIONS}/scatter.npy",
+        counts=f"{ML_OBSERVATIONS}/counts.npy",
+        events=f"{ML_OBSERVATIONS}/events.parquet",
+        summary=f"{ML_OBSERVATIONS}/summary.json",
     log:
-        f"{ML_LOGS}/mask_cadence/{{cadence}}_shard{{shard}}.log",
+        f"{ML_LOGS}/observe_cadence/{{cadence}}_shard{{shard}}.log",
+    benchmark:
+        f"{ML_BENCHMARKS}/observe_cadence/{{cadence}}_shard{{shard}}.tsv"
     conda:
         "../../envs/microlensing.yaml"
+    threads: 1
     resources:
-        mem_mb=1000,
-        runtime=20,
+        mem_mb=MICROLENSING["resources"]["observe_mem_mb"],
+        runtime=MICROLENSING["resources"]["observe_runtime"],
     params:
+        out_dir=output_dir("events"),
         epochs=MICROLENSING["time_grid"]["epochs"],
         duration=MICROLENSING["time_grid"]["duration_days"],
-        seed=MICROLENSING["mask_seed"],
+        seed=MICROLENSING["observation_seed"],
+        settings=as_json(MICROLENSING["observation"]),
     shell:
-        "python -m astrodag microlensing mask --events {input.events} --cadences {input.cadences}"
-        " --cadence {wildcards.cadence} --out {output} --epochs {params.epochs}"
-        " --duration-days {params.duration} --seed {params.seed} --log {log}"
+        "python -m astrodag microlensing observe --events {input.events} --cadences {input.cadences}"
+        " --cadence {wildcards.cadence} --out-dir {params.out_dir} --epochs {params.epochs}"
+        " --duration-days {params.duration} --seed {params.seed} --settings {params.settings:q}"
+        " --log {log}"
 
 
 rule train_microlensing_model:
     input:
-        events=microlensing_shards,
-        masks=microlensing_masks,
+        events=microlensing_observation_events,
+        arrays=microlensing_observation_arrays,
+        cadences=CADENCES_TSV,
     output:
         weights=f"{ML_CADENCE}/model/model.pt",
         sidecar=f"{ML_CADENCE}/model/model.json",
@@ -83,23 +89,27 @@ rule train_microlensing_model:
         runtime=MICROLENSING["resources"]["train_runtime"],
         gpu=MICROLENSING["resources"]["train_gpus"],
     params:
-        shards=quoted_dirs("events"),
+        observations=quoted_dirs("events"),
         out_dir=output_dir("weights"),
         duration=MICROLENSING["time_grid"]["duration_days"],
         seed=MICROLENSING["seed"],
+        simulation=as_json(MICROLENSING["simulation"]),
+        observation=as_json(MICROLENSING["observation"]),
         model=as_json(MICROLENSING["model"]),
         training=as_json(MICROLENSING["training"]),
     shell:
-        "python -m astrodag microlensing train --shards {params.shards} --masks {input.masks}"
-        " --out-dir {params.out_dir} --cadence {wildcards.cadence} --duration-days {params.duration}"
-        " --seed {params.seed} --model-options {params.model:q} --training-options {params.training:q}"
+        "python -m astrodag microlensing train --observations {params.observations}"
+        " --out-dir {params.out_dir} --cadences {input.cadences} --cadence {wildcards.cadence}"
+        " --duration-days {params.duration} --seed {params.seed}"
+        " --simulation-settings {params.simulation:q} --observation-settings {params.observation:q}"
+        " --model-options {params.model:q} --training-options {params.training:q}"
         " --threads {threads} --log {log}"
 
 
 rule predict_microlensing_test:
     input:
-        events=microlensing_shards,
-        masks=microlensing_masks,
+        events=microlensing_observation_events,
+        arrays=microlensing_observation_arrays,
         weights=rules.train_microlensing_model.output.weights,
         sidecar=rules.train_microlensing_model.output.sidecar,
     output:
@@ -119,11 +129,11 @@ rule predict_microlensing_test:
         mem_mb=2000,
         runtime=60,
     params:
-        shards=quoted_dirs("events"),
+        observations=quoted_dirs("events"),
         out_dir=output_dir("probabilities"),
         batch_size=MICROLENSING["resources"]["predict_batch_size"],
     shell:
-        "python -m astrodag microlensing predict --shards {params.shards} --masks {input.masks}"
+        "python -m astrodag microlensing predict --observations {params.observations}"
         " --model {input.weights} --model-json {input.sidecar} --out-dir {params.out_dir}"
         " --split test --batch-size {params.batch_size} --threads {threads} --log {log}"
 
@@ -136,11 +146,13 @@ rule evaluate_microlensing_cadence:
         early=f"{ML_CADENCE}/analysis/early_detection.csv",
         detection=f"{ML_CADENCE}/analysis/detection_summary.csv",
         detection_times=f"{ML_CADENCE}/analysis/detection_times.csv",
+        phase=f"{ML_CADENCE}/analysis/early_detection_phase.csv",
         figures=multiext(
             f"{ML_CADENCE}/analysis/",
             "roc.png",
             "confusion_matrix.png",
             "early_detection.png",
+            "early_detection_phase.png",
             "detection_times.png",
         ),
     log:
@@ -185,6 +197,7 @@ rule compare_cadences:
             multiext(
                 f"{ML_COMPARISON}/",
                 "early_detection_comparison.png",
+                "early_detection_phase_comparison.png",
                 "roc_comparison.png",
                 "accuracy_comparison.png",
             ),

@@ -1,5 +1,6 @@
-"""Model evaluation: metrics, recalibration, thresholds, completeness, run-to-run and block-bootstrap statistics."""
+"""Model evaluation: metrics, recalibration, thresholds, completeness, base rates, run-to-run statistics."""
 
+from astrodag.evaluation.base_rate import base_rate_metrics, deployment_rates
 from astrodag.evaluation.completeness import completeness_curve, recall_interval
 from astrodag.evaluation.metrics import (
     CALIBRATION_METHODS,
@@ -46,6 +47,7 @@ __all__ = [
     "WEIGHTABLE_METRICS",
     "BlockBootstrap",
     "auc_p_value",
+    "base_rate_metrics",
     "binary_metrics",
     "block_bootstrap",
     "calibration_errors",
@@ -53,6 +55,7 @@ __all__ = [
     "completeness_curve",
     "confusion_counts",
     "curve_points",
+    "deployment_rates",
     "equal_error_threshold",
     "fit_recalibration",
     "max_tss_threshold",

@@ -14,6 +14,11 @@ at step t uses only epochs <= t). This module turns those scores into
   light curve seen so far is of each simulated population to go on: a weak
   signal that needs more test events than the smallest AUC they resolve
   (``resolvable_auc``);
+* early detection by the event's own clock (`phase_detection`): the same columns at
+  t = t0 + k tE and t = brightening_time + k tE, each event scored with P(binary) at the
+  last step complete by t; events without such a step are left out of that row and counted;
+* precision, NPV and alarms per true binary at realistic binary shares (5-10 %) from the
+  test recall and false-alarm rate (`deployment_metrics`);
 * detection times, as a real-time system would raise them: the first observed epoch
   at which P(binary) has been at or above a threshold for ``consecutive_epochs``
   observed epochs in a row (the model is causal, so this uses only the scores up to
@@ -49,11 +54,17 @@ import pandas as pd
 from statsmodels.stats.rates import confint_poisson
 
 from astrodag.errors import ConfigError, InputDataError
+from astrodag.evaluation.base_rate import base_rate_metrics
 from astrodag.evaluation.completeness import recall_interval
 from astrodag.evaluation.metrics import binary_metrics, curve_points
 from astrodag.evaluation.statistics import auc_p_value, untied_auc_p_value, wilson_interval
 from astrodag.io import read_table, save_figure, write_json, write_table
-from astrodag.microlensing.figures import cadence_roc_figure, detection_times_figure, early_detection_figure
+from astrodag.microlensing.figures import (
+    cadence_roc_figure,
+    detection_times_figure,
+    early_detection_figure,
+    phase_detection_figure,
+)
 from astrodag.microlensing.scan import (
     BASES,
     CHUNK_EVENTS,
@@ -87,6 +98,11 @@ def _open_probability(key: str, value: Any) -> float:
 
 DEFAULT_FRACTIONS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
 DEFAULT_THRESHOLDS = (0.5, 0.8, 0.9, 0.95)
+DEFAULT_EVENT_PHASES = (-2.0, -1.0, -0.5, 0.0, 0.5, 1.0, 2.0)
+DEFAULT_AFTER_BRIGHTENING = (0.0, 0.25, 0.5, 1.0)
+# Binary lenses are a few to ~10 % of the bulge events surveys find (issue 14): the shares at which
+# precision, NPV and alarms per true binary are reported.
+DEFAULT_BINARY_SHARES = (0.05, 0.1)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -102,6 +118,13 @@ class MicrolensingAnalysisSettings(Settings):
     consecutive_epochs : int, default 1
         Observed epochs in a row with P(binary) at or above the threshold that raise an alarm
         (a detection on a binary, a false alarm on a PSPL event); >= 1.
+    event_phases_tE : list of float, default [-2, -1, -0.5, 0, 0.5, 1, 2]
+        k of the early detection by the event's own clock: accuracy and ROC AUC at t0 + k tE.
+    after_brightening_tE : list of float, default [0, 0.25, 0.5, 1]
+        k of the early detection after the first significant brightening: at brightening_time + k tE.
+    deployment_binary_shares : list of float, default [0.05, 0.1]
+        Shares of binary lenses among the events a survey classifies, in (0, 1): precision, NPV and
+        alarms per true binary are given at each (the test set is balanced).
     """
 
     PREFIX: ClassVar[str] = "microlensing.analysis"
@@ -109,6 +132,9 @@ class MicrolensingAnalysisSettings(Settings):
     fractions: tuple[float, ...] = setting(DEFAULT_FRACTIONS, sequence(number(0.0, 1.0, low_open=True)))
     detection_thresholds: tuple[float, ...] = setting(DEFAULT_THRESHOLDS, sequence(_open_probability))
     consecutive_epochs: int = setting(1, number(1, integer=True))
+    event_phases_tE: tuple[float, ...] = setting(DEFAULT_EVENT_PHASES, sequence(number()))
+    after_brightening_tE: tuple[float, ...] = setting(DEFAULT_AFTER_BRIGHTENING, sequence(number()))
+    deployment_binary_shares: tuple[float, ...] = setting(DEFAULT_BINARY_SHARES, sequence(_open_probability))
 
 
 DECISION_THRESHOLD = 0.5
@@ -126,11 +152,13 @@ EVALUATION_FILES = {
 CADENCE_OUTPUTS = (
     "metrics.json",
     "early_detection.csv",
+    "early_detection_phase.csv",
     "detection_times.csv",
     "detection_summary.csv",
     "roc.png",
     "confusion_matrix.png",
     "early_detection.png",
+    "early_detection_phase.png",
     "detection_times.png",
 )
 
@@ -374,6 +402,127 @@ def early_detection(
     return pd.DataFrame(rows)
 
 
+# ---------------------------------------------------------------------------
+# Early detection by the event's own clock
+# ---------------------------------------------------------------------------
+
+# Reference time of each clock: "peak" t0 + k tE, "brightening" brightening_time + k tE.
+PHASE_REFERENCES = {"peak": "t0", "brightening": "brightening_time"}
+
+
+def known_steps(times: np.ndarray, at: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The last step complete at each time of ``at``, and whether there is one on the grid.
+
+    Step i summarises the observations in [times[i], times[i + 1]) (the last one a median step
+    long), so its score is known at the step's end: the score of an event at time t is that of
+    the last step ending at or before t, what a real-time system knew then. Times before the
+    first step ends, after the grid ends or NaN have none (``inside`` False; their step is 0).
+    """
+    times = np.asarray(times, dtype=float)
+    step = float(np.median(np.diff(times))) if len(times) > 1 else 0.0
+    ends = np.append(times[1:], times[-1] + step)
+    at = np.asarray(at, dtype=float)
+    with np.errstate(invalid="ignore"):
+        steps = np.searchsorted(ends, np.nan_to_num(at, nan=-np.inf), side="right") - 1
+        inside = np.isfinite(at) & (steps >= 0) & (at <= ends[-1])
+    return np.where(inside, steps, 0).astype(np.int64), inside
+
+
+def _phase_points(arrays: dict[str, np.ndarray], event_phases: np.ndarray,
+                  after_brightening: np.ndarray) -> tuple[list[tuple[str, float]], np.ndarray]:
+    """The (clock, k) of every phase row and the (N, P) times t = reference + k tE (NaN without a reference)."""
+    points = [("peak", float(k)) for k in event_phases] + [("brightening", float(k)) for k in after_brightening]
+    at = np.stack([arrays[PHASE_REFERENCES[clock]] + k * arrays["tE"] for clock, k in points], axis=1)
+    return points, at
+
+
+def _phase_rows(points, at, inside, scores, labels, pspl_like, threshold, evidence_time) -> list[dict[str, Any]]:
+    rows = []
+    for j, (clock, k) in enumerate(points):
+        keep = inside[:, j]
+        no_reference = np.isnan(at[:, j])
+        excluded = ~keep
+        row: dict[str, Any] = {
+            "clock": clock,
+            "k_tE": k,
+            "n_excluded": int(excluded.sum()),
+            "n_excluded_binary": int(np.sum(excluded & (labels == 1))),
+            "n_excluded_pspl": int(np.sum(excluded & (labels == 0))),
+            "n_no_reference": int(no_reference.sum()),
+            "n_outside_grid": int(np.sum(excluded & ~no_reference)),
+            "median_time_days": _median(at[keep, j]),
+        }
+        row.update(_ideal_columns(labels[keep], None if evidence_time is None else evidence_time[keep], at[keep, j]))
+        row.update(_subset_columns(labels[keep], scores[keep, j], threshold, pspl_like[keep]))
+        rows.append(row)
+    return rows
+
+
+def _check_phases(values, name: str) -> np.ndarray:
+    array = np.asarray(values, dtype=float).ravel()
+    if not np.all(np.isfinite(array)):
+        raise ValueError(f"{name} must be finite numbers, got {values!r}")
+    return array
+
+
+def phase_detection(
+    probabilities,
+    events: pd.DataFrame,
+    times,
+    threshold: float = DECISION_THRESHOLD,
+    event_phases=DEFAULT_EVENT_PHASES,
+    after_brightening=DEFAULT_AFTER_BRIGHTENING,
+    *,
+    chunk_events: int = CHUNK_EVENTS,
+    progress: bool | None = None,
+) -> pd.DataFrame:
+    """Classification quality by the event's own clock: at t0 + k tE and at brightening_time + k tE.
+
+    With t0 spread over much of the grid, "a fraction of the grid" mostly says where the t0 prior
+    put the peaks; these rows ask what was known a given number of Einstein times before or after
+    the peak, or after the first significant brightening (what a survey's alert sees).
+
+    Parameters
+    ----------
+    probabilities : array-like of shape (N, T)
+        P(binary) at every step (memory-mapped arrays are streamed in chunks).
+    events : DataFrame
+        N rows in the same order with label, t0, tE, brightening_time (days; NaN: the event never
+        brightened significantly) and optionally pspl_like and evidence_time.
+    times : array-like of shape (T,)
+        Start of each step (days).
+    threshold : float, default 0.5
+        Decision threshold for accuracy, recall and false alarms.
+    event_phases, after_brightening : sequence of float
+        The k of the two clocks.
+
+    Returns
+    -------
+    DataFrame
+        One row per (clock, k): clock ("peak" or "brightening"), k_tE, n_excluded (events without a
+        score then: ``n_excluded_binary`` + ``n_excluded_pspl``; ``n_no_reference`` never brightened,
+        ``n_outside_grid`` fall before the first step ends or after the grid), median_time_days,
+        distinguishable_share_binary, ideal_roc_auc(+_p_value) and the columns of `early_detection`
+        (n_events, n_binary, n_pspl behind the row, accuracy with its Wilson interval, roc_auc and its
+        one-sided Mann-Whitney p-value, recall, false alarms, PSPL-like columns). Each event's score
+        at time t is its P(binary) at the last step complete by t (`known_steps`). Events outside the
+        grid at a k are left out of that row only, so rows differ in their events; conditioning on a
+        brightening also selects events (those that never brightened are left out of those rows).
+    """
+    threshold = check_decision_threshold(threshold)
+    probabilities = as_2d(probabilities, "probabilities")
+    n_events, n_steps = probabilities.shape
+    arrays = _events_arrays(events, n_events, need_brightening=True)
+    times = check_times(times, n_steps)
+    points, at = _phase_points(arrays, _check_phases(event_phases, "event_phases"),
+                               _check_phases(after_brightening, "after_brightening"))
+    steps, inside = known_steps(times, at)
+    scan = scan_scores(probabilities, None, check_fractions([1.0]), (), None, chunk_events, progress,
+                       event_steps=steps)
+    return pd.DataFrame(_phase_rows(points, at, inside, scan["at_steps"], arrays["label"], arrays["pspl_like"],
+                                    threshold, arrays.get("evidence_time")))
+
+
 def _check_phase_inputs(times, t0, tE, n_events: int, n_steps: int):
     if times is not None:
         times = check_times(times, n_steps)
@@ -394,10 +543,12 @@ def _check_evidence_time(values, n_events: int) -> np.ndarray:
     return array
 
 
-def _events_arrays(events: pd.DataFrame, n_events: int, need_phase: bool = True) -> dict[str, np.ndarray]:
+def _events_arrays(events: pd.DataFrame, n_events: int, need_phase: bool = True,
+                   need_brightening: bool = False) -> dict[str, np.ndarray]:
     if not isinstance(events, pd.DataFrame):
         raise TypeError(f"events must be a pandas DataFrame, got {type(events).__name__}")
     required = ["label", "t0", "tE"] if need_phase else ["label"]
+    required += ["brightening_time"] if need_brightening else []
     missing = [c for c in required if c not in events.columns]
     if missing:
         raise ArrayProblem("events", f"events lack column(s) {missing}; they have {list(events.columns)}")
@@ -414,6 +565,11 @@ def _events_arrays(events: pd.DataFrame, n_events: int, need_phase: bool = True)
     if need_phase:
         arrays["t0"] = check_event_column(events["t0"].to_numpy(), "t0", n_events)
         arrays["tE"] = check_event_column(events["tE"].to_numpy(), "tE", n_events, positive=True)
+    if need_brightening:
+        brightening = np.asarray(events["brightening_time"].to_numpy(), dtype=np.float64)
+        if np.isinf(brightening).any():
+            raise ArrayProblem("events", "brightening_time must be finite or NaN (never brightened)")
+        arrays["brightening_time"] = brightening
     return arrays
 
 
@@ -605,6 +761,41 @@ def detection_summary(detections: pd.DataFrame) -> pd.DataFrame:
 
 
 # ---------------------------------------------------------------------------
+# Deployment at a realistic binary share
+# ---------------------------------------------------------------------------
+
+
+def _check_shares(shares) -> np.ndarray:
+    array = np.asarray(shares, dtype=float).ravel()
+    if not np.all((array > 0) & (array < 1)):
+        raise ValueError(f"binary shares must lie in (0, 1), got {shares!r}")
+    return array
+
+
+def deployment_metrics(labels, final, threshold: float, binary_share: float) -> dict[str, Any]:
+    """What the final-step decisions give where binaries are ``binary_share`` of the events.
+
+    The test set is balanced; a survey's events are not (binary lenses are a few to ~10 %).
+    The test recall (TPR) and false-alarm rate (FPR) at ``threshold`` carry over; precision, NPV
+    and alarms per true binary (alarms raised per binary found, 1 / precision) follow from them
+    by Bayes' rule, with intervals from the test counts (`base_rate_metrics`, joint 95 %).
+
+    Returns
+    -------
+    dict
+        binary_share, n_binary, n_pspl, tpr, fpr, precision, npv, alarms_per_true_binary (each with
+        _low/_high), aucpr (PSPL events weighted to the share); None where undefined.
+    """
+    metrics = base_rate_metrics(labels, final, threshold, (1 - binary_share) / binary_share, CONFIDENCE)
+    result = {"binary_share": float(binary_share), "n_binary": metrics["n_positive"], "n_pspl": metrics["n_negative"]}
+    for name in ("tpr", "fpr", "precision", "npv", "alarms_per_true_positive"):
+        for end in ("", "_low", "_high"):
+            result[name.replace("positive", "binary") + end] = metrics[name + end]
+    result["aucpr"] = metrics["aucpr"]
+    return result
+
+
+# ---------------------------------------------------------------------------
 # One cadence: read the evaluation inputs, write tables and figures
 # ---------------------------------------------------------------------------
 
@@ -640,6 +831,10 @@ def _load_evaluation(evaluation_dir: Path) -> dict[str, Any]:
     times = _load_npy(paths["times"], mmap=False)
     events = read_table(paths["events"], ("label", "t0", "tE", "pspl_like"),
                         not_found="file is missing; the scoring step writes it")
+    if "brightening_time" not in events.columns:
+        raise InputDataError(paths["events"], "lacks the column 'brightening_time' (the early detection after the "
+                             "first significant brightening needs it); the observe stage writes it: rerun "
+                             "observe_cadence and predict_microlensing_test")
     if probabilities.ndim == 2 and not np.issubdtype(probabilities.dtype, np.floating):
         raise InputDataError(paths["probabilities"], f"expected float probabilities, got dtype {probabilities.dtype}")
     return {"probabilities": probabilities, "mask": mask, "times": times, "events": events, "paths": paths}
@@ -670,6 +865,9 @@ def evaluate_cadence(
     chunk_events: int = CHUNK_EVENTS,
     progress: bool | None = None,
     consecutive_epochs: int = 1,
+    event_phases: Sequence[float] = DEFAULT_EVENT_PHASES,
+    after_brightening: Sequence[float] = DEFAULT_AFTER_BRIGHTENING,
+    binary_shares: Sequence[float] = DEFAULT_BINARY_SHARES,
 ) -> dict[str, Any]:
     """Metrics, early detection and detection times of one cadence, as tables and figures.
 
@@ -677,13 +875,13 @@ def evaluate_cadence(
     ----------
     evaluation_dir : path
         Holds ``probabilities.npy`` (float, N x T), ``mask.npy`` (0/1, N x T),
-        ``events.parquet`` (N rows with label, t0, tE, pspl_like, event_id and, optionally,
-        evidence_time) and
+        ``events.parquet`` (N rows with label, t0, tE, pspl_like, brightening_time, event_id and,
+        optionally, evidence_time) and
         ``times.npy`` (T,). The arrays are memory-mapped and read in chunks.
     out_dir : path
-        Receives metrics.json, early_detection.csv, detection_times.csv,
-        detection_summary.csv, roc.png, confusion_matrix.png,
-        early_detection.png and detection_times.png.
+        Receives metrics.json, early_detection.csv, early_detection_phase.csv (`phase_detection`),
+        detection_times.csv, detection_summary.csv, roc.png, confusion_matrix.png,
+        early_detection.png, early_detection_phase.png and detection_times.png.
     cadence : str
         Name used in titles and in metrics.json.
     fractions : sequence of float
@@ -698,6 +896,12 @@ def evaluate_cadence(
         Progress bar.
     consecutive_epochs : int, default 1
         Observed epochs in a row at or above a threshold that raise an alarm (`detection_times`).
+    event_phases, after_brightening : sequence of float
+        k of the early detection at t0 + k tE and at brightening_time + k tE (`phase_detection`).
+    binary_shares : sequence of float
+        Binary shares in (0, 1) of a survey's events: metrics.json's "deployment" gives precision, NPV
+        and alarms per true binary at each from the test TPR and FPR at ``threshold``
+        (:func:`astrodag.evaluation.base_rate.base_rate_metrics`).
 
     Returns
     -------
@@ -716,17 +920,22 @@ def evaluate_cadence(
     thresholds = check_thresholds(thresholds)
     threshold = check_decision_threshold(threshold)
     consecutive_epochs = check_consecutive(consecutive_epochs)
+    event_phases = _check_phases(event_phases, "event_phases")
+    after_brightening = _check_phases(after_brightening, "after_brightening")
+    binary_shares = _check_shares(binary_shares)
     inputs = _load_evaluation(evaluation_dir)
     paths = inputs["paths"]
     try:
         probabilities = as_2d(inputs["probabilities"], "probabilities")
         n_events, n_steps = probabilities.shape
         mask = check_mask_shape(inputs["mask"], probabilities.shape)
-        arrays = _events_arrays(inputs["events"], n_events)
+        arrays = _events_arrays(inputs["events"], n_events, need_brightening=True)
         times = check_times(inputs["times"], n_steps)
+        points, at = _phase_points(arrays, event_phases, after_brightening)
+        phase_steps, inside = known_steps(times, at)
         logger.info("%s: scanning %d events x %d steps", cadence, n_events, n_steps)
         scan = scan_scores(probabilities, mask, fractions, BASES, thresholds, chunk_events, progress,
-                           consecutive_epochs)
+                           consecutive_epochs, event_steps=phase_steps)
     except ArrayProblem as problem:
         raise InputDataError(paths[problem.source], str(problem)) from problem
 
@@ -737,6 +946,8 @@ def evaluate_cadence(
         for row in _early_rows(basis, fractions, scan["gathered"][basis], scan["steps"][basis], labels, pspl_like,
                                threshold, times, arrays["t0"], arrays["tE"], arrays.get("evidence_time"))
     ])
+    phase = pd.DataFrame(_phase_rows(points, at, inside, scan["at_steps"], labels, pspl_like, threshold,
+                                     arrays.get("evidence_time")))
     detections = _detection_frame(scan, thresholds, arrays, times, consecutive_epochs)
     summary = detection_summary(detections)
 
@@ -779,10 +990,14 @@ def evaluate_cadence(
         "consecutive_epochs": consecutive_epochs,
         "monitoring_days": grid_days(times),
         "roc_curve": _roc_points(labels, final),
+        "event_phases_tE": event_phases.tolist(),
+        "after_brightening_tE": after_brightening.tolist(),
+        "deployment": [deployment_metrics(labels, final, threshold, share) for share in binary_shares],
     }
     metrics = finite_or_none(metrics)
 
     write_table(out_dir / "early_detection.csv", early)
+    write_table(out_dir / "early_detection_phase.csv", phase)
     write_table(out_dir / "detection_times.csv", detections)
     write_table(out_dir / "detection_summary.csv", summary)
     write_json(out_dir / "metrics.json", metrics)
@@ -792,6 +1007,8 @@ def evaluate_cadence(
                                 title=f"{cadence}: final step, threshold {threshold:g}"))
     save_figure(out_dir / "early_detection.png",
           early_detection_figure({cadence: early}, title=f"{cadence}: early detection", show_without=True))
+    save_figure(out_dir / "early_detection_phase.png",
+                phase_detection_figure({cadence: phase}, title=f"{cadence}: early detection by the event's clock"))
     save_figure(out_dir / "detection_times.png", detection_times_figure(cadence, detections, summary))
     logger.info("%s: final-step accuracy %s, ROC AUC %.3f; wrote %s", cadence,
                 format_interval(final_columns["accuracy"], final_columns["accuracy_low"],

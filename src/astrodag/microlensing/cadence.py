@@ -1,54 +1,56 @@
-"""Observing cadences: which epochs of the fixed time grid a survey actually observes.
+"""Survey schedules: when a survey observes an event, and how precise one visit is.
 
 A cadence is one row of ``config/cadences.tsv`` (validated by ``load_cadences`` here and by
-``workflow/schemas/cadences.schema.yaml`` in the workflow), with these meanings on the grid:
+``workflow/schemas/cadences.schema.yaml`` in the workflow; the table's header names the source of
+every number). ``observation_times`` draws an event's observation times from this model:
 
-``missing_fraction``
-    The fraction of epochs that are masked, on average over events (exactly, in expectation).
-``season_days``, ``gap_days``
-    A periodic observing season: ``season_days`` observable, then ``gap_days`` with no
-    observation at all, repeating with the period ``season_days + gap_days`` and a random
-    phase per event. ``0`` means no gaps. The gaps alone mask ``gap_days / (season_days +
-    gap_days)`` of the epochs on average; a cadence whose gaps exceed ``missing_fraction`` is
-    rejected.
-``clump_epochs``
-    Inside the seasons the remaining epochs are dropped with the probability that brings the
-    overall fraction to ``missing_fraction``. With ``clump_epochs == 1`` each epoch is dropped
-    independently; with ``clump_epochs > 1`` the drops come in runs of that mean length
-    (irregular visits: a stationary two-state Markov chain along the epochs whose missing runs
-    are geometric with mean ``clump_epochs``; it needs ``clump_epochs >= p / (1 - p)`` for the
-    in-season drop probability ``p``). Independent drops already have mean runs of ``1/(1-p)``.
+Observing season (``period_days``, ``season_days``)
+    The field is observable for ``season_days`` of every ``period_days`` (the bulge from the
+    ground: ~8 months a year; Roman: 72-day seasons twice a year), with a random phase per event.
+    ``season_days`` 0 or equal to ``period_days``: always in season.
+Sites and nights (``sites``, ``night_hours``)
+    ``sites`` sites evenly spaced in longitude; each observes a window of ``night_hours`` a day
+    centred on its local midnight (24: continuous, e.g. from space). The time of day of the grid's
+    start is random per event.
+Weather and scheduling (``night_probability``)
+    Each site-night is usable with this probability, independently per site and night: losses
+    come a whole night at a time, as clouds and scheduling take them.
+Visits (``visit_interval_minutes``, ``visits_per_night``)
+    In a usable night the site visits the field every ``visit_interval_minutes`` (on a grid with a
+    random phase per site, continuous across nights, plus a jitter of up to ``JITTER`` of the
+    interval either way, which stays inside the night), at most ``visits_per_night`` of them
+    (0: no limit) in a run that starts at a random slot of the night.
+Photometry (``depth_mag``, ``error_floor_mag``)
+    The single-visit error model (``CadenceSpec.noise``, ``astrodag.microlensing.noise.SurveyNoise``),
+    in the survey's own band: the simulation uses one magnitude scale for all surveys.
 
-Every mask keeps at least ``MIN_OBSERVED_EPOCHS`` observed epochs (more are restored at random,
-in-season first, in the rare mask that has fewer), so that no light curve is empty.
-
-Each event's mask comes from its own random generator, seeded by ``(seed, cadence name,
-event_id)``: it does not depend on how the events are split into shards or chunks.
+Every event gets at least ``MIN_OBSERVATIONS`` observations: if the schedule gives fewer (an
+event inside a seasonal gap of a short grid), lost visits are restored at random, in-season
+ones first. An event's times come from its own random generator, seeded by ``(seed, cadence
+name, event_id)``: they do not depend on the other events, or on how events are split into shards.
 """
 
 from __future__ import annotations
 
-import logging
 import math
 import re
-import time
 import zlib
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
-from tqdm.auto import tqdm
 
 from astrodag.errors import InputDataError
-from astrodag.io import atomic_path
-from astrodag.logs import progress_enabled
+from astrodag.microlensing.noise import SurveyNoise
 
-log = logging.getLogger(__name__)
-
-COLUMNS = ("cadence", "missing_fraction", "season_days", "gap_days", "clump_epochs", "description")
-MIN_OBSERVED_EPOCHS = 5
+COLUMNS = ("cadence", "period_days", "season_days", "sites", "night_hours", "night_probability",
+           "visit_interval_minutes", "visits_per_night", "depth_mag", "error_floor_mag", "description")
+NUMBERS = COLUMNS[1:-1]
+INTEGERS = ("sites", "visits_per_night")
+MIN_OBSERVATIONS = 5
+JITTER = 0.05  # half-width of the uniform timing jitter, as a fraction of the visit interval
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")  # used in file paths and Snakemake wildcards
 
 
@@ -57,55 +59,64 @@ class CadenceSpec:
     """One cadence (one row of the cadence table); see the module docstring for the meanings."""
 
     name: str
-    missing_fraction: float
-    season_days: float = 0.0
-    gap_days: float = 0.0
-    clump_epochs: float = 1.0
+    period_days: float
+    season_days: float
+    sites: int
+    night_hours: float
+    night_probability: float
+    visit_interval_minutes: float
+    visits_per_night: int
+    depth_mag: float
+    error_floor_mag: float
     description: str = ""
 
     def __post_init__(self):
         if not isinstance(self.name, str) or not _NAME.match(self.name):
             raise ValueError(f"cadence name must be letters, digits, '_', '.', '-' (not first), got {self.name!r}")
-        for key in ("missing_fraction", "season_days", "gap_days", "clump_epochs"):
+        for key in NUMBERS:
             value = getattr(self, key)
             if isinstance(value, bool) or not isinstance(value, (int, float, np.number)) or not math.isfinite(value):
                 raise ValueError(f"{key} must be a finite number, got {value!r}")
-        if not 0.0 <= self.missing_fraction < 1.0:
-            raise ValueError(f"missing_fraction must be in [0, 1), got {self.missing_fraction}")
-        if self.season_days < 0 or self.gap_days < 0:
-            raise ValueError(f"season_days and gap_days must be >= 0, got {self.season_days} and {self.gap_days}")
-        if self.gap_days > 0 and self.season_days == 0:
-            raise ValueError(f"gap_days {self.gap_days} needs season_days > 0 (0 and 0 mean no seasons)")
-        if self.clump_epochs < 1:
-            raise ValueError(f"clump_epochs must be >= 1, got {self.clump_epochs}")
-        if self.gap_fraction > self.missing_fraction:
+        for key in INTEGERS:
+            if int(getattr(self, key)) != getattr(self, key):
+                raise ValueError(f"{key} must be a whole number, got {getattr(self, key)!r}")
+            object.__setattr__(self, key, int(getattr(self, key)))
+        if self.period_days <= 0:
+            raise ValueError(f"period_days must be > 0, got {self.period_days}")
+        if not 0 <= self.season_days <= self.period_days:
+            raise ValueError(f"season_days must be in [0, period_days = {self.period_days}], got {self.season_days}")
+        if self.sites < 1:
+            raise ValueError(f"sites must be >= 1, got {self.sites}")
+        if not 0 < self.night_hours <= 24:
+            raise ValueError(f"night_hours must be in (0, 24], got {self.night_hours}")
+        if not 0 < self.night_probability <= 1:
+            raise ValueError(f"night_probability must be in (0, 1], got {self.night_probability}")
+        if self.visit_interval_minutes <= 0:
+            raise ValueError(f"visit_interval_minutes must be > 0, got {self.visit_interval_minutes}")
+        if self.night_hours < 24 and self.visit_interval_minutes * (1 + 2 * JITTER) > self.night_hours * 60:
             raise ValueError(
-                f"the seasonal gaps alone mask gap_days / (season_days + gap_days) = {self.gap_fraction:.4g} of the"
-                f" epochs, more than missing_fraction {self.missing_fraction}"
+                f"visit_interval_minutes {self.visit_interval_minutes} does not fit a visit into every"
+                f" {self.night_hours}-hour night (it must be <= night_hours * 60 / {1 + 2 * JITTER:g})"
             )
-        p = self.in_season_missing
-        if self.clump_epochs > 1 and p > 0 and self.clump_epochs < p / (1.0 - p):
-            raise ValueError(
-                f"clump_epochs {self.clump_epochs} is too small for the in-season drop probability {p:.4g}:"
-                f" runs of mean length {self.clump_epochs} cannot mask that many epochs (need >= {p / (1 - p):.4g})"
-            )
+        if self.visits_per_night < 0:
+            raise ValueError(f"visits_per_night must be >= 0 (0 = no limit), got {self.visits_per_night}")
+        if self.error_floor_mag < 0:
+            raise ValueError(f"error_floor_mag must be >= 0, got {self.error_floor_mag}")
 
     @property
-    def gap_fraction(self) -> float:
-        """Average fraction of epochs that fall in the seasonal gaps."""
-        if self.season_days <= 0 or self.gap_days <= 0:
-            return 0.0
-        return self.gap_days / (self.season_days + self.gap_days)
+    def seasonal(self) -> bool:
+        """Whether the field has seasons (``0 < season_days < period_days``)."""
+        return 0 < self.season_days < self.period_days
 
     @property
-    def in_season_missing(self) -> float:
-        """Drop probability of an in-season epoch that gives ``missing_fraction`` overall."""
-        g = self.gap_fraction
-        return max(0.0, (self.missing_fraction - g) / (1.0 - g))
+    def noise(self) -> SurveyNoise:
+        """The single-visit photometric error model of this survey."""
+        return SurveyNoise(self.depth_mag, self.error_floor_mag)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"cadence": self.name, "missing_fraction": self.missing_fraction, "season_days": self.season_days,
-                "gap_days": self.gap_days, "clump_epochs": self.clump_epochs, "description": self.description}
+        """The row as a dict keyed by the table's column names."""
+        values = asdict(self)
+        return {"cadence": values.pop("name"), **values}
 
 
 # --------------------------------------------------------------------------------------------
@@ -121,7 +132,7 @@ def load_cadences(path: str | Path) -> dict[str, CadenceSpec]:
     InputDataError
         Naming the file and the problem: missing or unknown columns, a bad cell (row, cadence,
         column and value), duplicate names, or a row whose settings contradict each other
-        (e.g. seasonal gaps that alone exceed ``missing_fraction``).
+        (e.g. a season longer than its period).
     """
     path = Path(path)
     if not path.exists():
@@ -149,8 +160,8 @@ def load_cadences(path: str | Path) -> dict[str, CadenceSpec]:
             raise InputDataError(path, f"row {number}: empty cadence name")
         if name in cadences:
             raise InputDataError(path, f"duplicate cadence name {name!r} (rows {rows[name]} and {number})")
-        values = {}
-        for column in COLUMNS[1:5]:
+        values: dict[str, Any] = {}
+        for column in NUMBERS:
             cell = record[column].strip()
             try:
                 values[column] = float(cell)
@@ -158,9 +169,8 @@ def load_cadences(path: str | Path) -> dict[str, CadenceSpec]:
                 raise InputDataError(path, f"{where}, column {column}: expected a number, got {cell!r}") from None
             if not math.isfinite(values[column]):
                 raise InputDataError(path, f"{where}, column {column}: expected a finite number, got {cell!r}")
-        if not 0.0 <= values["missing_fraction"] < 1.0:
-            cell = record["missing_fraction"].strip()
-            raise InputDataError(path, f"{where}, column missing_fraction: must be in [0, 1), got {cell!r}")
+            if column in INTEGERS and not values[column].is_integer():
+                raise InputDataError(path, f"{where}, column {column}: expected a whole number, got {cell!r}")
         description = record["description"].strip()
         if not description:
             raise InputDataError(path, f"{where}, column description: empty (say what the cadence stands for)")
@@ -173,142 +183,121 @@ def load_cadences(path: str | Path) -> dict[str, CadenceSpec]:
 
 
 # --------------------------------------------------------------------------------------------
-# masks
+# observation times
 # --------------------------------------------------------------------------------------------
 
 
-def _name_key(name: str) -> int:
-    return zlib.crc32(name.encode("utf-8"))
+def _generator(spec: CadenceSpec, event_id: int, seed: int) -> np.random.Generator:
+    key = zlib.crc32(spec.name.encode("utf-8"))
+    return np.random.default_rng(np.random.SeedSequence(int(seed), spawn_key=(key, int(event_id))))
 
 
-def _clumped_drops(rng: np.random.Generator, p: float, mean_run: float, n: int) -> np.ndarray:
-    """Missing epochs (bool, length n) from a stationary two-state Markov chain.
-
-    Missing runs are geometric with mean ``mean_run``, observed runs geometric with mean
-    ``mean_run (1 - p) / p``, so each epoch is missing with probability ``p``.
-    """
-    to_missing = p / (mean_run * (1.0 - p))  # P(observed -> missing)
-    to_observed = 1.0 / mean_run  # P(missing -> observed)
-    start_missing = rng.random() < p  # the stationary distribution; runs are memoryless
-    pairs = int(n / (1.0 / to_missing + mean_run) * 1.5) + 8
-    lengths = []
-    total = 0
-    while total < n:
-        observed = rng.geometric(to_missing, pairs)
-        missing = rng.geometric(to_observed, pairs)
-        runs = np.column_stack([missing, observed] if start_missing else [observed, missing]).ravel()
-        lengths.append(runs)
-        total += int(runs.sum())
-    lengths = np.concatenate(lengths)
-    states = np.zeros(lengths.size, dtype=bool)
-    states[0 if start_missing else 1::2] = True
-    return np.repeat(states, lengths)[:n]
-
-
-def _event_mask(rng: np.random.Generator, spec: CadenceSpec, offsets: np.ndarray) -> np.ndarray:
-    """One event's observed epochs (bool) from its generator; ``offsets`` = times - times[0]."""
-    n = offsets.size
-    if spec.gap_fraction > 0:
-        period = spec.season_days + spec.gap_days
-        phase = rng.uniform(0.0, period)
-        in_season = np.mod(offsets + phase, period) < spec.season_days
-    else:
-        in_season = np.ones(n, dtype=bool)
-    p = spec.in_season_missing
-    if p <= 0:
-        observed = in_season.copy()
-    elif spec.clump_epochs > 1:
-        observed = in_season & ~_clumped_drops(rng, p, spec.clump_epochs, n)
-    else:
-        observed = in_season & (rng.random(n) >= p)
-    needed = min(MIN_OBSERVED_EPOCHS, n) - int(observed.sum())
-    if needed > 0:
-        # Restore random masked epochs, in-season ones first (gaps stay empty when possible).
-        candidates = [np.flatnonzero(in_season & ~observed), np.flatnonzero(~in_season & ~observed)]
-        for pool in candidates:
-            take = rng.permutation(pool)[:needed]
-            observed[take] = True
-            needed -= take.size
-            if needed <= 0:
-                break
-    return observed
-
-
-def cadence_masks(spec: CadenceSpec, event_ids, times, seed: int) -> np.ndarray:
-    """Observation masks of the given events, uint8 (N, T), 1 = observed.
+def observation_times(spec: CadenceSpec, event_id: int, seed: int, duration_days: float) -> np.ndarray:
+    """One event's observation times under a cadence (see the module docstring).
 
     Parameters
     ----------
     spec : CadenceSpec
-    event_ids : array_like of int, shape (N,)
-        Global event ids (``events.parquet``); each event's mask depends only on
-        ``(seed, spec.name, event_id)`` and the grid.
-    times : array_like, shape (T,)
-        The observing grid (days).
+    event_id : int
+        Global event id (>= 0); the times depend only on ``(seed, spec.name, event_id)``, the
+        schedule and ``duration_days``.
     seed : int
         Base seed (>= 0).
+    duration_days : float
+        Length of the light curve (days, > 0).
+
+    Returns
+    -------
+    numpy.ndarray
+        Sorted float64 times (days) in ``[0, duration_days)``, at least ``MIN_OBSERVATIONS``.
     """
-    event_ids = np.asarray(event_ids)
-    integers = np.issubdtype(event_ids.dtype, np.integer)
-    if event_ids.ndim != 1 or (event_ids.size and (not integers or event_ids.min() < 0)):
-        raise ValueError("event_ids must be a 1-D array of integers >= 0")
-    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
-        raise ValueError(f"seed must be an integer >= 0, got {seed!r}")
-    times = np.asarray(times, dtype=np.float64)
-    if times.ndim != 1 or times.size == 0:
-        raise ValueError("times must be a non-empty 1-D array")
-    offsets = times - times[0]
-    key = _name_key(spec.name)
-    masks = np.empty((event_ids.size, times.size), dtype=np.uint8)
-    for row, event_id in enumerate(event_ids.tolist()):
-        rng = np.random.default_rng(np.random.SeedSequence(int(seed), spawn_key=(key, event_id)))
-        masks[row] = _event_mask(rng, spec, offsets)
-    return masks
+    for key, value in (("event_id", event_id), ("seed", seed)):
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0:
+            raise ValueError(f"{key} must be an integer >= 0, got {value!r}")
+    if not (isinstance(duration_days, (int, float, np.number)) and math.isfinite(duration_days)
+            and duration_days > 0):
+        raise ValueError(f"duration_days must be a finite number > 0, got {duration_days!r}")
+    rng = _generator(spec, event_id, seed)
+    step = spec.visit_interval_minutes / 1440.0
+    window = spec.night_hours / 24.0
+    continuous = window >= 1.0
+    half_jitter = JITTER * step
+    nights = np.arange(-1, math.ceil(duration_days) + 1)  # every night whose window can reach [0, duration)
+
+    # All draws up front, in a fixed order and number, so the stream never depends on earlier outcomes.
+    midnight = rng.random()  # time of day of site 0's local midnight at the grid's start (days)
+    lattice_phase = rng.random(spec.sites) * step
+    usable = rng.random((spec.sites, nights.size)) < spec.night_probability
+    first_slot_draw = rng.random((spec.sites, nights.size))
+    season_phase = rng.uniform(0.0, spec.period_days)
+
+    # Slots of each site-night: visit grid points inside the night, shrunk by the jitter so jittered
+    # visits stay inside it. A continuous window is split into days whose slots meet exactly.
+    opens = (nights[None, :] + midnight + np.arange(spec.sites)[:, None] / spec.sites - window / 2.0)
+    site_phase = lattice_phase[:, None]
+    if continuous:
+        edges = np.ceil((np.concatenate([opens, opens[:, -1:] + 1.0], axis=1) - site_phase) / step).astype(np.int64)
+        first, end = edges[:, :-1], edges[:, 1:]
+    else:
+        first = np.ceil((opens + half_jitter - site_phase) / step).astype(np.int64)
+        end = np.ceil((opens + window - half_jitter - site_phase) / step).astype(np.int64)
+    counts = np.maximum(end - first, 0).ravel()
+    first = first.ravel()
+    phase = np.repeat(lattice_phase, nights.size)  # per site-night
+
+    # The slots visited: usable nights, and there a run of at most visits_per_night slots from a random slot.
+    start = np.zeros(counts.size, dtype=np.int64)
+    visited = np.where(usable.ravel(), counts, 0)
+    if spec.visits_per_night > 0:
+        start = np.floor(first_slot_draw.ravel() * np.maximum(counts - spec.visits_per_night + 1, 1)).astype(np.int64)
+        visited = np.minimum(visited, spec.visits_per_night)
+    if spec.seasonal:
+        # Skip whole nights in a seasonal gap before expanding them (most of Roman's year).
+        opening = phase + first * step
+        offset = np.mod(opening + season_phase, spec.period_days)
+        in_gap = (offset >= spec.season_days) & (offset + counts * step <= spec.period_days)
+        visited = np.where(in_gap, 0, visited)
+    slots = _slots(phase, first + start, visited, step)[2]
+    times = slots + rng.uniform(-half_jitter, half_jitter, slots.size)
+    keep = (times >= 0.0) & (times < duration_days)
+    if spec.seasonal:
+        keep &= _in_season(spec, slots, season_phase)
+    times = times[keep]
+    # One site's visits come in time order; several sites' runs are merged (a stable sort merges sorted runs fast).
+    ordered = spec.sites == 1
+
+    needed = MIN_OBSERVATIONS - times.size
+    if needed > 0:
+        # Restore lost visits at random, in-season first; if the grid holds too few slots at all, add random times.
+        night, rank, all_slots = _slots(phase, first, counts, step)
+        all_times = all_slots + rng.uniform(-half_jitter, half_jitter, all_slots.size)
+        in_season = _in_season(spec, all_slots, season_phase)
+        visited_slot = (rank >= start[night]) & (rank < start[night] + visited[night])
+        lost = (all_times >= 0.0) & (all_times < duration_days) & ~(visited_slot & in_season)
+        chosen = [times]
+        for pool in (np.flatnonzero(lost & in_season), np.flatnonzero(lost & ~in_season)):
+            take = rng.permutation(pool)[:needed]
+            chosen.append(all_times[take])
+            needed -= take.size
+        if needed > 0:
+            chosen.append(rng.uniform(0.0, duration_days, needed))
+        times = np.concatenate(chosen)
+        ordered = False
+    return times if ordered else np.sort(times, kind="stable")
 
 
-def write_cadence_masks(events_path: str | Path, out_path: str | Path, spec: CadenceSpec, times, seed: int,
-                        chunk_events: int = 2000, progress: bool | None = None) -> dict[str, Any]:
-    """Write the masks of a shard's events (``events.parquet``, in its order) to ``out_path``.
+def _in_season(spec: CadenceSpec, times: np.ndarray, season_phase: float) -> np.ndarray:
+    if not spec.seasonal:
+        return np.ones(times.size, dtype=bool)
+    return np.mod(times + season_phase, spec.period_days) < spec.season_days
 
-    ``out_path`` is a uint8 ``.npy`` (N, T), 1 = observed, written chunk by chunk through a memory
-    map and renamed into place when complete. Returns a summary (events, epochs, the realised
-    missing fraction, seconds).
+
+def _slots(phase: np.ndarray, first: np.ndarray, counts: np.ndarray,
+           step: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Expand site-nights into slots: ``counts[i]`` grid times ``phase[i] + (first[i] + r) step``, r = 0, 1, ...
+
+    Returns the site-night index ``i`` of every slot, its number ``r`` and its time (days), site-night by site-night.
     """
-    events_path = Path(events_path)
-    if not events_path.exists():
-        raise InputDataError(events_path, "file does not exist")
-    try:
-        events = pd.read_parquet(events_path, columns=["event_id"])
-    except (KeyError, ValueError, OSError) as error:
-        raise InputDataError(events_path, f"cannot read the event_id column ({error})") from None
-    event_ids = events["event_id"].to_numpy()
-    if not np.issubdtype(event_ids.dtype, np.integer):
-        raise InputDataError(events_path, f"event_id must be integers, found {event_ids.dtype}")
-    if chunk_events < 1:
-        raise ValueError(f"chunk_events must be >= 1, got {chunk_events}")
-    times = np.asarray(times, dtype=np.float64)
-    started = time.perf_counter()
-    observed = 0
-    with atomic_path(out_path) as tmp:
-        created = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(event_ids.size, times.size))
-        del created  # header written; chunks re-open it so written pages leave this process
-        chunks = range(0, event_ids.size, chunk_events)
-        for first in tqdm(chunks, desc=f"masks {spec.name}", unit="chunk", disable=not progress_enabled(progress)):
-            masks = cadence_masks(spec, event_ids[first:first + chunk_events], times, seed)
-            observed += int(masks.sum(dtype=np.int64))
-            array = np.load(tmp, mmap_mode="r+")
-            array[first:first + masks.shape[0]] = masks
-            array.flush()
-            del array
-    total = event_ids.size * times.size
-    summary = {
-        "cadence": spec.name,
-        "events": int(event_ids.size),
-        "epochs": int(times.size),
-        "target_missing_fraction": spec.missing_fraction,
-        "missing_fraction": 1.0 - observed / total if total else float("nan"),
-        "seconds": round(time.perf_counter() - started, 3),
-    }
-    log.info("cadence %s: masks of %d events, %.4f missing (target %.4f), in %.1f s", spec.name,
-             summary["events"], summary["missing_fraction"], spec.missing_fraction, summary["seconds"])
-    return summary
+    night = np.repeat(np.arange(counts.size), counts)
+    rank = np.arange(night.size) - np.repeat(np.cumsum(counts) - counts, counts)
+    return night, rank, phase[night] + (first[night] + rank) * step

@@ -1,30 +1,20 @@
-"""Streaming training data from simulated shards and cadence masks.
+"""Streaming training data from one cadence's observation directories.
 
-The arrays stay on disk (memory-mapped); a dataset item is one event's
-network input built on the fly. Every input channel at step ``t`` is computed
-from epochs ``<= t`` only, so the causal network cannot see the future through
-its inputs either:
-
-0. magnitude, standardised;
-1. magnitude minus the running mean of the observed magnitudes so far,
-   standardised (the brightening relative to what was seen before);
-2. photometric error, standardised;
-3. the mask itself (1 = observed).
-
-At a masked epoch channels 0-2 carry the last observed values forward (0 before
-the first observation): missing epochs stay in the grid and the mask says which
-they are, but the network does not see a jump to 0 at every gap. With zeros
-there instead, the seed's 9-epoch convolutions could not tell a gap from a
-caustic crossing and the sparse cadence's classifier stayed at chance (final
-validation ROC AUC 0.51 against 0.73 with carried values, same training).
-
-The standardisation statistics come from the training split only.
+An observation directory (one shard seen by one cadence, written by
+:func:`astrodag.microlensing.observe.observe_shard`) holds the per-step summaries of the
+survey's photometry on the model's grid (:func:`astrodag.microlensing.features.bin_observations`):
+``magnitudes.npy``, ``errors.npy``, ``scatter.npy`` (float32, events x steps), ``counts.npy``
+(int32, events x steps) and ``events.parquet`` (the shard's events with the cadence's columns,
+among them ``reference_mag``). The arrays stay on disk (memory-mapped); a dataset item is one
+event's network input, built on the fly by :func:`astrodag.microlensing.features.causal_features`
+and standardised by a :class:`~astrodag.microlensing.features.Normalisation` fitted on the
+training split only. Every input at step ``t`` uses steps ``<= t`` only.
 """
 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -35,25 +25,38 @@ from torch.utils.data import Dataset
 
 from astrodag.errors import InputDataError
 from astrodag.io import file_digest, read_table
+from astrodag.microlensing.features import Normalisation, causal_features, fit_normalisation
 
-N_CHANNELS = 4
-# Recorded in model.json: a model is only fed inputs built the way it was trained on.
-INPUT_LAYOUT = "magnitude, deviation from running mean, error (standardised, last observed value carried), mask"
 SPLITS = ("train", "validation", "test")
-EVENT_COLUMNS = ("event_id", "label", "split")
+EVENT_COLUMNS = ("event_id", "label", "split", "reference_mag")
+# The arrays of an observation directory and the kind of number each holds.
+ARRAYS = {"magnitudes": np.floating, "errors": np.floating, "scatter": np.floating, "counts": np.integer}
+# What the training fingerprint covers (summary.json is left out: it records run times, not data).
+DATA_FILES = ("events.parquet", *(f"{name}.npy" for name in ARRAYS))
 
 
 @dataclass
 class Shard:
-    """One shard's arrays (memory-mapped) and its event table."""
+    """One observation directory: its per-step arrays (memory-mapped) and its events table."""
 
+    directory: Path
     magnitudes: np.ndarray
     errors: np.ndarray
-    mask: np.ndarray
+    counts: np.ndarray
+    scatter: np.ndarray
     events: pd.DataFrame
 
+    @property
+    def n_steps(self) -> int:
+        return self.magnitudes.shape[1]
 
-def _load_array(path: Path, shape: tuple[int, ...] | None) -> np.ndarray:
+    def features(self, rows, step_days: float) -> np.ndarray:
+        """Raw (unstandardised) causal input channels of the events at ``rows`` (an index or an array of them)."""
+        return causal_features(self.magnitudes[rows], self.errors[rows], self.counts[rows], self.scatter[rows],
+                               self.events["reference_mag"].to_numpy()[rows], step_days)
+
+
+def _load_array(path: Path, kind, shape: tuple[int, ...] | None) -> np.ndarray:
     if not path.exists():
         raise InputDataError(path, "file does not exist")
     try:
@@ -61,100 +64,58 @@ def _load_array(path: Path, shape: tuple[int, ...] | None) -> np.ndarray:
     except (ValueError, OSError, EOFError) as error:
         raise InputDataError(path, f"not a readable .npy array ({error})") from error
     if array.ndim != 2 or (shape is not None and array.shape != shape):
-        raise InputDataError(path, f"expected an array of shape {shape or '(events, epochs)'}, found {array.shape}")
+        raise InputDataError(path, f"expected an array of shape {shape or '(events, steps)'}, found {array.shape}")
+    if not np.issubdtype(array.dtype, kind):
+        raise InputDataError(path, f"expected {kind.__name__} values, found dtype {array.dtype}")
     return array
 
 
-def load_shard(shard_dir: str | Path, mask_path: str | Path) -> Shard:
-    """Open one shard of simulated events with its cadence mask; shapes are checked."""
-    shard_dir = Path(shard_dir)
-    events_path = shard_dir / "events.parquet"
+def load_shard(observation_dir: str | Path) -> Shard:
+    """Open one observation directory; the arrays' shapes and the events table are checked.
+
+    Raises
+    ------
+    InputDataError
+        Naming the file: missing or unreadable, a shape that does not match the events table
+        (one row per event, one column per step, the same for every array), a missing column or a
+        reference magnitude that is not finite.
+    """
+    directory = Path(observation_dir)
+    events_path = directory / "events.parquet"
     events = read_table(events_path, EVENT_COLUMNS, not_found="file does not exist")
-    magnitudes = _load_array(shard_dir / "magnitudes.npy", None)
+    if not np.isfinite(events["reference_mag"].to_numpy(dtype=np.float64)).all():
+        raise InputDataError(events_path, "column 'reference_mag' has missing or infinite values")
+    magnitudes = _load_array(directory / "magnitudes.npy", ARRAYS["magnitudes"], None)
     if magnitudes.shape[0] != len(events):
-        raise InputDataError(
-            shard_dir / "magnitudes.npy",
-            f"{magnitudes.shape[0]} light curves but {len(events)} events in {events_path}",
-        )
-    errors = _load_array(shard_dir / "errors.npy", magnitudes.shape)
-    mask = _load_array(Path(mask_path), magnitudes.shape)
-    return Shard(magnitudes, errors, mask, events)
+        raise InputDataError(directory / "magnitudes.npy",
+                             f"{magnitudes.shape[0]} light curves but {len(events)} events in {events_path}")
+    arrays = {name: _load_array(directory / f"{name}.npy", kind, magnitudes.shape)
+              for name, kind in ARRAYS.items() if name != "magnitudes"}
+    return Shard(directory, magnitudes, events=events, **arrays)
 
 
-def causal_features(magnitudes: np.ndarray, errors: np.ndarray, mask: np.ndarray) -> np.ndarray:
-    """Raw (unstandardised) input channels ``(events, 4, steps)`` from ``(events, steps)`` arrays."""
-    observed = np.asarray(mask, dtype=bool)
-    magnitudes = np.where(observed, magnitudes, 0.0).astype(np.float64)
-    counts = np.cumsum(observed, axis=-1)
-    running_mean = np.cumsum(magnitudes, axis=-1) / np.maximum(counts, 1)
-    deviation = np.where(observed, magnitudes - running_mean, 0.0)
-    errors = np.where(observed, errors, 0.0)
-    return np.stack([magnitudes, deviation, errors, observed], axis=-2).astype(np.float32)
-
-
-@dataclass(frozen=True)
-class Normalisation:
-    """Mean and standard deviation of channels 0-2 over observed training epochs."""
-
-    mean: tuple[float, float, float]
-    std: tuple[float, float, float]
-
-    def apply(self, features: np.ndarray) -> np.ndarray:
-        """Standardise channels 0-2; masked epochs carry the last observed values (0 before the first).
-
-        Works on ``(4, steps)`` or ``(..., 4, steps)`` arrays; still causal (only earlier epochs are used).
-        """
-        features = features.copy()
-        observed = features[..., 3, :] > 0
-        steps = np.arange(observed.shape[-1])
-        last = np.maximum.accumulate(np.where(observed, steps, -1), axis=-1)
-        seen = last >= 0
-        source = np.maximum(last, 0)
-        for channel in range(3):
-            values = (features[..., channel, :] - self.mean[channel]) / self.std[channel]
-            carried = np.take_along_axis(values, source, axis=-1)
-            features[..., channel, :] = np.where(seen, carried, 0.0)
-        return features
-
-    def to_dict(self) -> dict[str, list[float]]:
-        return {"mean": list(self.mean), "std": list(self.std)}
-
-    @classmethod
-    def from_dict(cls, values: dict[str, Sequence[float]]) -> Normalisation:
-        return cls(tuple(float(v) for v in values["mean"]), tuple(float(v) for v in values["std"]))
-
-
-def fit_normalisation(shards: Sequence[Shard], chunk: int = 2000) -> Normalisation:
-    """Channel statistics over the observed epochs of the training split, streamed in chunks."""
-    sums = np.zeros(3)
-    squares = np.zeros(3)
-    count = 0
+def training_features(shards: Sequence[Shard], step_days: float, chunk: int = 2000) -> Iterator[np.ndarray]:
+    """Raw causal inputs of the training split, ``chunk`` events at a time (to fit the normalisation)."""
     for shard in shards:
         rows = np.flatnonzero(shard.events["split"].to_numpy() == "train")
         for start in range(0, len(rows), chunk):
-            selected = rows[start:start + chunk]
-            features = causal_features(shard.magnitudes[selected], shard.errors[selected], shard.mask[selected])
-            observed = features[:, 3, :] > 0
-            values = features[:, :3, :].transpose(1, 0, 2)[:, observed].astype(np.float64)
-            sums += values.sum(axis=1)
-            squares += (values**2).sum(axis=1)
-            count += values.shape[1]
-    if count == 0:
-        raise ValueError("the training split has no observed epochs to normalise with")
-    mean = sums / count
-    std = np.sqrt(np.maximum(squares / count - mean**2, 0.0))
-    std = np.where(std > 0, std, 1.0)
-    return Normalisation(tuple(mean.tolist()), tuple(std.tolist()))
+            yield shard.features(rows[start:start + chunk], step_days)
+
+
+def fit_training_normalisation(shards: Sequence[Shard], step_days: float, chunk: int = 2000) -> Normalisation:
+    """:func:`~astrodag.microlensing.features.fit_normalisation` over the training split only."""
+    return fit_normalisation(training_features(shards, step_days, chunk))
 
 
 class LightCurveDataset(Dataset):
-    """Items ``(inputs (4, steps) float32, label int64)`` of one split, read lazily from the shards."""
+    """Items ``(inputs (N_CHANNELS, steps) float32, label int64)`` of one split, read lazily from the shards."""
 
-    def __init__(self, shards: Sequence[Shard], split: str, normalisation: Normalisation):
+    def __init__(self, shards: Sequence[Shard], split: str, normalisation: Normalisation, step_days: float):
         if split not in SPLITS:
             raise ValueError(f"unknown split {split!r}; choose one of {', '.join(SPLITS)}")
         self.shards = list(shards)
         self.normalisation = normalisation
+        self.step_days = float(step_days)
         index = [
             (number, row)
             for number, shard in enumerate(self.shards)
@@ -169,7 +130,7 @@ class LightCurveDataset(Dataset):
         return len(self.index)
 
     def events(self) -> pd.DataFrame:
-        """The split's event rows, in item order."""
+        """The split's event rows (every column of the observation tables), in item order."""
         # The index is ordered by shard, then row.
         frames = [
             shard.events.iloc[self.index[self.index[:, 0] == number, 1]]
@@ -178,20 +139,28 @@ class LightCurveDataset(Dataset):
         return pd.concat(frames, ignore_index=True)
 
     def mask(self, item: int) -> np.ndarray:
+        """Observed steps (at least one observation) of item ``item``."""
         number, row = self.index[item]
-        return np.asarray(self.shards[number].mask[row])
+        return np.asarray(self.shards[number].counts[row]) > 0
 
     def __getitem__(self, item: int) -> tuple[torch.Tensor, torch.Tensor]:
         number, row = self.index[item]
-        shard = self.shards[number]
-        features = causal_features(shard.magnitudes[row], shard.errors[row], shard.mask[row])
-        features = self.normalisation.apply(features)
+        features = self.normalisation.apply(self.shards[number].features(row, self.step_days))
         return torch.from_numpy(features), torch.tensor(self.labels[item])
 
 
-def shards_digest(shard_dirs: Sequence[str | Path], mask_paths: Sequence[str | Path]) -> str:
-    """Fingerprint of the training data: event tables (true parameters and seeds) and masks."""
+def shards_digest(observation_dirs: Sequence[str | Path]) -> str:
+    """Fingerprint of the training data: every observation directory's events table and arrays (contents).
+
+    The events tables carry the true parameters and the per-cadence columns; the arrays the noisy
+    photometry, so a change of the noise or the cadence changes the fingerprint too.
+    """
     digest = hashlib.sha256()
-    for path in [Path(d) / "events.parquet" for d in shard_dirs] + [Path(p) for p in mask_paths]:
-        file_digest(path, digest=digest)
+    for directory in observation_dirs:
+        for name in DATA_FILES:
+            path = Path(directory) / name
+            if not path.exists():
+                raise InputDataError(path, "file does not exist")
+            digest.update(name.encode())
+            file_digest(path, digest=digest)
     return digest.hexdigest()

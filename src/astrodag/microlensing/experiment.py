@@ -28,15 +28,8 @@ from astrodag.errors import InputDataError
 from astrodag.evaluation.metrics import binary_metrics, measure_latency
 from astrodag.io import atomic_path, save_npy, write_json, write_table
 from astrodag.logs import progress_enabled
-from astrodag.microlensing.dataset import (
-    INPUT_LAYOUT,
-    N_CHANNELS,
-    LightCurveDataset,
-    Normalisation,
-    fit_normalisation,
-    load_shard,
-    shards_digest,
-)
+from astrodag.microlensing.dataset import LightCurveDataset, fit_training_normalisation, load_shard, shards_digest
+from astrodag.microlensing.features import INPUT_LAYOUT, N_CHANNELS, OBSERVED_CHANNEL, Normalisation
 from astrodag.models.registry import build_model
 from astrodag.models.settings import TemporalCNNSettings
 from astrodag.models.temporal_cnn import TimeDistributedCNN
@@ -101,45 +94,62 @@ def _checkpoint_metrics(targets: np.ndarray, probabilities: np.ndarray) -> dict[
     }
 
 
-def _open_shards(shard_dirs: Sequence[str | Path], mask_paths: Sequence[str | Path]):
-    if len(shard_dirs) != len(mask_paths) or not shard_dirs:
-        raise ValueError(f"need one mask per shard, got {len(shard_dirs)} shards and {len(mask_paths)} masks")
-    shards = [load_shard(d, m) for d, m in zip(shard_dirs, mask_paths)]
-    steps = {shard.magnitudes.shape[1] for shard in shards}
+def _open_shards(observation_dirs: Sequence[str | Path]):
+    if not observation_dirs:
+        raise ValueError("need at least one observation directory")
+    shards = [load_shard(d) for d in observation_dirs]
+    steps = {shard.n_steps for shard in shards}
     if len(steps) != 1:
-        raise InputDataError(Path(shard_dirs[0]).parent, f"shards have different numbers of epochs: {sorted(steps)}")
+        raise InputDataError(Path(observation_dirs[0]).parent,
+                             f"observation directories have different numbers of steps: {sorted(steps)}")
     return shards, steps.pop()
 
 
 def train_cadence_model(
-    shard_dirs: Sequence[str | Path],
-    mask_paths: Sequence[str | Path],
+    observation_dirs: Sequence[str | Path],
     out_dir: str | Path,
     cadence: str,
     duration_days: float,
     seed: int,
+    cadence_spec: dict[str, Any] | None = None,
+    simulation: dict[str, Any] | None = None,
+    observation: dict[str, Any] | None = None,
     model_options: dict[str, Any] | None = None,
     training_options: dict[str, Any] | None = None,
     threads: int | None = None,
     work_dir: str | Path | None = None,
     progress: bool | None = None,
 ) -> dict[str, Any]:
-    """Train on the training split, select on validation; write ``model.pt``, ``model.json``, ``history.csv``."""
+    """Train on the training split, select on validation; write ``model.pt``, ``model.json``, ``history.csv``.
+
+    Parameters
+    ----------
+    observation_dirs : sequence of path
+        One cadence's observation directory of every shard (:mod:`astrodag.microlensing.dataset`).
+    cadence : str
+        The cadence's name (logs and the resume key).
+    duration_days : float
+        Span of the time grid; with the arrays' step count it gives the step length.
+    cadence_spec, simulation, observation : dict, optional
+        The cadence (``CadenceSpec.to_dict()``), the simulation settings (priors) and the
+        observation settings the data were made with; recorded in ``model.json`` as they are.
+    """
     out_dir = Path(out_dir)
-    shards, n_steps = _open_shards(shard_dirs, mask_paths)
+    shards, n_steps = _open_shards(observation_dirs)
+    step_days = float(duration_days) / n_steps
     if threads:
         torch.set_num_threads(threads)
     started = time.perf_counter()
-    normalisation = fit_normalisation(shards)
-    datasets = {split: LightCurveDataset(shards, split, normalisation) for split in ("train", "validation")}
+    normalisation = fit_training_normalisation(shards, step_days)
+    datasets = {split: LightCurveDataset(shards, split, normalisation, step_days) for split in ("train", "validation")}
     for split, dataset in datasets.items():
         if len(dataset) == 0 or len(np.unique(dataset.labels)) < 2:
-            raise InputDataError(Path(shard_dirs[0]), f"the {split} split needs events of both classes")
+            raise InputDataError(Path(observation_dirs[0]), f"the {split} split needs events of both classes")
     settings = TemporalCNNSettings.from_config(model_options, MODEL_PREFIX)
     architecture = {**settings.as_dict(), "in_channels": N_CHANNELS, "n_classes": N_CLASSES}
     training = MicrolensingTrainerSettings.from_config(training_options)
     steps = torch.from_numpy(checkpoint_steps(n_steps))
-    data_digest = shards_digest(shard_dirs, mask_paths)
+    data_digest = shards_digest(observation_dirs)
     run = train_model(
         "temporal_cnn", settings, {"in_channels": N_CHANNELS, "n_classes": N_CLASSES}, per_step_cross_entropy,
         training, datasets["train"], datasets["validation"], out_dir, seed=seed, evaluate=_checkpoint_metrics,
@@ -151,7 +161,9 @@ def train_cadence_model(
     validation = run.trainer.validate(datasets["validation"])
     sidecar = {
         "model": "TimeDistributedCNN",
-        "cadence": cadence,
+        "cadence": {"name": cadence, **(cadence_spec or {})},
+        "simulation": simulation or {},
+        "observation": observation or {},
         "seed": seed,
         "software_version": __version__,
         "architecture": architecture,
@@ -160,8 +172,7 @@ def train_cadence_model(
         "time_grid": {"epochs": n_steps, "duration_days": float(duration_days)},
         "normalisation": normalisation.to_dict(),
         "data": {
-            "shards": [str(d) for d in shard_dirs],
-            "masks": [str(m) for m in mask_paths],
+            "observations": [str(d) for d in observation_dirs],
             "sha256": data_digest,
             "events": {split: len(dataset) for split, dataset in datasets.items()},
         },
@@ -194,8 +205,7 @@ def load_cadence_model(model_path: str | Path, sidecar: dict[str, Any], device: 
 def predict_split(
     model_path: str | Path,
     sidecar_path: str | Path,
-    shard_dirs: Sequence[str | Path],
-    mask_paths: Sequence[str | Path],
+    observation_dirs: Sequence[str | Path],
     out_dir: str | Path,
     split: str = "test",
     batch_size: int = 256,
@@ -205,23 +215,25 @@ def predict_split(
 ) -> dict[str, Any]:
     """Score every event of ``split`` at every step, streaming into memory-mapped files.
 
-    Writes ``probabilities.npy`` (float32, events x steps), ``mask.npy``,
-    ``events.parquet`` and ``times.npy`` into ``out_dir``: the inputs of
-    :func:`astrodag.microlensing.analysis.evaluate_cadence`.
+    Writes ``probabilities.npy`` (float32, events x steps), ``mask.npy`` (uint8, 1 where the step
+    has at least one observation), ``events.parquet`` (the split's rows of the observation
+    directories' events tables, every column), ``times.npy`` and ``scoring.json`` into
+    ``out_dir``: the inputs of :func:`astrodag.microlensing.analysis.evaluate_cadence`.
     """
     out_dir = Path(out_dir)
     sidecar = read_sidecar(sidecar_path)
     if threads:
         torch.set_num_threads(threads)
-    shards, n_steps = _open_shards(shard_dirs, mask_paths)
+    shards, n_steps = _open_shards(observation_dirs)
     if n_steps != sidecar["time_grid"]["epochs"]:
-        raise InputDataError(shard_dirs[0],
-                             f"{n_steps} epochs, but the model was trained on {sidecar['time_grid']['epochs']}")
+        raise InputDataError(observation_dirs[0],
+                             f"{n_steps} steps, but the model was trained on {sidecar['time_grid']['epochs']}")
     torch_device = select_device(device)
     model = load_cadence_model(model_path, sidecar, torch_device, sidecar_path)
-    dataset = LightCurveDataset(shards, split, Normalisation.from_dict(sidecar["normalisation"]))
+    duration = sidecar["time_grid"]["duration_days"]
+    dataset = LightCurveDataset(shards, split, Normalisation.from_dict(sidecar["normalisation"]), duration / n_steps)
     if len(dataset) == 0:
-        raise InputDataError(shard_dirs[0], f"the {split} split is empty")
+        raise InputDataError(observation_dirs[0], f"the {split} split is empty")
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False)
     started = time.perf_counter()
     with atomic_path(out_dir / "probabilities.npy") as tmp_probabilities, atomic_path(out_dir / "mask.npy") as tmp_mask:
@@ -233,14 +245,13 @@ def predict_split(
             for inputs, _ in tqdm(loader, desc=f"scoring {split}", disable=not progress_enabled(progress)):
                 batch = binary_probability(model(inputs.to(torch_device))).cpu().numpy()
                 probabilities[position:position + len(batch)] = batch
-                masks[position:position + len(batch)] = inputs[:, 3, :].numpy().astype(np.uint8)
+                masks[position:position + len(batch)] = (inputs[:, OBSERVED_CHANNEL, :] > 0).numpy()
                 position += len(batch)
         probabilities.flush()
         masks.flush()
         del probabilities, masks
     seconds = time.perf_counter() - started
     write_table(out_dir / "events.parquet", dataset.events())
-    duration = sidecar["time_grid"]["duration_days"]
     save_npy(out_dir / "times.npy", np.linspace(0.0, duration, n_steps, endpoint=False))
     sample = torch.stack([dataset[i][0] for i in range(min(len(dataset), 64))]).to(torch_device)
     with torch.inference_mode():

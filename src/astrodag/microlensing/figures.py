@@ -13,6 +13,7 @@ import pandas as pd
 from matplotlib import colormaps
 from matplotlib.figure import Figure
 
+from astrodag.evaluation.statistics import CHANCE_LEVEL
 from astrodag.microlensing.scan import BASES
 from astrodag.reporting.figures import plot_roc
 
@@ -89,6 +90,44 @@ def early_detection_figure(early_by_name: Mapping[str, pd.DataFrame], title: str
         axes[2].set(xlabel="Fraction seen", ylabel="Median (t - t0) / tE of binaries", xlim=(0, 1.02),
                     title="How much of the event was seen")
         axes[2].legend(fontsize="small")
+    figure.suptitle(title)
+    return figure
+
+
+CLOCK_LABELS = {"peak": "(t - t0) / tE", "brightening": "(t - first significant brightening) / tE"}
+
+
+def phase_detection_figure(phase_by_name: Mapping[str, pd.DataFrame], title: str) -> Figure:
+    """Accuracy (Wilson band) and ROC AUC against k, one column per clock, one colour per name.
+
+    Open markers: ROC AUC that does not beat chance (one-sided p >= CHANCE_LEVEL); each row has its own events
+    (those with a score at that time), given in early_detection_phase.csv.
+    """
+    clocks = list(CLOCK_LABELS)
+    figure = Figure(figsize=(4.6 * len(clocks), 7), layout="constrained")
+    axes = figure.subplots(2, len(clocks), squeeze=False)
+    for color, (name, phase) in zip(_colors(len(phase_by_name)), phase_by_name.items(), strict=True):
+        for column, clock in enumerate(clocks):
+            rows = phase[phase["clock"] == clock].sort_values("k_tE")
+            if rows.empty:
+                continue
+            top, bottom = axes[0, column], axes[1, column]
+            top.plot(rows["k_tE"], rows["accuracy"], marker="o", color=color, label=name)
+            top.fill_between(rows["k_tE"], rows["accuracy_low"], rows["accuracy_high"], color=color, alpha=0.2,
+                             linewidth=0)
+            bottom.plot(rows["k_tE"], rows["roc_auc"], color=color, label=name)
+            beats = rows["roc_auc_p_value"].to_numpy(dtype=float) < CHANCE_LEVEL
+            bottom.scatter(rows["k_tE"][beats], rows["roc_auc"][beats], color=color, zorder=3)
+            bottom.scatter(rows["k_tE"][~beats], rows["roc_auc"][~beats], facecolors="none", edgecolors=color,
+                           zorder=3)
+    for column, clock in enumerate(clocks):
+        ylabels = ("Accuracy (95 % Wilson band)", f"ROC AUC (open: p >= {CHANCE_LEVEL:g})")
+        for ax, ylabel in zip(axes[:, column], ylabels, strict=True):
+            ax.axhline(0.5, color="grey", linestyle=":", linewidth=1)
+            ax.axvline(0.0, color="grey", linestyle=":", linewidth=1)
+            ax.set(xlabel=f"k = {CLOCK_LABELS[clock]}", ylabel=ylabel)
+            ax.legend(fontsize="small", loc="lower right")
+        axes[0, column].set_title("by the peak" if clock == "peak" else "after the first brightening")
     figure.suptitle(title)
     return figure
 

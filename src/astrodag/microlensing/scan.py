@@ -336,10 +336,12 @@ def scan_scores(
     chunk_events: int,
     progress: bool | None,
     consecutive: int = 1,
+    event_steps: np.ndarray | None = None,
 ) -> dict[str, Any]:
     """One pass over row chunks gathering everything the tables need.
 
-    Returns a dict with "final" (N,) probabilities at the last step,
+    Returns a dict with "final" (N,) probabilities at the last step, "at_steps" ((N, P)
+    probabilities at the per-event steps ``event_steps`` (N, P) of int, or None without them),
     "gathered"/"steps" per basis ((N, F) probabilities and step indices),
     "detection" ((N, K) step of the first alarm per threshold, see `alarms`; T
     when none; every step counts as observed without a mask), "alarms" ((N, K)
@@ -363,6 +365,12 @@ def scan_scores(
     detection = None if thresholds is None else np.empty((n_events, len(thresholds)), dtype=np.int64)
     alarm_counts = None if thresholds is None else np.empty((n_events, len(thresholds)), dtype=np.int64)
     n_observed = None if mask is None else np.empty(n_events, dtype=np.int64)
+    picks = None if event_steps is None else np.asarray(event_steps, dtype=np.int64)
+    if picks is not None:
+        outside = np.any((picks < 0) | (picks >= n_steps))
+        if picks.ndim != 2 or len(picks) != n_events or outside:
+            raise ValueError(f"event_steps must be ({n_events}, P) step indices in [0, {n_steps})")
+    at_steps = None if picks is None else np.empty(picks.shape, dtype=dtype)
 
     starts = range(0, n_events, chunk_events)
     for start in tqdm(starts, desc="scanning scores", unit="chunk", disable=not progress_enabled(progress)):
@@ -372,6 +380,8 @@ def scan_scores(
             chunk = chunk.astype(dtype)
         _check_chunk_probabilities(chunk, start)
         final[start:stop] = chunk[:, -1]
+        if at_steps is not None:
+            at_steps[start:stop] = np.take_along_axis(chunk, picks[start:stop], axis=1)
         if "time" in bases:
             gathered["time"][start:stop] = chunk[:, fixed_steps]
         mask_chunk = None
@@ -390,6 +400,7 @@ def scan_scores(
                                                                                consecutive)
     return {
         "final": final,
+        "at_steps": at_steps,
         "gathered": gathered,
         "steps": steps,
         "detection": detection,

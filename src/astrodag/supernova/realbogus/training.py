@@ -43,6 +43,7 @@ from torch.utils.data import Dataset
 
 from astrodag import __version__
 from astrodag.errors import ConfigError, InputDataError
+from astrodag.evaluation.base_rate import base_rate_metrics
 from astrodag.evaluation.thresholds import equal_error_threshold, max_tss_threshold, rates_at, threshold_for_fnr
 from astrodag.io import read_table, save_figure, write_json, write_table
 from astrodag.models.settings import BraaiCNNSettings, ResNetTripletSettings
@@ -745,7 +746,7 @@ def evaluate_realbogus(model_dir: str | Path, triplets_dir: str | Path, out_dir:
         "ece": test["ece"], "mce": test["mce"], "brier": test["brier"],
         "calibration_bins": settings.calibration_bins,
         "fnr_targets": targets,
-        "at_base_rate": base_rate_metrics(y_test, p_test, threshold, bogus_per_real),
+        "at_base_rate": _survey_base_rate(y_test, p_test, threshold, bogus_per_real),
         "test": {"n": test["n"], "n_real": test["n_positive"], **field_counts(frames["test"]),
                  "metrics_at_threshold": test},
         "validation": {"n": validation["n"], "n_real": validation["n_positive"], "aucpr": validation["aucpr"],
@@ -806,26 +807,13 @@ def survey_bogus_per_real(triplets_dir: str | Path) -> float | None:
         return None
 
 
-def base_rate_metrics(y_true, y_prob, threshold: float, bogus_per_real: float | None) -> dict[str, Any]:
-    """Precision at ``threshold`` and AUCPR with the bogus rows weighted to ``bogus_per_real`` bogus per real.
-
-    Each bogus row weighs ``bogus_per_real * n_real / n_bogus``: the split's reals meet as many
-    bogus as the survey gives them (recall, FNR and FPR do not depend on the base rate).
-    """
-    from sklearn.metrics import average_precision_score
-
-    y_true, y_prob = np.asarray(y_true), np.asarray(y_prob, float)
-    n_real, n_bogus = int((y_true == 1).sum()), int((y_true == 0).sum())
-    if bogus_per_real is None or not n_real or not n_bogus:
-        return {"bogus_per_real": bogus_per_real, "weight_of_bogus": None, "precision": None, "aucpr": None}
-    weight = bogus_per_real * n_real / n_bogus
-    weights = np.where(y_true == 1, 1.0, weight)
-    called = y_prob >= threshold
-    tp, fp = float(np.sum(called & (y_true == 1))), float(np.sum(called & (y_true == 0))) * weight
-    return {"bogus_per_real": float(bogus_per_real), "weight_of_bogus": float(weight),
-            "precision": tp / (tp + fp) if tp + fp > 0 else None,
-            "aucpr": float(average_precision_score(y_true, y_prob, sample_weight=weights)),
-            "source": "bogus candidates per detected supernova over all pairs (summary.json 'available_per_source')"}
+def _survey_base_rate(y_true, y_prob, threshold: float, bogus_per_real: float | None) -> dict[str, Any]:
+    """`base_rate_metrics` at the survey's bogus candidates per detected supernova, with its source."""
+    metrics = {"bogus_per_real": bogus_per_real, **base_rate_metrics(y_true, y_prob, threshold, bogus_per_real)}
+    if metrics["aucpr"] is not None:
+        metrics["source"] = ("bogus candidates per detected supernova over all pairs "
+                             "(summary.json 'available_per_source')")
+    return metrics
 
 
 def _breakdown(frame: pd.DataFrame, column: str, threshold: float) -> dict[str, Any]:
