@@ -137,6 +137,7 @@ def sections() -> dict[str, type[Settings]]:
     )
     from astrodag.microlensing.analysis import MicrolensingAnalysisSettings
     from astrodag.microlensing.experiment import MicrolensingTrainerSettings
+    from astrodag.microlensing.observe import ObservationSettings
     from astrodag.microlensing.simulation import SimulationSettings, TimeGridSettings
     from astrodag.models.settings import TemporalCNNSettings
     from astrodag.supernova.archive.backends import BackendSettings, QuerySettings
@@ -157,6 +158,7 @@ def sections() -> dict[str, type[Settings]]:
         "flares.analysis": FlareAnalysisSettings,
         "microlensing.time_grid": TimeGridSettings,
         "microlensing.simulation": SimulationSettings,
+        "microlensing.observation": ObservationSettings,
         "microlensing.model": TemporalCNNSettings,
         "microlensing.training": MicrolensingTrainerSettings,
         "microlensing.analysis": MicrolensingAnalysisSettings,

@@ -94,10 +94,17 @@ def test_nested_typos_and_bad_values_name_the_full_key():
 
 
 def test_the_simulation_section_keeps_the_workflow_keys():
-    simulation = {"shards": 4, "seed": 9, "noise": {"reference_mag": 17}}
+    simulation = {"shards": 4, "seed": 9, "priors": {"tE_median_days": 25}}
     checked = validate_config({"microlensing": {"simulation": simulation}})
     simulation = checked["microlensing"]["simulation"]
-    assert simulation["shards"] == 4 and simulation["seed"] == 9 and simulation["noise"]["reference_mag"] == 17.0
+    assert simulation["shards"] == 4 and simulation["seed"] == 9 and simulation["priors"]["tE_median_days"] == 25.0
+
+
+def test_the_observation_section_is_checked():
+    checked = validate_config({"microlensing": {"observation": {"delta_chi2_threshold": 100}}})
+    assert checked["microlensing"]["observation"]["delta_chi2_threshold"] == 100.0
+    with pytest.raises(ConfigError, match=r"'microlensing.observation.delta_chi2': unknown key"):
+        validate_config({"microlensing": {"observation": {"delta_chi2": 100}}})
 
 
 SCHEMA = REPO / "workflow" / "schemas" / "config.schema.yaml"

@@ -170,11 +170,19 @@ rule evaluate_microlensing_cadence:
             str(t) for t in MICROLENSING["analysis"]["detection_thresholds"]
         ),
         consecutive=MICROLENSING["analysis"]["consecutive_epochs"],
+        phases=" ".join(str(k) for k in MICROLENSING["analysis"]["event_phases_tE"]),
+        after_brightening=" ".join(
+            str(k) for k in MICROLENSING["analysis"]["after_brightening_tE"]
+        ),
+        shares=" ".join(
+            str(p) for p in MICROLENSING["analysis"]["deployment_binary_shares"]
+        ),
     shell:
         "python -m astrodag microlensing evaluate --evaluation-dir {params.evaluation_dir}"
         " --out-dir {params.out_dir} --cadence {wildcards.cadence}"
         " --fractions {params.fractions} --thresholds {params.thresholds}"
-        " --consecutive-epochs {params.consecutive} --log {log}"
+        " --consecutive-epochs {params.consecutive} --event-phases {params.phases}"
+        " --after-brightening {params.after_brightening} --binary-shares {params.shares} --log {log}"
 
 
 rule compare_cadences:
