@@ -417,3 +417,26 @@ def test_observe_checks_its_arguments(shard, tmp_path):
             observe_shard(events_path, tmp_path / "x", NIGHTLY, arguments.pop("times"), ObservationSettings(),
                           progress=False, **arguments)
     assert not (tmp_path / "x").exists()
+
+
+def test_far_field_binaries_match_the_exact_light_curve():
+    """Beyond FAR_FIELD Einstein radii a binary is computed as a point lens: < 1e-4 mag from the exact curve."""
+    from types import SimpleNamespace
+
+    from astrodag.microlensing.magnification import binary_magnification
+    from astrodag.microlensing.observe import FAR_FIELD, event_magnification
+
+    rng = np.random.default_rng(4)
+    times = np.linspace(0.0, 500.0, 3000)
+    far_points = 0
+    for _ in range(12):
+        event = SimpleNamespace(label=1, t0=rng.uniform(100, 400), u0=rng.uniform(0, 1), tE=rng.uniform(3, 30),
+                                s=float(np.exp(rng.uniform(np.log(0.3), np.log(3.0)))),
+                                q=float(np.exp(rng.uniform(np.log(1e-4), 0.0))), alpha=rng.uniform(0, 2 * np.pi),
+                                rho=1e-3)
+        exact = binary_magnification(times, event.t0, event.u0, event.tE, event.s, event.q, event.alpha, event.rho)[0]
+        fast = event_magnification(event, times)
+        far = np.hypot((times - event.t0) / event.tE, event.u0) >= max(FAR_FIELD, 3 * event.s)
+        far_points += far.sum()
+        assert np.max(np.abs(2.5 * np.log10(fast / exact))) < 1e-4  # Roman's floor is 1e-3
+    assert far_points > 5000

@@ -82,6 +82,7 @@ _EVIDENCE_BATCH = 4 * _FIT_BATCH  # curves per prefix fit (vectorised LM steps c
 # degenerate) that the LM descends slowly. With 200 a fit may still stop a few % above a minimum just below the
 # threshold (evidence then comes a few steps early; the tests bound it against scipy); 500 costs 2x the fits.
 _EVIDENCE_ITERATIONS = 200
+FAR_FIELD = 10.0  # Einstein radii: beyond, a binary lens is computed as a point lens (event_magnification)
 _NOISE_STREAM = 0x6E6F6973  # in every noise generator's key: apart from other per-event streams (the cadence's)
 
 
@@ -488,12 +489,22 @@ def _event_rng(seed: int, cadence_name: str, event_id: int) -> np.random.Generat
 
 
 def event_magnification(event, times: np.ndarray) -> np.ndarray:
-    """Magnification of one event (a row of the events table, as ``itertuples`` gives) at ``times``."""
+    """Magnification of one event (a row of the events table, as ``itertuples`` gives) at ``times``.
+
+    A binary lens is solved exactly (VBMicrolensing) where the source is within ``FAR_FIELD``
+    Einstein radii (and 3 s) of the centre of mass; farther out it is a point lens of the total
+    mass: A - 1 < 2e-4 there and the two differ by < 1e-4 mag (tested), ten times below the smallest
+    survey error floor (Roman's 1 mmag); it saves a third of the cost of the 15-minute cadences.
+    """
     if times.size == 0:
         return np.ones(0)
+    magnification = pspl_magnification(times, event.t0, event.u0, event.tE)[0]
     if event.label == 1:
-        return binary_magnification(times, event.t0, event.u0, event.tE, event.s, event.q, event.alpha, event.rho)[0]
-    return pspl_magnification(times, event.t0, event.u0, event.tE)[0]
+        near = np.hypot((times - event.t0) / event.tE, event.u0) < max(FAR_FIELD, 3.0 * event.s)
+        if near.any():
+            magnification[near] = binary_magnification(times[near], event.t0, event.u0, event.tE, event.s, event.q,
+                                                        event.alpha, event.rho)[0]
+    return magnification
 
 
 def observe_shard(events_path: str | Path, out_dir: str | Path, spec, times: np.ndarray,
