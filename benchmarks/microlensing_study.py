@@ -1,12 +1,12 @@
-"""Benchmark the microlensing track: simulation, one cadence's training and scoring, and the whole demo track.
+"""Benchmark the microlensing track: observation, one cadence's training and scoring, and the whole demo track.
 
 Prints wall time and peak memory (maximum resident set size) of
 
-1. simulating one shard (``astrodag microlensing simulate``: PSPL and binary
-   magnification, noise, the best-PSPL fit and the evidence-time search of
-   every binary), in its own
-   process, at the demo's shard size and optionally at ``--big-shard`` events
-   (the full config's 50 000 checks the ~2 GB memory bound);
+1. drawing one shard's events (``astrodag microlensing simulate``) and observing it with every survey
+   (``astrodag microlensing observe``: observation times, PSPL and binary magnification, noise, binning,
+   the best-PSPL fit of every binary and the evidence search), each in its own process, at the demo's
+   shard size and optionally at ``--big-shard`` events with ``--big-cadence`` (the full config's 50 000
+   on roman checks the 4 GB memory bound of full.yaml);
 2. training and scoring one cadence (``astrodag microlensing train`` /
    ``predict``) on the demo data, with the demo's thread count;
 3. the whole demo track (``snakemake --cores N microlensing``) in a fresh
@@ -56,15 +56,18 @@ def astrodag(*args: str) -> list[str]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cores", type=int, default=2)
-    parser.add_argument("--big-shard", type=int, default=0, help="also simulate one shard of this many events")
+    parser.add_argument("--big-shard", type=int, default=0, help="also observe one shard of this many events")
+    parser.add_argument("--big-cadence", default="roman", help="cadence of the --big-shard observation")
     parser.add_argument("--cadence", default="normal", help="cadence for the single training benchmark")
     parser.add_argument("--skip-track", action="store_true", help="skip the whole-track snakemake run")
     args = parser.parse_args()
     config = yaml.safe_load((REPO / "config" / "config.yaml").read_text())["microlensing"]
     simulation = config["simulation"]
     grid = config["time_grid"]
-    settings = json.dumps({key: simulation[key] for key in
-                           ("priors", "noise", "split_fractions", "pspl_like_max_deviation_sigma")})
+    settings = json.dumps({key: simulation[key] for key in ("priors", "split_fractions")})
+    observation = json.dumps(config["observation"])
+    cadences = str(REPO / config["cadences"])
+    names = list(pd.read_csv(cadences, sep="\t", comment="#")["cadence"])
     threads = str(config["resources"]["train_threads"])
     env_path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"
     os.environ["PATH"] = env_path
@@ -76,25 +79,34 @@ def main() -> None:
         sizes = [simulation["events_per_shard"]] + ([args.big_shard] if args.big_shard else [])
         for events in sizes:
             out = workdir / f"shard_{events}"
-            wall, peak = measure(astrodag("simulate", "--out-dir", str(out), "--shard", "0", "--events",
-                                          str(events), "--epochs", str(grid["epochs"]), "--duration-days",
-                                          str(grid["duration_days"]), "--seed", "1", "--settings", settings))
-            print(f"{f'simulate one shard of {events} events (half binary)':<52} {wall:>8.1f} {peak:>9.0f} "
+            grid_args = ["--epochs", str(grid["epochs"]), "--duration-days", str(grid["duration_days"])]
+            wall, peak = measure(astrodag("simulate", "--out-dir", str(out / "events"), "--shard", "0", "--events",
+                                          str(events), *grid_args, "--seed", "1", "--settings", settings))
+            print(f"{f'draw one shard of {events} events (half binary)':<52} {wall:>8.1f} {peak:>9.0f} "
                   f"{events / wall:>14.0f} events/s")
+            for name in names if events == sizes[0] else [args.big_cadence]:
+                wall, peak = measure(astrodag("observe", "--events", str(out / "events" / "events.parquet"),
+                                              "--cadences", cadences, "--cadence", name, "--out-dir",
+                                              str(out / name), *grid_args, "--seed", "11", "--settings", observation))
+                summary = json.loads((out / name / "summary.json").read_text())
+                label = f"observe {events} events, {name} ({summary['observations_median']:.0f} obs/event)"
+                print(f"{label:<52} {wall:>8.1f} {peak:>9.0f} {events / wall:>14.0f} events/s")
 
         # One cadence, trained and scored on the demo's shards, through the workflow's own rules.
         data = workdir / "data"
         snakemake = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "-d", str(data),
                      "--cores", str(args.cores), "--quiet", "all"]
-        subprocess.run([*snakemake[:3], *[f"results/microlensing/cadences/{args.cadence}/masks/shard{i:03d}.npy"
-                                          for i in range(simulation["shards"])], *snakemake[3:]],
+        observations = [f"results/microlensing/cadences/{args.cadence}/observations/shard{i:03d}"
+                        for i in range(simulation["shards"])]
+        subprocess.run([*snakemake[:3], *[f"{path}/summary.json" for path in observations], *snakemake[3:]],
                        check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        shards = [str(data / f"results/microlensing/events/shard{i:03d}") for i in range(simulation["shards"])]
-        masks = [str(data / f"results/microlensing/cadences/{args.cadence}/masks/shard{i:03d}.npy")
-                 for i in range(simulation["shards"])]
+        observations = [str(data / path) for path in observations]
         model_dir = workdir / "model"
-        wall, peak = measure(astrodag("train", "--shards", *shards, "--masks", *masks, "--out-dir", str(model_dir),
-                                      "--cadence", args.cadence, "--duration-days", str(grid["duration_days"]),
+        wall, peak = measure(astrodag("train", "--observations", *observations, "--out-dir", str(model_dir),
+                                      "--cadences", cadences, "--cadence", args.cadence,
+                                      "--duration-days", str(grid["duration_days"]),
+                                      "--simulation-settings", json.dumps(simulation),
+                                      "--observation-settings", observation,
                                       "--model-options", json.dumps(config["model"]),
                                       "--training-options", json.dumps({**config["training"], "tensorboard": False}),
                                       "--threads", threads))
@@ -103,7 +115,7 @@ def main() -> None:
         label = f"train one cadence ({args.cadence}, {sidecar['epochs_run']} epochs)"
         print(f"{label:<52} {wall:>8.1f} "
               f"{peak:>9.0f} {samples / sidecar['training_seconds']:>12.0f} curves/s (train)")
-        wall, peak = measure(astrodag("predict", "--shards", *shards, "--masks", *masks, "--model",
+        wall, peak = measure(astrodag("predict", "--observations", *observations, "--model",
                                       str(model_dir / "model.pt"), "--model-json", str(model_dir / "model.json"),
                                       "--out-dir", str(workdir / "evaluation"), "--threads", threads))
         scoring = json.loads((workdir / "evaluation" / "scoring.json").read_text())

@@ -114,6 +114,14 @@ def test_microlensing_track_outputs(finished_run):
         assert sidecar["time_grid"] == {"epochs": 120, "duration_days": 200}
         early = pd.read_csv(results / "cadences" / cadence / "analysis" / "early_detection.csv")
         assert set(early["basis"]) == {"time", "observed"} and len(early) == 2 * 4
+        phase = pd.read_csv(results / "cadences" / cadence / "analysis" / "early_detection_phase.csv")
+        behind = phase["n_binary"] + phase["n_pspl"] + phase["n_excluded"]
+        assert len(phase) == 7 + 4 and behind.eq(len(test_events)).all()
+        assert metrics["deployment"]
+        observed = pd.read_parquet(results / "cadences" / cadence / "observations" / "shard000" / "events.parquet")
+        binaries = observed[observed["label"] == 1]
+        assert binaries["delta_chi2"].notna().all() and observed.loc[observed["label"] == 0, "delta_chi2"].isna().all()
+        assert (binaries["pspl_like"] == (binaries["delta_chi2"] < 160)).all()
         assert (finished_run / "logs" / "microlensing" / "train" / f"{cadence}.log").stat().st_size > 0
         assert sidecar["cadence"]["name"] == cadence and sidecar["observation"] and sidecar["simulation"]
     # Observations are cadence-specific: the same events, different observed steps.

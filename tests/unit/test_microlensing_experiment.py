@@ -121,6 +121,28 @@ def test_normalisation_uses_the_training_split_only(toy):
     assert abs(float(inputs[0][observed].mean())) < 1.5
 
 
+def test_distinguishable_training_drops_pspl_like_binaries_and_balances_the_classes(toy):
+    shards = [load_shard(d) for d in toy]
+    for shard in shards:
+        events = shard.events.copy()
+        events.loc[(events["label"] == 1) & (events["event_id"] % 3 != 0), "pspl_like"] = True
+        shard.events = events
+    normalisation = fit_training_normalisation(shards, STEP_DAYS)
+    everything = LightCurveDataset(shards, "train", normalisation, STEP_DAYS)
+    curated = LightCurveDataset(shards, "train", normalisation, STEP_DAYS, binaries="distinguishable", seed=3)
+    table = curated.events()
+    assert not table.loc[table["label"] == 1, "pspl_like"].any()
+    assert (curated.labels == 1).sum() == (curated.labels == 0).sum() == (everything.labels == 0).sum()
+    kept = everything.events().query("label == 1 and not pspl_like")["event_id"]
+    assert set(table.loc[table["label"] == 1, "event_id"]) == set(kept)  # every one at least once
+    again = LightCurveDataset(shards, "train", normalisation, STEP_DAYS, binaries="distinguishable", seed=3)
+    np.testing.assert_array_equal(again.index, curated.index)
+    for shard in shards:
+        shard.events = shard.events.assign(pspl_like=shard.events["label"] == 1)
+    with pytest.raises(ValueError, match="no binary that is distinguishable"):
+        LightCurveDataset(shards, "train", normalisation, STEP_DAYS, binaries="distinguishable")
+
+
 def test_bad_observation_directories_are_named(toy, tmp_path):
     directory = toy[0]
     np.save(directory / "counts.npy", np.ones((5, STEPS), np.int32))

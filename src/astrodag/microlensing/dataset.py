@@ -110,9 +110,17 @@ def fit_training_normalisation(shards: Sequence[Shard], step_days: float, chunk:
 class LightCurveDataset(Dataset):
     """Items ``(inputs (N_CHANNELS, steps) float32, label int64)`` of one split, read lazily from the shards."""
 
-    def __init__(self, shards: Sequence[Shard], split: str, normalisation: Normalisation, step_days: float):
+    def __init__(self, shards: Sequence[Shard], split: str, normalisation: Normalisation, step_days: float,
+                 binaries: str = "all", seed: int = 0):
+        """``binaries="distinguishable"`` keeps only the binaries that are not ``pspl_like`` on this cadence and
+        draws them again (seeded, with replacement) until there are as many as PSPL events: a PSPL-like binary
+        is, by its definition, a light curve some single lens fits, so as a training example it only teaches
+        the network to answer 0.5. ``"all"`` keeps every event once (what the test split always uses).
+        """
         if split not in SPLITS:
             raise ValueError(f"unknown split {split!r}; choose one of {', '.join(SPLITS)}")
+        if binaries not in ("all", "distinguishable"):
+            raise ValueError(f"binaries must be 'all' or 'distinguishable', got {binaries!r}")
         self.shards = list(shards)
         self.normalisation = normalisation
         self.step_days = float(step_days)
@@ -122,9 +130,24 @@ class LightCurveDataset(Dataset):
             for row in np.flatnonzero(shard.events["split"].to_numpy() == split)
         ]
         self.index = np.array(index, dtype=np.int64).reshape(-1, 2)
-        self.labels = np.array(
-            [self.shards[number].events["label"].iat[row] for number, row in self.index], dtype=np.int64
-        )
+        self.labels = self._column("label").astype(np.int64)
+        if binaries == "distinguishable" and len(self.index):
+            self._keep_distinguishable_binaries(split, seed)
+
+    def _column(self, name: str) -> np.ndarray:
+        return np.array([self.shards[number].events[name].iat[row] for number, row in self.index])
+
+    def _keep_distinguishable_binaries(self, split: str, seed: int) -> None:
+        pspl = np.flatnonzero(self.labels == 0)
+        binaries = np.flatnonzero((self.labels == 1) & ~self._column("pspl_like").astype(bool))
+        if binaries.size == 0:
+            raise ValueError(f"the {split} split has no binary that is distinguishable from a single lens on this"
+                             " cadence (all PSPL-like); use more events or training.binaries: all")
+        rng = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(SPLITS.index(split),)))
+        extra = rng.choice(binaries, size=max(pspl.size - binaries.size, 0), replace=True)
+        order = np.sort(np.concatenate([pspl, binaries, extra]))  # by shard and row, as events() expects
+        self.index = self.index[order]
+        self.labels = self.labels[order]
 
     def __len__(self) -> int:
         return len(self.index)

@@ -52,7 +52,9 @@ class MicrolensingTrainerSettings(TrainerSettings):
 
     Early stopping watches the per-step validation loss (or a final-step metric: ``accuracy``,
     ``roc_auc``, ``aucpr``, ``mean_checkpoint_accuracy``); small batches keep the memory of
-    1500-step activations low.
+    1500-step activations low. ``binaries``: which binaries train and validate the network,
+    ``distinguishable`` (not PSPL-like on this cadence, drawn again until the classes balance) or
+    ``all`` (see ``LightCurveDataset``); the test split always has every event.
     """
 
     PREFIX: ClassVar[str] = "microlensing.training"
@@ -62,6 +64,7 @@ class MicrolensingTrainerSettings(TrainerSettings):
     early_stopping_patience: int = setting(3, number(1, integer=True))
     monitor: str = setting("loss", choice("loss", "accuracy", "roc_auc", "aucpr", "mean_checkpoint_accuracy"))
     monitor_mode: str = setting("min", choice("max", "min"))
+    binaries: str = setting("distinguishable", choice("all", "distinguishable"))
 
 
 def checkpoint_steps(n_steps: int, fractions: Sequence[float] = CHECKPOINT_FRACTIONS) -> np.ndarray:
@@ -141,13 +144,17 @@ def train_cadence_model(
         torch.set_num_threads(threads)
     started = time.perf_counter()
     normalisation = fit_training_normalisation(shards, step_days)
-    datasets = {split: LightCurveDataset(shards, split, normalisation, step_days) for split in ("train", "validation")}
+    training = MicrolensingTrainerSettings.from_config(training_options)
+    try:
+        datasets = {split: LightCurveDataset(shards, split, normalisation, step_days, training.binaries, seed)
+                    for split in ("train", "validation")}
+    except ValueError as error:
+        raise InputDataError(Path(observation_dirs[0]), str(error)) from None
     for split, dataset in datasets.items():
         if len(dataset) == 0 or len(np.unique(dataset.labels)) < 2:
             raise InputDataError(Path(observation_dirs[0]), f"the {split} split needs events of both classes")
     settings = TemporalCNNSettings.from_config(model_options, MODEL_PREFIX)
     architecture = {**settings.as_dict(), "in_channels": N_CHANNELS, "n_classes": N_CLASSES}
-    training = MicrolensingTrainerSettings.from_config(training_options)
     steps = torch.from_numpy(checkpoint_steps(n_steps))
     data_digest = shards_digest(observation_dirs)
     run = train_model(
@@ -175,6 +182,9 @@ def train_cadence_model(
             "observations": [str(d) for d in observation_dirs],
             "sha256": data_digest,
             "events": {split: len(dataset) for split, dataset in datasets.items()},
+            "binaries": training.binaries,
+            "unique_binaries": {split: int(np.unique(dataset.index[dataset.labels == 1], axis=0).shape[0])
+                                         for split, dataset in datasets.items()},
         },
         **run.record(),
         "training_seconds": time.perf_counter() - started,
