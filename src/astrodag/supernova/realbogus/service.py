@@ -166,8 +166,9 @@ class RequestLimits:
 
     def as_dict(self) -> dict[str, Any]:
         """The limits and the heavy requests now being handled, for ``/health``."""
-        return {"max_bytes": self.binary_bytes, "max_json_bytes": self.json_bytes, "max_json_numbers": self.json_numbers,
-                "max_heavy": self.max_heavy, "heavy_bytes": self.heavy_bytes, "heavy_active": self.heavy_active}
+        return {"max_bytes": self.binary_bytes, "max_json_bytes": self.json_bytes,
+                "max_json_numbers": self.json_numbers, "max_heavy": self.max_heavy, "heavy_bytes": self.heavy_bytes,
+                "heavy_active": self.heavy_active}
 
     async def acquire(self) -> bool:
         """Take a slot for a heavy request, waiting up to ``heavy_wait`` seconds; False if none came free."""
