@@ -13,8 +13,8 @@ from astropy.io import fits
 from astrodag.errors import ConfigError, InputDataError
 from astrodag.supernova.archive.backends import LocalBackend
 from astrodag.supernova.archive.download import (
-    TransferSettings,
     CACHE_NAME_MAX,
+    TransferSettings,
     cache_name,
     cache_path,
     download_pair,
