@@ -323,6 +323,10 @@ def test_serve_command(tmp_path, model_files, monkeypatch):
     assert called["port"] == 8123 and called["max_bytes"] == 2 * 2 ** 20 and called["host"] == "127.0.0.1"
     assert called["max_connections"] == 64 and called["device"] == "auto" and called["precision"] == "auto"
     assert "max_batch" not in called  # the service's own default applies
+    run_stage("supernova", "serve", "--model", model_files["model"], "--max-json-mb", "4", "--max-heavy", "3")
+    assert called["max_json_bytes"] == 4 * 2 ** 20 and called["max_heavy"] == 3
+    with pytest.raises(ConfigError, match="serve.max-heavy"):
+        run_stage("supernova", "serve", "--model", model_files["model"], "--max-heavy", "0")
     run_stage("supernova", "serve", "--model", model_files["model"], "--precision", "bfloat16")
     assert called["precision"] == "bfloat16"
     assert called["workers"] == 1
