@@ -1,6 +1,7 @@
 """Archive backends: a local archive, and MAST replayed from recorded responses (never the network)."""
 
 import json
+import re
 import urllib.parse
 from pathlib import Path
 
@@ -166,12 +167,82 @@ def test_local_query_is_a_footprint_cone_search(tmp_path):
 def test_local_urls_resolve_against_the_archive(tmp_path):
     archive = local_archive(tmp_path, [row("1", 10.0, 0.0, 0.02)])
     backend = LocalBackend(archive)
-    assert backend.resolve_url({"obsid": "1", "dataURL": "files/1.fits"}) == (archive / "files/1.fits").as_uri()
-    assert backend.resolve_url({"obsid": "1", "dataURL": "file:///data/x.fits"}) == "file:///data/x.fits"
+    root = archive.resolve()
+    assert backend.resolve_url({"obsid": "1", "dataURL": "files/1.fits"}) == (root / "files/1.fits").as_uri()
+    inside = (root / "files" / "x.fits").as_uri()
+    assert backend.resolve_url({"obsid": "1", "dataURL": inside}) == inside
+    assert backend.resolve_url({"obsid": "1", "dataURL": str(root / "files" / "x.fits")}) == inside
+    assert backend.resolve_url({"obsid": "1", "dataURL": "files/../files/x.fits"}) == inside
     (archive / "files").mkdir()
     (archive / "files" / "1.fits").write_bytes(b"0123456789")
     path = backend.download({"obsid": "1", "dataURL": "files/1.fits", "size": 10, "checksum": ""}, tmp_path / "c")
     assert path == tmp_path / "c" / "1" / "1.fits" and path.read_bytes() == b"0123456789"
+
+
+def outside_archive(tmp_path):
+    """An archive beside a folder ``outside`` holding a FITS-named file, a link to it, and a link inside."""
+    archive = tmp_path / "archive"
+    (archive / "files").mkdir(parents=True)
+    (tmp_path / "outside").mkdir()
+    (tmp_path / "outside" / "x.fits").write_bytes(b"secret")
+    (archive / "files" / "1.fits").write_bytes(b"inside")
+    (archive / "files" / "out.fits").symlink_to(tmp_path / "outside" / "x.fits")
+    (archive / "files" / "alias.fits").symlink_to(archive / "files" / "1.fits")
+    return archive
+
+
+@pytest.mark.parametrize("url", [
+    "../outside/x.fits",
+    "files/../../outside/x.fits",
+    "../../../../../../../../etc/passwd",
+    "/etc/passwd",
+    "file:///etc/passwd",
+    "FILE:///etc/passwd",
+    "file://localhost/etc/passwd",
+    "file:../outside/x.fits",
+    "file://{outside}/x.fits",
+    "{outside}/x.fits",
+    "files/out.fits",  # a link inside pointing out
+])
+def test_local_paths_outside_the_archive_are_refused_before_any_copy(tmp_path, url):
+    archive = outside_archive(tmp_path)
+    url = url.format(outside=(tmp_path / "outside").as_posix())
+    rows = [row("1", 10.0, 0.0, 0.02, url=url)]
+    local_archive(archive, rows)
+    backend = LocalBackend(archive)
+    message = rf"observations\.csv: observation 1: dataURL '{re.escape(url)}' leads outside the archive directory"
+    with pytest.raises(InputDataError, match=message) as caught:
+        backend.fetch({"obsid": "1", "dataURL": url, "size": None, "checksum": ""}, tmp_path / "cache")
+    assert "allow_outside_archive" in str(caught.value) and "\n" not in str(caught.value)
+    assert not (tmp_path / "cache").exists()  # nothing was copied, not even a lock file
+    with pytest.raises(InputDataError, match=message):
+        backend.query(10.0, 0.0, 3.0)  # the query stage already refuses the row
+
+
+def test_local_links_and_paths_inside_the_archive_are_used(tmp_path):
+    archive = outside_archive(tmp_path)
+    local_archive(archive, [row("1", 10.0, 0.0, 0.02, url="files/alias.fits"),
+                            row("2", 10.0, 0.0, 0.02, url=str(archive / "files" / "1.fits"))])
+    backend = LocalBackend(archive)
+    assert backend.query(10.0, 0.0, 3.0)["obsid"].tolist() == ["1", "2"]
+    path = backend.download({"obsid": "1", "dataURL": "files/alias.fits", "size": 6, "checksum": ""}, tmp_path / "c")
+    assert path.read_bytes() == b"inside"
+
+
+def test_allow_outside_archive_lets_outside_paths_through(tmp_path):
+    archive = outside_archive(tmp_path)
+    local_archive(archive, [row("1", 10.0, 0.0, 0.02, url="../outside/x.fits")])
+    backend = BackendSettings.from_config({"allow_outside_archive": True}).backend("local", archive)
+    assert backend.query(10.0, 0.0, 3.0)["obsid"].tolist() == ["1"]
+    path = backend.download({"obsid": "1", "dataURL": "../outside/x.fits", "size": 6, "checksum": ""},
+                            tmp_path / "c")
+    assert path.read_bytes() == b"secret"
+    with pytest.raises(InputDataError, match="outside the archive"):
+        BackendSettings.from_config({}).backend("local", archive).query(10.0, 0.0, 3.0)
+    with pytest.raises(ConfigError, match="allow_outside_archive.: must be true or false"):
+        BackendSettings.from_config({"allow_outside_archive": "yes"})
+    with pytest.raises(InputDataError, match="names another host"):
+        backend.resolve_url({"obsid": "1", "dataURL": "file://server/share/x.fits"})
 
 
 def test_local_archive_errors(tmp_path):

@@ -13,7 +13,9 @@ from astropy.io import fits
 from astrodag.errors import ConfigError, InputDataError
 from astrodag.supernova.archive.backends import LocalBackend
 from astrodag.supernova.archive.download import (
+    CACHE_NAME_MAX,
     TransferSettings,
+    cache_name,
     cache_path,
     download_pair,
     fetch,
@@ -159,6 +161,24 @@ def test_cache_keys_and_file_names():
     assert url_file_name(mast) == "u9o40504m_drz.fits"
     assert url_file_name("file:///a/b/sw001bb_sk.fits.gz") == "sw001bb_sk.fits.gz"
     assert cache_path("/cache", "123", mast).as_posix() == "/cache/123/u9o40504m_drz.fits"
+
+
+@pytest.mark.parametrize("name", ["../../etc/passwd", "..", ".", "...", "", ".hidden.fits", "a/b\\c.fits",
+                                  "x" * 300 + ".fits.gz", "a b.fits", "a..b.fits", "\u00e9t\u00e9.fits", "-\x00-"])
+def test_cache_names_are_safe_bounded_and_stable(tmp_path, name):
+    safe = cache_name(name)
+    assert safe == cache_name(name)  # stable
+    assert 0 < len(safe) <= CACHE_NAME_MAX and not safe.startswith(".") and ".." not in safe
+    assert "/" not in safe and "\\" not in safe and safe.isascii()
+    assert (tmp_path / safe).resolve().parent == tmp_path.resolve()
+    if name.endswith(".fits.gz"):
+        assert safe.endswith(".fits.gz")  # the extension survives the cut
+
+
+def test_cache_names_keep_safe_names_and_separate_cleaned_ones():
+    assert cache_name("u9o40504m_drz.fits") == "u9o40504m_drz.fits"
+    assert cache_name("a b.fits") != cache_name("a_b.fits") != cache_name("a:b.fits") != cache_name("a b.fits.gz")
+    assert cache_path("/cache", "../..", "file:///a/..%2F..%2Fx.fits").parent.parent.as_posix() == "/cache"
 
 
 def test_transfer_settings_validation():

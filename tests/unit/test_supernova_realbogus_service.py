@@ -207,21 +207,33 @@ def test_sky_models_take_each_cutouts_noise_from_json_or_the_fits_noise_card(tmp
         assert answer.json()["scores"] == pytest.approx(expected.tolist(), abs=1e-6)
 
 
-def test_oversize_content_length_is_refused_before_the_body(url):
-    # Declare a 1 GiB body and send none of it: the answer must come from the header alone.
+def _send_head(url, content_type, length, body=b""):
+    """Open a connection and send a POST /score head declaring ``length`` bytes, then ``body`` (part of them)."""
     host, port = url.removeprefix("http://").split(":")
-    with socket.create_connection((host, int(port)), timeout=10) as connection:
-        connection.sendall(b"POST /score HTTP/1.1\r\nHost: test\r\nContent-Type: application/x-npy\r\n"
-                           b"Content-Length: 1073741824\r\n\r\n")
-        reply = b""
+    connection = socket.create_connection((host, int(port)), timeout=10)
+    connection.sendall(f"POST /score HTTP/1.1\r\nHost: test\r\nContent-Type: {content_type}\r\n"
+                       f"Content-Length: {length}\r\n\r\n".encode() + body)
+    return connection
+
+
+def _read_reply(connection) -> tuple[bytes, dict]:
+    """The status line and the JSON body of the reply on ``connection`` (which it closes)."""
+    reply = b""
+    with connection:
         while b"\r\n\r\n" not in reply or not reply.rstrip().endswith(b"}"):
             chunk = connection.recv(65536)
             if not chunk:
                 break
             reply += chunk
     head, _, body = reply.partition(b"\r\n\r\n")
+    return head, json.loads(body)
+
+
+def test_oversize_content_length_is_refused_before_the_body(url):
+    # Declare a 1 GiB body and send none of it: the answer must come from the header alone.
+    head, body = _read_reply(_send_head(url, "application/x-npy", 2 ** 30))
     assert head.startswith(b"HTTP/1.1 413")
-    assert "exceeds the limit of 524288 bytes" in json.loads(body)["detail"]
+    assert "exceeds the limit of 524288 bytes" in body["detail"]
 
 
 def test_oversize_streamed_body_and_batch_are_refused(client):
@@ -311,6 +323,10 @@ def test_serve_command(tmp_path, model_files, monkeypatch):
     assert called["port"] == 8123 and called["max_bytes"] == 2 * 2 ** 20 and called["host"] == "127.0.0.1"
     assert called["max_connections"] == 64 and called["device"] == "auto" and called["precision"] == "auto"
     assert "max_batch" not in called  # the service's own default applies
+    run_stage("supernova", "serve", "--model", model_files["model"], "--max-json-mb", "4", "--max-heavy", "3")
+    assert called["max_json_bytes"] == 4 * 2 ** 20 and called["max_heavy"] == 3
+    with pytest.raises(ConfigError, match="serve.max-heavy"):
+        run_stage("supernova", "serve", "--model", model_files["model"], "--max-heavy", "0")
     run_stage("supernova", "serve", "--model", model_files["model"], "--precision", "bfloat16")
     assert called["precision"] == "bfloat16"
     assert called["workers"] == 1
@@ -418,3 +434,70 @@ def test_the_service_keeps_freed_memory_on_glibc():
     from astrodag.supernova.realbogus.service import retain_freed_memory
 
     assert retain_freed_memory()
+
+
+# Derived from MAX_BATCH triplets of 3 x SIZE x SIZE (RequestLimits.fit): float64 .npy, and JSON at 32 bytes a number.
+NUMBERS = MAX_BATCH * 3 * SIZE * SIZE
+BINARY_LIMIT = NUMBERS * 8 + 256 * 1024
+JSON_LIMIT = NUMBERS * 32 + 256 * 1024
+
+
+@pytest.fixture(scope="module")
+def derived_url(model_files):
+    # Default max_bytes (64 MiB): the limits come from MAX_BATCH and the model's input shape.
+    app = create_app(model_files["model"], max_batch=MAX_BATCH, device="cpu", precision="float32")
+    with running(app) as address:
+        yield address
+
+
+def test_body_limits_follow_the_batch_limit_and_are_checked_before_reading(derived_url, scorer):
+    with httpx.Client(base_url=derived_url, timeout=30) as client:
+        health = client.get("/health").json()
+        assert (health["max_bytes"], health["max_json_bytes"]) == (BINARY_LIMIT, JSON_LIMIT)
+        # The largest allowed batch still passes, as float64 .npy and as JSON.
+        batch = _triplets(MAX_BATCH, seed=5, dtype=np.float64)
+        assert _post_npy(client, batch).status_code == 200
+        answer = client.post("/score", json={"triplets": batch.tolist()})
+        assert answer.status_code == 200, answer.text
+        assert answer.json()["scores"] == pytest.approx(scorer.score(batch).tolist(), abs=1e-6)
+        # More numbers than MAX_BATCH triplets hold: refused from a count of commas, before parsing.
+        many = client.post("/score", content=b'{"triplets": [' + b"0," * (NUMBERS + 16) + b"0]}",
+                           headers={"Content-Type": "application/json"})
+        assert many.status_code == 413 and f"more than {NUMBERS + 16} numbers" in many.json()["detail"]
+    # One byte over each encoding's limit, and no body sent: answered from the head alone.
+    for content_type, limit in (("application/x-npy", BINARY_LIMIT), ("application/json", JSON_LIMIT),
+                                ("multipart/form-data; boundary=x", BINARY_LIMIT)):
+        head, body = _read_reply(_send_head(derived_url, content_type, limit + 1))
+        assert head.startswith(b"HTTP/1.1 413"), (content_type, head)
+        assert f"exceeds the limit of {limit} bytes" in body["detail"]
+
+
+def test_heavy_requests_beyond_the_cap_get_503_while_small_ones_are_answered(model_files, scorer):
+    app = create_app(model_files["model"], max_batch=MAX_BATCH, device="cpu", precision="float32",
+                     max_heavy=1, heavy_bytes=64 * 1024, heavy_wait=0.3)
+    heavy = _npy(_triplets(10, seed=7))  # 115 kB: over heavy_bytes
+    small = _triplets(1, seed=8)  # 11.6 kB
+    with running(app) as address, httpx.Client(base_url=address, timeout=30) as client:
+        assert client.get("/health").json()["heavy_active"] == 0
+        # A heavy request that sends half its body and stalls holds the only slot...
+        stalled = _send_head(address, "application/x-npy", len(heavy), heavy[:len(heavy) // 2])
+        deadline = time.monotonic() + 20
+        while client.get("/health").json()["heavy_active"] != 1:
+            assert time.monotonic() < deadline, "the stalled request never took its slot"
+            time.sleep(0.02)
+        # ...so another one gets 503 with Retry-After after waiting heavy_wait, its body unread...
+        start = time.monotonic()
+        head, body = _read_reply(_send_head(address, "application/x-npy", len(heavy)))
+        assert head.startswith(b"HTTP/1.1 503") and b"retry-after: 1" in head.lower()
+        assert "busy: 1 large requests" in body["detail"] and time.monotonic() - start >= 0.3
+        # ...while a small request is answered at once.
+        start = time.monotonic()
+        answer = _post_npy(client, small)
+        assert answer.status_code == 200 and time.monotonic() - start < 5
+        assert answer.json()["scores"] == pytest.approx(scorer.score(small).tolist(), abs=1e-6)
+        # The stalled request completes and frees its slot; the next heavy request is scored.
+        stalled.sendall(heavy[len(heavy) // 2:])
+        head, body = _read_reply(stalled)
+        assert head.startswith(b"HTTP/1.1 200") and body["count"] == 10
+        assert client.get("/health").json()["heavy_active"] == 0
+        assert _post_npy(client, _triplets(10, seed=7)).status_code == 200

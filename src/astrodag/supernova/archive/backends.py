@@ -22,6 +22,7 @@ import logging
 import re
 import time
 import urllib.parse
+import urllib.request
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,7 +34,7 @@ from shapely.geometry import Point
 
 from astrodag.errors import ConfigError, InputDataError
 from astrodag.io import file_digest, read_table, write_table
-from astrodag.settings import Settings, number, section, sequence, setting, text
+from astrodag.settings import Settings, flag, number, section, sequence, setting, text
 from astrodag.supernova.archive.catalog import catalog_entry, load_catalog
 from astrodag.supernova.archive.download import (
     DownloadError,
@@ -100,9 +101,13 @@ def _missions(missions: Iterable[str] | None) -> set[str] | None:
 class LocalBackend(ArchiveBackend):
     """A directory of FITS files with an ``observations.csv`` in MAST's columns.
 
-    ``dataURL`` is a path relative to the directory, or an absolute ``file://`` (or ``http(s)://``)
-    URL. Unlike ``MastBackend`` the query returns every product type, so that the pair stage records
-    non-images (as ``not_an_image``) instead of never seeing them.
+    ``dataURL`` is a path relative to the directory, an absolute path, a ``file://`` URL, or an
+    ``http(s)://`` URL. Local paths must lead inside the directory once resolved (symbolic links
+    followed): a row whose path leaves it (``../x.fits``, ``/etc/passwd``, ``file:///elsewhere/x.fits``,
+    a link pointing out) is refused with an ``InputDataError`` naming ``observations.csv`` and the
+    obsid, by the query for the rows it returns and again before anything is fetched, unless
+    ``allow_outside`` is set. Unlike ``MastBackend`` the query returns every product type, so that
+    the pair stage records non-images (as ``not_an_image``) instead of never seeing them.
 
     Parameters
     ----------
@@ -111,14 +116,18 @@ class LocalBackend(ArchiveBackend):
     transfer : TransferSettings, optional
     sleep : callable, optional
         Back-off sleep (tests pass a no-op).
+    allow_outside : bool, default False
+        Accept local paths outside ``archive_dir`` (``supernova.archive.allow_outside_archive``).
     """
 
     name = "local"
 
     def __init__(self, archive_dir: str | Path, transfer: TransferSettings | None = None,
-                 sleep: Callable[[float], None] = time.sleep):
+                 sleep: Callable[[float], None] = time.sleep, allow_outside: bool = False):
         super().__init__(transfer, sleep)
         self.archive_dir = Path(archive_dir)
+        self.root = self.archive_dir.resolve()
+        self.allow_outside = bool(allow_outside)
         self.table_path = self.archive_dir / "observations.csv"
         table = read_table(self.table_path, OBSERVATION_COLUMNS,
                            {"obsid": str, "obs_id": str, "checksum": str, "t_min": float, "t_max": float},
@@ -138,15 +147,38 @@ class LocalBackend(ArchiveBackend):
                 near = _separation_deg(ra, dec, row.s_ra, row.s_dec) <= radius
             keep.append(bool(near))
         found = table[np.asarray(keep, dtype=bool)] if keep else table.iloc[:0]
+        # A path leaving the archive fails here, before the pair and download stages build on it.
+        for obsid, url in zip(found["obsid"], found["dataURL"].fillna("").astype(str).str.strip()):
+            if url:
+                self._checked_url(url, obsid)
         return found.loc[:, list(QUERY_COLUMNS)].sort_values(["t_min", "obsid"], kind="stable").reset_index(drop=True)
 
     def resolve_url(self, row):
         url = str(row["dataURL"]).strip()
         if not url:
             raise InputDataError(self.table_path, f"observation {row['obsid']} has no dataURL")
-        if urllib.parse.urlsplit(url).scheme.lower() in ("file", "http", "https"):
+        return self._checked_url(url, row["obsid"])
+
+    def _checked_url(self, url: str, obsid) -> str:
+        """The URL of ``url`` (a file URL of the resolved path for local files), refused if it leaves the archive."""
+        parts = urllib.parse.urlsplit(url)
+        scheme = parts.scheme.lower()
+        if scheme in ("http", "https"):
             return url
-        return (self.archive_dir / url).resolve().as_uri()
+        if scheme == "file":
+            if parts.netloc not in ("", "localhost"):
+                raise InputDataError(self.table_path, f"observation {obsid}: dataURL {url!r} names another host "
+                                                      f"({parts.netloc}); a file URL must be local")
+            path = Path(urllib.request.url2pathname(parts.path))
+        else:
+            path = Path(url)
+        # Relative paths are relative to the archive; resolve() follows links, so a link pointing out is caught.
+        resolved = (self.archive_dir / path).resolve()
+        if not (self.allow_outside or resolved.is_relative_to(self.root)):
+            raise InputDataError(self.table_path, f"observation {obsid}: dataURL {url!r} leads outside the archive "
+                                                  f"directory {self.root} (to {resolved}); set "
+                                                  "supernova.archive.allow_outside_archive: true to allow it")
+        return resolved.as_uri()
 
 
 def _separation_deg(ra1, dec1, ra2, dec2) -> float:
@@ -322,8 +354,8 @@ _BACKENDS = {"local": LocalBackend, "mast": MastBackend}
 def make_backend(name: str, **options: Any) -> ArchiveBackend:
     """The backend called ``name`` (``local`` or ``mast``), built with ``options``.
 
-    ``local`` needs ``archive_dir``; both take ``transfer`` (TransferSettings) and ``sleep``;
-    ``mast`` also takes ``min_calib_level``.
+    ``local`` needs ``archive_dir`` and takes ``allow_outside``; both take ``transfer`` (TransferSettings) and
+    ``sleep``; ``mast`` also takes ``min_calib_level``.
     """
     if name not in _BACKENDS:
         raise ConfigError("supernova.archive.backend", f"unknown backend {name!r} (known: {', '.join(_BACKENDS)})")
@@ -350,12 +382,16 @@ class BackendSettings(Settings):
         Tries, back-off and time-out of queries and downloads (``supernova.archive.transfer``).
     min_calib_level : int
         MAST only: lowest CAOM calibration level kept (0-4). Default 2.
+    allow_outside_archive : bool
+        Local archive only: accept ``dataURL`` paths (relative, absolute or ``file://``) that lead outside the
+        archive directory once resolved, links followed. Default false: such a row is an error.
     """
 
     PREFIX: ClassVar[str] = "supernova.archive"
 
     transfer: TransferSettings = section(TransferSettings)
     min_calib_level: int = setting(2, number(0, 4, integer=True))
+    allow_outside_archive: bool = setting(False, flag)
 
     def backend(self, name: str, archive_dir: str | Path | None = None,
                 sleep: Callable[[float], None] = time.sleep) -> ArchiveBackend:
@@ -363,6 +399,7 @@ class BackendSettings(Settings):
         options: dict[str, Any] = {"transfer": self.transfer, "sleep": sleep}
         if name == "local":
             options["archive_dir"] = archive_dir
+            options["allow_outside"] = self.allow_outside_archive
         elif name == "mast":
             options["min_calib_level"] = self.min_calib_level
         return make_backend(name, **options)

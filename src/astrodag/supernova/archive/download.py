@@ -14,7 +14,8 @@
   or a permanent one (HTTP 404, a missing local file), raises ``DownloadError`` (an
   ``InputDataError``) naming the URL.
 
-The cache holds each product at ``<cache_dir>/<obsid>/<file name>`` (``cache_path``): a file already
+The cache holds each product at ``<cache_dir>/<obsid>/<file name>`` (``cache_path``; both names made safe
+by ``cache_name``, so no URL or obsid can place a file outside the cache folder): a file already
 there that matches the expected size and checksum is used without a transfer. A lock file beside it
 (``flock``) keeps two jobs from fetching the same product at once.
 """
@@ -22,9 +23,11 @@ there that matches the expected size and checksum is used without a transfer. A 
 from __future__ import annotations
 
 import fcntl
+import hashlib
 import http.client
 import logging
 import os
+import re
 import shutil
 import time
 import urllib.error
@@ -40,12 +43,16 @@ from astrodag import __version__
 from astrodag.errors import InputDataError
 from astrodag.io import atomic_path, file_digest, read_table, write_json
 from astrodag.settings import Settings, number, setting
-from astrodag.supernova.archive.catalog import safe_name
 
 log = logging.getLogger(__name__)
 
 _CHUNK = 1 << 20
 _RETRY_HTTP = {408, 429}
+# Longest cache file or folder name: with the ".part"/".lock" suffixes well under the usual 255 bytes.
+CACHE_NAME_MAX = 100
+_SAFE_NAME = re.compile(r"(?!.*\.\.)[A-Za-z0-9_-][A-Za-z0-9_.-]*")
+_UNSAFE_CHARACTERS = re.compile(r"[^A-Za-z0-9_.-]+")
+_EXTENSION = re.compile(r"(?:\.[A-Za-z0-9]{1,8}){1,2}$")
 
 T = TypeVar("T")
 
@@ -138,20 +145,50 @@ class FetchResult:
         return {**asdict(self), "path": str(self.path)}
 
 
+def cache_name(name: str) -> str:
+    """A name for the cache made from ``name``: ``[A-Za-z0-9_.-]`` only, no leading dot, no ``..``, short.
+
+    A name that is already so (every MAST and synthetic product name) is kept as it is. Any
+    other loses its unsafe characters (each run becomes ``_``, each run of dots one dot), is cut to
+    ``CACHE_NAME_MAX`` characters, and gets the first 12 hex digits of the SHA-256 of the original
+    before its extension (``.fits.gz`` kept), so that two names differing only in what was removed
+    stay apart. The same name always gives the same result.
+
+    >>> cache_name("../../etc/passwd")
+    'etc_passwd_3754d6cb3a38'
+    """
+    name = str(name)
+    if len(name) <= CACHE_NAME_MAX and _SAFE_NAME.fullmatch(name):
+        return name
+    digest = hashlib.sha256(name.encode("utf-8", "surrogatepass")).hexdigest()[:12]
+    cleaned = re.sub(r"\.{2,}", ".", _UNSAFE_CHARACTERS.sub("_", name)).strip("._")
+    extension = _EXTENSION.search(cleaned)
+    extension = extension.group(0) if extension else ""
+    stem = cleaned[:len(cleaned) - len(extension)].strip("._")
+    stem = stem[:CACHE_NAME_MAX - len(extension) - len(digest) - 1]
+    return f"{stem}_{digest}{extension}" if stem else f"{digest}{extension}"
+
+
 def url_file_name(url: str) -> str:
-    """The product's file name in ``url`` (the ``uri=`` parameter of a MAST download URL, else the path)."""
+    """The product's file name in ``url`` (the ``uri=`` parameter of a MAST download URL, else the path), made safe.
+
+    See ``cache_name``.
+    """
     parts = urllib.parse.urlsplit(url)
     uri = urllib.parse.parse_qs(parts.query).get("uri")
     path = uri[0] if uri else parts.path
     name = urllib.parse.unquote(path.rstrip("/").rsplit("/", 1)[-1])
     if not name:
         raise DownloadError(url, "the URL names no file")
-    return safe_name(name)
+    return cache_name(name)
 
 
 def cache_path(cache_dir: str | Path, obsid: str, url: str) -> Path:
-    """``<cache_dir>/<obsid>/<file name of url>``: products with one name in two observations stay apart."""
-    return Path(cache_dir) / safe_name(str(obsid)) / url_file_name(url)
+    """``<cache_dir>/<obsid>/<file name of url>``: products with one name in two observations stay apart.
+
+    Both parts pass through ``cache_name``, so the path always lies two levels inside ``cache_dir``.
+    """
+    return Path(cache_dir) / cache_name(str(obsid)) / url_file_name(url)
 
 
 def _expected(size: Any, checksum: Any) -> tuple[int | None, str | None]:

@@ -34,11 +34,14 @@ Endpoints
     "threshold"}``; ``scores`` and ``is_real`` (``score >= threshold``) are lists in the order
     of the batch.
 
-Errors are JSON ``{"detail": message}``: 413 for a body over ``max_bytes`` (refused from its
-``Content-Length`` before anything is read, or as soon as a streamed body passes the limit)
-or a batch over ``max_batch`` triplets; 422 for a wrong shape, dtype, non-finite values,
-unreadable ``.npy``/FITS/JSON or missing form fields; 400 for a malformed multipart body;
-503 (from uvicorn) beyond :func:`serve`'s ``max_connections``. Bad input never gives a 500.
+Errors are JSON ``{"detail": message}``: 413 for a body over the limit of its encoding (the
+smaller of ``max_bytes`` and what ``max_batch`` triplets of the model can need, see
+:class:`RequestLimits`; refused from its ``Content-Length`` before anything is read, or as soon
+as a streamed body passes the limit), a JSON body with more numbers than ``max_batch`` triplets
+(counted before it is parsed) or a batch over ``max_batch`` triplets; 503 with ``Retry-After``
+when ``max_heavy`` large requests are already being handled; 422 for a wrong shape, dtype,
+non-finite values, unreadable ``.npy``/FITS/JSON or missing form fields; 400 for a malformed
+multipart body; 503 (from uvicorn) beyond :func:`serve`'s ``max_connections``. Bad input never gives a 500.
 
 Decoding runs in the thread pool and scoring in one scoring thread (:class:`Batcher`), so the
 event loop keeps accepting and reading requests while a batch is scored; requests that queue
@@ -76,6 +79,16 @@ log = logging.getLogger(__name__)
 
 DEFAULT_MAX_BATCH = 1024
 DEFAULT_MAX_BYTES = 64 * 2 ** 20  # 1024 float32 triplets of 3x63x63 are 49 MiB
+# JSON costs about 40 bytes of Python objects per number while it is parsed (a float and its list
+# slot, then the array): 16 MiB of JSON peak near 200 MB, where 64 MiB of .npy stay under 200 MB.
+DEFAULT_MAX_JSON_BYTES = 16 * 2 ** 20
+DEFAULT_MAX_HEAVY = 2
+DEFAULT_HEAVY_BYTES = 2 ** 20
+DEFAULT_HEAVY_WAIT = 2.0
+# Bytes beyond the triplets' own: .npy and FITS headers (2,880-byte blocks), multipart boundaries, JSON keys.
+BODY_SLACK = 256 * 2 ** 10
+# The longest repr of a float64 with its separator: "-1.2345678901234567e-123, ".
+JSON_BYTES_PER_NUMBER = 32
 FITS_FIELDS = ("science", "reference", "difference")
 NPY_MAGIC = b"\x93NUMPY"
 _STOP = object()  # tells the scoring thread to finish
@@ -96,39 +109,126 @@ def _unprocessable(message: str) -> HTTPException:
     return HTTPException(status_code=422, detail=message)
 
 
-def _too_large_message(max_bytes: int) -> str:
-    return (f"request body exceeds the limit of {max_bytes} bytes ({max_bytes / 2 ** 20:.1f} MiB): "
+def _too_large_message(limit: int, what: str) -> str:
+    return (f"request body exceeds the limit of {limit} bytes ({limit / 2 ** 20:.1f} MiB) for {what}: "
             "send fewer triplets per request")
 
 
-class BodyLimit:
-    """ASGI middleware refusing request bodies over ``max_bytes`` with 413.
+class RequestLimits:
+    """How large a request body may be, by encoding, and how many large ones are handled at once.
 
-    A declared ``Content-Length`` over the limit is answered at once, before any of the body
-    is read; a body without one (chunked) is counted as it streams in, and the request fails
-    with 413 as soon as it passes the limit, so no oversize body is ever held whole.
+    Before the model is known only ``max_bytes`` (and ``max_json_bytes`` for JSON) apply;
+    :meth:`fit` then derives from the model's triplet shape ``(3, S, S)`` the most a body of
+    ``max_batch`` triplets can need, so that a body that can only end in a 413 for its batch size is
+    refused from its ``Content-Length`` before it is read or parsed:
+
+    * ``.npy`` and multipart: ``max_batch * 3 * S * S * 8`` bytes (float64) plus ``BODY_SLACK``;
+    * JSON: ``max_batch * 3 * S * S * JSON_BYTES_PER_NUMBER`` plus ``BODY_SLACK``, and at most
+      ``max_batch * 3 * S * S + 16`` numbers, counted (by its commas) before it is parsed;
+
+    each capped by ``max_bytes`` (JSON also by ``max_json_bytes``). A request whose body is over
+    ``heavy_bytes`` (or of unknown length) needs one of ``max_heavy`` slots for as long as it is
+    handled; one that finds none free within ``heavy_wait`` seconds gets 503 with ``Retry-After``.
+    Small requests need no slot, so they are answered while large ones queue. A worker's request
+    bodies thus hold at most about ``max_heavy`` times a large body's decoding peak plus
+    ``max_connections * heavy_bytes``.
+    """
+
+    def __init__(self, max_batch: int = DEFAULT_MAX_BATCH, max_bytes: int = DEFAULT_MAX_BYTES,
+                 max_json_bytes: int = DEFAULT_MAX_JSON_BYTES, max_heavy: int = DEFAULT_MAX_HEAVY,
+                 heavy_bytes: int = DEFAULT_HEAVY_BYTES, heavy_wait: float = DEFAULT_HEAVY_WAIT):
+        if min(max_batch, max_bytes, max_json_bytes, max_heavy, heavy_bytes) < 1 or not heavy_wait >= 0:
+            raise ValueError(f"request limits must be positive (heavy_wait >= 0), got max_batch={max_batch}, "
+                             f"max_bytes={max_bytes}, max_json_bytes={max_json_bytes}, max_heavy={max_heavy}, "
+                             f"heavy_bytes={heavy_bytes}, heavy_wait={heavy_wait}")
+        self.max_batch = max_batch
+        self.max_bytes = max_bytes
+        self.max_json_bytes = max_json_bytes
+        self.max_heavy = max_heavy
+        self.heavy_bytes = heavy_bytes
+        self.heavy_wait = float(heavy_wait)
+        self.binary_bytes = max_bytes
+        self.json_bytes = min(max_bytes, max_json_bytes)
+        self.json_numbers: int | None = None
+        self.heavy_active = 0
+        self._slots: asyncio.Semaphore | None = None  # made in the server's event loop
+
+    def fit(self, input_shape: tuple[int, ...]) -> None:
+        """Derive the body limits from the model's triplet shape."""
+        numbers = self.max_batch * int(np.prod(input_shape))
+        self.binary_bytes = min(self.max_bytes, numbers * 8 + BODY_SLACK)
+        self.json_bytes = min(self.max_bytes, self.max_json_bytes, numbers * JSON_BYTES_PER_NUMBER + BODY_SLACK)
+        self.json_numbers = numbers + 16  # room for the three noise values of raw cut-outs
+
+    def body_limit(self, content_type: str) -> int:
+        """Largest body accepted for a ``Content-Type`` (its media type, lower case)."""
+        return self.json_bytes if content_type == "application/json" else self.binary_bytes
+
+    def as_dict(self) -> dict[str, Any]:
+        """The limits and the heavy requests now being handled, for ``/health``."""
+        return {"max_bytes": self.binary_bytes, "max_json_bytes": self.json_bytes,
+                "max_json_numbers": self.json_numbers, "max_heavy": self.max_heavy, "heavy_bytes": self.heavy_bytes,
+                "heavy_active": self.heavy_active}
+
+    async def acquire(self) -> bool:
+        """Take a slot for a heavy request, waiting up to ``heavy_wait`` seconds; False if none came free."""
+        if self._slots is None:
+            self._slots = asyncio.Semaphore(self.max_heavy)
+        if not self._slots.locked():
+            await self._slots.acquire()  # free: returns at once (wait_for(..., 0) would give up on it)
+        else:
+            try:
+                await asyncio.wait_for(self._slots.acquire(), self.heavy_wait)
+            except TimeoutError:
+                return False
+        self.heavy_active += 1
+        return True
+
+    def release(self) -> None:
+        """Give back a slot taken by :meth:`acquire`."""
+        self.heavy_active -= 1
+        self._slots.release()
+
+
+class BodyLimit:
+    """ASGI middleware applying :class:`RequestLimits`: 413 for bodies over the limit, 503 when busy.
+
+    A declared ``Content-Length`` over the limit of the request's ``Content-Type`` is answered at
+    once, before any of the body is read; a body without one (chunked) is counted as it streams
+    in, and the request fails with 413 as soon as it passes the limit, so no oversize body is ever
+    held whole. A large body (or a chunked one) first waits for a heavy-request slot.
 
     Parameters
     ----------
     app : ASGI application
-    max_bytes : int
-        Largest accepted body.
+    limits : RequestLimits
     """
 
-    def __init__(self, app, max_bytes: int):
+    def __init__(self, app, limits: RequestLimits):
         self.app = app
-        self.max_bytes = max_bytes
+        self.limits = limits
 
     async def __call__(self, scope, receive, send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        declared = dict(scope["headers"]).get(b"content-length")
-        if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
+        headers = dict(scope["headers"])
+        content_type = headers.get(b"content-type", b"").split(b";")[0].strip().lower().decode("latin-1")
+        what = content_type or "a body without Content-Type"
+        limit = self.limits.body_limit(content_type)
+        declared = headers.get(b"content-length")
+        declared = int(declared) if declared is not None and declared.isdigit() else None
+        if declared is not None and declared > limit:
             # "Connection: close": the unread body must not be taken for the next request.
-            response = JSONResponse({"detail": _too_large_message(self.max_bytes)}, status_code=413,
-                                    headers={"Connection": "close"})
-            await response(scope, receive, send)
+            await _refuse(scope, receive, send, 413, _too_large_message(limit, what))
+            return
+        heavy = (declared or 0) > self.limits.heavy_bytes or (declared is None and b"transfer-encoding" in headers)
+        if heavy and not await self.limits.acquire():
+            wait = max(1, round(self.limits.heavy_wait))
+            await _refuse(scope, receive, send, 503,
+                          f"busy: {self.limits.max_heavy} large requests (over {self.limits.heavy_bytes} bytes) "
+                          f"are being handled; retry in {wait} s or send smaller requests",
+                          {"Retry-After": str(wait)})
             return
         received = 0
 
@@ -137,13 +237,23 @@ class BodyLimit:
             message = await receive()
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
-                if received > self.max_bytes:
+                if received > limit:
                     # Raised inside the endpoint's body read, so FastAPI answers it as JSON.
-                    raise HTTPException(status_code=413, detail=_too_large_message(self.max_bytes),
+                    raise HTTPException(status_code=413, detail=_too_large_message(limit, what),
                                         headers={"Connection": "close"})
             return message
 
-        await self.app(scope, limited_receive, send)
+        try:
+            await self.app(scope, limited_receive, send)
+        finally:
+            if heavy:
+                self.limits.release()
+
+
+async def _refuse(scope, receive, send, status: int, message: str, headers: dict[str, str] | None = None) -> None:
+    """Answer ``status`` with ``{"detail": message}`` without reading the body (and close the connection)."""
+    response = JSONResponse({"detail": message}, status_code=status, headers={"Connection": "close", **(headers or {})})
+    await response(scope, receive, send)
 
 
 def decode_npy(data: bytes, what: str = "body") -> np.ndarray:
@@ -313,11 +423,11 @@ def _settle(future: asyncio.Future, result, error) -> None:
 class _Service:
     """The loaded scorer and the request handling that needs it (kept in ``app.state.service``)."""
 
-    def __init__(self, scorer, model_pt: Path, max_batch: int, max_bytes: int):
+    def __init__(self, scorer, model_pt: Path, limits: RequestLimits):
         self.scorer = scorer
         self.model_pt = model_pt
-        self.max_batch = max_batch
-        self.max_bytes = max_bytes
+        self.limits = limits
+        self.max_batch = limits.max_batch
         self.batcher = Batcher(scorer, scorer.batch_size)
 
     def health(self) -> dict[str, Any]:
@@ -326,7 +436,7 @@ class _Service:
                 "threshold": self.scorer.threshold, "input_shape": list(self.scorer.input_shape),
                 "normalisation": self.scorer.normalisation, "device": str(self.scorer.device),
                 "precision": self.scorer.precision, "forward_batch": self.scorer.batch_size,
-                "max_batch": self.max_batch, "max_bytes": self.max_bytes}
+                "max_batch": self.max_batch, **self.limits.as_dict()}
 
     def batch(self, array: np.ndarray, what: str = "triplets") -> np.ndarray:
         """``array`` checked by the scorer (dtype, shape, finite values) as a float32 batch.
@@ -362,6 +472,11 @@ class _Service:
         return self.batch(decode_npy(body, what), what)
 
     def from_json(self, body: bytes) -> np.ndarray:
+        # Counted before parsing: a JSON number list costs about 40 bytes per number once parsed.
+        numbers = self.limits.json_numbers
+        if numbers is not None and body.count(b",") + 1 > numbers:
+            raise HTTPException(status_code=413, detail=f"JSON body holds more than {numbers} numbers, more than "
+                                                        f"{self.max_batch} triplets need: split the batch")
         try:
             payload = json.loads(body)
         except (ValueError, RecursionError) as error:  # RecursionError: absurdly deep nesting
@@ -372,7 +487,8 @@ class _Service:
             raise _unprocessable(f"JSON must be an object with the key 'triplets' or the keys "
                                  f"{', '.join(FITS_FIELDS)} (and 'noise'); got {keys}")
         arrays = {}
-        for key, value in payload.items():
+        for key in list(payload):
+            value = payload.pop(key)  # each parsed list is freed as soon as it is an array
             try:
                 arrays[key] = np.array(value, dtype=np.float64)
             except (ValueError, TypeError) as error:
@@ -418,7 +534,9 @@ async def _form_files(request: Request) -> dict[str, bytes]:
 
 def create_app(model_pt: str | Path, model_json: str | Path | None = None, max_batch: int = DEFAULT_MAX_BATCH,
                max_bytes: int = DEFAULT_MAX_BYTES, device: str = "auto", threads: int | None = None,
-               forward_batch: int | None = None, precision: str = "auto") -> FastAPI:
+               forward_batch: int | None = None, precision: str = "auto", max_json_bytes: int = DEFAULT_MAX_JSON_BYTES,
+               max_heavy: int = DEFAULT_MAX_HEAVY, heavy_bytes: int = DEFAULT_HEAVY_BYTES,
+               heavy_wait: float = DEFAULT_HEAVY_WAIT) -> FastAPI:
     """The scoring service (see the module notes); the model loads when the server starts.
 
     Parameters
@@ -430,7 +548,8 @@ def create_app(model_pt: str | Path, model_json: str | Path | None = None, max_b
     max_batch : int, default 1024
         Most triplets per request (413 beyond).
     max_bytes : int, default 64 MiB
-        Largest request body (413 beyond).
+        Largest request body (413 beyond); lower when ``max_batch`` triplets of the model need less
+        (see :class:`RequestLimits`).
     device : str, default "auto"
         Torch device; ``auto`` picks CUDA when present.
     threads : int, optional
@@ -443,6 +562,14 @@ def create_app(model_pt: str | Path, model_json: str | Path | None = None, max_b
         As for :class:`~astrodag.supernova.realbogus.scoring.RealBogusScorer`: ``auto`` is bfloat16 on a CPU
         with AVX512-BF16 or AMX-BF16 and float32 elsewhere (GPUs included); ``/health``
         reports the resolved value.
+    max_json_bytes : int, default 16 MiB
+        Largest JSON body (JSON is for a few triplets or raw cut-outs; send .npy for batches).
+    max_heavy : int, default 2
+        Requests over ``heavy_bytes`` handled at once; more wait up to ``heavy_wait`` seconds, then get 503.
+    heavy_bytes : int, default 1 MiB
+        Bodies over this size (or of unknown length) are heavy.
+    heavy_wait : float, default 2.0
+        Seconds a heavy request waits for a slot.
 
     Returns
     -------
@@ -455,8 +582,7 @@ def create_app(model_pt: str | Path, model_json: str | Path | None = None, max_b
     """
     from astrodag.training.precision import check_precision
 
-    if max_batch < 1 or max_bytes < 1:
-        raise ValueError(f"max_batch and max_bytes must be positive, got {max_batch} and {max_bytes}")
+    limits = RequestLimits(max_batch, max_bytes, max_json_bytes, max_heavy, heavy_bytes, heavy_wait)
     check_precision(precision)
     model_pt = Path(model_pt)
 
@@ -476,7 +602,8 @@ def create_app(model_pt: str | Path, model_json: str | Path | None = None, max_b
         except Exception as error:
             app.state.startup_error = error  # for serve() to report once uvicorn has given up
             raise
-        service = app.state.service = _Service(scorer, model_pt, max_batch, max_bytes)
+        limits.fit(scorer.input_shape)
+        service = app.state.service = _Service(scorer, model_pt, limits)
         log.info("real/bogus service: %s", json.dumps(service.health()))
         try:
             yield
@@ -486,7 +613,7 @@ def create_app(model_pt: str | Path, model_json: str | Path | None = None, max_b
     app = FastAPI(title="astrodag real/bogus scorer", lifespan=lifespan,
                   description="P(real) of (science, reference, difference) triplets; "
                               "see astrodag.supernova.realbogus.service.")
-    app.add_middleware(BodyLimit, max_bytes=max_bytes)
+    app.add_middleware(BodyLimit, limits=limits)
 
     @app.get("/health")
     async def health(request: Request) -> dict:
@@ -518,7 +645,8 @@ def app_from_environment() -> FastAPI:
 def serve(model_pt: str | Path, host: str = "127.0.0.1", port: int = 8000, model_json: str | Path | None = None,
           max_batch: int = DEFAULT_MAX_BATCH, max_bytes: int = DEFAULT_MAX_BYTES, device: str = "auto",
           threads: int | None = None, forward_batch: int | None = None, max_connections: int = 64,
-          log_level: str = "info", precision: str = "auto", workers: int = 1) -> None:
+          log_level: str = "info", precision: str = "auto", workers: int = 1,
+          max_json_bytes: int = DEFAULT_MAX_JSON_BYTES, max_heavy: int = DEFAULT_MAX_HEAVY) -> None:
     """Run the scoring service with uvicorn until interrupted.
 
     A model that cannot be loaded stops the start-up with the loading error (e.g.
@@ -526,15 +654,15 @@ def serve(model_pt: str | Path, host: str = "127.0.0.1", port: int = 8000, model
 
     Parameters
     ----------
-    model_pt, model_json, max_batch, max_bytes, device, threads, forward_batch, precision
+    model_pt, model_json, max_batch, max_bytes, device, threads, forward_batch, precision, max_json_bytes, max_heavy
         As for :func:`create_app`.
     host : str, default "127.0.0.1"
         Interface to listen on (``0.0.0.0`` for all; the service has no authentication).
     port : int, default 8000
     max_connections : int, default 64
         Concurrent connections and requests (per worker); beyond it uvicorn answers 503.
-        Together with ``max_bytes`` it bounds the memory held by request bodies (64 x 64 MiB at
-        most per worker).
+        Request bodies then hold at most about ``max_heavy`` large bodies being decoded plus
+        ``max_connections`` x 1 MiB per worker (see :class:`RequestLimits`).
     log_level : str, default "info"
         uvicorn's log level.
     workers : int, default 1
@@ -547,7 +675,8 @@ def serve(model_pt: str | Path, host: str = "127.0.0.1", port: int = 8000, model
         raise ValueError(f"workers must be at least 1, got {workers}")
     options = {"model_pt": str(model_pt), "model_json": None if model_json is None else str(model_json),
                "max_batch": max_batch, "max_bytes": max_bytes, "device": device, "threads": threads,
-               "forward_batch": forward_batch, "precision": precision}
+               "forward_batch": forward_batch, "precision": precision, "max_json_bytes": max_json_bytes,
+               "max_heavy": max_heavy}
     # lifespan="on": a model that fails to load stops the server instead of serving 500s.
     settings = {"host": host, "port": port, "log_level": log_level, "lifespan": "on",
                 "limit_concurrency": max_connections}

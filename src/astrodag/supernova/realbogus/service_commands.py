@@ -47,9 +47,13 @@ def add_stages(stages) -> None:
     serve.add_argument("--port", type=int, default=8000, help="TCP port (default 8000)")
     # Defaults live in astrodag.supernova.realbogus.service (not imported here: FastAPI is slow to import).
     serve.add_argument("--max-batch", type=int, help="most triplets per request (default 1024)")
-    serve.add_argument("--max-mb", type=float, help="largest request body in MiB (default 64)")
+    serve.add_argument("--max-mb", type=float,
+                       help="largest request body in MiB (default 64; less when --max-batch triplets need less)")
+    serve.add_argument("--max-json-mb", type=float, help="largest JSON request body in MiB (default 16)")
+    serve.add_argument("--max-heavy", type=int,
+                       help="requests over 1 MiB handled at once per worker; more get 503 after 2 s (default 2)")
     serve.add_argument("--max-connections", type=int, default=64,
-                       help="concurrent connections before answering 503 (default 64; bounds memory with --max-mb)")
+                       help="concurrent connections before answering 503 (default 64)")
     serve.add_argument("--device", default="auto", help="torch device: auto (CUDA when present), cpu, cuda:0 ...")
     serve.add_argument("--threads", type=int,
                        help="torch CPU threads per worker (default: torch's; with --workers, the cores divided "
@@ -101,6 +105,14 @@ def _serve(args: argparse.Namespace) -> None:
         if not args.max_mb > 0:
             raise ConfigError("serve.max-mb", f"must be positive, got {args.max_mb}")
         limits["max_bytes"] = int(args.max_mb * 2 ** 20)
+    if args.max_json_mb is not None:
+        if not args.max_json_mb > 0:
+            raise ConfigError("serve.max-json-mb", f"must be positive, got {args.max_json_mb}")
+        limits["max_json_bytes"] = int(args.max_json_mb * 2 ** 20)
+    if args.max_heavy is not None:
+        if args.max_heavy < 1:
+            raise ConfigError("serve.max-heavy", f"must be at least 1, got {args.max_heavy}")
+        limits["max_heavy"] = args.max_heavy
     if args.max_connections < 1:
         raise ConfigError("serve.max-connections", f"must be at least 1, got {args.max_connections}")
     if args.workers < 1:
