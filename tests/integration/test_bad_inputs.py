@@ -229,6 +229,12 @@ def flares_train_garbled_features(tmp):
 
 
 @case
+def flares_train_features_of_the_wrong_shape(tmp):
+    np.save(tmp / "shape.npy", np.zeros((4, 10, 5), dtype=np.float32))
+    return _train(tmp, features=tmp / "shape.npy", index=write(tmp / "index.parquet", GARBAGE)), "shape.npy"
+
+
+@case
 def flares_train_bad_json_options(tmp):
     return _train(tmp, "--model-options", '{"embed_dim": [16,'), "--model-options"
 
@@ -411,11 +417,16 @@ def sn_simulate_catalog_missing_columns(tmp):
 
 
 @case
-def sn_query_header_only_catalog(tmp):
+def sn_simulate_header_only_catalog(tmp):
     catalog = write(tmp / "header.csv", "sn_name,ra,dec,discovery_mjd,type,redshift,host\n")
+    return ["supernova", "simulate", "--catalog", catalog, "--out-dir", tmp / "survey", "--seed", "0"], "header.csv"
+
+
+@case
+def sn_query_archive_without_observations(tmp):
     (tmp / "archive").mkdir()
-    return ["supernova", "query", "--catalog", catalog, "--sn", "SN 2011fe", "--backend", "local", "--archive-dir",
-            tmp / "archive", "--out", tmp / "observations.csv"], "header.csv"
+    return ["supernova", "query", "--catalog", CATALOG, "--sn", "SN 2011fe", "--backend", "local", "--archive-dir",
+            tmp / "archive", "--out", tmp / "observations.csv"], str(tmp / "archive" / "observations.csv")
 
 
 @case
@@ -427,8 +438,8 @@ def sn_pair_garbled_observations(tmp):
 
 @case
 def sn_download_missing_pairs(tmp):
-    return ["supernova", "download", "--pairs", tmp / "pairs.csv", "--pair-id", "p0", "--backend", "local",
-            "--archive-dir", tmp, "--cache-dir", tmp / "cache", "--out-dir", tmp / "pair"], "pairs.csv"
+    return ["supernova", "download", "--pairs", tmp / "pairs.csv", "--pair-id", "p0", "--backend", "mast",
+            "--cache-dir", tmp / "cache", "--out-dir", tmp / "pair"], "pairs.csv"
 
 
 # Supernova: imaging
@@ -500,6 +511,14 @@ def build_dataset_garbled_triplets(tmp):
 
 
 @case
+def build_dataset_truncated_npz(tmp):
+    np.savez(tmp / "full.npz", cutouts=np.ones((8, 3, 21, 21), dtype=np.float32))
+    data = (tmp / "full.npz").read_bytes()
+    triplets = write(tmp / "truncated.npz", data[: len(data) // 2])
+    return ["supernova", "build-dataset", "--triplets", triplets, "--out-dir", tmp / "ds"], "truncated.npz"
+
+
+@case
 def imaging_report_missing_pairs(tmp):
     return ["supernova", "report", "--pairs", tmp / "pairs.csv", "--decisions", tmp / "decisions.csv",
             "--yield-summary", tmp / "yield.csv", "--catalog", CATALOG, "--out-dir", tmp / "report"], "pairs.csv"
@@ -536,10 +555,10 @@ def realbogus_export_missing_model(tmp):
 
 
 @case
-def realbogus_review_empty_scored(tmp):
+def realbogus_review_missing_model_json(tmp):
     (tmp / "pair").mkdir()
     return ["supernova", "review", "--scored", write(tmp / "scored.csv", ""), "--pair-dirs", tmp / "pair",
-            "--model-json", tmp / "model.json", "--out-dir", tmp / "review"], "scored.csv"
+            "--model-json", tmp / "model.json", "--out-dir", tmp / "review"], str(tmp / "model.json")
 
 
 @case
