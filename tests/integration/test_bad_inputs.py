@@ -597,7 +597,8 @@ def test_bad_input_gives_one_line_naming_it_and_status_2(name, tmp_path, capfd, 
     assert named in errors[0], errors[0]
 
 
-@pytest.mark.parametrize("name", ["config_unknown_section", "classify_header_only_csv", "flares_missing_keywords"])
+@pytest.mark.parametrize("name", ["config_unknown_section", "classify_header_only_csv",
+                                  "classify_unsafe_pickle_as_model", "flares_missing_keywords"])
 def test_as_a_process_stderr_is_one_line(name, tmp_path, request):
     function = CASES[name]
     fixtures = [request.getfixturevalue(arg) for arg in function.__code__.co_varnames[1:function.__code__.co_argcount]]

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import pickle
+import warnings
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -116,7 +117,10 @@ def load_weights(model: nn.Module, model_pt: str | Path) -> nn.Module:
     model_pt = Path(model_pt)
     prefix = "cannot load the model weights"
     try:
-        state = torch.load(model_pt, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():
+            # A pickle of another protocol is refused below anyway; torch's warning about it only adds lines.
+            warnings.filterwarnings("ignore", message="Detected pickle protocol", category=UserWarning)
+            state = torch.load(model_pt, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:
         # torch's message suggests weights_only=False, which would run the file's code: never for a model file.
         raise InputDataError(model_pt, f"{prefix}: not an astrodag model file (not a state_dict of tensors; refused"
