@@ -34,8 +34,8 @@ def test_help_shows_one_subcommand_per_track():
     result = subprocess.run([sys.executable, "-m", "astrodag", "--help"], capture_output=True, text=True, check=True)
     listed = [line.split()[0] for line in result.stdout.split("positional arguments:")[1].splitlines()[2:]
               if line.startswith("    ") and not line.startswith("     ")]
-    assert listed == list(TRACKS)
-    assert tuple(_subparsers(build_parser())) == TRACKS
+    assert listed == [*TRACKS, "config"]
+    assert tuple(_subparsers(build_parser())) == (*TRACKS, "config")
 
 
 @pytest.mark.parametrize(("track", "stage"), _stages(), ids="-".join)

@@ -31,6 +31,7 @@ A file is brought to what the model was trained on, step by step:
 
 from __future__ import annotations
 
+import csv
 import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -77,6 +78,8 @@ BASELINE_TOLERANCE_MAG = 0.5
 NOISE_TOLERANCE = 3.0
 # Dimming by more than this (and 5 sigma) cannot be lensing: a lens only brightens its source.
 MAX_DIMMING_MAG = 0.5
+# What classify reads from model.json.
+SIDECAR_KEYS = ("inputs", "architecture", "time_grid", "normalisation")
 
 
 def _pick(columns: Sequence[str], names: Sequence[str]) -> str | None:
@@ -124,8 +127,10 @@ def read_photometry(path: str | Path, flux: bool = False, difference_flux: bool 
     has_header = pd.to_numeric(first, errors="coerce").isna().any()
     try:
         table = pd.read_csv(path, sep=separator, comment="#", header=0 if has_header else None, engine="python")
-    except (pd.errors.ParserError, UnicodeDecodeError) as error:
+    except (pd.errors.ParserError, csv.Error, UnicodeDecodeError, ValueError) as error:
         raise InputDataError(path, f"cannot parse as a table ({error})") from error
+    if table.empty:
+        raise InputDataError(path, "no data rows (a header only)")
     if has_header:
         columns = [str(c) for c in table.columns]
         if difference_flux or (not flux and _pick(columns, DIFFERENCE_FLUX_NAMES)):
@@ -327,6 +332,16 @@ def out_of_distribution_reasons(sidecar: Mapping[str, Any], *, observed_steps: i
     return reasons
 
 
+def _check_sidecar(sidecar: Any, path: Path) -> Mapping[str, Any]:
+    """Refuse a model.json that is not a cadence model's (another track's, or a hand-made one) before it is used."""
+    missing = [key for key in SIDECAR_KEYS if key not in sidecar] if isinstance(sidecar, Mapping) else SIDECAR_KEYS
+    grid = sidecar.get("time_grid") if not missing else None
+    if missing or not isinstance(grid, Mapping) or not {"epochs", "steps"} & set(grid):
+        raise InputDataError(path, "not the sidecar of a microlensing cadence model (needs "
+                                   f"{', '.join(SIDECAR_KEYS)}, time_grid with its epochs)")
+    return sidecar
+
+
 def _grid(sidecar: Mapping[str, Any]) -> tuple[int, float]:
     grid = sidecar["time_grid"]
     n_steps = int(grid.get("steps", grid.get("epochs")))
@@ -432,7 +447,10 @@ def classify_files(
     if len(references) not in (1, len(paths)):
         raise InputDataError(paths[0], f"give one reference flux or one per file ({len(paths)}), got {len(references)}")
     references = references * len(paths) if len(references) == 1 else references
-    sidecar = read_sidecar(sidecar_path)
+    if not Path(model_path).is_file():  # named before its sidecar, which the user may not have given
+        raise InputDataError(model_path, "model file does not exist: train a cadence model first (astrodag"
+                                         " microlensing train)")
+    sidecar = read_sidecar(sidecar_path, _check_sidecar)
     torch_device = select_device(device)
     model = load_cadence_model(model_path, sidecar, torch_device, sidecar_path)
     rows = []

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import pickle
+import warnings
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -98,22 +99,43 @@ def read_sidecar(model_json: str | Path, check: SidecarCheck | None = None,
     return sidecar
 
 
+def _first_line(error: BaseException) -> str:
+    return (str(error).strip().splitlines() or [type(error).__name__])[0]
+
+
 def load_weights(model: nn.Module, model_pt: str | Path) -> nn.Module:
     """Load ``model_pt`` (``weights_only=True``) into ``model``.
 
     Raises
     ------
     InputDataError
-        Naming ``model_pt`` when it cannot be read or its tensors do not fit ``model``.
+        Naming ``model_pt`` when it cannot be read, is not an astrodag model file (not a
+        ``state_dict`` of tensors: any other pickle is refused unread) or its tensors do not fit ``model``.
     """
     import torch
 
     model_pt = Path(model_pt)
+    prefix = "cannot load the model weights"
     try:
-        state = torch.load(model_pt, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():
+            # A pickle of another protocol is refused below anyway; torch's warning about it only adds lines.
+            warnings.filterwarnings("ignore", message="Detected pickle protocol", category=UserWarning)
+            state = torch.load(model_pt, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as error:
+        # torch's message suggests weights_only=False, which would run the file's code: never for a model file.
+        raise InputDataError(model_pt, f"{prefix}: not an astrodag model file (not a state_dict of tensors; refused"
+                                       " without running any of its code)") from error
+    except (RuntimeError, OSError, EOFError, ValueError, KeyError, TypeError) as error:
+        raise InputDataError(model_pt, f"{prefix}: not an astrodag model file, or truncated ({_first_line(error)})"
+                             ) from error
+    if not isinstance(state, Mapping) or not all(isinstance(value, torch.Tensor) for value in state.values()):
+        raise InputDataError(model_pt, f"{prefix}: not an astrodag model file (holds a {type(state).__name__},"
+                                       " not a state_dict of tensors)")
+    try:
         model.load_state_dict(state)
-    except (RuntimeError, OSError, EOFError, ValueError, KeyError, TypeError, pickle.UnpicklingError) as error:
-        raise InputDataError(model_pt, f"cannot load the model weights ({str(error).splitlines()[0]})") from error
+    except (RuntimeError, ValueError, KeyError, TypeError) as error:
+        raise InputDataError(model_pt, f"{prefix}: they do not fit the architecture in the sidecar"
+                                       f" ({_first_line(error)})") from error
     return model
 
 

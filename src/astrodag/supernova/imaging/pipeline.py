@@ -445,6 +445,15 @@ def _plane_noise(science: Image, reference: Image, pair: _Registered, scale: Flu
             "difference_plane": d_noise if d_noise > 0 else 1.0}
 
 
+def _check_not_constant(image: Image) -> None:
+    """Refuse an image whose good pixels all hold one value (e.g. all zero): it has no sky noise or source to match."""
+    good = ~image.mask
+    low = float(np.min(image.data, where=good, initial=np.inf))
+    if low == float(np.max(image.data, where=good, initial=-np.inf)):
+        raise InputDataError(image.path, f"every good pixel holds the value {low:g}: no sky noise or source to"
+                                         " difference")
+
+
 def difference_pair(science_path: str | Path, reference_path: str | Path, out_dir: str | Path,
                     settings: DifferenceSettings | None = None, seed: int = 0) -> dict:
     """Difference one pair and write the products listed in the module notes.
@@ -472,6 +481,8 @@ def difference_pair(science_path: str | Path, reference_path: str | Path, out_di
     with timer("load"):
         science = load_image(science_path)
         reference = load_image(reference_path)
+        for image in (science, reference):
+            _check_not_constant(image)
     with timer("align"):
         aligned = align_reference(science, reference, settings.align)
     with timer("background"):

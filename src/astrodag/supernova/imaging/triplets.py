@@ -62,6 +62,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import zipfile
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -506,7 +507,7 @@ def _load_table(path: Path) -> pd.DataFrame:
             size = npz["cutouts"].shape[-1]
             # Files of the active-learning ingestion carry none: cut like the model that queued them.
             normalisation = str(npz["normalisation"]) if "normalisation" in npz.files else None
-    except (OSError, KeyError, ValueError) as error:
+    except (OSError, KeyError, ValueError, EOFError, zipfile.BadZipFile) as error:
         raise InputDataError(path, f"not a triplet file written by the triplets stage: {error}") from error
     table["file"] = str(path)
     table["file_row"] = np.arange(len(table))
