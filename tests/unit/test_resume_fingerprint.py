@@ -95,10 +95,14 @@ def supernova_change_data(data, copy):
     return copy
 
 
+# data, train, changed data, an architecture option, a loss option, the fingerprint part that names the data
 TRACKS = {
-    "flares": (flares_data, flares_train, flares_change_data, {"dropout": 0.5}, {"focal_gamma": 0.0}),
-    "microlensing": (microlensing_data, microlensing_train, microlensing_change_data, {"dense_units": 4}, None),
-    "supernova": (supernova_data, supernova_train, supernova_change_data, {"dropout": 0.2}, {"focal_gamma": 1.0}),
+    "flares": (flares_data, flares_train, flares_change_data, {"dropout": 0.5}, {"focal_gamma": 0.0},
+               "training data"),
+    "microlensing": (microlensing_data, microlensing_train, microlensing_change_data, {"dense_units": 4}, None,
+                     "observations"),
+    "supernova": (supernova_data, supernova_train, supernova_change_data, {"dropout": 0.2}, {"focal_gamma": 1.0},
+                  "training data"),
 }
 
 
@@ -145,8 +149,9 @@ def changed_parts(caplog):
 @pytest.fixture(scope="module", params=sorted(TRACKS))
 def track(request, tmp_path_factory):
     """A track's data, its uninterrupted run and a run killed in its second epoch (checkpoint of epoch 1)."""
-    make_data, train, change_data, architecture_option, loss_option = TRACKS[request.param]
+    make_data, train, change_data, architecture_option, loss_option, data_part = TRACKS[request.param]
     root = tmp_path_factory.mktemp(request.param)
+    (root / "data").mkdir()
     data = make_data(root / "data")
     reference = train(data, root / "reference")
     with pytest.MonkeyPatch.context() as monkeypatch:
@@ -154,7 +159,8 @@ def track(request, tmp_path_factory):
         with pytest.raises(KeyboardInterrupt):
             train(data, root / "killed")
     return {"name": request.param, "data": data, "train": train, "change_data": change_data, "root": root,
-            "reference": reference, "architecture": architecture_option, "loss": loss_option}
+            "reference": reference, "architecture": architecture_option, "loss": loss_option,
+            "data part": data_part}
 
 
 # -- each track ---------------------------------------------------------------------------------------------------
@@ -197,8 +203,8 @@ def test_a_changed_option_starts_over(track, kind, tmp_path, caplog):
     with caplog.at_level(logging.INFO, logger=TRAINER_LOG):
         rerun = track["train"](data, tmp_path / "run", **options)
     assert rerun["resumed_from_epoch"] == 0 and rerun["epochs_run"] == 2
-    expected = {"architecture": "architecture", "loss": "loss", "data": "training data", "seed": "trainer settings",
-                "precision": "precision"}[kind]
+    expected = {"architecture": "architecture", "loss": "loss", "data": track["data part"],
+                "seed": "trainer settings", "precision": "precision"}[kind]
     assert expected in changed_parts(caplog)
     # What a fresh run with the new option gives, not a continuation of the old one.
     fresh = track["train"](data, tmp_path / "fresh", **options)

@@ -543,6 +543,8 @@ def _plain(value: Any) -> Any:
         return dataclasses.asdict(value)
     if isinstance(value, (set, frozenset)):
         return sorted(value, key=repr)
+    if isinstance(value, (types.FunctionType, types.BuiltinFunctionType, type)):
+        return qualified_name(value)  # by name: a closure may hold itself
     if callable(value):
         return describe(value)
     text = repr(value)
