@@ -78,12 +78,13 @@ def microlensing_change_data(data, copy):
 
 
 def supernova_data(root):
-    return write_dataset(root, {"train": 96, "validation": 32, "test": 16})
+    return write_dataset(root, {"train": 64, "validation": 16, "test": 8})
 
 
 def supernova_train(data, out_dir, seed=0, model=None, loss=None, training=None):
+    # No bootstrap of the threshold: it follows training and would take most of the time.
     settings = RealBogusSettings.from_config({"braai": {"max_epochs": 2, "batch_size": 32, **(model or {})},
-                                              **(loss or {}), **(training or {})})
+                                              "threshold_bootstrap": 0, **(loss or {}), **(training or {})})
     return train_realbogus(data, out_dir, "braai", seed, settings, threads=1, progress=False)
 
 
@@ -206,6 +207,8 @@ def test_a_changed_option_starts_over(track, kind, tmp_path, caplog):
     expected = {"architecture": "architecture", "loss": "loss", "data": track["data part"],
                 "seed": "trainer settings", "precision": "precision"}[kind]
     assert expected in changed_parts(caplog)
+    if kind == "precision":
+        return  # bfloat16 is emulated on most CPUs, and slow: the log and the epochs show the fresh start
     # What a fresh run with the new option gives, not a continuation of the old one.
     fresh = track["train"](data, tmp_path / "fresh", **options)
     assert fresh["resumed_from_epoch"] == 0
