@@ -196,9 +196,11 @@ def test_training_is_reproducible_resumable_and_scores_the_test_split(toy, tmp_p
     assert all(torch.equal(weights_a[k], weights_b[k]) for k in weights_a)
     assert first["data"]["events"] == {"train": 128, "validation": 32}
     assert set(first["validation_metrics"]) >= {"loss", "accuracy", "roc_auc", "mean_checkpoint_accuracy"}
-    # A finished run rerun (e.g. by Snakemake after a lost output) resumes instead of starting over.
+    # A finished run rerun (e.g. by Snakemake's --forcerun) trains again, to the same weights.
     again = train(toy, tmp_path / "a")
-    assert again["resumed_from_epoch"] == first["epochs_run"]
+    assert again["resumed_from_epoch"] == 0 and again["epochs_run"] == first["epochs_run"]
+    weights_again = torch.load(tmp_path / "a" / "model.pt", weights_only=True)
+    assert all(torch.equal(weights_a[k], weights_again[k]) for k in weights_a)
 
     sidecar = json.loads((tmp_path / "a" / "model.json").read_text())
     assert sidecar["cadence"] == CADENCE

@@ -122,12 +122,12 @@ def test_same_seed_gives_bit_identical_weights(dataset, tmp_path):
     assert not all(torch.equal(a[key], c[key]) for key in a)
 
 
-def test_rerun_resumes_and_keeps_the_weights(dataset, tmp_path):
+def test_rerun_of_a_finished_run_trains_again_to_the_same_weights(dataset, tmp_path):
     settings = RealBogusSettings.from_config(QUICK)
     first = train_realbogus(dataset, tmp_path / "m", "braai", 0, settings, threads=1, progress=False)
     before = _weights(tmp_path / "m" / "model.pt")
     again = train_realbogus(dataset, tmp_path / "m", "braai", 0, settings, threads=1, progress=False)
-    assert first["resumed_from_epoch"] == 0 and again["resumed_from_epoch"] == again["epochs_run"] == 1
+    assert first["resumed_from_epoch"] == again["resumed_from_epoch"] == 0 and again["epochs_run"] == 1
     after = _weights(tmp_path / "m" / "model.pt")
     assert all(torch.equal(before[key], after[key]) for key in before)
 

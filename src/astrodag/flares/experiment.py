@@ -11,8 +11,6 @@ only predicted, never looked at here.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import time
 from pathlib import Path
@@ -171,13 +169,14 @@ def train_experiment(
         },
         "normalisation": normalisation,
     }
-    # A checkpoint resumes only the same data, target and split.
-    split_digest = hashlib.sha256(json.dumps(sidecar["split"], sort_keys=True).encode()).hexdigest()[:16]
     if model_name == "everest":
+        # The Trainer hashes the normalised windows and labels of each split, the loss and the architecture;
+        # these name what it cannot see (the test split, the source files) in its log when they change.
+        run_key = {"target": target, "index": sidecar["data"]["index_sha256"], "split": sidecar["split"],
+                   "dataset options": dataset.as_dict()}
         probabilities, details, network = _train_transformer(
             inputs, targets, out_dir, seed, EverestSettings.from_config(model_options),
-            FlareTrainerSettings.from_config(training_options), threads, work_dir, progress,
-            run_key=f"{target}:{sidecar['data']['index_sha256']}:{split_digest}:{dataset.drop_unobserved_horizon}",
+            FlareTrainerSettings.from_config(training_options), threads, work_dir, progress, run_key=run_key,
         )
     else:
         probabilities, details = _train_baseline(inputs, targets, seed, BaselineSettings.from_config(model_options))

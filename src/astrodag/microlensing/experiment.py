@@ -160,7 +160,8 @@ def train_cadence_model(
     run = train_model(
         "temporal_cnn", settings, {"in_channels": N_CHANNELS, "n_classes": N_CLASSES}, per_step_cross_entropy,
         training, datasets["train"], datasets["validation"], out_dir, seed=seed, evaluate=_checkpoint_metrics,
-        run_key=f"{cadence}:{data_digest}:{architecture}:{INPUT_LAYOUT}",
+        run_key={"cadence": cadence, "observations": data_digest, "inputs": INPUT_LAYOUT,
+                 "time grid": {"epochs": n_steps, "duration_days": float(duration_days)}},
         to_probability=lambda logits: binary_probability(logits)[:, steps.to(logits.device)], threads=threads,
         work_dir=work_dir, progress=progress,
     )

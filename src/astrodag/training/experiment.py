@@ -27,7 +27,7 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from astrodag.io import write_table
-from astrodag.models.registry import build_model
+from astrodag.models.registry import build_model, split_options
 from astrodag.settings import Settings
 from astrodag.training.settings import TrainerSettings
 from astrodag.training.trainer import Evaluator, Trainer, TrainingResult, sigmoid_probabilities
@@ -71,7 +71,7 @@ def train_model(
     *,
     seed: int,
     evaluate: Evaluator,
-    run_key: str = "",
+    run_key: str | Mapping[str, Any] = "",
     threads: int | None = None,
     work_dir: str | Path | None = None,
     to_probability: Callable[[torch.Tensor], torch.Tensor] = sigmoid_probabilities,
@@ -85,7 +85,8 @@ def train_model(
     architecture, options, shapes
         The registry entry, its options and the shapes from the data.
     loss_fn, settings, evaluate, run_key, threads, to_probability, progress
-        As for :class:`~astrodag.training.trainer.Trainer`.
+        As for :class:`~astrodag.training.trainer.Trainer`; the architecture's name, options and
+        shapes join ``run_key`` in the resume fingerprint.
     train_data, validation_data : Dataset
         The training and validation splits.
     out_dir : str or Path
@@ -96,13 +97,19 @@ def train_model(
         Applied to the freshly built model before training (e.g. a channels-last memory format).
     """
     out_dir = Path(out_dir)
+    architecture_settings, shape_arguments = split_options(architecture, options, **shapes)
+    # The architecture enters the resume fingerprint with every option (defaults filled in); the Trainer adds the
+    # loss, the data contents, its settings, seed and precision.
+    key = {"architecture": {"name": architecture, "options": architecture_settings.as_dict(),
+                            "shapes": shape_arguments},
+           **(dict(run_key) if isinstance(run_key, Mapping) else {"run_key": run_key})}
     # The Trainer seeds again; seeding here makes the initial weights a function of the seed too.
     torch.manual_seed(seed)
-    model = build_model(architecture, options, **shapes)
+    model = build_model(architecture, architecture_settings, **shape_arguments)
     if prepare is not None:
         model = prepare(model)
     trainer = Trainer(model, loss_fn, settings, work_dir=Path(work_dir) if work_dir else out_dir / "checkpoints",
-                      evaluate=evaluate, run_key=run_key, to_probability=to_probability, progress=progress,
+                      evaluate=evaluate, run_key=key, to_probability=to_probability, progress=progress,
                       seed=seed, threads=threads)
     started = time.perf_counter()
     result = trainer.fit(train_data, validation_data)

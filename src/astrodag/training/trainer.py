@@ -16,18 +16,31 @@ What it does for a model and two datasets:
 - resumes from ``last.pt`` when it is rerun after an interruption (a killed
   cluster job rerun by Snakemake continues where it stopped, with the same
   random state, so the result equals an uninterrupted run).
+
+A checkpoint is resumed only when its fingerprint matches the run's: the trainer
+settings, seed and threads, the device and forward precision, the model (class,
+structure and initial weights), the loss and its options (:func:`describe`), the
+validation metrics, the contents of both datasets (:func:`dataset_digest`) and
+whatever the caller adds as ``run_key`` (the architecture's name and options from
+:func:`~astrodag.training.experiment.train_model`, a track's data digests). Any
+difference, a checkpoint that does not load, or one of a finished run (Snakemake's
+``--forcerun`` deletes the outputs, not the checkpoints) starts training over,
+with a log line saying why.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 import logging
 import math
 import os
+import random
 import time
-from collections.abc import Callable, Sequence
+import types
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -35,11 +48,12 @@ import numpy as np
 import pandas as pd
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, TensorDataset
 from tqdm.auto import tqdm
 
 from astrodag.io import atomic_path, write_json, write_table
 from astrodag.logs import progress_enabled
+from astrodag.settings import Settings
 from astrodag.training.precision import resolve_precision
 from astrodag.training.seeding import seed_everything, select_device
 from astrodag.training.settings import TrainerSettings
@@ -48,6 +62,8 @@ logger = logging.getLogger(__name__)
 
 Evaluator = Callable[[np.ndarray, np.ndarray], dict[str, float]]
 EpochCallback = Callable[[int, dict[str, float]], None]
+# Items of a dataset other than a TensorDataset that enter its digest (evenly spaced).
+DATA_SAMPLE_ITEMS = 64
 
 
 @dataclasses.dataclass
@@ -82,9 +98,11 @@ class Trainer:
     evaluate : callable
         ``evaluate(targets, probabilities) -> dict`` of validation metrics; it
         must contain ``settings.monitor`` (or ``"loss"`` may be monitored).
-    run_key : str
-        Anything else that identifies the run (data hash, architecture); a
-        ``last.pt`` written for another key or settings is not resumed from.
+    run_key : str or mapping
+        Anything else that decides the weights (architecture options, data
+        digests); a mapping's entries are compared one by one, so the log names
+        the one that changed. The trainer adds its own parts (see the module
+        docstring); a ``last.pt`` of another fingerprint is not resumed from.
     seed : int
         Seeds Python, NumPy and torch and the shuffling generator.
     threads : int, optional
@@ -102,7 +120,7 @@ class Trainer:
         settings: TrainerSettings,
         work_dir: str | Path,
         evaluate: Evaluator,
-        run_key: str = "",
+        run_key: str | Mapping[str, Any] = "",
         to_probability: Callable[[torch.Tensor], torch.Tensor] = sigmoid_probabilities,
         progress: bool | None = None,
         callbacks: Sequence[EpochCallback] = (),
@@ -132,16 +150,37 @@ class Trainer:
             self.use_amp, self.amp_dtype = True, torch.bfloat16
         # What the forward passes run in, for the model's sidecar.
         self.precision = str(self.amp_dtype).removeprefix("torch.") if self.use_amp else "float32"
-        self.scaler = torch.amp.GradScaler(
-            "cuda", enabled=self.use_amp and self.amp_dtype == torch.float16
-        )
-        self.fingerprint = hashlib.sha256(
-            json.dumps([self.record(), run_key], sort_keys=True, default=str).encode()
-        ).hexdigest()
+        self.scaler = self._new_scaler()
+        self.run_key = dict(run_key) if isinstance(run_key, Mapping) else {"run_key": run_key}
+        # Taken before training: with the model's structure it identifies the architecture and its initialisation.
+        self.initial_weights = state_digest(self.model.state_dict())
+        self.fingerprint = ""
+        self.fingerprint_parts: dict[str, str] = {}
 
     def record(self) -> dict[str, Any]:
         """The settings, seed and threads of this run, for the model's sidecar."""
         return {**self.settings.as_dict(), "seed": self.seed, "threads": self.threads}
+
+    def _new_scaler(self) -> torch.amp.GradScaler:
+        return torch.amp.GradScaler("cuda", enabled=self.use_amp and self.amp_dtype == torch.float16)
+
+    def fingerprint_of(self, train_data: Dataset, val_data: Dataset) -> dict[str, str]:
+        """A digest of each part of the run that shapes the weights (see the module docstring)."""
+        parts: dict[str, Any] = {
+            "trainer settings": self.record(),
+            "precision": {"device": self.device.type, "forward": self.precision},
+            "model": {"class": qualified_name(type(self.model)), "structure": repr(self.model),
+                      "initial_weights": self.initial_weights},
+            "loss": describe(self.loss_fn),
+            "validation metrics": {"evaluate": describe(self.evaluate), "probability": describe(self.to_probability)},
+            "training data": dataset_digest(train_data),
+            "validation data": dataset_digest(val_data),
+        }
+        clash = sorted(set(parts) & set(self.run_key))
+        if clash:
+            raise ValueError(f"run_key must not name the trainer's own fingerprint parts: {', '.join(clash)}")
+        parts.update(self.run_key)
+        return {name: _digest(value) for name, value in parts.items()}
 
     @property
     def best_path(self) -> Path:
@@ -171,6 +210,7 @@ class Trainer:
             torch.save(payload, tmp)
 
     def _load_resume_state(self, optimizer, scheduler) -> dict[str, Any] | None:
+        """Restore ``last.pt`` into the model, optimizer, scheduler and generators; None: start over."""
         if not self.last_path.exists():
             return None
         try:
@@ -178,17 +218,36 @@ class Trainer:
         except Exception as error:  # a corrupt checkpoint must not block a fresh start
             logger.warning("ignoring unreadable checkpoint %s (%s); starting over", self.last_path, error)
             return None
-        if state.get("fingerprint") != self.fingerprint:
-            logger.info("checkpoint %s belongs to another configuration; starting over", self.last_path)
+        if not isinstance(state, dict) or state.get("fingerprint") != self.fingerprint:
+            recorded = state.get("fingerprint_parts") if isinstance(state, dict) else None
+            if isinstance(recorded, dict):
+                changed = sorted(name for name in set(recorded) | set(self.fingerprint_parts)
+                                 if recorded.get(name) != self.fingerprint_parts.get(name))
+                why = f"changed: {', '.join(changed)}"
+            else:
+                why = "written by an older version"
+            logger.info("checkpoint %s belongs to another run (%s); starting over", self.last_path, why)
             return None
-        self.model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        self.scaler.load_state_dict(state["scaler"])
-        torch.set_rng_state(state["torch_rng"].cpu())
-        self.generator.set_state(state["generator_rng"].cpu())
-        if torch.cuda.is_available() and "cuda_rng" in state:
-            torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda_rng"]])
+        if state.get("completed"):
+            logger.info("previous run finished (checkpoint %s); training again", self.last_path)
+            return None
+        try:
+            self.model.load_state_dict(state["model"])
+            optimizer.load_state_dict(state["optimizer"])
+            scheduler.load_state_dict(state["scheduler"])
+            self.scaler.load_state_dict(state["scaler"])
+            torch.set_rng_state(state["torch_rng"].cpu())
+            self.generator.set_state(state["generator_rng"].cpu())
+            if torch.cuda.is_available() and "cuda_rng" in state:
+                torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda_rng"]])
+            missing = [key for key in ("epoch", "best_score", "best_epoch", "stale_epochs", "history")
+                       if key not in state]
+            if missing:
+                raise KeyError(f"no {', '.join(missing)}")
+        except Exception as error:  # a checkpoint that does not fit must not block a fresh start
+            logger.warning("checkpoint %s does not load into this run (%s: %s); starting over", self.last_path,
+                           type(error).__name__, str(error).splitlines()[0] if str(error) else "")
+            return None
         return state
 
     # -- training ----------------------------------------------------------------
@@ -201,19 +260,39 @@ class Trainer:
             raise ValueError("the training set is empty")
         total_steps = steps_per_epoch * settings.max_epochs
         warmup_steps = int(settings.warmup_fraction * total_steps)
-        optimizer = torch.optim.AdamW(
-            self.model.parameters(), lr=settings.learning_rate, weight_decay=settings.weight_decay
-        )
-        scheduler = torch.optim.lr_scheduler.LambdaLR(
-            optimizer, lambda step: _warmup_cosine(step, warmup_steps, total_steps)
-        )
+
+        def optimizer_and_schedule():
+            optimizer = torch.optim.AdamW(
+                self.model.parameters(), lr=settings.learning_rate, weight_decay=settings.weight_decay
+            )
+            return optimizer, torch.optim.lr_scheduler.LambdaLR(
+                optimizer, lambda step: _warmup_cosine(step, warmup_steps, total_steps)
+            )
+
+        self.fingerprint_parts = self.fingerprint_of(train_data, val_data)
+        self.fingerprint = _digest(self.fingerprint_parts)
+        optimizer, scheduler = optimizer_and_schedule()
+        # What a fresh start begins from, should a checkpoint fail to load half way.
+        fresh = None
+        if self.last_path.exists():
+            fresh = {"model": {key: value.clone() for key, value in self.model.state_dict().items()},
+                     "torch_rng": torch.get_rng_state(), "generator_rng": self.generator.get_state(),
+                     **({"cuda_rng": torch.cuda.get_rng_state_all()} if torch.cuda.is_available() else {})}
         state = self._load_resume_state(optimizer, scheduler)
+        if state is None and fresh is not None:
+            self.model.load_state_dict(fresh["model"])
+            torch.set_rng_state(fresh["torch_rng"])
+            self.generator.set_state(fresh["generator_rng"])
+            if "cuda_rng" in fresh:
+                torch.cuda.set_rng_state_all(fresh["cuda_rng"])
+            self.scaler = self._new_scaler()
+            optimizer, scheduler = optimizer_and_schedule()
         history: list[dict[str, float]] = state["history"] if state else []
         start_epoch = state["epoch"] if state else 0
         best_score = state["best_score"] if state else math.nan
         best_epoch = state["best_epoch"] if state else 0
         stale_epochs = state["stale_epochs"] if state else 0
-        completed = state["completed"] if state else False
+        completed = False
         if state:
             logger.info("resuming from %s after epoch %d", self.last_path, start_epoch)
         logger.info(
@@ -257,6 +336,7 @@ class Trainer:
                     self.last_path,
                     {
                         "fingerprint": self.fingerprint,
+                        "fingerprint_parts": self.fingerprint_parts,
                         "model": self.model.state_dict(),
                         "optimizer": optimizer.state_dict(),
                         "scheduler": scheduler.state_dict(),
@@ -358,6 +438,121 @@ class Trainer:
         from torch.utils.tensorboard import SummaryWriter  # imported late: it is slow to import
 
         return SummaryWriter(log_dir=str(self.work_dir / "tensorboard"))
+
+
+def qualified_name(thing: Any) -> str:
+    """``module.qualname`` of a class or function."""
+    return f"{getattr(thing, '__module__', None)}.{getattr(thing, '__qualname__', type(thing).__qualname__)}"
+
+
+def tensor_digest(tensor: torch.Tensor | np.ndarray, digest=None) -> str:
+    """SHA-256 of an array's dtype, shape and bytes (any dtype, any device); fold into ``digest`` if given."""
+    digest = digest if digest is not None else hashlib.sha256()
+    if isinstance(tensor, np.ndarray):
+        tensor = torch.from_numpy(np.ascontiguousarray(tensor))
+    tensor = tensor.detach().cpu().contiguous()
+    digest.update(f"{tensor.dtype}:{tuple(tensor.shape)}".encode())
+    digest.update(tensor.flatten().view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def state_digest(state: Mapping[str, torch.Tensor]) -> str:
+    """SHA-256 of a ``state_dict``: every entry's name and contents."""
+    digest = hashlib.sha256()
+    for name in sorted(state):
+        digest.update(name.encode())
+        tensor_digest(state[name], digest)
+    return digest.hexdigest()
+
+
+def describe(function: Any) -> Any:
+    """What decides the results of a loss (or another callable), as plain values for the fingerprint.
+
+    A module: its class, public attributes (e.g. a focal loss's ``gamma``), ``repr`` and
+    ``state_dict``; a ``functools.partial``: its function, arguments and keywords; a function:
+    its qualified name and the values it closes over; another callable object: its class and
+    public attributes.
+    """
+    if isinstance(function, functools.partial):
+        return {"partial": describe(function.func), "args": list(function.args), "keywords": dict(function.keywords)}
+    if isinstance(function, nn.Module):
+        options = {name: value for name, value in vars(function).items()
+                   if not name.startswith("_") and name != "training"}
+        return {"class": qualified_name(type(function)), "options": options, "repr": repr(function),
+                "state": state_digest(function.state_dict())}
+    if isinstance(function, types.FunctionType):
+        cells = []
+        for cell in function.__closure__ or ():
+            try:
+                cells.append(cell.cell_contents)
+            except ValueError:  # a closure cell not yet filled
+                cells.append(None)
+        return {"function": qualified_name(function), "closure": cells}
+    if isinstance(function, (types.BuiltinFunctionType, type)):
+        return {"function": qualified_name(function)}
+    return {"class": qualified_name(type(function)),
+            "options": {name: value for name, value in getattr(function, "__dict__", {}).items()
+                        if not name.startswith("_")}}
+
+
+def dataset_digest(dataset: Dataset) -> str:
+    """SHA-256 of a dataset's contents.
+
+    A ``TensorDataset`` is hashed whole. Any other dataset by its class, length and
+    ``DATA_SAMPLE_ITEMS`` evenly spaced items, read with Python's, NumPy's and torch's random
+    states restored afterwards (an augmenting dataset draws from them), so the digest does not
+    change the training; such a dataset's caller should add a digest of its source files to
+    ``run_key``.
+    """
+    digest = hashlib.sha256(f"{qualified_name(type(dataset))}:{len(dataset)}".encode())
+    if isinstance(dataset, TensorDataset):
+        for tensor in dataset.tensors:
+            tensor_digest(tensor, digest)
+        return digest.hexdigest()
+    positions = np.unique(np.linspace(0, len(dataset) - 1, min(DATA_SAMPLE_ITEMS, len(dataset))).astype(int))
+    python_state, numpy_state = random.getstate(), np.random.get_state()
+    try:
+        with torch.random.fork_rng(devices=[]):
+            for position in positions:
+                _fold_item(dataset[int(position)], digest)
+    finally:
+        random.setstate(python_state)
+        np.random.set_state(numpy_state)
+    return digest.hexdigest()
+
+
+def _fold_item(item: Any, digest) -> None:
+    if isinstance(item, (torch.Tensor, np.ndarray)):
+        tensor_digest(item, digest)
+    elif isinstance(item, (tuple, list)):
+        for part in item:
+            _fold_item(part, digest)
+    else:
+        digest.update(repr(item).encode())
+
+
+def _plain(value: Any) -> Any:
+    """JSON stand-ins for what ``describe`` and ``run_key`` may hold; never a memory address."""
+    if isinstance(value, (torch.Tensor, np.ndarray)):
+        return {"array": tensor_digest(value)}
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, Settings):
+        return value.as_dict()
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return dataclasses.asdict(value)
+    if isinstance(value, (set, frozenset)):
+        return sorted(value, key=repr)
+    if isinstance(value, (types.FunctionType, types.BuiltinFunctionType, type)):
+        return qualified_name(value)  # by name: a closure may hold itself
+    if callable(value):
+        return describe(value)
+    text = repr(value)
+    return qualified_name(type(value)) if " at 0x" in text else text
+
+
+def _digest(value: Any) -> str:
+    return hashlib.sha256(json.dumps(value, sort_keys=True, default=_plain).encode()).hexdigest()
 
 
 def _warmup_cosine(step: int, warmup_steps: int, total_steps: int) -> float:

@@ -608,9 +608,10 @@ def train_realbogus(triplets_dir: str | Path, out_dir: str | Path, architecture:
     options = {"in_channels": channels, **({"size": size} if architecture == "braai" else {}),
                **model_settings.model_options()}
     digest = triplets_digest(splits)
-    # What else decides the weights (the Trainer adds its own config): a checkpoint of another run is not resumed.
-    run_key = repr((architecture, options, digest, settings.class_balance, settings.focal_gamma, settings.augment,
-                    missions_train))
+    # What else decides the weights: the Trainer adds the architecture, the loss (focal gamma, positive weight), its
+    # settings and a sample of the datasets' items; a checkpoint of another run is not resumed.
+    run_key = {"triplets": digest, "class_balance": settings.class_balance, "augment": list(settings.augment),
+               "missions_train": missions_train, "channels_last": settings.channels_last}
     # Convolutions on a channels-last model produce channels-last activations from ordinary inputs.
     prepare = (lambda model: model.to(memory_format=torch.channels_last)) if settings.channels_last else None
     run = train_model(architecture, options, {}, BinaryFocalLoss(gamma=settings.focal_gamma,
