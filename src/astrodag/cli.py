@@ -12,7 +12,7 @@ import logging
 import sys
 
 from astrodag import __version__
-from astrodag.cli_support import resolve_defaults
+from astrodag.cli_support import end_with_parent, resolve_defaults
 from astrodag.errors import AstrodagError
 from astrodag.flares import commands as flares_commands
 from astrodag.logs import configure_logging
@@ -52,5 +52,11 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def run() -> int:
+    """The ``astrodag`` command and ``python -m astrodag``: :func:`main` in a process that ends with its parent."""
+    end_with_parent()
+    return main()
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run())

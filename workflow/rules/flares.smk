@@ -137,6 +137,7 @@ rule train_flare_baseline:
 
 rule sweep_flare_thresholds:
     input:
+        flare_weights,
         predictions=f"{FLARE_EXPERIMENT}/predictions.parquet",
         sidecar=f"{FLARE_EXPERIMENT}/model.json",
     output:
