@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from astrodag.config import lock_advice
+
 REPO = Path(__file__).resolve().parents[2]
 TINY = REPO / "tests" / "data" / "config_tiny.yaml"
 pytestmark = pytest.mark.workflow
@@ -29,7 +31,7 @@ def snakemake(workdir, *args, snakefile=REPO / "Snakefile", configfile=TINY, tim
 HEADERS = {
     "flares.experiments": "flare_class\twindow_hours\tseed\n",
     "microlensing.cadences": (REPO / "tests" / "data" / "cadences_tiny.tsv").read_text().splitlines()[0] + "\n",
-    "supernova.catalog": "sn_name,ra,dec,discovery_mjd\n",
+    "supernova.catalog": "sn_name,ra,dec,discovery_mjd,type,redshift,host\n",
     "supernova.realbogus_experiments": "experiment\tarchitecture\tseed\ttrain_missions\ttest_missions\n",
 }
 BAD_TABLES = {
@@ -39,10 +41,11 @@ BAD_TABLES = {
                                      "duplicated flare_class, window_hours, seed: row 1 (line 2); row 2 (line 3)"),
     # Two names with one file-safe form (the jobs' names): the archive jobs would overwrite each other's files.
     "supernova.catalog same safe name": ("supernova.catalog", HEADERS["supernova.catalog"]
-                                         + "SN 2011fe,210.77,54.27,55797.17\nSN  2011fe,210.77,54.27,55797.17\n",
+                                         + "SN 2011fe,210.77,54.27,55797.17,Ia,,\n"
+                                         + "SN  2011fe,210.77,54.27,55797.17,Ia,,\n",
                                          "safe_name is not unique"),
     "supernova.catalog implausible date": ("supernova.catalog", HEADERS["supernova.catalog"]
-                                           + "SN 2011fe,210.77,54.27,57.17\n", "is not a plausible MJD"),
+                                           + "SN 2011fe,210.77,54.27,57.17,Ia,,\n", "is not a plausible MJD"),
 }
 
 
@@ -70,7 +73,8 @@ def test_empty_flare_grid_stops_a_real_run_before_it_deletes_the_analysis(tmp_pa
     kept = tmp_path / "results" / "flares" / "analysis" / "report.md"
     kept.parent.mkdir(parents=True)
     kept.write_text("an earlier result")
-    result = snakemake(tmp_path, "--config", f"flares={{'experiments': '{grid}'}}", "--", str(kept))
+    result = snakemake(tmp_path, "--config", f"flares={{'experiments': '{grid}'}}", "--",
+                       "results/flares/analysis/report.md")
     assert result.returncode != 0 and f"{grid}: the flare experiment grid has no rows" in result.stderr
     assert kept.read_text() == "an earlier result"
 
@@ -85,10 +89,21 @@ def test_local_archive_that_is_not_a_directory_fails_at_start(tmp_path):
 ONE_EXPERIMENT = "results/flares/experiments/M_24h/seed0/everest"
 
 
+def _plan(result):
+    """Job counts per rule of a dry run."""
+    assert result.returncode == 0, result.stderr[-3000:]
+    return {line.split()[0]: int(line.split()[1]) for line in result.stdout.splitlines()
+            if len(line.split()) == 2 and line.split()[1].isdigit()}
+
+
 def test_one_experiment_recipe_rebuilds_lost_weights(tmp_path):
-    """After a killed training job the README's one-experiment target retrains when model.pt is gone."""
-    target = f"{ONE_EXPERIMENT}/results.json"
-    assert f"snakemake --cores 2 {target}" in (REPO / "README.md").read_text()
+    """After a killed training job the README's one-experiment recipe retrains when model.pt is gone.
+
+    (Snakemake rebuilds a missing file only where a job that runs, or a target, asks for it: the results after
+    it being there, the recipe names the weights too.)
+    """
+    targets = [f"{ONE_EXPERIMENT}/model.pt", f"{ONE_EXPERIMENT}/results.json"]
+    assert f"snakemake --cores 2 {' '.join(targets)}" in (REPO / "README.md").read_text()
     stages = [
         ["results/flares/raw/sharp_keywords.csv", "results/flares/raw/flare_events.csv",
          "results/flares/raw/simulation_summary.json"],
@@ -105,26 +120,41 @@ def test_one_experiment_recipe_rebuilds_lost_weights(tmp_path):
             path.write_text("x")
             os.utime(path, (now - age, now - age))
     # The README's command, as a dry run of the shipped config.
-    done = snakemake(tmp_path, "-n", target, configfile=None)
-    assert done.returncode == 0 and "Nothing to be done" in done.stdout + done.stderr, done.stderr[-3000:]
+    assert _plan(snakemake(tmp_path, "-n", *targets, configfile=None)) == {}
     (tmp_path / ONE_EXPERIMENT / "model.pt").unlink()
-    plan = snakemake(tmp_path, "-n", target, configfile=None)
-    assert plan.returncode == 0, plan.stderr[-3000:]
-    jobs = dict(line.split() for line in plan.stdout.splitlines() if len(line.split()) == 2
-                and line.split()[1].isdigit())
-    assert jobs.get("train_flare_model") == "1" and jobs.get("sweep_flare_thresholds") == "1", plan.stdout
+    plan = _plan(snakemake(tmp_path, "-n", *targets, configfile=None))
+    assert plan["train_flare_model"] == 1 and plan["sweep_flare_thresholds"] == 1, plan
+
+
+def test_flares_target_rebuilds_lost_weights(tmp_path):
+    """`snakemake flares` (and the default target) retrains an experiment whose model.pt is gone."""
+    summary = snakemake(tmp_path, "-n", "--summary", "flares")
+    assert summary.returncode == 0, summary.stderr[-3000:]
+    outputs = [line.split("\t")[0] for line in summary.stdout.splitlines()[1:] if "\t" in line]
+    for name in outputs:  # all as old as each other: up to date
+        path = tmp_path / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("x")
+        os.utime(path, (1e9, 1e9))
+    assert _plan(snakemake(tmp_path, "-n", "flares")) == {}
+    lost = next(name for name in outputs if name.endswith("everest/model.pt"))
+    (tmp_path / lost).unlink()
+    plan = _plan(snakemake(tmp_path, "-n", "flares"))
+    assert plan["train_flare_model"] == 1 and plan["analyze_flare_study"] == 1, plan
 
 
 def _children(pid, name):
-    """Ids of the processes whose parent is ``pid`` and whose command line holds ``name``."""
+    """Ids of the processes whose parent is ``pid`` and with ``name`` as an argument (``python -m NAME ...``)."""
     found = []
     for entry in Path("/proc").iterdir():
-        try:
-            stat = (entry / "stat").read_text()
-            cmdline = (entry / "cmdline").read_bytes()
-        except (OSError, ValueError):
+        if not entry.name.isdigit():
             continue
-        if entry.name.isdigit() and int(stat.rsplit(")", 1)[1].split()[1]) == pid and name.encode() in cmdline:
+        try:
+            parent = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            arguments = (entry / "cmdline").read_bytes().split(b"\0")
+        except OSError:  # ended meanwhile
+            continue
+        if parent == pid and name.encode() in arguments:
             found.append(int(entry.name))
     return found
 
@@ -197,8 +227,8 @@ rule simulate:
 def test_killed_snakemake_takes_its_job_along_and_the_readme_recovery_works(tmp_path):
     """Snakemake is the job's parent (bash runs the rule's command in its own place); killing it ends the job.
 
-    A second instance meanwhile is told that the first one runs; after the kill, the rerun is told of the stale
-    locks, and `snakemake --unlock` then `--rerun-incomplete` finishes the work.
+    Meanwhile the start-up check tells the running instance; after the kill, stale locks, and `snakemake --unlock`
+    then `--rerun-incomplete` (the README's recipe) finishes the work.
     """
     snakefile = tmp_path / "Snakefile"
     snakefile.write_text(TINY_SNAKEFILE)
@@ -207,9 +237,7 @@ def test_killed_snakemake_takes_its_job_along_and_the_readme_recovery_works(tmp_
     command = [sys.executable, "-m", "snakemake", "-s", str(snakefile), "-d", str(tmp_path), "--cores", "1"]
     first, job = _start_blocked_job([*command, "--config", f"log={fifo}"], tmp_path)
     try:
-        second = snakemake(tmp_path, "--config", "log=second.log", snakefile=snakefile, configfile=None)
-        assert second.returncode != 0
-        assert f"another Snakemake instance (process {first.pid}) is running in {tmp_path}" in second.stderr
+        assert f"another Snakemake instance (process {first.pid}) is running" in lock_advice(tmp_path)
         os.kill(first.pid, signal.SIGKILL)
         first.wait()
         assert _wait(lambda: not _alive(job), 5), "the job outlived Snakemake"
@@ -218,11 +246,32 @@ def test_killed_snakemake_takes_its_job_along_and_the_readme_recovery_works(tmp_
             os.kill(job, signal.SIGKILL)
         if first.poll() is None:
             first.kill()
+    assert "run `snakemake --unlock`, then rerun with `--rerun-incomplete`" in lock_advice(tmp_path)
     rerun = snakemake(tmp_path, "--config", "log=rerun.log", snakefile=snakefile, configfile=None)
-    assert rerun.returncode != 0 and "run `snakemake --unlock`, then rerun with `--rerun-incomplete`" in rerun.stderr
+    assert rerun.returncode != 0 and "--unlock" in rerun.stderr
     # The README's recovery recipe.
     assert snakemake(tmp_path, "--unlock", snakefile=snakefile, configfile=None).returncode == 0
     recovered = snakemake(tmp_path, "--rerun-incomplete", "--config", "log=rerun.log", snakefile=snakefile,
                           configfile=None)
     assert recovered.returncode == 0, recovered.stderr[-3000:]
     assert (tmp_path / "raw" / "keywords.csv").is_file() and (tmp_path / "raw" / "events.csv").is_file()
+
+
+@pytest.mark.skipif(not Path("/proc/self").is_dir(), reason="other processes are found in /proc")
+def test_workflow_start_tells_another_running_instance_from_stale_locks(tmp_path):
+    """Before Snakemake's IncompleteFilesException or LockException, one line says which of the two it is."""
+    locks = tmp_path / ".snakemake" / "locks"
+    locks.mkdir(parents=True)
+    (locks / "0.output.lock").write_text(str(tmp_path / "results" / "x"))
+    other = subprocess.Popen(["bash", "-c", "exec -a snakemake sleep 60"], cwd=tmp_path)
+    try:
+        assert _wait(lambda: Path(f"/proc/{other.pid}/cmdline").read_bytes().startswith(b"snakemake\0"), 10)
+        running = snakemake(tmp_path, "-n")
+        assert f"another Snakemake instance (process {other.pid}) is running in {tmp_path.resolve()}" in (
+            running.stdout + running.stderr)
+    finally:
+        other.kill()
+        other.wait()
+    stale = snakemake(tmp_path, "-n")
+    assert "no longer running (killed?): run `snakemake --unlock`, then rerun with `--rerun-incomplete`" in (
+        stale.stdout + stale.stderr)

@@ -162,21 +162,6 @@ def flare_input_tables(wildcards):
     return {"keywords": files["keywords"], "events": files["events"]}
 
 
-def flare_weights(wildcards):
-    """The weights and history of an EVEREST experiment: the sweep does not read them, but asks for them so
-    that, lost with a killed training job, they are rebuilt when a result of the experiment is asked for.
-    (The baseline's outputs are the sweep's inputs already.)"""
-    if wildcards.model != "everest":
-        return []
-    directory = FLARE_EXPERIMENT.format(
-        flare_class=wildcards.flare_class,
-        window=wildcards.window,
-        seed=wildcards.seed,
-        model=wildcards.model,
-    )
-    return [f"{directory}/model.pt", f"{directory}/history.csv"]
-
-
 # ---- microlensing ---------------------------------------------------------------------
 
 
