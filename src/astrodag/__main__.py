@@ -2,6 +2,6 @@
 
 import sys
 
-from astrodag.cli import main
+from astrodag.cli import run
 
-sys.exit(main())
+sys.exit(run())

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from astrodag import __version__
-from astrodag.cli_support import add_stage, add_track, resolve_defaults
+from astrodag.cli_support import add_stage, add_track, end_with_parent, resolve_defaults
 from astrodag.errors import AstrodagError
 from astrodag.flares import commands as flares_commands
 from astrodag.logs import configure_logging
@@ -119,5 +119,11 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def run() -> int:
+    """The ``astrodag`` command and ``python -m astrodag``: :func:`main` in a process that ends with its parent."""
+    end_with_parent()
+    return main()
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run())

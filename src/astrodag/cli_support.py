@@ -9,8 +9,12 @@ errors are imported here.
 from __future__ import annotations
 
 import argparse
+import ctypes
 import dataclasses
 import importlib
+import os
+import signal
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -20,6 +24,40 @@ import yaml
 from astrodag.errors import ConfigError
 
 Handler = Callable[[argparse.Namespace], None]
+
+# prctl(2) option: the signal this process gets when the thread that started it exits (Linux).
+PR_SET_PDEATHSIG = 1
+
+
+def _exit_on_signal(signum: int, frame: Any) -> None:
+    """Leave through ``SystemExit`` (status 128 + the signal), so that atomic writes remove their temporary files."""
+    raise SystemExit(128 + signum)
+
+
+def end_with_parent() -> None:
+    """Make this process end when the process that started it ends, and end cleanly on SIGTERM or SIGHUP.
+
+    A workflow job is ``python -m astrodag ...`` started by Snakemake through bash, which runs the
+    rule's single command in its own place (exec): Snakemake is this process's parent. On Linux
+    the kernel sends SIGTERM here when the parent dies (``PR_SET_PDEATHSIG``), so that a killed
+    Snakemake does not leave a training job running, orphaned, writing into the results while a
+    rerun starts another. SIGTERM and SIGHUP exit through ``SystemExit``; a job killed this way
+    resumes from its last checkpoint when rerun. A process started with SIGHUP ignored (``nohup``)
+    is meant to outlive its parent and is left as it is. Call it once, from the main thread,
+    before the stage runs.
+    """
+    if signal.getsignal(signal.SIGHUP) is signal.SIG_IGN:
+        return
+    for signum in (signal.SIGTERM, signal.SIGHUP):
+        if signal.getsignal(signum) is signal.SIG_DFL:
+            signal.signal(signum, _exit_on_signal)
+    if not sys.platform.startswith("linux"):
+        return
+    parent = os.getppid()
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+    if os.getppid() != parent:  # the parent died before the request was in place
+        raise SystemExit(128 + signal.SIGTERM)
 
 
 class SettingDefault:

@@ -5,21 +5,28 @@ Snakefile itself reads: paths, sources, seeds, grids, resources), checked by
 :func:`validate_structure`; each section listed in :func:`sections` is declared once, by its
 settings class, and checked by :func:`validate_config`. The Snakefile calls both, after
 :func:`retype_overrides`, so that a typo anywhere fails before any job runs with one
-``ConfigError`` naming the full dotted key (and the nearest known key).
+``ConfigError`` naming the full dotted key (and the nearest known key). The tables that the
+workflow expands into jobs (experiment grids, catalogues) are read and checked at start-up too, by
+:func:`load_grid`: a table that could only fail later, in a job, fails before any job runs.
 """
 
 from __future__ import annotations
 
 import copy
 import json
-from collections.abc import Mapping, MutableMapping
+import math
+import os
+from collections.abc import Mapping, MutableMapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
-from astrodag.errors import ConfigError
+from astrodag.errors import ConfigError, InputDataError
 from astrodag.settings import Settings, unknown_key
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 
 def retype_overrides(config: MutableMapping[str, Any], overrides: Mapping[str, Any]) -> MutableMapping[str, Any]:
@@ -213,3 +220,109 @@ def validate_config(config: MutableMapping[str, Any]) -> MutableMapping[str, Any
         settings = cls.from_config({key: value for key, value in given.items() if key not in workflow_keys}, dotted)
         parent[name] = {**workflow_keys, **settings.as_dict()}
     return config
+
+
+def load_grid(path: str | Path, schema_path: str | Path, what: str, dtypes: Mapping[str, Any],
+              unique: Sequence[str] | None = None) -> pd.DataFrame:
+    """Read a table that the workflow expands into jobs (a grid of experiments, a catalogue) and check it.
+
+    The Snakefile calls this at start-up, so that a table that would only fail in a job (no rows, a
+    bad cell, a duplicate) stops the workflow before any job runs, and before Snakemake removes the
+    outputs of the jobs it would rerun.
+
+    Parameters
+    ----------
+    path : str or Path
+        ``.tsv`` or ``.csv`` (``#`` starts a comment line).
+    schema_path : str or Path
+        JSON schema (YAML) of one row; its ``required`` columns must be in the header.
+    what : str
+        The table in words, for the messages (``"flare experiment grid"``).
+    dtypes : mapping
+        Column -> type, as :func:`astrodag.io.read_table` takes them; blank cells of float columns
+        count as absent (the schema decides whether the column is required).
+    unique : sequence of str, optional
+        Columns whose values together must be unique (default: the whole row).
+
+    Returns
+    -------
+    pandas.DataFrame
+        The table, in file order.
+
+    Raises
+    ------
+    InputDataError
+        Naming the file and the problem: missing or unreadable, missing columns, no rows, the first
+        row that breaks the schema (row, line and the problem), or the duplicated rows.
+    """
+    import jsonschema
+
+    from astrodag.io import read_table, row_label
+
+    with open(schema_path) as handle:
+        schema = yaml.safe_load(handle)
+    frame = read_table(path, schema.get("required", ()), dtypes, not_found=f"the {what} does not exist",
+                       comment="#", keep_default_na=False)
+    if frame.empty:
+        raise InputDataError(path, f"the {what} has no rows (a header only): there is nothing to run")
+    validator = jsonschema.validators.validator_for(schema)(schema)
+    for position, record in enumerate(frame.to_dict("records")):
+        given = {key: value for key, value in record.items() if not (isinstance(value, float) and math.isnan(value))}
+        error = jsonschema.exceptions.best_match(validator.iter_errors(given))
+        if error is not None:
+            column = f", column {error.absolute_path[0]!r}" if error.absolute_path else ""
+            raise InputDataError(path, f"{row_label(path, position)}{column}: {error.message}")
+    duplicated = frame.duplicated(subset=list(unique) if unique else None, keep=False)
+    if duplicated.any():
+        columns = list(unique) if unique else list(frame.columns)
+        rows = [row_label(path, int(position)) for position in duplicated.to_numpy().nonzero()[0][:4]]
+        raise InputDataError(path, f"duplicated {', '.join(columns)}: {'; '.join(rows)}")
+    return frame
+
+
+def _snakemake_processes(directory: Path) -> list[int]:
+    """Ids of the Snakemake processes working in ``directory``, other than this process and its ancestors (Linux)."""
+    ancestors, pid = set(), os.getpid()
+    while pid > 1 and pid not in ancestors:
+        ancestors.add(pid)
+        try:
+            pid = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            break
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) in ancestors:
+            continue
+        try:
+            argv = (entry / "cmdline").read_bytes().split(b"\0")[:3]
+            cwd = Path(os.readlink(entry / "cwd"))
+        except OSError:  # gone, or another user's
+            continue
+        # `snakemake ...`, `python .../bin/snakemake ...` or `python -m snakemake ...`
+        if cwd == directory and any(Path(os.fsdecode(arg)).name == "snakemake" for arg in argv):
+            found.append(int(entry.name))
+    return sorted(found)
+
+
+def lock_advice(directory: str | Path = ".") -> str | None:
+    """What to do about the Snakemake locks in ``directory``, or None when it holds none.
+
+    Snakemake checks its locks only after it has built the job graph, so that a second instance in a
+    directory first fails on the first one's jobs in progress (``IncompleteFilesException``, with
+    advice to rerun them that would clash with the running instance), and a rerun after a killed
+    instance fails on its stale locks. The Snakefile calls this at start-up and shows the advice
+    before either: on Linux it tells a running instance (from ``/proc``) from stale locks.
+    """
+    directory = Path(directory).resolve()
+    locks = directory / ".snakemake" / "locks"
+    if not locks.is_dir() or not any(locks.iterdir()):
+        return None
+    recovery = "run `snakemake --unlock`, then rerun with `--rerun-incomplete`"
+    if not Path("/proc/self").is_dir():
+        return f"{locks} holds locks: if no other Snakemake instance runs in {directory}, {recovery}"
+    running = _snakemake_processes(directory)
+    if running:
+        return (f"another Snakemake instance (process {', '.join(map(str, running))}) is running in {directory}:"
+                " files of its jobs in progress count as incomplete or locked here; wait for it to finish or stop it,"
+                " do not rerun them")
+    return f"{locks} holds the locks of a Snakemake run that is no longer running (killed?): {recovery}"

@@ -2,10 +2,17 @@
 
 import json
 import shlex
+import sys
 from pathlib import Path
 
 import pandas as pd
-from snakemake.utils import validate
+
+from snakemake.logging import logger
+
+from astrodag.config import load_grid, lock_advice
+from astrodag.errors import AstrodagError
+from astrodag.microlensing.cadence import load_cadences
+from astrodag.supernova.archive.catalog import load_catalog
 
 
 def repo_path(path):
@@ -16,18 +23,28 @@ def repo_path(path):
     return str(Path(workflow.basedir) / candidate)
 
 
+def schema_path(name):
+    """The path of a table's schema in workflow/schemas."""
+    return str(Path(workflow.basedir, "workflow", "schemas", name))
+
+
+def checked_at_start(load, *args, **kwargs):
+    """``load(*args, **kwargs)``: a bad table stops the run before any job, in one line naming the file."""
+    try:
+        return load(*args, **kwargs)
+    except AstrodagError as error:
+        raise WorkflowError(str(error)) from None
+
+
 def load_flare_experiments(path):
-    """Read and validate the flare grid TSV (one experiment per row)."""
-    if not Path(path).exists():
-        raise WorkflowError(f"{path}: the flare experiment grid does not exist")
-    grid = pd.read_csv(path, sep="\t", dtype={"flare_class": str}, comment="#")
-    validate(grid, "../schemas/flare_experiments.schema.yaml")
-    duplicated = grid.duplicated()
-    if duplicated.any():
-        raise WorkflowError(
-            f"{path}: duplicated experiment rows: {grid[duplicated].to_dict('records')}"
-        )
-    return grid
+    """The flare grid TSV (one experiment per row), checked (astrodag.config.load_grid)."""
+    return checked_at_start(
+        load_grid,
+        path,
+        schema_path("flare_experiments.schema.yaml"),
+        "flare experiment grid",
+        {"flare_class": str, "window_hours": int, "seed": int},
+    )
 
 
 def as_json(value):
@@ -77,6 +94,13 @@ def quoted_dirs(key, names=None, up=1):
 
     return directories
 
+
+# Snakemake checks its locks only after building the job graph: a second instance in this directory
+# (or a rerun after a killed one) would first fail on files "incomplete" with misleading advice.
+if workflow.is_main_process and "--unlock" not in sys.argv:
+    advice = lock_advice()
+    if advice:
+        logger.warning(advice)
 
 # Rules run `python -m astrodag`; the source tree goes first on the path so that the
 # package is found in a conda env (--use-conda) as well as in an installed virtualenv.
@@ -142,22 +166,25 @@ def flare_input_tables(wildcards):
 
 
 def load_cadences_table(path):
-    """Read and validate the cadence TSV (one cadence experiment per row)."""
-    if not Path(path).exists():
-        raise WorkflowError(f"{path}: the cadence table does not exist")
-    table = pd.read_csv(path, sep="\t", comment="#", dtype={"cadence": str})
-    validate(table, "../schemas/cadences.schema.yaml")
-    duplicated = table["cadence"].duplicated()
-    if duplicated.any():
-        raise WorkflowError(
-            f"{path}: duplicated cadence names: {sorted(table.loc[duplicated, 'cadence'])}"
-        )
-    return table
+    """The cadence names of the cadence TSV (one cadence experiment per row), in file order.
+
+    The schema checks each cell, the loader of the simulation the rows together (a season longer
+    than its period, duplicate names).
+    """
+    checked_at_start(
+        load_grid,
+        path,
+        schema_path("cadences.schema.yaml"),
+        "cadence table",
+        {"cadence": str, "description": str},
+        unique=["cadence"],
+    )
+    return list(checked_at_start(load_cadences, path))
 
 
 MICROLENSING = config["microlensing"]
 CADENCES_TSV = repo_path(MICROLENSING["cadences"])
-CADENCES = list(load_cadences_table(CADENCES_TSV)["cadence"])
+CADENCES = load_cadences_table(CADENCES_TSV)
 ML_SHARDS = [f"{i:03d}" for i in range(MICROLENSING["simulation"]["shards"])]
 
 ML_EVENTS = f"{RESULTS}/microlensing/events/shard{{shard}}"
@@ -198,20 +225,25 @@ def microlensing_observation_arrays(wildcards):
 
 
 def load_supernova_catalog(path):
-    """SN names of the catalogue (validated by its schema), keyed by the file-safe name."""
-    if not Path(path).exists():
-        raise WorkflowError(f"{path}: the supernova catalogue does not exist")
-    table = pd.read_csv(path, comment="#", dtype={"sn_name": str})
-    validate(table, "../schemas/supernovae.schema.yaml")
-    names = {}
-    for name in table["sn_name"]:
-        safe = "".join(c if c.isalnum() or c in "._-" else "_" for c in name.strip())
-        if safe in names:
-            raise WorkflowError(
-                f"{path}: '{name}' and '{names[safe]}' map to the same name {safe!r}"
-            )
-        names[safe] = name
-    return names
+    """SN names of the catalogue, keyed by the file-safe name that the jobs use (its checks are theirs)."""
+    checked_at_start(
+        load_grid,
+        path,
+        schema_path("supernovae.schema.yaml"),
+        "supernova catalogue",
+        {
+            "sn_name": str,
+            "type": str,
+            "host": str,
+            "ra": float,
+            "dec": float,
+            "discovery_mjd": float,
+            "redshift": float,
+        },
+        unique=["sn_name"],
+    )
+    catalog = checked_at_start(load_catalog, path)
+    return dict(zip(catalog["safe_name"], catalog["sn_name"]))
 
 
 SUPERNOVA = config["supernova"]
@@ -239,6 +271,10 @@ def supernova_backend():
         if not SUPERNOVA["archive_dir"]:
             raise WorkflowError(
                 "config key 'supernova.archive_dir' must name a directory when supernova.source is 'local'"
+            )
+        if not Path(SUPERNOVA["archive_dir"]).is_dir():
+            raise WorkflowError(
+                f"config key 'supernova.archive_dir': {SUPERNOVA['archive_dir']} is not a directory"
             )
         return f"--backend local --archive-dir {shlex.quote(SUPERNOVA['archive_dir'])}"
     return "--backend mast"
@@ -269,17 +305,22 @@ def supernova_pair_files(name):
 
 
 def load_realbogus_experiments(path):
-    """Read and validate the real/bogus grid TSV (one classifier per row)."""
-    if not Path(path).exists():
-        raise WorkflowError(f"{path}: the real/bogus experiment grid does not exist")
-    grid = pd.read_csv(path, sep="\t", comment="#", dtype=str, keep_default_na=False)
-    grid["seed"] = pd.to_numeric(grid["seed"], errors="coerce")
-    validate(grid, "../schemas/realbogus_experiments.schema.yaml")
-    duplicated = grid["experiment"].duplicated()
-    if duplicated.any():
-        raise WorkflowError(
-            f"{path}: duplicated experiment names: {sorted(grid.loc[duplicated, 'experiment'])}"
-        )
+    """The real/bogus grid TSV (one classifier per row), checked, indexed by experiment name."""
+    grid = checked_at_start(
+        load_grid,
+        path,
+        schema_path("realbogus_experiments.schema.yaml"),
+        "real/bogus experiment grid",
+        {
+            "experiment": str,
+            "architecture": str,
+            "seed": int,
+            "train_missions": str,
+            "test_missions": str,
+            "description": str,
+        },
+        unique=["experiment"],
+    )
     return grid.set_index("experiment", drop=False)
 
 

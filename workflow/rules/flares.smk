@@ -234,3 +234,8 @@ rule flares:
     default_target: False
     input:
         rules.analyze_flare_study.output,
+        # The weights too: the analysis does not read them, so that without them here a model.pt lost
+        # with a killed training job would not be rebuilt while the results after it exist.
+        flare_experiment_files("model.pt", models=["everest"])
+        if "everest" in FLARE_MODELS
+        else [],
