@@ -48,14 +48,15 @@ def test_images_without_noise_are_refused_naming_the_file(tmp_path, case, messag
     assert error.value.path == target
 
 
-def test_all_zero_image_gives_one_line_and_exit_status_2(tmp_path, capsys):
+def test_all_zero_image_gives_one_line_and_exit_status_2(tmp_path, caplog):
     science, reference, _ = make_pair(tmp_path / "pair", shape=(64, 64), n_stars=5)
     _replace_data(science, np.zeros((64, 64), np.float64))
     status = main(["supernova", "difference", "--science", str(science), "--reference", str(reference),
                    "--out-dir", str(tmp_path / "out")])
-    lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
-    assert status == 2 and len(lines) == 1
-    assert str(science) in lines[0] and "no noise to estimate" in lines[0] and "math domain" not in lines[0]
+    errors = [record.getMessage() for record in caplog.records if record.levelname == "ERROR"]
+    assert status == 2 and len(errors) == 1 and "\n" not in errors[0]
+    assert errors[0] == (f"astrodag supernova difference: {science}: image is constant (every good pixel is 0): "
+                         "no noise to estimate")
 
 
 # ---- precision --------------------------------------------------------------------------------
@@ -113,14 +114,16 @@ def test_single_precision_spline_prefilter_matches_scipy():
 
 
 def test_tiled_pipeline_matches_the_whole_image(tmp_path):
-    """Per-tile masks and variance maps give the whole image's D and S_corr, and the same candidates.
+    """Per-tile masks and variance maps give the whole image's S_corr and D, and the same candidates.
 
-    Tiles differ from the whole image only through the kernels' far wings cut at the overlap
-    (48 px here; the default 64): 0.05 sigma is the bound of the tiling test of ``zogy_tiled``.
+    Tiles differ from the whole image through the kernels' wings beyond the overlap (48 px
+    here; the default 64). S_corr's matched-filter kernel is compact: measured 0.002 sigma at
+    most, 0.01 tested. D's kernel (P_r / den) has broader wings: up to 0.09 sigma on a tile's
+    edge (0.035 at the 99th percentile), 0.15 tested; the detection runs on S_corr.
     """
     science, reference, _ = make_pair(tmp_path / "pair", shape=PAIR_SHAPE, n_stars=45, transient=TRANSIENT)
     products = {}
-    for name, tile in (("whole", 0), ("tiled", 64)):
+    for name, tile in (("whole", 0), ("tiled", 100)):
         settings = DifferenceSettings.from_config({"inject": {"count": 0},
                                                    "subtract": {"tile_size": tile, "tile_overlap_px": 48}})
         difference_pair(science, reference, tmp_path / name, settings)
@@ -129,9 +132,10 @@ def test_tiled_pipeline_matches_the_whole_image(tmp_path):
             products[name] = (d[0].data.copy(), s[0].data.copy())
         candidates = pd.read_csv(tmp_path / name / "candidates.csv")
         products[name] += (candidates.loc[candidates["kept"], ["x", "y"]].round(1).to_numpy(),)
-    for whole, tiled in zip(products["whole"][:2], products["tiled"][:2]):
+    for whole, tiled, atol in zip(products["whole"][:2], products["tiled"][:2], (0.15, 0.01)):
         np.testing.assert_array_equal(np.isnan(whole), np.isnan(tiled))
-        np.testing.assert_allclose(tiled, whole, atol=0.05, equal_nan=True)
+        np.testing.assert_allclose(tiled, whole, atol=atol, equal_nan=True)
+    assert len(products["whole"][2]) > 0
     np.testing.assert_allclose(products["tiled"][2], products["whole"][2], atol=0.2)
 
 
@@ -162,10 +166,9 @@ def test_declared_mem_mb_scales_with_the_images_and_covers_the_stage(tmp_path):
     assert difference_mem_mb(science, tmp_path / "missing.fits", 1234) == 1234
     declared = difference_mem_mb(science, reference, 100)
     big = tmp_path / "big.fits"
-    header = fits.Header()
-    header["NAXIS"], header["NAXIS1"], header["NAXIS2"], header["BITPIX"] = 2, 8192, 8192, -64
-    hdu = fits.PrimaryHDU(header=header)
-    hdu.header.tofile(big)  # the header alone is enough to size the job
+    header = fits.Header([("SIMPLE", True), ("BITPIX", -64), ("NAXIS", 2), ("NAXIS1", 8192), ("NAXIS2", 8192)])
+    header.tofile(big)  # the header alone sizes the job: the data part is a sparse file
+    os.truncate(big, big.stat().st_size + -(-8192 ** 2 * 8 // 2880) * 2880)
     assert image_pixels(big) == 8192 ** 2
     assert difference_mem_mb(big, big, 2000) > 3000 > declared
     # The CLI stage in its own process: its peak resident memory fits what the workflow declares.

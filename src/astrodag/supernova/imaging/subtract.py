@@ -475,8 +475,8 @@ def gaussian_difference(new: np.ndarray, ref: np.ndarray, fwhm_new: float, fwhm_
              sfft.next_fast_len(new.shape[1] + 2 * pad, real=True))
     crop = (slice(pad, pad + new.shape[0]), slice(pad, pad + new.shape[1]))
     kernel = _gaussian_transfer(shape, s_kernel)
-    n_hat = sfft.rfft2(_pad(new, shape, pad), workers=workers)
-    r_hat = sfft.rfft2(_pad(ref, shape, pad), workers=workers)
+    n_hat = sfft.rfft2(_pad(new, shape, pad, np.float32), workers=workers)
+    r_hat = sfft.rfft2(_pad(ref, shape, pad, np.float32), workers=workers)
     if s_new >= s_ref:
         r_hat *= kernel
     else:
