@@ -1,6 +1,8 @@
 # Supernova differencing, one pair per job: alignment + ZOGY subtraction -> 5-sigma candidates ->
 # (science, reference, difference) triplets; then the split triplet dataset and the track's summary.
 
+from astrodag.supernova.imaging.resources import difference_mem_mb
+
 
 rule difference_pair:
     input:
@@ -20,7 +22,10 @@ rule difference_pair:
         "../../envs/supernova.yaml"
     threads: 1
     resources:
-        mem_mb=SUPERNOVA["resources"]["difference_mem_mb"],
+        # Scaled with the images' pixels (8192^2: about 4 GB); the configured value is the floor.
+        mem_mb=lambda wildcards, input: difference_mem_mb(
+            input.science, input.reference, SUPERNOVA["resources"]["difference_mem_mb"]
+        ),
         runtime=SUPERNOVA["resources"]["difference_runtime"],
     params:
         out_dir=output_dir("record"),

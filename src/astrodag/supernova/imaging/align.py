@@ -153,22 +153,36 @@ def fit_affine(science_wcs: WCS, reference_wcs: WCS, shape: tuple[int, int],
     return coefficients, float(np.max(error)) if np.isfinite(error).all() else float("inf")
 
 
-def _affine_resample(data: np.ndarray, coefficients: np.ndarray, shape: tuple[int, int],
-                     order: int) -> tuple[np.ndarray, np.ndarray]:
+SPLINE_PAD = 12  # what scipy.ndimage pads a 'nearest' image by before its spline prefilter
+
+
+def _affine_resample(data: np.ndarray, coefficients: np.ndarray, shape: tuple[int, int], order: int,
+                     rows_per_block: int = 512) -> tuple[np.ndarray, np.ndarray]:
     (a, c), (b, d), (e, f) = coefficients  # x_ref = a x + b y + e ; y_ref = c x + d y + f
     # scipy works in (row, col) = (y, x) order: input = matrix @ output + offset.
     matrix = np.array([[d, c], [b, a]])
     offset = np.array([f, e])
-    out = ndimage.affine_transform(data, matrix, offset=offset, output_shape=shape, order=order,
-                                   mode="nearest", prefilter=order > 1)
+    if order > 1:
+        # scipy's own prefilter, with the spline coefficients in single precision: its are
+        # float64, two more image-sized copies (1 GiB at 8192^2) for a change of float32 rounding.
+        padded = np.pad(data, SPLINE_PAD, mode="edge")
+        data_in = ndimage.spline_filter(padded, order, output=np.float32, mode="nearest")
+        del padded
+        offset = offset + SPLINE_PAD
+    else:
+        data_in = data
+    out = ndimage.affine_transform(data_in, matrix, offset=offset, output_shape=shape, order=order, mode="nearest",
+                                   prefilter=False, output=np.float32)
+    del data_in
     ny, nx = data.shape
-    rows = np.arange(shape[0], dtype=np.float32)[:, None]
-    cols = np.arange(shape[1], dtype=np.float32)[None, :]
-    xr = a * cols + b * rows + e
-    inside = (xr >= -0.5) & (xr <= nx - 0.5)
-    del xr
-    yr = c * cols + d * rows + f
-    inside &= (yr >= -0.5) & (yr <= ny - 0.5)
+    inside = np.empty(shape, bool)
+    cols = np.arange(shape[1], dtype=np.float64)[None, :]
+    # Blocks of rows: full-size float64 coordinate maps would be 512 MiB each at 8192^2.
+    for start in range(0, shape[0], rows_per_block):
+        rows = np.arange(start, min(start + rows_per_block, shape[0]), dtype=np.float64)[:, None]
+        xr = a * cols + b * rows + e
+        yr = c * cols + d * rows + f
+        inside[start:start + rows_per_block] = (xr >= -0.5) & (xr <= nx - 0.5) & (yr >= -0.5) & (yr <= ny - 0.5)
     return out, inside
 
 
@@ -209,7 +223,7 @@ def align_reference(science: Image, reference: Image, settings: AlignSettings | 
     settings = settings or AlignSettings()
     shape = science.shape
     bad = reference.mask
-    data = reference.data.astype(np.float32)
+    data = reference.data.astype(np.float32, copy=False)
     if bad.any():
         data = np.where(bad, np.float32(np.median(data[~bad][::7])), data)
     method, error = settings.method, None

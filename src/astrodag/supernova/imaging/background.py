@@ -76,15 +76,16 @@ class Background:
     Attributes
     ----------
     background, rms : numpy.ndarray
-        Per-pixel sky level and sky noise (1 sigma), same shape and dtype as the image.
+        Per-pixel sky level and sky noise (1 sigma), same shape and dtype as the image (a
+        caller that has no further use for a map may drop it to free memory: None).
     median, rms_median : float
         Medians of the low-resolution maps (the sky level and noise quoted in records).
     estimator : str
         ``median`` or ``mean`` (see ``BackgroundSettings.estimator``).
     """
 
-    background: np.ndarray
-    rms: np.ndarray
+    background: np.ndarray | None
+    rms: np.ndarray | None
     median: float
     rms_median: float
     estimator: str

@@ -191,6 +191,22 @@ def _source_flux(data: np.ndarray, rms: np.ndarray) -> np.ndarray:
     return np.where(smooth > 3.0 * rms / (2 * math.sqrt(math.pi)), smooth, 0.0).astype(np.float32)
 
 
+def _good_sample(image: np.ndarray, bad: np.ndarray, limit: int = 1_000_000, rows: int = 256) -> np.ndarray:
+    """Every n-th finite pixel outside ``bad`` (row-major order), n chosen to keep about ``limit`` of them.
+
+    The same values as ``image[~bad]``, its non-finite ones dropped, sliced ``[::n]``, without
+    copying the whole image: it is gathered ``rows`` rows at a time.
+    """
+    good = ~bad & np.isfinite(image)
+    step = max(1, int(np.count_nonzero(good)) // limit)
+    parts, seen = [], 0
+    for start in range(0, image.shape[0], rows):
+        values = image[start:start + rows][good[start:start + rows]]
+        parts.append(values[(-seen) % step::step])
+        seen += values.size
+    return np.concatenate(parts) if parts else np.array([], image.dtype)
+
+
 def _robust_stats(values: np.ndarray) -> tuple[float, float]:
     if values.size == 0:
         return float("nan"), float("nan")
@@ -241,15 +257,43 @@ def _reference_background(aligned: Alignment, settings: DifferenceSettings, nois
     return estimate_background(aligned.data, aligned.mask, ~aligned.footprint, settings.background, noise)
 
 
+def _subtract_sky(data: np.ndarray, background: Background) -> np.ndarray:
+    """``data`` minus its sky, in place; the sky map is dropped (each full-size map is 256 MiB at 8192^2)."""
+    data -= background.background
+    background.background = None
+    return data
+
+
+def _check_pixels(image: Image) -> None:
+    """Refuse an image whose good pixels all hold one value: it has no noise to measure."""
+    good = ~image.mask
+    if not good.any():
+        raise InputDataError(image.path, "every pixel is bad (non-finite, saturated or flagged)")
+    low = float(np.min(image.data, where=good, initial=np.inf))
+    high = float(np.max(image.data, where=good, initial=-np.inf))
+    if low == high:
+        raise InputDataError(image.path, f"image is constant (every good pixel is {low:g}): no noise to estimate")
+
+
+def _check_noise(path: Path, sigma: float) -> None:
+    if not (math.isfinite(sigma) and sigma > 0):
+        raise InputDataError(path, f"sky noise measures {sigma:g} (a constant sky?): no noise to estimate")
+
+
 def _register(science: Image, reference: Image, aligned: Alignment, settings: DifferenceSettings) -> _Registered:
-    """Sky and noise maps of both images (the ``background`` step), subtracted."""
+    """Sky and noise maps of both images (the ``background`` step), subtracted.
+
+    The sky is subtracted in place: ``science.data`` and ``aligned.data`` become ``new`` and ``ref``.
+    """
     sci_bkg = estimate_background(science.data, science.mask, settings=settings.background,
                                   noise=NoiseModel(science.gain, science.read_noise))
     ref_noise = NoiseModel(reference.gain, reference.read_noise)
     ref_bkg = _reference_background(aligned, settings, ref_noise)
     sigma_ref = noise_level(reference.data, reference.mask, settings.background, ref_noise)
-    return _Registered(aligned, sci_bkg, ref_bkg, sigma_ref, science.data - sci_bkg.background,
-                       aligned.data - ref_bkg.background, aligned.mask | ~aligned.footprint)
+    _check_noise(science.path, sci_bkg.rms_median)
+    _check_noise(reference.path, sigma_ref)
+    return _Registered(aligned, sci_bkg, ref_bkg, sigma_ref, _subtract_sky(science.data, sci_bkg),
+                       _subtract_sky(aligned.data, ref_bkg), aligned.mask | ~aligned.footprint)
 
 
 def _psfs(science: Image, reference: Image, pair: _Registered, settings: DifferenceSettings) -> tuple[PSF, PSF]:
@@ -274,7 +318,7 @@ def _realign(science: Image, reference: Image, pair: _Registered, psf_ref: PSF, 
     for table in ("stars", "sources"):
         frame = getattr(psf_ref, table)
         setattr(psf_ref, table, frame.assign(x=frame["x"] - residual.shift_x, y=frame["y"] - residual.shift_y))
-    return dataclasses.replace(pair, aligned=aligned, ref_bkg=ref_bkg, ref=aligned.data - ref_bkg.background,
+    return dataclasses.replace(pair, aligned=aligned, ref_bkg=ref_bkg, ref=_subtract_sky(aligned.data, ref_bkg),
                                ref_bad=aligned.mask | ~aligned.footprint)
 
 
@@ -325,38 +369,46 @@ def _flux_scale(science: Image, reference: Image, pair: _Registered, psf_sci: PS
                       min_stars=settings.subtract.min_flux_stars, zeropoints=(science.zeropoint, reference.zeropoint))
 
 
-def _zogy(science: Image, reference: Image, pair: _Registered, new_filled: np.ndarray, ref_filled: np.ndarray,
-          grown: np.ndarray, psf_sci: PSF, psf_ref: PSF, ratio: float, residual: _Residual,
-          settings: DifferenceSettings) -> tuple[ZogyResult, tuple[float, float]]:
+def _zogy(science: Image, reference: Image, pair: _Registered, grown: np.ndarray, psf_sci: PSF, psf_ref: PSF,
+          ratio: float, residual: _Residual, settings: DifferenceSettings) -> tuple[ZogyResult, tuple[float, float]]:
     """ZOGY with per-pixel variance maps: sky noise squared plus the photon noise of the sources."""
-    ref_rms = pair.ref_bkg.rms * np.float32(pair.sigma_ref / pair.ref_bkg.rms_median
-                                            if pair.ref_bkg.rms_median > 0 else 1.0)
-    var_new = pair.sci_bkg.rms.astype(np.float32) ** 2
-    var_ref = ref_rms.astype(np.float32) ** 2
-    if settings.subtract.source_noise:
-        if science.gain:
-            var_new += _source_flux(new_filled, pair.sci_bkg.rms) / np.float32(science.gain)
-        if reference.gain:
-            var_ref += _source_flux(ref_filled, ref_rms) / np.float32(reference.gain)
-    var_new[grown], var_ref[grown] = pair.sci_bkg.rms_median ** 2, pair.sigma_ref ** 2
+    ref_scale = np.float32(pair.sigma_ref / pair.ref_bkg.rms_median if pair.ref_bkg.rms_median > 0 else 1.0)
+
+    def variance(window: tuple[slice, slice]) -> tuple[np.ndarray, np.ndarray]:
+        # Made per tile: full-size variance maps would be two more images in memory. The source
+        # flux is smoothed by a 1-pixel Gaussian, which a tile's overlap holds many times over.
+        bad = grown[window]
+        sci_rms = pair.sci_bkg.rms[window].astype(np.float32, copy=False)
+        ref_rms = pair.ref_bkg.rms[window] * ref_scale
+        var_new, var_ref = sci_rms ** 2, ref_rms ** 2
+        if settings.subtract.source_noise:
+            if science.gain:
+                var_new += _source_flux(np.where(bad, np.float32(0), pair.new[window]), sci_rms) \
+                    / np.float32(science.gain)
+            if reference.gain:
+                var_ref += _source_flux(np.where(bad, np.float32(0), pair.ref[window]), ref_rms) \
+                    / np.float32(reference.gain)
+        var_new[bad], var_ref[bad] = pair.sci_bkg.rms_median ** 2, pair.sigma_ref ** 2
+        return var_new, var_ref
+
     if settings.subtract.astrometric_noise_px is None:
         astrometric = ((min(residual.scatter_x, 0.5), min(residual.scatter_y, 0.5)) if residual.n_matched >= 5
                        else (0.0, 0.0))
     else:
         astrometric = (settings.subtract.astrometric_noise_px,) * 2
-    result = zogy_tiled(new_filled, ref_filled, psf_sci.image, psf_ref.image, pair.sci_bkg.rms_median,
-                        pair.sigma_ref, f_new=1.0, f_ref=1.0 / ratio, var_new=var_new, var_ref=var_ref,
+    result = zogy_tiled(pair.new, pair.ref, psf_sci.image, psf_ref.image, pair.sci_bkg.rms_median,
+                        pair.sigma_ref, f_new=1.0, f_ref=1.0 / ratio, mask=grown, variance=variance,
                         astrometric_noise=astrometric, tile_size=settings.subtract.tile_size,
                         overlap=settings.subtract.tile_overlap_px, workers=settings.subtract.workers)
     return result, astrometric
 
 
 def _remove_difference_offset(difference: np.ndarray, score: np.ndarray, flux_zeropoint: float,
-                              score_noise: np.ndarray, grown: np.ndarray,
-                              settings: DifferenceSettings) -> tuple[np.ndarray, float]:
+                              score_noise: np.ndarray | float, grown: np.ndarray, settings: DifferenceSettings,
+                              out: np.ndarray) -> tuple[np.ndarray, float]:
     """Subtract D's smooth residual offset from D and its image from S, in place.
 
-    Returns S_corr recomputed and the typical S_corr offset removed (for the record).
+    Returns S_corr recomputed (written into ``out``) and the typical S_corr offset removed (for the record).
     """
     # S = F_D D (x) P_D with a unit-sum P_D: an offset b of D is an offset F_D b of S. The
     # estimate's own noise is amplified the same way (by 1 / sqrt(sum P_D^2) ~ 4.5 in
@@ -365,30 +417,33 @@ def _remove_difference_offset(difference: np.ndarray, score: np.ndarray, flux_ze
                                      subsample=1, estimator="median")
     offset = estimate_background(difference, grown, settings=d_settings).background
     difference -= offset
-    score -= np.float32(flux_zeropoint) * offset
-    removed = np.abs(np.float32(flux_zeropoint) * offset / score_noise)
-    return score / score_noise, float(np.median(removed[~grown])) if (~grown).any() else 0.0
+    offset *= np.float32(flux_zeropoint)
+    score -= offset
+    removed = np.abs(np.divide(offset, score_noise, out=offset), out=offset)
+    typical = float(np.median(removed[~grown])) if (~grown).any() else 0.0
+    del offset, removed
+    return np.divide(score, score_noise, out=out), typical
 
 
 def _subtract(science: Image, reference: Image, pair: _Registered, grown: np.ndarray, psf_sci: PSF, psf_ref: PSF,
               ratio: float, residual: _Residual, settings: DifferenceSettings) -> _Difference:
     """D, S and S_corr (ZOGY or the Gaussian baseline), offset removed, NaN on the grown mask."""
-    new_filled = np.where(grown, 0.0, pair.new).astype(np.float32)
-    ref_filled = np.where(grown, 0.0, pair.ref).astype(np.float32)
     if settings.subtract.method == "zogy":
-        result, astrometric = _zogy(science, reference, pair, new_filled, ref_filled, grown, psf_sci, psf_ref, ratio,
-                                    residual, settings)
+        result, astrometric = _zogy(science, reference, pair, grown, psf_sci, psf_ref, ratio, residual, settings)
         psf_d, f_d, f_s = result.psf, result.flux_zeropoint, result.flux_scale
     else:
         astrometric = (0.0, 0.0)
-        result = gaussian_difference(new_filled, ref_filled, psf_sci.fwhm, psf_ref.fwhm, ratio, mask=grown,
-                                     workers=settings.subtract.workers)
+        result = gaussian_difference(np.where(grown, np.float32(0), pair.new), np.where(grown, np.float32(0), pair.ref),
+                                     psf_sci.fwhm, psf_ref.fwhm, ratio, mask=grown, workers=settings.subtract.workers)
         psf_d, f_d, f_s = gaussian_psf(result.fwhm), 1.0, result.flux_scale
+    # Nothing needs the noise maps again (the record quotes their medians): two image-sized
+    # planes less before the offset estimate below, the stage's memory peak.
+    pair.sci_bkg.rms = pair.ref_bkg.rms = None
     difference, score, significance = result.difference, result.score, result.significance
     offset_sigma = 0.0
     if settings.subtract.difference_background:
         significance, offset_sigma = _remove_difference_offset(difference, score, f_d, result.score_noise, grown,
-                                                               settings)
+                                                               settings, out=significance)
     fwhm_d = float(fit_fwhm(psf_d, fit_shape=psf_d.shape[0])[0])
     for array in (difference, score, significance):
         array[grown] = np.nan
@@ -399,9 +454,7 @@ def _record(science_path, reference_path, seed: int, science: Image, pair: _Regi
             psf_sci: PSF, psf_ref: PSF, scale: FluxScale, result: _Difference, grown: np.ndarray,
             injections: pd.DataFrame, settings: DifferenceSettings) -> dict:
     """The content of ``difference.json`` (less the timings)."""
-    good = result.significance[~grown]
-    good = good[np.isfinite(good)]
-    scorr_median, scorr_std = _robust_stats(good[::max(1, good.size // 1_000_000)])
+    scorr_median, scorr_std = _robust_stats(_good_sample(result.significance, grown))
     aligned = pair.aligned
     return {
         "science": str(science_path), "reference": str(reference_path), "seed": int(seed),
@@ -437,21 +490,10 @@ def _plane_noise(science: Image, reference: Image, pair: _Registered, scale: Flu
     D has unit noise in theory (ZOGY; the Gaussian baseline's D is in science units): its robust
     standard deviation is measured all the same, so that the cut-outs see unit noise either way.
     """
-    good = result.difference[~grown]
-    good = good[np.isfinite(good)]
-    _, d_noise = _robust_stats(good[::max(1, good.size // 1_000_000)])
+    _, d_noise = _robust_stats(_good_sample(result.difference, grown))
     return {"science_plane": plane_noise(pair.sci_bkg.rms_median, science.gain),
             "reference_plane": plane_noise(pair.ref_bkg.rms_median, reference.gain, scale.ratio),
             "difference_plane": d_noise if d_noise > 0 else 1.0}
-
-
-def _check_not_constant(image: Image) -> None:
-    """Refuse an image whose good pixels all hold one value (e.g. all zero): it has no sky noise or source to match."""
-    good = ~image.mask
-    low = float(np.min(image.data, where=good, initial=np.inf))
-    if low == float(np.max(image.data, where=good, initial=-np.inf)):
-        raise InputDataError(image.path, f"every good pixel holds the value {low:g}: no sky noise or source to"
-                                         " difference")
 
 
 def difference_pair(science_path: str | Path, reference_path: str | Path, out_dir: str | Path,
@@ -480,9 +522,9 @@ def difference_pair(science_path: str | Path, reference_path: str | Path, out_di
 
     with timer("load"):
         science = load_image(science_path)
+        _check_pixels(science)
         reference = load_image(reference_path)
-        for image in (science, reference):
-            _check_not_constant(image)
+        _check_pixels(reference)
     with timer("align"):
         aligned = align_reference(science, reference, settings.align)
     with timer("background"):
@@ -507,7 +549,9 @@ def difference_pair(science_path: str | Path, reference_path: str | Path, out_di
     record["injection_psf"] = fake_psf
     record["noise"].update(_plane_noise(science, reference, pair, scale, result, grown))
     with timer("write"):
-        _write_products(out_dir, science, reference, record, pair.new, pair.ref * np.float32(scale.ratio),
+        # The last use of the sky-subtracted planes: they are scaled and masked in place.
+        pair.ref *= np.float32(scale.ratio)
+        _write_products(out_dir, science, reference, record, pair.new, pair.ref,
                         result.difference, result.score, result.significance, result.psf, psf_sci, psf_ref,
                         science.mask, pair.aligned, grown, injections)
     record["seconds"] = {**{k: round(v, 4) for k, v in timer.seconds.items()},
@@ -523,6 +567,7 @@ def difference_pair(science_path: str | Path, reference_path: str | Path, out_di
 
 def _write_products(out_dir, science, reference, record, new, ref_scaled, difference, score, significance, psf_d,
                     psf_sci, psf_ref, science_bad, aligned, grown, injections) -> None:
+    """Write the products; ``new`` and ``ref_scaled`` get NaN on their bad pixels in place."""
     digests = {"science": file_digest(science.path), "reference": file_digest(reference.path)}
     provenance = {"stage": "difference", "inputs": {"science": science.path, "reference": reference.path},
                   "digests": digests, "parameters": {"settings": record["settings"], "seed": record["seed"]}}
@@ -550,10 +595,11 @@ def _write_products(out_dir, science, reference, record, new, ref_scaled, differ
         fits.Column(name="x", format="D", array=sources["x"].to_numpy(float)),
         fits.Column(name="y", format="D", array=sources["y"].to_numpy(float)),
         fits.Column(name="snr", format="D", array=sources["snr"].to_numpy(float))], name="SOURCES")
+    new[science_bad] = np.nan
+    ref_scaled[~aligned.footprint] = np.nan
     unit = "" if record["subtraction"]["method"] == "zogy" else science.unit
     write_image(out_dir / "difference.fits", difference, science.wcs, provenance, unit=unit or None, header=header,
-                extensions=[image("SCIENCE", np.where(science_bad, np.nan, new)),
-                            image("REFERENCE", np.where(~aligned.footprint, np.nan, ref_scaled)),
+                extensions=[image("SCIENCE", new), image("REFERENCE", ref_scaled),
                             image("PSF_D", psf_d), image("PSF_SCI", psf_sci.image), image("PSF_REF", psf_ref.image),
                             table])
     write_image(out_dir / "significance.fits", significance, science.wcs, provenance, unit="sigma", header=header,

@@ -116,7 +116,7 @@ def _stamps(data: np.ndarray, x: np.ndarray, y: np.ndarray, size: int) -> np.nda
 def find_sources(data: np.ndarray, rms: np.ndarray, mask: np.ndarray, fwhm: float) -> pd.DataFrame:
     """Local maxima above 5 sigma: ``x, y`` (peak pixel) and ``snr``, brightest first."""
     with np.errstate(divide="ignore", invalid="ignore"):
-        snr = np.where(mask | ~(rms > 0), 0.0, data / rms).astype(np.float32)
+        snr = np.where(mask | ~(rms > 0), 0.0, data / rms).astype(np.float32, copy=False)
     np.nan_to_num(snr, copy=False, nan=0.0, posinf=0.0, neginf=0.0)
     box = max(3, 2 * int(round(0.75 * fwhm)) + 1)
     with warnings.catch_warnings():
@@ -176,7 +176,7 @@ def _fit(data, mask, candidates, fwhm) -> pd.DataFrame:
 def _stack(data: np.ndarray, stars: pd.DataFrame, size: int) -> np.ndarray:
     big = size + 4
     x0, y0 = np.round(stars["x"].to_numpy()).astype(int), np.round(stars["y"].to_numpy()).astype(int)
-    stamps = _stamps(np.nan_to_num(data), x0, y0, big).astype(np.float64)
+    stamps = np.nan_to_num(_stamps(data, x0, y0, big).astype(np.float64))
     shifted = np.empty((len(stars), size, size))
     for i, (stamp, dx, dy) in enumerate(zip(stamps, stars["x"].to_numpy() - x0, stars["y"].to_numpy() - y0)):
         # Move the fitted centre onto the middle pixel; the 2-pixel margin absorbs the spline's edge.

@@ -20,8 +20,10 @@ photon noise of the sources), which is the "per-pixel variance correction" that 
 stars from showing as significant; ``S_corr`` is then a significance in units of sigma. A
 point source of flux f in N has expected ``S = f F_S`` with ``F_S = F_D^2 sum(P_D^2)``, so
 ``f = S / F_S`` (eq. 42). Both images are zero-padded by a PSF-stamp width before the FFTs
-so that nothing wraps around the edges; large images can be processed in overlapping tiles
-(``tile_size``) to bound memory.
+so that nothing wraps around the edges. Images larger than ``tile_size`` are processed in
+overlapping tiles to bound memory (:func:`zogy_tiled`): a whole-image ZOGY holds about ten
+image-sized spectra at once (2.6 GB at 8192^2 in single precision), a 2048-pixel tile 0.2 GB.
+The FFTs run in the precision of the inputs (single precision in the pipeline: complex64).
 
 The baseline (:func:`gaussian_difference`) convolves the sharper image with the Gaussian
 that matches the broader FWHM (an analytic FFT transfer function), scales the reference by
@@ -33,6 +35,7 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -55,8 +58,10 @@ class SubtractSettings(Settings):
     method : {"zogy", "gaussian"}, default "zogy"
         ZOGY proper subtraction, or the Gaussian-convolution baseline (then the
         "significance" image is the baseline's matched-filter S/N).
-    tile_size : int, default 0
-        Side of the tiles of a tiled subtraction; 0 processes the whole image at once.
+    tile_size : int, default 2048
+        Side of the tiles of a tiled subtraction; images no larger are processed whole (so are
+        all images with 0). Tiles bound the memory (see the module notes); at 2048 a tile's FFTs
+        are as fast per pixel as the whole image's.
     tile_overlap_px : int, default 64
         Overlap added on each side of a tile (must exceed the PSF stamp for seamless tiles).
     source_noise : bool, default true
@@ -85,7 +90,7 @@ class SubtractSettings(Settings):
     PREFIX: ClassVar[str] = "supernova.difference.subtract"
 
     method: str = setting("zogy", choice("zogy", "gaussian"))
-    tile_size: int = setting(0, number(0, integer=True))
+    tile_size: int = setting(2048, number(0, integer=True))
     tile_overlap_px: int = setting(64, number(0, integer=True))
     source_noise: bool = setting(True, flag)
     astrometric_noise_px: float | None = setting(None, optional(number(0.0, 10.0)))
@@ -231,9 +236,9 @@ class ZogyResult:
     flux_scale: float
 
 
-def _embed(stamp: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+def _embed(stamp: np.ndarray, shape: tuple[int, int], dtype) -> np.ndarray:
     """A stamp in a zero array of ``shape`` with its centre pixel at (0, 0) (FFT convention)."""
-    out = np.zeros(shape, dtype=np.float32)
+    out = np.zeros(shape, dtype=dtype)
     h, w = stamp.shape
     rows = (np.arange(h) - h // 2) % shape[0]
     cols = (np.arange(w) - w // 2) % shape[1]
@@ -247,22 +252,27 @@ def _crop_stamp(image: np.ndarray, size: int) -> np.ndarray:
     return image[np.ix_(offsets % image.shape[0], offsets % image.shape[1])]
 
 
-def _pad(array: np.ndarray, shape: tuple[int, int], pad: int) -> np.ndarray:
-    out = np.zeros(shape, dtype=np.float32)
-    out[pad:pad + array.shape[0], pad:pad + array.shape[1]] = array
+def _pad(array: np.ndarray, shape: tuple[int, int], pad: int, dtype, mask: np.ndarray | None = None) -> np.ndarray:
+    """``array`` in a zero array of ``shape`` at offset ``pad``, with its ``mask`` pixels 0."""
+    out = np.zeros(shape, dtype=dtype)
+    inner = out[pad:pad + array.shape[0], pad:pad + array.shape[1]]
+    inner[...] = array
+    if mask is not None:
+        inner[mask] = 0
     return out
 
 
 def zogy(new: np.ndarray, ref: np.ndarray, psf_new: np.ndarray, psf_ref: np.ndarray, sigma_new: float,
          sigma_ref: float, *, f_new: float = 1.0, f_ref: float = 1.0, var_new: np.ndarray | None = None,
          var_ref: np.ndarray | None = None, astrometric_noise: tuple[float, float] = (0.0, 0.0),
-         workers: int = 1) -> ZogyResult:
+         mask: np.ndarray | None = None, workers: int = 1) -> ZogyResult:
     """ZOGY subtraction of two registered, background-subtracted images (see the module notes).
 
     Parameters
     ----------
     new, ref : numpy.ndarray
-        Science and reference on the same grid; bad pixels should be 0 (background).
+        Science and reference on the same grid, background-subtracted. The FFTs run in their
+        precision (float32: complex64; float64 if either is float64).
     psf_new, psf_ref : numpy.ndarray
         Odd, centred, unit-sum PSF stamps.
     sigma_new, sigma_ref : float
@@ -273,13 +283,18 @@ def zogy(new: np.ndarray, ref: np.ndarray, psf_new: np.ndarray, psf_ref: np.ndar
         Per-pixel variance maps; by default the constant ``sigma**2``.
     astrometric_noise : (float, float)
         Registration noise ``(sigma_x, sigma_y)`` in pixels.
+    mask : numpy.ndarray, optional
+        Bad pixels, taken as 0 (background) in both images (no filled copies are made).
     workers : int
         FFT threads.
 
     Returns
     -------
     ZogyResult
+        Images in float32 whatever the working precision.
     """
+    dtype = np.result_type(new.dtype, ref.dtype, np.float32)
+    real = dtype.type
     ny, nx = new.shape
     size = max(psf_new.shape[0], psf_ref.shape[0])
     pad = size
@@ -292,25 +307,25 @@ def zogy(new: np.ndarray, ref: np.ndarray, psf_new: np.ndarray, psf_ref: np.ndar
     def irfft(a):
         return sfft.irfft2(a, s=shape, workers=workers)
 
-    pn, pr = rfft(_embed(psf_new, shape)), rfft(_embed(psf_ref, shape))
+    pn, pr = rfft(_embed(psf_new, shape, dtype)), rfft(_embed(psf_ref, shape, dtype))
     an = pn.real ** 2 + pn.imag ** 2
     ar = pr.real ** 2 + pr.imag ** 2
-    den2 = np.float32(sigma_new ** 2 * f_ref ** 2) * ar + np.float32(sigma_ref ** 2 * f_new ** 2) * an
+    den2 = real(sigma_new ** 2 * f_ref ** 2) * ar + real(sigma_ref ** 2 * f_new ** 2) * an
     # Broad PSFs have transforms that underflow at high frequency: a floor keeps 0/0 out.
-    np.maximum(den2, np.float32(1e-12) * den2.max(), out=den2)
-    inv_den2 = np.float32(1.0) / den2
+    np.maximum(den2, real(1e-12) * den2.max(), out=den2)
+    inv_den2 = real(1.0) / den2
     del den2
     inv_den = np.sqrt(inv_den2)
     f_d = f_ref * f_new / math.sqrt(sigma_new ** 2 * f_ref ** 2 + sigma_ref ** 2 * f_new ** 2)
-    kn = np.conj(pn) * (np.float32(f_new * f_ref ** 2) * ar * inv_den2)
-    kr = np.conj(pr) * (np.float32(f_ref * f_new ** 2) * an * inv_den2)
+    kn = np.conj(pn) * (real(f_new * f_ref ** 2) * ar * inv_den2)
+    kr = np.conj(pr) * (real(f_ref * f_new ** 2) * an * inv_den2)
     del an, ar, inv_den2
-    dn = pr * (np.float32(f_ref) * inv_den)
-    dr = pn * (np.float32(f_new) * inv_den)
-    pd_hat = dn * pn * np.float32(f_new / f_d)
+    dn = pr * (real(f_ref) * inv_den)
+    dr = pn * (real(f_new) * inv_den)
+    pd_hat = dn * pn * real(f_new / f_d)
     del pn, pr, inv_den
 
-    n_hat, r_hat = rfft(_pad(new, shape, pad)), rfft(_pad(ref, shape, pad))
+    n_hat, r_hat = rfft(_pad(new, shape, pad, dtype, mask)), rfft(_pad(ref, shape, pad, dtype, mask))
     difference = irfft(dn * n_hat - dr * r_hat)[crop]
     del dn, dr
     sx, sy = astrometric_noise
@@ -325,25 +340,27 @@ def zogy(new: np.ndarray, ref: np.ndarray, psf_new: np.ndarray, psf_ref: np.ndar
     del pd_hat
     flux_scale = float(f_d ** 2 * np.sum(p_d.astype(np.float64) ** 2))
     if var_new is None and var_ref is None:
-        variance = np.full(score.shape, flux_scale, dtype=np.float32)
+        variance = np.full(score.shape, flux_scale, dtype=dtype)
     else:
-        var_new = np.full(new.shape, sigma_new ** 2, np.float32) if var_new is None else var_new
-        var_ref = np.full(ref.shape, sigma_ref ** 2, np.float32) if var_ref is None else var_ref
+        var_new = np.full(new.shape, sigma_new ** 2, dtype) if var_new is None else var_new
+        var_ref = np.full(ref.shape, sigma_ref ** 2, dtype) if var_ref is None else var_ref
         kn2 = rfft(irfft(kn) ** 2)
         kr2 = rfft(irfft(kr) ** 2)
-        variance = irfft(rfft(_pad(var_new, shape, pad)) * kn2 + rfft(_pad(var_ref, shape, pad)) * kr2)[crop]
+        variance = irfft(rfft(_pad(var_new, shape, pad, dtype)) * kn2
+                         + rfft(_pad(var_ref, shape, pad, dtype)) * kr2)[crop]
     if sx > 0 or sy > 0:
         for part in (s_new, s_ref):
             gy, gx = np.gradient(part)
-            variance += np.float32(sx ** 2) * gx ** 2 + np.float32(sy ** 2) * gy ** 2
-    score_noise = np.sqrt(np.clip(variance, 1e-30, None)).astype(np.float32)
+            variance += real(sx ** 2) * gx ** 2 + real(sy ** 2) * gy ** 2
+    score_noise = np.sqrt(np.clip(variance, 1e-30, None, out=variance), out=variance)
     with np.errstate(invalid="ignore", divide="ignore"):
         significance = score / score_noise
     psf_d = _crop_stamp(p_d, size).astype(np.float64)
     psf_d = psf_d / psf_d.sum()
-    return ZogyResult(difference=difference.astype(np.float32), score=score.astype(np.float32),
-                      significance=significance.astype(np.float32), score_noise=score_noise, psf=psf_d,
-                      flux_zeropoint=f_d, flux_scale=flux_scale)
+    return ZogyResult(difference=difference.astype(np.float32, copy=False), score=score.astype(np.float32, copy=False),
+                      significance=significance.astype(np.float32, copy=False),
+                      score_noise=score_noise.astype(np.float32, copy=False), psf=psf_d, flux_zeropoint=f_d,
+                      flux_scale=flux_scale)
 
 
 def tiles(shape: tuple[int, int], tile: int, overlap: int):
@@ -363,21 +380,28 @@ def tiles(shape: tuple[int, int], tile: int, overlap: int):
 
 
 def zogy_tiled(new: np.ndarray, ref: np.ndarray, psf_new: np.ndarray, psf_ref: np.ndarray, sigma_new: float,
-               sigma_ref: float, *, tile_size: int, overlap: int, var_new: np.ndarray | None = None,
-               var_ref: np.ndarray | None = None, **options) -> ZogyResult:
+               sigma_ref: float, *, tile_size: int, overlap: int, mask: np.ndarray | None = None,
+               variance: Callable[[tuple[slice, slice]], tuple[np.ndarray, np.ndarray]] | None = None,
+               **options) -> ZogyResult:
     """:func:`zogy` over overlapping tiles (bounded memory); same arguments plus the tiling.
 
     With ``tile_size`` 0 or not smaller than the image, this is one :func:`zogy` call.
+    ``mask`` (bad pixels, taken as 0) is cut to each tile; ``variance`` gives the per-pixel
+    variance maps ``(var_new, var_ref)`` of a window of the image, so that full-size maps need
+    never exist (None: the constant sky variances).
     """
+    whole = (slice(0, new.shape[0]), slice(0, new.shape[1]))
     if tile_size <= 0 or (tile_size >= new.shape[0] and tile_size >= new.shape[1]):
-        return zogy(new, ref, psf_new, psf_ref, sigma_new, sigma_ref, var_new=var_new, var_ref=var_ref, **options)
+        var_new, var_ref = variance(whole) if variance is not None else (None, None)
+        return zogy(new, ref, psf_new, psf_ref, sigma_new, sigma_ref, var_new=var_new, var_ref=var_ref, mask=mask,
+                    **options)
     outputs = {name: np.empty(new.shape, np.float32)
                for name in ("difference", "score", "significance", "score_noise")}
     result = None
     for core, window, inner in tiles(new.shape, tile_size, overlap):
-        result = zogy(new[window], ref[window], psf_new, psf_ref, sigma_new, sigma_ref,
-                      var_new=None if var_new is None else var_new[window],
-                      var_ref=None if var_ref is None else var_ref[window], **options)
+        var_new, var_ref = variance(window) if variance is not None else (None, None)
+        result = zogy(new[window], ref[window], psf_new, psf_ref, sigma_new, sigma_ref, var_new=var_new,
+                      var_ref=var_ref, mask=None if mask is None else mask[window], **options)
         for name, array in outputs.items():
             array[core] = getattr(result, name)[inner]
     return ZogyResult(psf=result.psf, flux_zeropoint=result.flux_zeropoint, flux_scale=result.flux_scale,
@@ -451,8 +475,8 @@ def gaussian_difference(new: np.ndarray, ref: np.ndarray, fwhm_new: float, fwhm_
              sfft.next_fast_len(new.shape[1] + 2 * pad, real=True))
     crop = (slice(pad, pad + new.shape[0]), slice(pad, pad + new.shape[1]))
     kernel = _gaussian_transfer(shape, s_kernel)
-    n_hat = sfft.rfft2(_pad(new, shape, pad), workers=workers)
-    r_hat = sfft.rfft2(_pad(ref, shape, pad), workers=workers)
+    n_hat = sfft.rfft2(_pad(new, shape, pad, np.float32), workers=workers)
+    r_hat = sfft.rfft2(_pad(ref, shape, pad, np.float32), workers=workers)
     if s_new >= s_ref:
         r_hat *= kernel
     else:
