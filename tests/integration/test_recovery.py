@@ -8,6 +8,7 @@ import sys
 import time
 from pathlib import Path
 
+import pandas as pd
 import pytest
 
 from astrodag.config import lock_advice
@@ -126,21 +127,36 @@ def test_one_experiment_recipe_rebuilds_lost_weights(tmp_path):
     assert plan["train_flare_model"] == 1 and plan["sweep_flare_thresholds"] == 1, plan
 
 
-def test_flares_target_rebuilds_lost_weights(tmp_path):
-    """`snakemake flares` (and the default target) retrains an experiment whose model.pt is gone."""
-    summary = snakemake(tmp_path, "-n", "--summary", "flares")
+@pytest.mark.parametrize("target, weights, rule", [
+    ("flares", "everest/model.pt", "train_flare_model"),
+    ("microlensing", "model/model.pt", "train_microlensing_model"),
+])
+def test_track_target_rebuilds_lost_weights(target, weights, rule, tmp_path):
+    """`snakemake TRACK` (and the default target) retrains a model whose model.pt is gone."""
+    now = time.time()  # newer than the tables in the repository that the rules read
+    summary = snakemake(tmp_path, "-n", "--summary", target)
     assert summary.returncode == 0, summary.stderr[-3000:]
     outputs = [line.split("\t")[0] for line in summary.stdout.splitlines()[1:] if "\t" in line]
     for name in outputs:  # all as old as each other: up to date
         path = tmp_path / name
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text("x")
-        os.utime(path, (1e9, 1e9))
-    assert _plan(snakemake(tmp_path, "-n", "flares")) == {}
-    lost = next(name for name in outputs if name.endswith("everest/model.pt"))
+        os.utime(path, (now, now))
+    assert _plan(snakemake(tmp_path, "-n", target)) == {}
+    lost = next(name for name in outputs if name.endswith(weights))
     (tmp_path / lost).unlink()
-    plan = _plan(snakemake(tmp_path, "-n", "flares"))
-    assert plan["train_flare_model"] == 1 and plan["analyze_flare_study"] == 1, plan
+    plan = _plan(snakemake(tmp_path, "-n", target))
+    assert plan[rule] == 1, plan
+
+
+def test_supernova_target_asks_for_every_real_bogus_model(tmp_path):
+    """`snakemake supernova` names each experiment's weights, so a lost model.pt is retrained (as above)."""
+    summary = snakemake(tmp_path, "-n", "--summary", "supernova")
+    assert summary.returncode == 0, summary.stderr[-3000:]
+    outputs = {line.split("\t")[0] for line in summary.stdout.splitlines()[1:] if "\t" in line}
+    grid = pd.read_csv(REPO / "tests" / "data" / "realbogus_experiments_tiny.tsv", sep="\t", comment="#")
+    for experiment in grid["experiment"]:
+        assert f"results/supernova/realbogus/{experiment}/model/model.pt" in outputs
 
 
 def _children(pid, name):

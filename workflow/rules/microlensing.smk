@@ -228,3 +228,5 @@ rule microlensing:
     default_target: False
     input:
         rules.compare_cadences.output,
+        # The weights too (see rule flares): a model.pt lost with a killed job is retrained.
+        expand(f"{ML_CADENCE}/model/model.pt", cadence=CADENCES),

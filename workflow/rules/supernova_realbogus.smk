@@ -204,6 +204,8 @@ rule supernova:
     default_target: False
     input:
         rules.summarize_imaging.output,
+        # The weights too (see rule flares): a model.pt lost with a killed job is retrained.
+        expand(f"{RB_EXPERIMENT}/model/model.pt", experiment=RB_EXPERIMENTS),
         rules.compare_realbogus.output,
         rules.review_queue.output,
         rules.export_realbogus_onnx.output,
