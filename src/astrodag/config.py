@@ -182,6 +182,68 @@ def sections() -> dict[str, type[Settings]]:
     }
 
 
+# Lists of per-item overrides of a settings section: each entry's ``settings`` are merged over the
+# section for the items whose name matches its ``match`` glob (see :func:`settings_for`).
+OVERRIDES = {"supernova.difference_by_pair": "supernova.difference"}
+
+
+def deep_merge(base: Mapping[str, Any], changes: Mapping[str, Any]) -> dict[str, Any]:
+    """``base`` with ``changes`` applied key by key, nested mappings merged, not replaced (new dict)."""
+    merged = copy.deepcopy(dict(base))
+    for key, value in changes.items():
+        if isinstance(value, Mapping) and isinstance(merged.get(key), Mapping):
+            merged[key] = deep_merge(merged[key], value)
+        else:
+            merged[key] = copy.deepcopy(value)
+    return merged
+
+
+def settings_for(name: str, base: Mapping[str, Any], overrides: Sequence[Mapping[str, Any]] | None) -> dict[str, Any]:
+    """The settings of one item (e.g. a supernova pair): ``base`` with every matching override merged in order.
+
+    Parameters
+    ----------
+    name : str
+        The item's name (a pair's ``pair_id``), matched with :func:`fnmatch.fnmatchcase`.
+    base : mapping
+        The section's settings (e.g. ``supernova.difference``).
+    overrides : sequence of mappings
+        Entries ``{"match": GLOB, "settings": MAPPING}``; later matches win over earlier ones.
+    """
+    from fnmatch import fnmatchcase
+
+    merged = dict(base)
+    for entry in overrides or ():
+        if fnmatchcase(name, entry["match"]):
+            merged = deep_merge(merged, entry["settings"])
+    return merged
+
+
+def _check_overrides(config: MutableMapping[str, Any]) -> None:
+    """Check each per-item override list: its entries' form, and each entry merged over its section."""
+    for dotted, section_key in OVERRIDES.items():
+        track, name = dotted.split(".")
+        entries = config.get(track, {}).get(name)
+        if entries is None:
+            config[track][name] = []
+            continue
+        if not isinstance(entries, list):
+            raise ConfigError(dotted, f"must be a list of {{match, settings}} entries, got {type(entries).__name__}")
+        section_track, section_name = section_key.split(".")
+        base = config[section_track][section_name]
+        cls = sections()[section_key]
+        for index, entry in enumerate(entries):
+            where = f"{dotted}[{index}]"
+            if not isinstance(entry, Mapping) or set(entry) != {"match", "settings"}:
+                raise ConfigError(where, "must be a mapping with exactly the keys 'match' (a glob on the name) "
+                                         f"and 'settings' (keys of {section_key}), got {entry!r}")
+            if not isinstance(entry["match"], str) or not entry["match"]:
+                raise ConfigError(f"{where}.match", f"must be a non-empty glob string, got {entry['match']!r}")
+            if not isinstance(entry["settings"], Mapping):
+                raise ConfigError(f"{where}.settings", f"must be a mapping, got {type(entry['settings']).__name__}")
+            cls.from_config(deep_merge(base, entry["settings"]), f"{where}.settings")
+
+
 # Keys of microlensing.simulation that the Snakefile reads (the size and seed of the shards);
 # the rest of that section is the simulator's settings.
 _WORKFLOW_KEYS = {"microlensing.simulation": ("shards", "events_per_shard", "seed")}
@@ -199,7 +261,8 @@ def validate_config(config: MutableMapping[str, Any]) -> MutableMapping[str, Any
     -------
     mutable mapping
         ``config``, each settings section replaced by its checked, complete values
-        (``Settings.as_dict``), so the rules read every key with its class's default.
+        (``Settings.as_dict``), so the rules read every key with its class's default; each list of
+        :data:`OVERRIDES` is checked entry by entry, merged over its section.
 
     Raises
     ------
@@ -219,6 +282,7 @@ def validate_config(config: MutableMapping[str, Any]) -> MutableMapping[str, Any
         workflow_keys = {key: given[key] for key in _WORKFLOW_KEYS.get(dotted, ()) if key in given}
         settings = cls.from_config({key: value for key, value in given.items() if key not in workflow_keys}, dotted)
         parent[name] = {**workflow_keys, **settings.as_dict()}
+    _check_overrides(config)
     return config
 
 

@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from astrodag.config import retype_overrides, sections, validate_config, validate_structure
+from astrodag.config import retype_overrides, sections, settings_for, validate_config, validate_structure
 from astrodag.errors import ConfigError
 
 REPO = Path(__file__).resolve().parents[2]
@@ -91,6 +91,33 @@ def test_nested_typos_and_bad_values_name_the_full_key():
         validate_config({"flares": {"training": {"monitor": "accuracy"}}})
     with pytest.raises(ConfigError, match=r"'flares.dataset': must be a mapping"):
         validate_config({"flares": {"dataset": [1, 2]}})
+
+
+def test_per_pair_difference_settings_merge_over_the_section_in_order():
+    overrides = [{"match": "*__HST_*", "settings": {"subtract": {"method": "kernel"}}},
+                 {"match": "SN_2011fe__*", "settings": {"subtract": {"tile_size": 1024}, "inject": {"count": 0}}}]
+    checked = validate_config({"supernova": {"difference": {"inject": {"count": 34}},
+                                             "difference_by_pair": overrides}})
+    base, entries = checked["supernova"]["difference"], checked["supernova"]["difference_by_pair"]
+    hst = settings_for("SN_2011fe__HST_ACS_F814W__1_2", base, entries)
+    assert hst["subtract"]["method"] == "kernel" and hst["subtract"]["tile_size"] == 1024
+    assert hst["inject"]["count"] == 0 and hst["subtract"]["workers"] == base["subtract"]["workers"]
+    other = settings_for("SN_2020oi__SWIFT_UVOT_U__3_4", base, entries)
+    assert other == base and other["inject"]["count"] == 34
+    assert base["subtract"]["method"] == "zogy"  # the section itself is untouched
+
+
+@pytest.mark.parametrize("entries, message", [
+    ([{"match": "*", "settings": {"subtract": {"methd": "kernel"}}}],
+     r"'supernova.difference_by_pair\[0\].settings.subtract.methd': unknown key; did you mean 'method'"),
+    ([{"match": "*", "settings": {"subtract": {"method": "hotpants"}}}],
+     r"'supernova.difference_by_pair\[0\].settings.subtract.method'"),
+    ([{"pattern": "*", "settings": {}}], r"'supernova.difference_by_pair\[0\]': must be a mapping with exactly"),
+    ({"match": "*"}, r"'supernova.difference_by_pair': must be a list"),
+])
+def test_per_pair_overrides_are_checked_at_start(entries, message):
+    with pytest.raises(ConfigError, match=message):
+        validate_config({"supernova": {"difference_by_pair": entries}})
 
 
 def test_the_simulation_section_keeps_the_workflow_keys():

@@ -1,6 +1,7 @@
 # Supernova differencing, one pair per job: alignment + ZOGY subtraction -> 5-sigma candidates ->
 # (science, reference, difference) triplets; then the split triplet dataset and the track's summary.
 
+from astrodag.config import settings_for
 from astrodag.supernova.imaging.resources import difference_mem_mb
 
 
@@ -29,7 +30,13 @@ rule difference_pair:
         runtime=SUPERNOVA["resources"]["difference_runtime"],
     params:
         out_dir=output_dir("record"),
-        settings=as_json(SUPERNOVA["difference"]),
+        settings=lambda wildcards: as_json(
+            settings_for(
+                wildcards.pair_id,
+                SUPERNOVA["difference"],
+                SUPERNOVA["difference_by_pair"],
+            )
+        ),
         seed=SUPERNOVA["seed"],
     shell:
         "python -m astrodag supernova difference --science {input.science} --reference {input.reference}"
