@@ -41,6 +41,7 @@ from typing import ClassVar
 
 import numpy as np
 import pandas as pd
+from photutils.centroids import centroid_2dg
 from photutils.detection import find_peaks
 from photutils.psf import EPSFBuilder, EPSFStar, EPSFStars, fit_2dgaussian, fit_fwhm
 from scipy import ndimage
@@ -398,6 +399,10 @@ def _epsf(stamps: np.ndarray, stars: pd.DataFrame, x0, y0, radius: int, oversamp
     model = built.epsf
     yy, xx = np.mgrid[-radius:radius + 1, -radius:radius + 1].astype(float)
     psf = np.asarray(model.evaluate(xx, yy, 1.0, 0.0, 0.0), float)
+    # The builder centres the ePSF on its centroid within a box; move its fitted centre onto the middle pixel.
+    cx, cy = centroid_2dg(psf)
+    psf = np.asarray(model.evaluate(xx, yy, 1.0, radius - cx, radius - cy), float)
+    psf[(xx ** 2 + yy ** 2) > (radius + 0.5) ** 2] = 0.0  # the stacks' window: the corners are least constrained
     return psf / psf.sum()
 
 
