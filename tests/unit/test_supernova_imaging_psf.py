@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from astropy.modeling.functional_models import Moffat2D
 from photutils.psf import fit_fwhm
+from scipy.spatial import cKDTree
 
 from astrodag.supernova.imaging.psf import PSFSettings, estimate_psf
 
@@ -38,7 +39,8 @@ def render_moffat(shape, x, y, flux, fwhm, beta, half, subsample=3):
         width = fwhm(xc) if callable(fwhm) else fwhm
         stamp = f * moffat_stamp(width, beta, half, xc - ix, yc - iy, subsample)
         y0, x0 = iy - half, ix - half
-        ys, xs = slice(max(y0, 0), min(y0 + 2 * half + 1, shape[0])), slice(max(x0, 0), min(x0 + 2 * half + 1, shape[1]))
+        ys = slice(max(y0, 0), min(y0 + 2 * half + 1, shape[0]))
+        xs = slice(max(x0, 0), min(x0 + 2 * half + 1, shape[1]))
         image[ys, xs] += stamp[ys.start - y0:ys.stop - y0, xs.start - x0:xs.stop - x0]
     return image
 
@@ -86,7 +88,7 @@ def test_crowded_moffat_field_gives_an_unbiased_psf():
     rng = np.random.default_rng(21)
     shape, fwhm, beta, sigma = (400, 400), 3.0, 2.5, 5.0
     data, x, y = crowded_field(rng, shape, 900, fwhm, beta, sigma)
-    distance, _ = __import__("scipy.spatial", fromlist=["cKDTree"]).cKDTree(np.c_[x, y]).query(np.c_[x, y], k=2)
+    distance, _ = cKDTree(np.c_[x, y]).query(np.c_[x, y], k=2)
     assert np.mean(distance[:, 1] < 4 * fwhm) > 0.5  # most stars have a neighbour within 4 FWHM
     psf = estimate_psf(data, np.full(shape, sigma), np.zeros(shape, bool), PSFSettings(grid_cells=1))
     assert psf.method == "empirical" and psf.n_stars >= 10
