@@ -54,6 +54,7 @@ log = logging.getLogger(__name__)
 
 DETECTION_SNR = 5.0  # maxima above this S/N count as sources for the isolation test
 CORE_FWHM = 2.0  # a PSF star's core (no neighbour, no bad pixel, inside the image) in FWHMs
+NEIGHBOURS_CHECKED = 16  # nearest sources tested against a PSF star's isolation rule
 RELAXED_MIN_SNR = 10.0  # the second selection tier never goes below this peak S/N
 EPSF_ITERATIONS = 6  # EPSFBuilder iterations: the ePSF changes by < 0.1 % of its peak after about 5
 _FAILED_FIT = 2 | 4 | 8  # photutils flags: centre left the box, negative flux, not converged
@@ -219,16 +220,15 @@ def _candidates(data, mask, sources, fwhm, settings, saturation, min_snr, contra
     if len(bright) == 0:
         return bright
     if len(sources) > 1:
-        tree = cKDTree(sources[["x", "y"]].to_numpy(float))
         radius = max(settings.isolation_fwhm, CORE_FWHM) * fwhm
-        neighbours = tree.query_ball_point(bright[["x", "y"]].to_numpy(float), radius)
-        snr, xy = sources["snr"].to_numpy(), sources[["x", "y"]].to_numpy(float)
-        keep = []
-        for row, found in zip(bright.itertuples(), neighbours):
-            others = [k for k in found if not (xy[k, 0] == row.x and xy[k, 1] == row.y)]
-            distance = np.hypot(xy[others, 0] - row.x, xy[others, 1] - row.y)
-            keep.append(not np.any((distance <= CORE_FWHM * fwhm) | (snr[others] > contrast * row.snr)))
-        bright = bright[np.array(keep, bool)]
+        k = min(NEIGHBOURS_CHECKED, len(sources))
+        distance, index = cKDTree(sources[["x", "y"]].to_numpy(float)).query(
+            bright[["x", "y"]].to_numpy(float), k=k, distance_upper_bound=radius)
+        distance, index = distance[:, 1:], index[:, 1:]  # the first is the star itself
+        found = np.isfinite(distance)
+        snr = np.append(sources["snr"].to_numpy(), 0.0)[index]  # index len(sources) means none
+        crowded = found & ((distance <= CORE_FWHM * fwhm) | (snr > contrast * bright["snr"].to_numpy()[:, None]))
+        bright = bright[~crowded.any(axis=1)]
     if len(bright) == 0:
         return bright
     clean = ~np.isnan(_cutouts(data, mask, bright["x"], bright["y"], core)).any(axis=(1, 2))
