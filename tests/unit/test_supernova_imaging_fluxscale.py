@@ -40,7 +40,7 @@ def test_crowded_field_ratio_within_one_percent_with_a_sensible_error(crowded):
     assert abs(scale.ratio - 1.1) < 4 * scale.error
     # Saturated stars are not measured, and most variables are clipped.
     stars = scale.stars
-    assert len(stars) == len(science_xy) - (~np.isfinite(stars["flux"])).sum() or len(stars) < len(science_xy)
+    assert not bad[np.rint(stars["y"]).astype(int), np.rint(stars["x"]).astype(int)].any()
     truth = np.column_stack([field.x, field.y])
     from scipy.spatial import cKDTree
 
@@ -90,10 +90,10 @@ def test_too_few_stars_fall_back_with_the_reason(crowded, caplog):
     science_xy, reference_xy = registration.star_positions()
     with caplog.at_level(logging.WARNING):
         scale = measure_flux_ratio(field.science, field.reference, field.noise, field.noise, bad, field.psf_science,
-                                   field.psf_reference, field.fwhm_science, field.fwhm_reference, science_xy[:5],
-                                   reference_xy[:5], pixel_area_ratio=4.0)
+                                   field.psf_reference, field.fwhm_science, field.fwhm_reference, science_xy[:3],
+                                   reference_xy[:3], pixel_area_ratio=4.0)
     assert scale.method == "unity" and scale.ratio == 4.0
-    assert "need 10" in scale.reason and "NOT measured" in caplog.text
+    assert "need 5" in scale.reason and "NOT measured" in caplog.text
     empty = measure_flux_ratio(field.science, field.reference, field.noise, field.noise, bad, field.psf_science,
                                field.psf_reference, 2.5, 3.2, np.empty((0, 2)), np.empty((0, 2)),
                                zeropoints=(25.0, 25.0))

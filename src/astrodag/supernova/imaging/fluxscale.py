@@ -49,7 +49,7 @@ class FluxScaleSettings(Settings):
         Radius (FWHMs of each image's PSF) of the pixels of the PSF fit.
     min_snr : float, default 20.0
         Stars with a flux S/N below this in either image are not used.
-    min_stars : int, default 10
+    min_stars : int, default 5
         Fewer stars kept by the fit and the ratio falls back (see the module notes).
     max_stars : int, default 3000
         Brightest matched stars measured (bounds the time: about 20 us a star).
@@ -62,7 +62,7 @@ class FluxScaleSettings(Settings):
 
     fit_radius_fwhm: float = setting(1.5, number(0.5, 10.0))
     min_snr: float = setting(20.0, number(0.0))
-    min_stars: int = setting(10, number(1, integer=True))
+    min_stars: int = setting(5, number(3, integer=True))
     max_stars: int = setting(3000, number(1, integer=True))
     clip_sigma: float = setting(3.0, number(1.5))
 
@@ -264,8 +264,8 @@ def measure_flux_ratio(science: np.ndarray, reference: np.ndarray, science_rms: 
         return fallback_ratio(f"{len(stars)} of {len(science_xy)} matched stars measurable (unmasked, S/N >= "
                               f"{settings.min_snr:g} in both images; need {settings.min_stars})",
                               pixel_area_ratio, zeropoints, stars.assign(used=False))
-    ratio, error, scatter, used = fit_ratio(*(stars[c].to_numpy() for c in ("flux", "flux_err", "flux_ref", "flux_ref_err")),
-                                   clip_sigma=settings.clip_sigma)
+    columns = ("flux", "flux_err", "flux_ref", "flux_ref_err")
+    ratio, error, scatter, used = fit_ratio(*(stars[c].to_numpy() for c in columns), clip_sigma=settings.clip_sigma)
     stars["used"] = used
     if not (used.sum() >= settings.min_stars and math.isfinite(ratio) and ratio > 0):
         return fallback_ratio(f"{int(used.sum())} stars kept by the clipped fit (need {settings.min_stars}), "
