@@ -82,6 +82,7 @@ from astrodag.supernova.imaging.background import (
 )
 from astrodag.supernova.imaging.detect import DetectSettings, detect_candidates
 from astrodag.supernova.imaging.fitsio import Image, load_image, write_image
+from astrodag.supernova.imaging.fluxscale import FluxScale, FluxScaleSettings, measure_flux_ratio
 from astrodag.supernova.imaging.inject import (
     InjectSettings,
     galaxy_map,
@@ -90,15 +91,8 @@ from astrodag.supernova.imaging.inject import (
     injection_psf,
 )
 from astrodag.supernova.imaging.psf import PSF, PSFSettings, estimate_psf
-from astrodag.supernova.imaging.subtract import (
-    FluxScale,
-    SubtractSettings,
-    ZogyResult,
-    flux_ratio,
-    gaussian_difference,
-    match_stars,
-    zogy_tiled,
-)
+from astrodag.supernova.imaging.registration import Registration, RegistrationSettings, register
+from astrodag.supernova.imaging.subtract import SubtractSettings, ZogyResult, gaussian_difference, zogy_tiled
 
 log = logging.getLogger(__name__)
 
@@ -118,6 +112,10 @@ class DifferenceSettings(Settings):
         :class:`astrodag.supernova.imaging.background.BackgroundSettings`.
     psf : mapping
         :class:`astrodag.supernova.imaging.psf.PSFSettings`.
+    registration : mapping
+        :class:`astrodag.supernova.imaging.registration.RegistrationSettings`.
+    flux : mapping
+        :class:`astrodag.supernova.imaging.fluxscale.FluxScaleSettings`.
     subtract : mapping
         :class:`astrodag.supernova.imaging.subtract.SubtractSettings`.
     inject : mapping
@@ -129,6 +127,8 @@ class DifferenceSettings(Settings):
     align: AlignSettings = section(AlignSettings)
     background: BackgroundSettings = section(BackgroundSettings)
     psf: PSFSettings = section(PSFSettings)
+    registration: RegistrationSettings = section(RegistrationSettings)
+    flux: FluxScaleSettings = section(FluxScaleSettings)
     subtract: SubtractSettings = section(SubtractSettings)
     inject: InjectSettings = section(InjectSettings)
 
@@ -166,17 +166,15 @@ def _fwhm_on_science_grid(science: Image, reference: Image) -> float | None:
     return reference.fwhm * math.sqrt(proj_plane_pixel_area(reference.wcs) / proj_plane_pixel_area(science.wcs))
 
 
-def _residual_shift(psf_sci: PSF, psf_ref: PSF, radius: float) -> tuple[float, float, float, float, int]:
-    """Median offset (reference - science) of matched stars and its robust scatter per axis."""
-    i, j = match_stars(psf_sci.stars, psf_ref.stars, radius)
-    if len(i) == 0:
-        return 0.0, 0.0, 0.0, 0.0, 0
-    dx = psf_ref.stars["x"].to_numpy()[j] - psf_sci.stars["x"].to_numpy()[i]
-    dy = psf_ref.stars["y"].to_numpy()[j] - psf_sci.stars["y"].to_numpy()[i]
-    mx, my = float(np.median(dx)), float(np.median(dy))
-    sx = 1.4826 * float(np.median(np.abs(dx - mx)))
-    sy = 1.4826 * float(np.median(np.abs(dy - my)))
-    return mx, my, sx, sy, len(i)
+def _residual_shift(science: Image, pair: _Registered, psf_sci: PSF, psf_ref: PSF,
+                    settings: DifferenceSettings) -> _Residual:
+    """Residual transform (reference - science) from all matched detections, and the registration scatter."""
+    pixel_arcsec = math.sqrt(proj_plane_pixel_area(science.wcs)) * 3600.0
+    max_offset = max(settings.registration.max_offset_arcsec / pixel_arcsec, 3.0 * max(psf_sci.fwhm, psf_ref.fwhm))
+    registration = register(pair.new, pair.ref, pair.sci_bkg.rms, pair.ref_bkg.rms, psf_sci.sources, psf_ref.sources,
+                            psf_sci.fwhm, psf_ref.fwhm, max_offset, science.mask, pair.ref_bad, settings.registration)
+    return _Residual(registration.shift_x, registration.shift_y, registration.scatter_x, registration.scatter_y,
+                     registration.n_matched, registration)
 
 
 def _source_flux(data: np.ndarray, rms: np.ndarray) -> np.ndarray:
@@ -229,13 +227,14 @@ class _Registered:
 
 @dataclass
 class _Residual:
-    """Offset (reference - science) of the matched stars after alignment, and its robust scatter."""
+    """Offset (reference - science) at the image centre after alignment, and the registration scatter."""
 
     shift_x: float
     shift_y: float
     scatter_x: float
     scatter_y: float
     n_matched: int
+    registration: Registration
 
 
 @dataclass
@@ -359,14 +358,16 @@ def _grown_mask(bad: np.ndarray, grow_px: int) -> np.ndarray:
     return ndimage.binary_dilation(bad, iterations=grow_px) if grow_px and bad.any() else bad.copy()
 
 
-def _flux_scale(science: Image, reference: Image, pair: _Registered, psf_sci: PSF, psf_ref: PSF, radius: float,
+def _flux_scale(science: Image, reference: Image, pair: _Registered, psf_sci: PSF, psf_ref: PSF, residual: _Residual,
                 grown: np.ndarray, settings: DifferenceSettings) -> FluxScale:
-    """Science / reference flux ratio from aperture photometry of the matched stars."""
-    i, _ = match_stars(psf_sci.stars, psf_ref.stars, radius)
-    positions = psf_sci.stars[["x", "y"]].to_numpy(float)[i]
-    return flux_ratio(np.nan_to_num(pair.new), np.nan_to_num(pair.ref), positions,
-                      settings.subtract.aperture_radius_fwhm * max(psf_sci.fwhm, psf_ref.fwhm), mask=grown,
-                      min_stars=settings.subtract.min_flux_stars, zeropoints=(science.zeropoint, reference.zeropoint))
+    """Science / reference flux ratio from PSF photometry of the matched stars (fallbacks: zero points, unity)."""
+    science_xy, reference_xy = residual.registration.star_positions()
+    # A realignment moved the reference's stars by the shift it corrected.
+    reference_xy = reference_xy - np.asarray(pair.aligned.shift_px)
+    pixel_area_ratio = proj_plane_pixel_area(science.wcs) / proj_plane_pixel_area(reference.wcs)
+    return measure_flux_ratio(pair.new, pair.ref, pair.sci_bkg.rms, pair.ref_bkg.rms, grown, psf_sci.image,
+                              psf_ref.image, psf_sci.fwhm, psf_ref.fwhm, science_xy, reference_xy, pixel_area_ratio,
+                              (science.zeropoint, reference.zeropoint), settings.flux)
 
 
 def _zogy(science: Image, reference: Image, pair: _Registered, grown: np.ndarray, psf_sci: PSF, psf_ref: PSF,
@@ -464,11 +465,15 @@ def _record(science_path, reference_path, seed: int, science: Image, pair: _Regi
                       "residual_shift_px": [residual.shift_x, residual.shift_y],
                       "shift_applied_px": list(aligned.shift_px),
                       "registration_scatter_px": [residual.scatter_x, residual.scatter_y],
-                      "matched_stars": residual.n_matched},
+                      "matched_stars": residual.n_matched,
+                      "registration_method": residual.registration.method,
+                      "registration_bright_stars": residual.registration.n_bright,
+                      "residual_transform": residual.registration.coefficients.tolist()},
         "psf": {"science_fwhm_px": psf_sci.fwhm, "reference_fwhm_px": psf_ref.fwhm, "difference_fwhm_px": result.fwhm,
                 "science_method": psf_sci.method, "reference_method": psf_ref.method,
                 "science_stars": psf_sci.n_stars, "reference_stars": psf_ref.n_stars},
-        "flux": {"ratio": scale.ratio, "error": scale.error, "stars": scale.n_stars, "method": scale.method},
+        "flux": {"ratio": scale.ratio, "error": scale.error, "stars": scale.n_stars, "method": scale.method,
+                 "reason": scale.reason},
         "noise": {"science_sky": pair.sci_bkg.median, "science_sigma": pair.sci_bkg.rms_median,
                   "sky_estimator": [pair.sci_bkg.estimator, pair.ref_bkg.estimator],
                   "reference_sky": pair.ref_bkg.median, "reference_sigma": pair.sigma_ref,
@@ -531,8 +536,7 @@ def difference_pair(science_path: str | Path, reference_path: str | Path, out_di
         pair = _register(science, reference, aligned, settings)
     with timer("psf"):
         psf_sci, psf_ref = _psfs(science, reference, pair, settings)
-        radius = settings.subtract.match_radius_fwhm * max(psf_sci.fwhm, psf_ref.fwhm)
-        residual = _Residual(*_residual_shift(psf_sci, psf_ref, radius))
+        residual = _residual_shift(science, pair, psf_sci, psf_ref, settings)
     if (settings.align.refine and residual.n_matched >= 5
             and math.hypot(residual.shift_x, residual.shift_y) > settings.align.refine_min_shift_px):
         pair = _realign(science, reference, pair, psf_ref, residual, settings, timer)
@@ -540,7 +544,7 @@ def difference_pair(science_path: str | Path, reference_path: str | Path, out_di
         injections, fake_psf = _inject(science, pair, psf_sci, psf_ref, settings, pair_rng(seed, out_dir.name))
     grown = _grown_mask(science.mask | pair.ref_bad, settings.subtract.mask_grow_px)
     with timer("flux"):
-        scale = _flux_scale(science, reference, pair, psf_sci, psf_ref, radius, grown, settings)
+        scale = _flux_scale(science, reference, pair, psf_sci, psf_ref, residual, grown, settings)
     with timer("subtract"):
         result = _subtract(science, reference, pair, grown, psf_sci, psf_ref, scale.ratio, residual, settings)
 

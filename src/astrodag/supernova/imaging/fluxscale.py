@@ -1,0 +1,275 @@
+"""Science / reference flux ratio from many matched stars, with stated fallbacks.
+
+:func:`measure_flux_ratio` measures each matched star in both images by PSF-fit photometry at a
+fixed position (:func:`psf_photometry`: amplitude of the image's own unit-sum PSF stamp plus a
+local constant, fitted by least squares within ``fit_radius_fwhm``), so that the fluxes carry
+exactly the normalisation the subtraction's PSF models assume, and a star's neighbours beyond
+the small fit window do not enter. The ratio is the slope through the origin of science flux
+against reference flux (:func:`fit_ratio`), weighted by both flux errors and a fractional
+scatter fitted to the data (photon noise, PSF-model and crowding errors), with blends, variables
+and mismatches removed by sigma clipping; its standard error is the weighted least-squares one.
+
+Fallbacks, in this order, each with a ``log.warning`` giving the reason:
+
+1. ``stars``: at least ``min_stars`` stars kept by the fit;
+2. ``zeropoints``: ``10**(0.4 (ZP_sci - ZP_ref)) * A_sci / A_ref``;
+3. ``unity``: ``A_sci / A_ref``.
+
+``A_sci / A_ref`` is the pixel-area ratio: resampling keeps surface brightness (the value per
+pixel), so a reference of pixel area ``A_ref`` resampled onto science pixels of area ``A_sci``
+holds ``A_ref / A_sci`` times its native total flux per source.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass, field
+from typing import ClassVar
+
+import numpy as np
+import pandas as pd
+from astropy.stats import mad_std
+from scipy import ndimage
+
+from astrodag.settings import Settings, number, setting
+
+log = logging.getLogger(__name__)
+
+STAR_COLUMNS = ("x", "y", "x_ref", "y_ref", "flux", "flux_err", "flux_ref", "flux_ref_err", "used")
+
+
+@dataclass(frozen=True)
+class FluxScaleSettings(Settings):
+    """Flux ratio of the pair (config ``supernova.difference.flux``).
+
+    Keys
+    ----
+    fit_radius_fwhm : float, default 1.5
+        Radius (FWHMs of each image's PSF) of the pixels of the PSF fit.
+    min_snr : float, default 20.0
+        Stars with a flux S/N below this in either image are not used.
+    min_stars : int, default 5
+        Fewer stars kept by the fit and the ratio falls back (see the module notes).
+    max_stars : int, default 3000
+        Brightest matched stars measured (bounds the time: about 20 us a star).
+    clip_sigma : float, default 3.0
+        Stars whose normalised residual from the fitted slope exceeds this many robust standard
+        deviations are dropped (blends, variables, mismatches) and the slope refitted.
+    """
+
+    PREFIX: ClassVar[str] = "supernova.difference.flux"
+
+    fit_radius_fwhm: float = setting(1.5, number(0.5, 10.0))
+    min_snr: float = setting(20.0, number(0.0))
+    min_stars: int = setting(5, number(3, integer=True))
+    max_stars: int = setting(3000, number(1, integer=True))
+    clip_sigma: float = setting(3.0, number(1.5))
+
+
+@dataclass
+class FluxScale:
+    """Science / reference flux ratio of the same sources.
+
+    Attributes
+    ----------
+    ratio : float
+        Multiply the (resampled) reference by it to put it in science-image units.
+    error : float
+        Standard error of ``ratio`` (NaN when not measured from stars).
+    n_stars : int
+        Stars behind the ratio (kept by the clipping; 0 for a fallback).
+    method : str
+        ``stars``, ``zeropoints`` or ``unity``.
+    reason : str
+        Why the ratio was not measured ("" when it was).
+    stars : pandas.DataFrame
+        The stars measured (:data:`STAR_COLUMNS`; ``used``: kept by the fit).
+    """
+
+    ratio: float
+    error: float
+    n_stars: int
+    method: str
+    reason: str = ""
+    stars: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=list(STAR_COLUMNS)))
+
+
+def psf_photometry(data: np.ndarray, rms: np.ndarray | float, bad: np.ndarray | None, psf: np.ndarray,
+                   x: np.ndarray, y: np.ndarray, radius: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Fixed-position PSF-fit fluxes: ``data ~ flux * psf(. - (x, y)) + background`` within ``radius``.
+
+    The unit-sum PSF stamp is shifted to each star's sub-pixel position (cubic spline) and the two
+    amplitudes are solved by unweighted least squares over the pixels within ``radius`` (the sky
+    noise is flat on that scale); the flux error is propagated from ``rms`` at the star.
+
+    Returns
+    -------
+    flux, flux_err : numpy.ndarray
+    ok : numpy.ndarray
+        Bool: the window is inside the image and free of ``bad`` pixels.
+    """
+    x, y = np.asarray(x, float), np.asarray(y, float)
+    reach = int(math.ceil(radius))
+    ny, nx = data.shape
+    ix, iy = np.rint(x).astype(int), np.rint(y).astype(int)
+    inside = (ix >= reach) & (ix < nx - reach) & (iy >= reach) & (iy < ny - reach)
+    ix, iy = np.where(inside, ix, reach), np.where(inside, iy, reach)
+    offsets = np.arange(-reach, reach + 1)
+    rows = (iy[:, None] + offsets)[:, :, None]
+    cols = (ix[:, None] + offsets)[:, None, :]
+    stamps = data[rows, cols].astype(float)
+    ok = inside & np.isfinite(stamps).all(axis=(1, 2))
+    if bad is not None:
+        ok &= ~bad[rows, cols].any(axis=(1, 2))
+    fx, fy = x - ix, y - iy
+    window = (offsets[None, :, None] - fy[:, None, None]) ** 2 + (offsets[None, None, :] - fx[:, None, None]) ** 2 \
+        <= radius ** 2
+    models = np.zeros_like(stamps)
+    # The stamp's core, with a margin for the spline, is all the fit window sees.
+    half, keep = psf.shape[0] // 2, reach + 3
+    padded = np.pad(psf, max(0, keep - half))
+    mid = padded.shape[0] // 2
+    padded = padded[mid - keep:mid + keep + 1, mid - keep:mid + keep + 1]
+    mid = keep
+    for k in np.flatnonzero(ok):
+        shifted = ndimage.shift(padded, (fy[k], fx[k]), order=3, mode="constant")
+        models[k] = shifted[mid - reach:mid + reach + 1, mid - reach:mid + reach + 1]
+    w = window.astype(float)
+    n = w.sum(axis=(1, 2))
+    sp, spp = (w * models).sum(axis=(1, 2)), (w * models ** 2).sum(axis=(1, 2))
+    si, sip = (w * np.nan_to_num(stamps)).sum(axis=(1, 2)), (w * models * np.nan_to_num(stamps)).sum(axis=(1, 2))
+    det = n * spp - sp ** 2
+    noise = rms[iy, ix].astype(float) if np.ndim(rms) else np.full(len(ix), float(rms))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        flux = (n * sip - sp * si) / det
+        flux_err = noise * np.sqrt(n / det)
+    ok &= np.isfinite(flux) & (det > 0)
+    return np.where(ok, flux, np.nan), np.where(ok, flux_err, np.nan), ok
+
+
+def fit_ratio(flux: np.ndarray, flux_err: np.ndarray, flux_ref: np.ndarray, flux_ref_err: np.ndarray,
+              clip_sigma: float = 3.0, iterations: int = 10) -> tuple[float, float, float, np.ndarray]:
+    """Slope ``k`` of ``flux = k flux_ref`` by weighted least squares through the origin, sigma-clipped.
+
+    The variance of a star's residual is ``flux_err^2 + k^2 flux_ref_err^2 + (s k flux_ref)^2``: both
+    fluxes are noisy, and a fractional scatter ``s`` (photon noise, PSF-model and crowding errors,
+    which the sky-noise errors lack) is solved for so that the reduced chi-square of the kept stars is
+    1; without it the brightest stars, the most informative, would be clipped first. Stars whose
+    normalised residual exceeds ``clip_sigma`` (robust standard deviations) are dropped, and the
+    slope, ``s`` and weights iterated. The error is the WLS standard error of the slope.
+
+    Returns
+    -------
+    ratio, error : float
+    scatter : float
+        The fractional scatter ``s``.
+    used : numpy.ndarray
+        Bool, the stars kept.
+    """
+    from scipy.optimize import brentq
+
+    used = np.isfinite(flux) & np.isfinite(flux_ref) & (flux_ref > 0) & np.isfinite(flux_err) \
+        & np.isfinite(flux_ref_err)
+    if used.sum() < 3:
+        return float("nan"), float("nan"), float("nan"), used
+    ratio = float(np.median(flux[used] / flux_ref[used]))
+    scatter, error = 0.0, float("nan")
+
+    def slope(weight, keep):
+        w, s, r = weight[keep], flux[keep], flux_ref[keep]
+        return float(np.sum(w * s * r) / np.sum(w * r ** 2)), float(np.sum(w * r ** 2))
+
+    def variance(k, frac):
+        return flux_err ** 2 + k ** 2 * flux_ref_err ** 2 + (frac * k * flux_ref) ** 2
+
+    for _ in range(iterations):
+        def excess_chi2(frac, keep=used):
+            k, _ = slope(1.0 / variance(ratio, frac), keep)
+            return np.sum((flux[keep] - k * flux_ref[keep]) ** 2 / variance(k, frac)[keep]) / (keep.sum() - 1) - 1
+
+        scatter = brentq(excess_chi2, 0.0, 10.0) if excess_chi2(0.0) > 0 else 0.0
+        weight = 1.0 / variance(ratio, scatter)
+        ratio, information = slope(weight, used)
+        error = 1.0 / math.sqrt(information)
+        z = (flux - ratio * flux_ref) / np.sqrt(variance(ratio, scatter))
+        keep = used & (np.abs(z) <= clip_sigma * mad_std(z[used]))
+        if np.array_equal(keep, used) or keep.sum() < 3:
+            break
+        used = keep
+    return ratio, error, float(scatter), used
+
+
+def fallback_ratio(reason: str, pixel_area_ratio: float, zeropoints: tuple | None = None,
+                   stars: pd.DataFrame | None = None) -> FluxScale:
+    """The zero-point ratio (else unity) times the pixel-area ratio, with a warning giving ``reason``."""
+    stars = stars if stars is not None else FluxScale(1.0, 0.0, 0, "").stars
+    if zeropoints is not None and None not in zeropoints:
+        ratio = 10 ** (0.4 * (zeropoints[0] - zeropoints[1])) * pixel_area_ratio
+        log.warning("flux ratio NOT measured (%s): %.4g from the zero points %.3f / %.3f and the pixel-area "
+                    "ratio %.4g", reason, ratio, zeropoints[0], zeropoints[1], pixel_area_ratio)
+        return FluxScale(float(ratio), float("nan"), 0, "zeropoints", reason, stars)
+    log.warning("flux ratio NOT measured (%s) and no zero points: the pixel-area ratio %.4g is used as the flux "
+                "ratio", reason, pixel_area_ratio)
+    return FluxScale(float(pixel_area_ratio), float("nan"), 0, "unity", reason, stars)
+
+
+def measure_flux_ratio(science: np.ndarray, reference: np.ndarray, science_rms: np.ndarray | float,
+                       reference_rms: np.ndarray | float, bad: np.ndarray | None, psf_science: np.ndarray,
+                       psf_reference: np.ndarray, fwhm_science: float, fwhm_reference: float,
+                       science_xy: np.ndarray, reference_xy: np.ndarray, pixel_area_ratio: float = 1.0,
+                       zeropoints: tuple | None = None, settings: FluxScaleSettings | None = None) -> FluxScale:
+    """Science / reference flux ratio from PSF photometry of matched stars (see the module notes).
+
+    Parameters
+    ----------
+    science, reference : numpy.ndarray
+        Background-subtracted images on the same grid.
+    science_rms, reference_rms : numpy.ndarray or float
+        Their sky noise.
+    bad : numpy.ndarray, optional
+        Bad pixels of either image (saturated, flagged, uncovered); a star with one in its fit window
+        is not used.
+    psf_science, psf_reference : numpy.ndarray
+        Unit-sum PSF stamps (odd, centred) of the two images.
+    fwhm_science, fwhm_reference : float
+        Their FWHMs (pixels).
+    science_xy, reference_xy : numpy.ndarray
+        ``(n, 2)`` positions of the same stars in each image, brightest first.
+    pixel_area_ratio : float
+        Science / native reference pixel area, for the fallbacks.
+    zeropoints : (float or None, float or None), optional
+        Science and native reference zero points, for the fallback.
+    settings : FluxScaleSettings, optional
+
+    Returns
+    -------
+    FluxScale
+    """
+    settings = settings or FluxScaleSettings()
+    science_xy = np.asarray(science_xy, float).reshape(-1, 2)[:settings.max_stars]
+    reference_xy = np.asarray(reference_xy, float).reshape(-1, 2)[:settings.max_stars]
+    if len(science_xy) == 0:
+        return fallback_ratio("no matched stars", pixel_area_ratio, zeropoints)
+    flux, flux_err, ok = psf_photometry(science, science_rms, bad, psf_science, *science_xy.T,
+                                        settings.fit_radius_fwhm * fwhm_science)
+    flux_ref, flux_ref_err, ok_ref = psf_photometry(reference, reference_rms, bad, psf_reference, *reference_xy.T,
+                                                    settings.fit_radius_fwhm * fwhm_reference)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        good = ok & ok_ref & (flux / flux_err >= settings.min_snr) & (flux_ref / flux_ref_err >= settings.min_snr)
+    stars = pd.DataFrame({"x": science_xy[:, 0], "y": science_xy[:, 1], "x_ref": reference_xy[:, 0],
+                          "y_ref": reference_xy[:, 1], "flux": flux, "flux_err": flux_err, "flux_ref": flux_ref,
+                          "flux_ref_err": flux_ref_err}).loc[good].reset_index(drop=True)
+    if len(stars) < settings.min_stars:
+        return fallback_ratio(f"{len(stars)} of {len(science_xy)} matched stars measurable (unmasked, S/N >= "
+                              f"{settings.min_snr:g} in both images; need {settings.min_stars})",
+                              pixel_area_ratio, zeropoints, stars.assign(used=False))
+    columns = ("flux", "flux_err", "flux_ref", "flux_ref_err")
+    ratio, error, scatter, used = fit_ratio(*(stars[c].to_numpy() for c in columns), clip_sigma=settings.clip_sigma)
+    stars["used"] = used
+    if not (used.sum() >= settings.min_stars and math.isfinite(ratio) and ratio > 0):
+        return fallback_ratio(f"{int(used.sum())} stars kept by the clipped fit (need {settings.min_stars}), "
+                              f"slope {ratio:.4g}", pixel_area_ratio, zeropoints, stars)
+    log.info("flux ratio %.4f +- %.4f from %d of %d stars (fractional scatter %.3g)", ratio, error,
+             int(used.sum()), len(stars), scatter)
+    return FluxScale(ratio, error, int(used.sum()), "stars", "", stars)
