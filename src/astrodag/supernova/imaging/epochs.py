@@ -14,11 +14,13 @@ same image seen again:
    with ``GAIN`` chosen so that the sky noise is ``noise_factor`` times the real image's own
    (scaled) sky noise ``sigma_0``.
 
-The real image's own noise is in both epochs: it is a shared, correlated part of the noise
-that a perfect subtraction cancels. It is ``1 / noise_factor**2`` of the science image's sky
-variance (1/36 by default); a difference whose model treats the reference noise as independent
-(ZOGY does) overestimates its noise by at most ``sqrt(1 + (1 + 1/k**2) / k**2) - 1`` relative
-to the science-only noise, about 3 % for ``k = 6``: small against the 10 % the tests allow.
+The real image's own noise is in both epochs: a shared, correlated part of the noise that a
+perfect subtraction cancels (science = r K (x) reference, so F_r P_r N - F_n P_n R holds none of
+it). Its variance is ``1 / noise_factor**2`` of the science sky's (1/16 by default). A model that
+counts the reference's noise as independent (ZOGY does) then overestimates the noise of D, by
+about ``sqrt(1 + 1.3 / k**2)`` at low frequencies (the science's smoothed copy adds ~0.3): S_corr's
+robust standard deviation of a perfect pipeline is about 0.96 for ``k = 4``, inside the 10 %
+the tests allow.
 
 Transients are copies of isolated, unsaturated real stars of the image (each local-sky
 subtracted, normalised to unit sum, moved by a cubic-spline shift to the target sub-pixel
@@ -89,7 +91,7 @@ class EpochSettings:
     shift_px: tuple[float, float] = (2.37, -1.61)
     seeing_fwhm_px: float = 2.0
     flux_scale: float = 1.1
-    noise_factor: float = 6.0
+    noise_factor: float = 4.0
     sky_electrons: float = 1.0e4
     reference_noise_factor: float = 0.0
     snr: tuple[float, ...] = (8.0, 10.0, 12.0, 16.0, 25.0, 40.0)
