@@ -420,6 +420,27 @@ def make_epochs(image_path: str | Path, out_dir: str | Path, settings: EpochSett
     return EpochPair(science_path, reference_path, truth_table, geometry, meta)
 
 
+def score_candidates(candidates: pd.DataFrame, truth: pd.DataFrame, min_snr: float = 8.0, found_px: float = 1.0,
+                     false_px: float = 2.0) -> dict:
+    """Compare candidates (``x``, ``y``, science pixels) with a truth table.
+
+    Returns ``recovered`` (truth rows of S/N >= ``min_snr`` with a candidate within ``found_px``),
+    ``expected`` (how many such rows), ``missed`` (their truth rows not recovered) and ``false``
+    (candidates farther than ``false_px`` from every truth row).
+    """
+    bright = truth[truth["snr"] >= min_snr]
+    if len(candidates) and len(truth):
+        dx = truth["x"].to_numpy()[:, None] - candidates["x"].to_numpy()[None, :]
+        dy = truth["y"].to_numpy()[:, None] - candidates["y"].to_numpy()[None, :]
+        distance = np.hypot(dx, dy)
+        nearest = distance.min(axis=1)[(truth["snr"] >= min_snr).to_numpy()]
+        false = int(np.count_nonzero(distance.min(axis=0) > false_px))
+    else:
+        nearest, false = np.full(len(bright), np.inf), len(candidates)
+    return {"recovered": int(np.count_nonzero(nearest <= found_px)), "expected": int(len(bright)),
+            "missed": bright[nearest > found_px], "false": false}
+
+
 def _kernel_variance(settings: EpochSettings) -> float:
     """Fraction of white noise's per-pixel variance left by :func:`observe` (sum of its kernel's squares)."""
     delta = np.zeros((65, 65))
