@@ -247,6 +247,7 @@ def run_real(directory: Path, seed: int = 0) -> list[dict]:
     """One row per real pair and subtraction method (see the module notes)."""
     import numpy as np
     import pandas as pd
+    from astropy.io import fits
 
     from astrodag.errors import ConfigError
     from astrodag.supernova.imaging.epochs import EpochSettings, make_epochs, score_candidates
@@ -280,8 +281,6 @@ def run_real(directory: Path, seed: int = 0) -> list[dict]:
                 tracemalloc.stop()
             candidates = pd.read_csv(out / "candidates.csv", keep_default_na=False)
             score = score_candidates(candidates[candidates["kept"]], pair.truth)
-            from astropy.io import fits
-
             with fits.open(out / "mask.fits") as hdul:
                 unmasked = int(np.count_nonzero(hdul[0].data == 0))
             quiet = difference_pair(empty.science, empty.reference, directory / image / f"{method}-empty", settings,

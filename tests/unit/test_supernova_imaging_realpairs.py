@@ -206,3 +206,23 @@ def test_geometry_wcs_composition():
     xr, yr = geometry.to_reference(x, y)
     np.testing.assert_allclose(science_wcs.pixel_to_world_values(x, y), image.wcs.pixel_to_world_values(xr, yr),
                                atol=1e-9)
+
+
+@pytest.mark.parametrize(("image", "shape", "scale_arcsec", "bad"), [("m13_dss", (300, 300), 1.0, 0),
+                                                                    ("ukidss_k", (300, 300), 0.2006, 0),
+                                                                    ("hdf_wfpc2", (872, 1000), 0.1, 538)])
+def test_vendored_images_load(image, shape, scale_arcsec, bad):
+    loaded = load_image(DATA / f"{image}.fits.gz")
+    assert loaded.shape == shape
+    assert int(loaded.mask.sum()) == bad  # the HDF's DQ extension flags JPEG-saturated pixels
+    scale = 3600 * np.sqrt(abs(np.linalg.det(loaded.wcs.pixel_scale_matrix)))
+    assert scale == pytest.approx(scale_arcsec, rel=0.01)
+
+
+def test_score_candidates():
+    truth = pd.DataFrame({"x": [10.0, 50.0, 90.0], "y": [10.0, 50.0, 90.0], "snr": [8.0, 20.0, 5.0]})
+    candidates = pd.DataFrame({"x": [10.6, 51.5, 90.0, 200.0], "y": [10.0, 50.0, 91.9, 5.0]})
+    score = score_candidates(candidates, truth)
+    # 10.6 is found (0.6 px); 51.5 is 1.5 px off: missed but not false; the S/N-5 one is not expected.
+    assert (score["recovered"], score["expected"], score["false"]) == (1, 2, 1)
+    assert score["missed"]["x"].tolist() == [50.0]
