@@ -196,7 +196,8 @@ class EpochPair:
     meta: dict = field(default_factory=dict)
 
 
-def _median_fwhm(data: np.ndarray, peaks: pd.DataFrame) -> np.ndarray:
+def _fwhms(data: np.ndarray, peaks: pd.DataFrame) -> np.ndarray:
+    """Fitted Gaussian FWHM (pixels) of each peak."""
     xy = peaks[["x", "y"]].to_numpy(float)
     return np.asarray(fit_fwhm(data, xypos=xy, fit_shape=7), float)
 
@@ -218,7 +219,7 @@ def isolated_stars(data: np.ndarray, mask: np.ndarray, sigma: float, count: int 
     bright = peaks[(peaks["peak"] > 15 * sigma) & (peaks["peak"] < 0.5 * peaks["peak"].max())].head(60).copy()
     if bright.empty:
         raise ValueError("no unsaturated bright star to make transient stamps from")
-    bright["fwhm"] = _median_fwhm(data, bright)
+    bright["fwhm"] = _fwhms(data, bright)
     sharp = np.sort(bright["fwhm"].to_numpy())[: max(1, len(bright) // 3)]
     fwhm = float(np.median(sharp))
     half = int(math.ceil(3 * fwhm))
