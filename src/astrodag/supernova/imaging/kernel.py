@@ -168,7 +168,7 @@ def poly_map(coefficients: dict[tuple[int, int], float], shape: tuple[int, int])
     columns = np.zeros((shape[0], top + 1))
     for (a, b), c in coefficients.items():
         columns[:, a] += c * ys ** b
-    return (columns @ np.vander(xs, top + 1, increasing=True).T).astype(np.float32)
+    return columns.astype(np.float32) @ np.vander(xs, top + 1, increasing=True).T.astype(np.float32)
 
 
 def _quadratic_map(gram: np.ndarray, terms: list[tuple[int, int]], shape) -> np.ndarray:
@@ -260,14 +260,16 @@ class _Fit:
 
 
 def _fit(target: np.ndarray, design: np.ndarray, var_y: np.ndarray, var_x: np.ndarray,
-         p_kernel: np.ndarray, p_background: np.ndarray, free: np.ndarray, basis_gram: np.ndarray) -> _Fit:
+         p_kernel: np.ndarray, p_background: np.ndarray, free: np.ndarray, basis_gram: np.ndarray,
+         initial_power: float) -> _Fit:
     """Clipped weighted least squares over the stamps (see the module notes).
 
     ``target`` (n, m) and ``var_y`` the target image's pixels and variance per stamp,
     ``design`` (n, m, n_basis) the convolved bases, ``var_x`` the convolved image's variance
     (n, m), ``p_kernel`` and ``p_background`` the spatial monomials at the stamp centres, ``free``
     which of the ``n_basis * n_terms + n_background`` parameters are fitted, ``basis_gram`` the
-    bases' scalar products (for sum(K^2) at the centre). The kernel sum at the centre is the
+    bases' scalar products (for sum(K^2) at the centre, ``initial_power`` its first guess: it only
+    sets the weights, which need not be exact for an unbiased fit). The kernel sum at the centre is the
     first parameter, since only the first basis has a non-zero sum.
     """
     n, m, n_basis = design.shape
@@ -275,7 +277,7 @@ def _fit(target: np.ndarray, design: np.ndarray, var_y: np.ndarray, var_x: np.nd
     local = np.concatenate([design, np.ones((n, m, 1))], axis=2)  # bases and a constant
     groups = np.arange(n) % JACKKNIFE_GROUPS
     kept = np.ones(n, bool)
-    power = 1.0  # sum(K^2) at the stamp: the convolved image's variance enters D times it
+    power = initial_power  # sum(K^2): the convolved image's variance enters D times it
     for iteration in range(10):
         weights = 1.0 / (var_y + power * var_x)
         weighted = local * weights[..., None]
@@ -285,9 +287,10 @@ def _fit(target: np.ndarray, design: np.ndarray, var_y: np.ndarray, var_x: np.nd
         for g in range(JACKKNIFE_GROUPS):
             use = kept & (groups == g)
             lk, rk, pk, qk = normal_local[use], rhs_local[use], p_kernel[use], p_background[use]
-            outer = (pk[:, :, None] * pk[:, None, :]).reshape(len(pk), -1)
-            kk = (lk[:, :n_basis, :n_basis].reshape(len(lk), -1).T @ outer).reshape(n_basis, n_basis, n_terms, n_terms)
-            kk = kk.transpose(0, 2, 1, 3).reshape(n_basis * n_terms, -1)
+            outer = (pk[:, :, None] * pk[:, None, :]).reshape(len(pk), n_terms * n_terms)
+            kk = lk[:, :n_basis, :n_basis].reshape(len(lk), n_basis * n_basis).T @ outer
+            kk = kk.reshape(n_basis, n_basis, n_terms, n_terms).transpose(0, 2, 1, 3).reshape(
+                n_basis * n_terms, n_basis * n_terms)
             kb = np.einsum("ki,ks,kt->ist", lk[:, :n_basis, n_basis], pk, qk).reshape(n_basis * n_terms, n_bg)
             bb = np.einsum("k,ks,kt->st", lk[:, n_basis, n_basis], qk, qk)
             normals.append(np.block([[kk, kb], [kb.T, bb]]))
@@ -297,7 +300,13 @@ def _fit(target: np.ndarray, design: np.ndarray, var_y: np.ndarray, var_x: np.nd
 
         def solve(matrix, vector):
             full = np.zeros(len(free))
-            full[free] = linalg.cho_solve(linalg.cho_factor(matrix[np.ix_(free, free)]), vector[free])
+            matrix, vector = matrix[np.ix_(free, free)], vector[free]
+            try:
+                full[free] = linalg.cho_solve(linalg.cho_factor(matrix), vector)
+            except linalg.LinAlgError:
+                # Degenerate stamps (too few, or too alike for the spatial terms): the minimum-norm solution.
+                log.warning("kernel fit: singular normal equations, solved by least squares")
+                full[free] = linalg.lstsq(matrix, vector)[0]
             return full
 
         theta = solve(normal, rhs)
@@ -309,8 +318,7 @@ def _fit(target: np.ndarray, design: np.ndarray, var_y: np.ndarray, var_x: np.nd
         power = float(coefficients[:, 0] @ basis_gram @ coefficients[:, 0])
         clipped = sigma_clip(np.log(chi2[kept]), sigma_lower=np.inf, sigma_upper=CLIP_SIGMA, maxiters=1,
                              cenfunc="median", stdfunc="mad_std").mask
-        # The first pass only sets the weights' sum(K^2); it is always refitted.
-        if iteration == 9 or (iteration > 0 and not clipped.any()):
+        if iteration == 9 or not clipped.any():
             break
         now = kept.copy()
         now[np.flatnonzero(kept)[clipped]] = False
@@ -382,19 +390,20 @@ def kernel_difference(new: np.ndarray, ref: np.ndarray, psf_new: np.ndarray, fwh
     if len(centres) < 3:
         raise ValueError(f"{len(centres)} usable kernel stamps (need 3): too few unmasked stars")
     bg_terms = monomials(background_order)
-    regions = _cutouts(x_img.astype(np.float64), centres, 2 * half)
+    regions = _cutouts(x_img, centres, 2 * half).astype(np.float64)
     design = _convolve_stamps(regions, half, broad)
-    target = _cutouts(y_img.astype(np.float64), centres, half).reshape(len(centres), -1)
-    stamp_var_y = _cutouts(var_y.astype(np.float64), centres, half).reshape(len(centres), -1)
-    stamp_var_x = _cutouts(var_x.astype(np.float64), centres, half).reshape(len(centres), -1)
+    target, stamp_var_y, stamp_var_x = (_cutouts(image, centres, half).reshape(len(centres), -1).astype(np.float64)
+                                        for image in (y_img, var_y, var_x))
     cx, cy = _coordinates(centres[:, 0], centres[:, 1], shape)
     p_kernel = np.stack([cx ** a * cy ** b for a, b in terms], axis=1)
     p_background = np.stack([cx ** a * cy ** b for a, b in bg_terms], axis=1)
     free = np.ones(n_basis * len(terms) + len(bg_terms), bool)
     if not sum_varies:
         free[1:len(terms)] = False  # the sum-carrying basis has no spatial terms
+    # sum(K^2) of the Gaussian that matches the two FWHMs, 1 / (4 pi sigma^2), for the first weights.
+    sigma_match = math.sqrt(max(abs(fwhm_new ** 2 - fwhm_ref ** 2), 1.0)) / (2 * math.sqrt(2 * math.log(2)))
     fit = _fit(target, design, stamp_var_y, stamp_var_x, p_kernel, p_background, free,
-               np.einsum("iyx,jyx->ij", bases, bases))
+               np.einsum("iyx,jyx->ij", bases, bases), 1 / (4 * math.pi * sigma_match ** 2))
 
     kernels = np.einsum("is,iyx->syx", fit.coefficients, bases)  # one kernel per spatial term
     sums = kernels.sum(axis=(1, 2))
@@ -414,17 +423,21 @@ def kernel_difference(new: np.ndarray, ref: np.ndarray, psf_new: np.ndarray, fwh
     real = np.float32
     fshape = _fft_shape(shape, 2 * half)
     crop = (slice(half, half + shape[0]), slice(half, half + shape[1]))
-    x_hat = sfft.rfft2(np.where(bad_x, real(0), x_img.astype(real, copy=False)), s=fshape, workers=workers)
+    x_hat = sfft.rfft2(np.where(bad_x, real(0), x_img), s=fshape, workers=workers)
+    xs, ys = (c.astype(real) for c in _coordinates(np.arange(shape[1]), np.arange(shape[0]), shape))
     model = poly_map({term: float(c) for term, c in zip(bg_terms, fit.background)}, shape)
     for term, kernel in zip(terms, kernels):
         k_hat = sfft.rfft2(kernel.astype(real), s=fshape, workers=workers)
         conv = sfft.irfft2(x_hat * k_hat, s=fshape, workers=workers)[crop]
-        model += conv if term == (0, 0) else poly_map({term: 1.0}, shape) * conv
+        if term != (0, 0):  # times x^a y^b, by broadcasting: no image-sized map
+            conv *= (ys ** term[1])[:, None]
+            conv *= (xs ** term[0])[None, :]
+        model += conv
     del x_hat
     # Off the image counts as bad: the kernel would need the flux of the stars beyond the edge.
     mask = bad_y | (ndimage.maximum_filter(bad_x.astype(np.uint8), size=2 * half + 1, mode="constant", cval=1) > 0)
     if convolve_ref:
-        difference = y_img.astype(real) - model
+        difference = np.subtract(y_img, model, out=model)
         norm = None
     else:
         norm = poly_map(sum_map, shape) if sum_varies else real(centre_sum)
@@ -446,8 +459,8 @@ def kernel_difference(new: np.ndarray, ref: np.ndarray, psf_new: np.ndarray, fwh
     kernel_gram = np.einsum("syx,tyx->st", kernels, kernels)
     ones = np.zeros(len(terms))
     ones[0] = 1.0
-    var_y0 = np.where(mask, real(0), var_y.astype(real, copy=False))
-    var_x0 = np.where(bad_x, real(0), var_x.astype(real, copy=False))
+    var_y0 = np.where(mask, real(0), var_y)
+    var_x0 = np.where(bad_x, real(0), var_x)
     big = max(psf_d.shape[0], smeared.shape[1], kernel_centre.shape[0])
     vshape = _fft_shape(shape, big)
     v_y, v_x = sfft.rfft2(var_y0, s=vshape, workers=workers), sfft.rfft2(var_x0, s=vshape, workers=workers)
@@ -464,7 +477,7 @@ def kernel_difference(new: np.ndarray, ref: np.ndarray, psf_new: np.ndarray, fwh
             return real(1.0)
         return _quadratic_map(gram / gram[0, 0], terms, shape)
 
-    diff_var = var_y.astype(real) + apply(v_x, kernel_centre ** 2) * spatial(kernel_gram)
+    diff_var = apply(v_x, kernel_centre ** 2) * spatial(kernel_gram) + var_y
     score_var = apply(v_y, flipped ** 2) + apply(v_x, smeared[0] ** 2) * spatial(smeared_gram)
     del v_x, v_y
     if norm is not None:
