@@ -117,14 +117,17 @@ def test_crowded_field_ratio_noise_and_transients(crowded):
     assert robust_std(result.significance[away]) == pytest.approx(1.0, abs=0.1)
     # Transients at their expected significance: S = f sum(P_true P_D) over the score noise.
     ny, nx = result.score.shape
+    offsets = []
     for px, py in positions:
         ix, iy = int(round(px)), int(round(py))
         true_psf = moffat_stamp(3.2 + 0.8 * px / nx, 3.0, px - ix, py - iy)[10:31, 10:31]
         expected = flux * np.sum(true_psf * psf_new) / result.score_noise[iy, ix]
         found = result.significance[iy - 1:iy + 2, ix - 1:ix + 2].max()
-        assert found == pytest.approx(expected, abs=3.0)
+        assert found == pytest.approx(expected, abs=2.5)  # unit noise, and the maximum over 3x3 pixels
+        offsets.append(found - expected)
         flux_estimate = result.score[iy - 1:iy + 2, ix - 1:ix + 2].max() / result.flux_scale
         assert flux_estimate == pytest.approx(flux, rel=0.25)
+    assert abs(np.mean(offsets)) < 1.0  # ten independent transients
 
 
 def test_crowded_field_star_residuals_are_noise(crowded):
@@ -140,7 +143,7 @@ def test_crowded_field_star_residuals_are_noise(crowded):
         chi.append(result.difference[window] / np.sqrt(result.difference_variance[window]))
     chi = np.concatenate([c.ravel() for c in chi])
     assert len(chi) > 2000
-    assert np.std(chi) == pytest.approx(1.0, abs=0.15)
+    assert np.std(chi) == pytest.approx(1.0, abs=0.1)
 
 
 def test_broader_reference_convolves_science():
