@@ -228,13 +228,27 @@ def test_settings_accept_the_kernel_method():
     assert settings.method == "kernel" and settings.kernel_spatial_order == 1
 
 
+def test_variable_stars_are_clipped():
+    """A tenth of the brightest stars brighter by half in the science image: their stamps go, the ratio stays."""
+    shape = (512, 512)
+    new, ref, var_new, var_ref, stars, flux = crowded_pair(shape, n_stars=1000, seed=9, new_fwhm=3.4)
+    variable = np.arange(0, 100, 10)
+    new += render(shape, stars[variable, 0], stars[variable, 1], 0.5 * 1.1 * flux[variable], 3.4, 3.0).astype(
+        np.float32)
+    psf_new = moffat_stamp(3.4, 3.0)[10:31, 10:31]
+    result = kernel_difference(new, ref, psf_new / psf_new.sum(), 3.4, 2.6, stars, var_new, var_ref,
+                               spatial_order=1)
+    assert result.n_rejected >= 5
+    assert result.ratio == pytest.approx(1.1, rel=0.005)
+    assert robust_std(result.significance[~result.mask]) == pytest.approx(1.0, abs=0.1)
+
+
 def test_pipeline_kernel_method_finds_the_transient(tmp_path):
     import pandas as pd
     from imaging_helpers import TRANSIENT, process_pair
 
     directory, _, record = process_pair(tmp_path / "SN2011fe__SYN_X_g__1_2",
-                                        settings={"subtract": {"method": "kernel", "kernel_spatial_order": 1},
-                                                  "inject": {"count": 0}})
+                                        settings={"subtract": {"method": "kernel"}, "inject": {"count": 8}})
     assert record["subtraction"]["method"] == "kernel"
     assert record["subtraction"]["flux_zeropoint"] == 1.0
     candidates = pd.read_csv(directory / "candidates.csv")

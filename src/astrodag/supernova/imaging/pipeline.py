@@ -435,7 +435,10 @@ def _remove_difference_offset(difference: np.ndarray, score: np.ndarray, flux_ze
 
 def _subtract(science: Image, reference: Image, pair: _Registered, grown: np.ndarray, psf_sci: PSF, psf_ref: PSF,
               ratio: float, residual: _Residual, settings: DifferenceSettings) -> _Difference:
-    """D, S and S_corr (ZOGY or the Gaussian baseline), offset removed, NaN on the grown mask."""
+    """D, S and S_corr (ZOGY, the kernel fit or the Gaussian baseline), offset removed, NaN on the grown mask.
+
+    The kernel fit widens ``grown`` in place by its own mask (bad pixels and the border grown by the kernel).
+    """
     if settings.subtract.method == "zogy":
         result, astrometric = _zogy(science, reference, pair, grown, psf_sci, psf_ref, ratio, residual, settings)
         psf_d, f_d, f_s = result.psf, result.flux_zeropoint, result.flux_scale
