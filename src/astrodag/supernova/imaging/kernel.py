@@ -242,18 +242,22 @@ def _valid_matrix(factor: np.ndarray, length: int) -> np.ndarray:
 def _convolve_stamps(regions: np.ndarray, half_width: int, fwhm: float) -> np.ndarray:
     """Each region convolved with each basis of :func:`kernel_basis`, 'valid' part: ``(n, m * m, n_basis)``.
 
-    The raw kernels are separable, so each is two small matrix products; the basis follows by ``T``.
+    The raw kernels are separable, so each is two small matrix products (in single precision, that
+    of the images); the basis follows by ``T``.
     """
     factors, transform = _basis_parts(half_width, fwhm)
-    length = regions.shape[-1]
+    n, length = len(regions), regions.shape[-1]
+    rows = regions.reshape(n * length, length).astype(np.float32)
     done: dict[bytes, np.ndarray] = {}
     out = []
     for fy, fx in factors:
         key = fx.tobytes()
-        if key not in done:
-            done[key] = regions @ _valid_matrix(fx, length).T
-        out.append((_valid_matrix(fy, length) @ done[key]).reshape(len(regions), -1))
-    return np.stack(out, axis=2) @ transform.T
+        if key not in done:  # along x, as one product; then transposed (n, x, y) for the product along y
+            along_x = (rows @ _valid_matrix(fx, length).T.astype(np.float32)).reshape(n, length, -1)
+            done[key] = np.ascontiguousarray(along_x.transpose(0, 2, 1)).reshape(-1, length)
+        conv = (done[key] @ _valid_matrix(fy, length).T.astype(np.float32)).reshape(n, -1, length - len(fy) + 1)
+        out.append(conv.transpose(0, 2, 1).reshape(n, -1))
+    return np.stack(out, axis=2).astype(np.float64) @ transform.T
 
 
 @dataclass
@@ -408,7 +412,7 @@ def kernel_difference(new: np.ndarray, ref: np.ndarray, psf_new: np.ndarray, fwh
     if len(centres) < 3:
         raise ValueError(f"{len(centres)} usable kernel stamps (need 3): too few unmasked stars")
     bg_terms = monomials(background_order)
-    regions = _cutouts(x_img, centres, 2 * half).astype(np.float64)
+    regions = _cutouts(x_img, centres, 2 * half)
     design = _convolve_stamps(regions, half, broad)
     target, stamp_var_y, stamp_var_x = (_cutouts(image, centres, half).reshape(len(centres), -1).astype(np.float64)
                                         for image in (y_img, var_y, var_x))
