@@ -24,10 +24,12 @@ and dropping them biased the kernel sum by 30 % in a 144^2 test pair.
 The flux ratio's error is a delete-a-group jackknife over ten groups of stamps (independent
 stars, not the formal least-squares error of correlated pixels). It is statistical only: PSF
 wings beyond the kernel half-width cannot be matched, which biases the sum (measured: 0.25 %
-low for a Moffat beta 3 science PSF at 3.5 FWHM, several jackknife errors).
+low for a Moffat beta 3 science PSF at 3.5 FWHM, about seven jackknife errors).
 
 Applying the kernel takes one convolution per spatial term, not per basis: the image is
-convolved with each ``K_s`` and the results are combined with the maps ``p_s(x)``.
+convolved with each ``K_s`` and the results are combined with the maps ``p_s(x)``. The image is
+processed whole, not in tiles (one polynomial kernel for the whole image): its memory grows with
+the image, by roughly ten image-sized single-precision planes (an estimate, not measured).
 
 Usually X is the reference and ``D = N - K (x) R - B``. When the reference is the broader image
 the science image is convolved instead, ``D = (K (x) N + B - R) / sum(K)``, so that D is in
