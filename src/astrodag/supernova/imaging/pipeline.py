@@ -90,6 +90,7 @@ from astrodag.supernova.imaging.inject import (
     inject_sources,
     injection_psf,
 )
+from astrodag.supernova.imaging.kernel import kernel_difference
 from astrodag.supernova.imaging.psf import PSF, PSFSettings, estimate_psf
 from astrodag.supernova.imaging.registration import Registration, RegistrationSettings, register
 from astrodag.supernova.imaging.subtract import SubtractSettings, ZogyResult, gaussian_difference, zogy_tiled
@@ -370,9 +371,9 @@ def _flux_scale(science: Image, reference: Image, pair: _Registered, psf_sci: PS
                               (science.zeropoint, reference.zeropoint), settings.flux)
 
 
-def _zogy(science: Image, reference: Image, pair: _Registered, grown: np.ndarray, psf_sci: PSF, psf_ref: PSF,
-          ratio: float, residual: _Residual, settings: DifferenceSettings) -> tuple[ZogyResult, tuple[float, float]]:
-    """ZOGY with per-pixel variance maps: sky noise squared plus the photon noise of the sources."""
+def _variance_maps(science: Image, reference: Image, pair: _Registered, grown: np.ndarray,
+                   settings: DifferenceSettings):
+    """A function of a window giving its variance maps ``(var_new, var_ref)``: sky noise squared plus photon noise."""
     ref_scale = np.float32(pair.sigma_ref / pair.ref_bkg.rms_median if pair.ref_bkg.rms_median > 0 else 1.0)
 
     def variance(window: tuple[slice, slice]) -> tuple[np.ndarray, np.ndarray]:
@@ -392,6 +393,13 @@ def _zogy(science: Image, reference: Image, pair: _Registered, grown: np.ndarray
         var_new[bad], var_ref[bad] = pair.sci_bkg.rms_median ** 2, pair.sigma_ref ** 2
         return var_new, var_ref
 
+    return variance
+
+
+def _zogy(science: Image, reference: Image, pair: _Registered, grown: np.ndarray, psf_sci: PSF, psf_ref: PSF,
+          ratio: float, residual: _Residual, settings: DifferenceSettings) -> tuple[ZogyResult, tuple[float, float]]:
+    """ZOGY with per-pixel variance maps: sky noise squared plus the photon noise of the sources."""
+    variance = _variance_maps(science, reference, pair, grown, settings)
     if settings.subtract.astrometric_noise_px is None:
         astrometric = ((min(residual.scatter_x, 0.5), min(residual.scatter_y, 0.5)) if residual.n_matched >= 5
                        else (0.0, 0.0))
@@ -428,9 +436,25 @@ def _remove_difference_offset(difference: np.ndarray, score: np.ndarray, flux_ze
 
 def _subtract(science: Image, reference: Image, pair: _Registered, grown: np.ndarray, psf_sci: PSF, psf_ref: PSF,
               ratio: float, residual: _Residual, settings: DifferenceSettings) -> _Difference:
-    """D, S and S_corr (ZOGY or the Gaussian baseline), offset removed, NaN on the grown mask."""
+    """D, S and S_corr (ZOGY, the kernel fit or the Gaussian baseline), offset removed, NaN on the grown mask.
+
+    The kernel fit widens ``grown`` in place by its own mask (bad pixels and the border grown by the kernel).
+    """
     if settings.subtract.method == "zogy":
         result, astrometric = _zogy(science, reference, pair, grown, psf_sci, psf_ref, ratio, residual, settings)
+        psf_d, f_d, f_s = result.psf, result.flux_zeropoint, result.flux_scale
+    elif settings.subtract.method == "kernel":
+        astrometric = (0.0, 0.0)
+        sub = settings.subtract
+        var_new, var_ref = _variance_maps(science, reference, pair, grown, settings)(
+            (slice(0, grown.shape[0]), slice(0, grown.shape[1])))
+        result = kernel_difference(pair.new, pair.ref, psf_sci.image, psf_sci.fwhm, psf_ref.fwhm,
+                                   psf_sci.sources[["x", "y"]].to_numpy(float), var_new, var_ref,
+                                   bad_new=science.mask, bad_ref=pair.ref_bad, spatial_order=sub.kernel_spatial_order,
+                                   half_width_fwhm=sub.kernel_half_width_fwhm, background_order=sub.background_order,
+                                   stamps=sub.kernel_stamps, sum_varies=sub.kernel_sum_varies, workers=sub.workers)
+        del var_new, var_ref
+        grown |= result.mask  # in place: the products' mask and statistics leave out the kernel's footprint too
         psf_d, f_d, f_s = result.psf, result.flux_zeropoint, result.flux_scale
     else:
         astrometric = (0.0, 0.0)

@@ -55,9 +55,11 @@ class SubtractSettings(Settings):
 
     Keys
     ----
-    method : {"zogy", "gaussian"}, default "zogy"
-        ZOGY proper subtraction, or the Gaussian-convolution baseline (then the
-        "significance" image is the baseline's matched-filter S/N).
+    method : {"zogy", "gaussian", "kernel"}, default "zogy"
+        ZOGY proper subtraction, the Gaussian-convolution baseline (then the
+        "significance" image is the baseline's matched-filter S/N), or a fitted, spatially
+        varying convolution kernel (Alard-Lupton, :mod:`astrodag.supernova.imaging.kernel`;
+        built for crowded fields: it fits the PSF match and the flux ratio itself).
     tile_size : int, default 2048
         Side of the tiles of a tiled subtraction; images no larger are processed whole (so are
         all images with 0). Tiles bound the memory (see the module notes); at 2048 a tile's FFTs
@@ -83,13 +85,25 @@ class SubtractSettings(Settings):
         0.1 sigma per pixel shifts S_corr by about 0.1 sqrt(4 pi s^2) ~ 0.45 sigma at a PSF of
         s = 1.3 px, and the two images' skies rarely agree that well (galaxy halos, gradients,
         the median's bias on photon counts); the noise of D is symmetric, so its median is not.
+    kernel_spatial_order : int, default 2
+        ``kernel``: polynomial order of the kernel's variation across the image (HOTPANTS' default 2).
+    kernel_half_width_fwhm : float, default 3.5
+        ``kernel``: half-width of the kernel in FWHMs of the broader PSF (at least 3 pixels); also
+        the half-size of the fitting stamps and the growth of bad pixels in the output mask.
+    background_order : int, default 1
+        ``kernel``: polynomial order of the differential background fitted with the kernel.
+    kernel_stamps : int, default 250
+        ``kernel``: most star stamps the kernel is fitted on (spread over a grid of cells).
+    kernel_sum_varies : bool, default false
+        ``kernel``: let the kernel sum (the flux ratio) follow the spatial polynomial too (a
+        transparency or flat-field gradient); by default it is one number (Alard 2000).
     workers : int, default 1
         Threads of the FFTs (``scipy.fft`` workers); the workflow runs one per job.
     """
 
     PREFIX: ClassVar[str] = "supernova.difference.subtract"
 
-    method: str = setting("zogy", choice("zogy", "gaussian"))
+    method: str = setting("zogy", choice("zogy", "gaussian", "kernel"))
     tile_size: int = setting(2048, number(0, integer=True))
     tile_overlap_px: int = setting(64, number(0, integer=True))
     source_noise: bool = setting(True, flag)
@@ -99,6 +113,11 @@ class SubtractSettings(Settings):
     min_flux_stars: int = setting(3, number(1, integer=True))
     mask_grow_px: int = setting(2, number(0, 50, integer=True))
     difference_background: bool = setting(True, flag)
+    kernel_spatial_order: int = setting(2, number(0, 4, integer=True))
+    kernel_half_width_fwhm: float = setting(3.5, number(0.5, 10.0))
+    background_order: int = setting(1, number(0, 4, integer=True))
+    kernel_stamps: int = setting(250, number(10, 5000, integer=True))
+    kernel_sum_varies: bool = setting(False, flag)
     workers: int = setting(1, number(1, 256, integer=True))
 
     def validate(self, prefix: str) -> None:
