@@ -97,6 +97,7 @@ from astrodag.supernova.imaging.subtract import (
     flux_ratio,
     gaussian_difference,
     match_stars,
+    significance_calibration,
     zogy_tiled,
 )
 
@@ -104,6 +105,7 @@ log = logging.getLogger(__name__)
 
 MASK_BITS = {"science_bad": 1, "reference_bad": 2, "no_coverage": 4, "grown": 8}
 MAX_SOURCES_RECORDED = 200
+CALIBRATION_RADIUS_FWHM = 2.0  # S_corr calibration leaves out pixels this close to a source
 
 
 @dataclass(frozen=True)
@@ -221,10 +223,12 @@ class _Registered:
     aligned: Alignment
     sci_bkg: Background
     ref_bkg: Background
-    sigma_ref: float  # noise of independent reference pixels, before resampling correlated them
+    sigma_ref: float  # white-noise equivalent of the resampled reference at PSF scales (its own pixels' noise,
+    # before resampling correlated them, times _resampled_noise_factor)
     new: np.ndarray  # science minus its sky
     ref: np.ndarray  # aligned reference minus its sky
     ref_bad: np.ndarray  # bad or uncovered reference pixels
+    pixel_area_ratio: float = 1.0  # reference / science pixel area
 
 
 @dataclass
@@ -251,6 +255,8 @@ class _Difference:
     fwhm: float
     astrometric_noise: tuple[float, float]
     offset_sigma: float  # typical S_corr offset removed by the difference background
+    significance_std: float = float("nan")  # robust std of S_corr on noise pixels before calibration
+    significance_correction: float = 1.0  # S_corr was divided by this
 
 
 def _reference_background(aligned: Alignment, settings: DifferenceSettings, noise: NoiseModel) -> Background:
@@ -292,8 +298,22 @@ def _register(science: Image, reference: Image, aligned: Alignment, settings: Di
     sigma_ref = noise_level(reference.data, reference.mask, settings.background, ref_noise)
     _check_noise(science.path, sci_bkg.rms_median)
     _check_noise(reference.path, sigma_ref)
-    return _Registered(aligned, sci_bkg, ref_bkg, sigma_ref, _subtract_sky(science.data, sci_bkg),
-                       _subtract_sky(aligned.data, ref_bkg), aligned.mask | ~aligned.footprint)
+    area_ratio = proj_plane_pixel_area(reference.wcs) / proj_plane_pixel_area(science.wcs)
+    return _Registered(aligned, sci_bkg, ref_bkg, sigma_ref * _resampled_noise_factor(area_ratio, aligned.method),
+                       _subtract_sky(science.data, sci_bkg), _subtract_sky(aligned.data, ref_bkg),
+                       aligned.mask | ~aligned.footprint, area_ratio)
+
+
+def _resampled_noise_factor(area_ratio: float, method: str) -> float:
+    """Noise at PSF scales of the resampled reference over that of its own pixels.
+
+    Interpolation keeps surface brightness: upsampled (``area_ratio`` = reference / science
+    pixel area > 1), each reference pixel's noise is repeated over ``area_ratio`` science
+    pixels, so a sum over a PSF has the variance of white noise of ``sigma^2 area_ratio`` per
+    science pixel. Downsampled, interpolation samples one value per pixel (noise unchanged),
+    while ``exact`` (flux-conserving) averages ``1 / area_ratio`` of them.
+    """
+    return math.sqrt(area_ratio) if area_ratio > 1 or method == "exact" else 1.0
 
 
 def _psfs(science: Image, reference: Image, pair: _Registered, settings: DifferenceSettings) -> tuple[PSF, PSF]:
@@ -388,8 +408,7 @@ def _zogy(science: Image, reference: Image, pair: _Registered, grown: np.ndarray
             if reference.gain:
                 var_ref += _source_flux(np.where(bad, np.float32(0), pair.ref[window]), ref_rms) \
                     / np.float32(reference.gain)
-        var_new[bad], var_ref[bad] = pair.sci_bkg.rms_median ** 2, pair.sigma_ref ** 2
-        return var_new, var_ref
+        return var_new, var_ref  # zogy gives the masked pixels the variance of unknown values
 
     if settings.subtract.astrometric_noise_px is None:
         astrometric = ((min(residual.scatter_x, 0.5), min(residual.scatter_y, 0.5)) if residual.n_matched >= 5
@@ -444,10 +463,30 @@ def _subtract(science: Image, reference: Image, pair: _Registered, grown: np.nda
     if settings.subtract.difference_background:
         significance, offset_sigma = _remove_difference_offset(difference, score, f_d, result.score_noise, grown,
                                                                settings, out=significance)
+    std, correction = _calibrate(significance, grown, psf_sci, psf_ref, settings)
     fwhm_d = float(fit_fwhm(psf_d, fit_shape=psf_d.shape[0])[0])
     for array in (difference, score, significance):
         array[grown] = np.nan
-    return _Difference(difference, score, significance, psf_d, f_d, f_s, fwhm_d, astrometric, offset_sigma)
+    return _Difference(difference, score, significance, psf_d, f_d, f_s, fwhm_d, astrometric, offset_sigma, std,
+                       correction)
+
+
+def _calibrate(significance: np.ndarray, grown: np.ndarray, psf_sci: PSF, psf_ref: PSF,
+               settings: DifferenceSettings) -> tuple[float, float]:
+    """Robust std of S_corr on noise pixels, and the factor S_corr was divided by (in place) to make it 1.
+
+    Pixels within ``CALIBRATION_RADIUS_FWHM`` FWHMs of the sources of either image are left out.
+    """
+    positions = np.vstack([psf.sources[["x", "y"]].to_numpy(float) for psf in (psf_sci, psf_ref)])
+    radius = CALIBRATION_RADIUS_FWHM * max(psf_sci.fwhm, psf_ref.fwhm)
+    std = significance_calibration(significance, grown, positions, radius)
+    tolerance = settings.subtract.significance_tolerance
+    if tolerance is None or not (std > 0) or abs(std - 1.0) <= tolerance:
+        return std, 1.0
+    log.warning("S_corr robust std %.3f on noise pixels (noise model off by more than %.0f %%): rescaled to 1",
+                std, 100 * tolerance)
+    significance /= np.float32(std)
+    return std, std
 
 
 def _record(science_path, reference_path, seed: int, science: Image, pair: _Registered, residual: _Residual,
@@ -474,7 +513,10 @@ def _record(science_path, reference_path, seed: int, science: Image, pair: _Regi
                   "reference_sky": pair.ref_bkg.median, "reference_sigma": pair.sigma_ref,
                   "reference_sigma_resampled": pair.ref_bkg.rms_median,
                   "astrometric_noise_px": list(result.astrometric_noise),
+                  "reference_pixel_area_ratio": pair.pixel_area_ratio,
                   "significance_median": scorr_median, "significance_robust_std": scorr_std,
+                  "significance_std_uncalibrated": result.significance_std,
+                  "significance_correction": result.significance_correction,
                   "difference_offset_sigma": result.offset_sigma},
         "subtraction": {"method": settings.subtract.method, "flux_zeropoint": result.flux_zeropoint,
                         "flux_scale": result.flux_scale, "masked_fraction": float(grown.mean())},
@@ -584,6 +626,7 @@ def _write_products(out_dir, science, reference, record, new, ref_scaled, differ
     header["NOISESCI"] = (record["noise"]["science_plane"], "pixel noise of SCIENCE, photon floor")
     header["NOISEREF"] = (record["noise"]["reference_plane"], "pixel noise of REFERENCE, photon floor")
     header["NOISED"] = (record["noise"]["difference_plane"], "robust pixel noise of D")
+    header["SIGCORR"] = (record["noise"]["significance_correction"], "S_corr divided by this (calibration)")
     wcs_header = science.wcs.to_header(relax=True)
 
     def image(name, data):

@@ -20,10 +20,22 @@ photon noise of the sources), which is the "per-pixel variance correction" that 
 stars from showing as significant; ``S_corr`` is then a significance in units of sigma. A
 point source of flux f in N has expected ``S = f F_S`` with ``F_S = F_D^2 sum(P_D^2)``, so
 ``f = S / F_S`` (eq. 42). Both images are zero-padded by a PSF-stamp width before the FFTs
-so that nothing wraps around the edges. Images larger than ``tile_size`` are processed in
+so that nothing wraps around the edges; masked pixels are 0 in both images. Zeroing and
+convolving do not commute, so those 0s leave residuals wherever the kernels reach a masked
+or off-image pixel (a saturated core, a star cut by the edge or the footprint): such pixels
+get the variance of an unknown value in ``V_n`` and ``V_r`` (:func:`_unknown_variance`,
+up to ~1e12 times the sky's), so that S_corr tends to 0 where they carry weight. That range
+is beyond single precision (FFT round-off ~1e-7 of the largest value, everywhere), so the
+variance's FFTs run in double precision. Images larger than ``tile_size`` are processed in
 overlapping tiles to bound memory (:func:`zogy_tiled`): a whole-image ZOGY holds about ten
 image-sized spectra at once (2.6 GB at 8192^2 in single precision), a 2048-pixel tile 0.2 GB.
 The FFTs run in the precision of the inputs (single precision in the pipeline: complex64).
+
+The noise model is never perfect: resampling correlates the reference's noise (and ZOGY
+assumes white noise), sky-noise maps are estimates, and the source term, the flux ratio and
+the PSFs all enter V(S). :func:`significance_calibration` measures the robust standard
+deviation of S_corr where there is only noise (away from sources, masks and edges) so that
+the pipeline can rescale S_corr to unit noise and record by how much.
 
 The baseline (:func:`gaussian_difference`) convolves the sharper image with the Gaussian
 that matches the broader FWHM (an analytic FFT transfer function), scales the reference by
@@ -42,11 +54,16 @@ from typing import ClassVar
 import numpy as np
 import pandas as pd
 import scipy.fft as sfft
-from astropy.stats import sigma_clipped_stats
+from astropy.stats import mad_std, sigma_clipped_stats
+from scipy import ndimage
 
 from astrodag.settings import Settings, choice, flag, number, optional, setting
 
 log = logging.getLogger(__name__)
+
+# A masked or off-image pixel's value may be up to this many times the brightest good pixel
+# around it (the true core of a saturated star exceeds its unsaturated wings).
+MASKED_AMPLITUDE = 10.0
 
 
 @dataclass(frozen=True)
@@ -83,6 +100,11 @@ class SubtractSettings(Settings):
         0.1 sigma per pixel shifts S_corr by about 0.1 sqrt(4 pi s^2) ~ 0.45 sigma at a PSF of
         s = 1.3 px, and the two images' skies rarely agree that well (galaxy halos, gradients,
         the median's bias on photon counts); the noise of D is symmetric, so its median is not.
+    significance_tolerance : float or null, default 0.05
+        When the robust standard deviation of S_corr away from sources, masks and edges
+        (:func:`significance_calibration`) differs from 1 by more than this fraction, S_corr is
+        divided by it (recorded in difference.json ``noise`` and the ``SIGCORR`` card); null
+        measures and records it without rescaling.
     workers : int, default 1
         Threads of the FFTs (``scipy.fft`` workers); the workflow runs one per job.
     """
@@ -99,6 +121,7 @@ class SubtractSettings(Settings):
     min_flux_stars: int = setting(3, number(1, integer=True))
     mask_grow_px: int = setting(2, number(0, 50, integer=True))
     difference_background: bool = setting(True, flag)
+    significance_tolerance: float | None = setting(0.05, optional(number(0.0, 1.0)))
     workers: int = setting(1, number(1, 256, integer=True))
 
     def validate(self, prefix: str) -> None:
@@ -262,6 +285,53 @@ def _pad(array: np.ndarray, shape: tuple[int, int], pad: int, dtype, mask: np.nd
     return out
 
 
+def _block_max(values: np.ndarray, block: int) -> np.ndarray:
+    """Maximum of each ``block`` x ``block`` block (the last ones may be smaller)."""
+    rows = np.maximum.reduceat(values, np.arange(0, values.shape[0], block), axis=0)
+    return np.maximum.reduceat(rows, np.arange(0, values.shape[1], block), axis=1)
+
+
+def _unknown_variance(image: np.ndarray, variance: np.ndarray | float, unknown: np.ndarray, block: int) -> np.ndarray:
+    """``variance`` (float64) with its ``unknown`` pixels given the variance of a value nobody measured.
+
+    A masked or off-image pixel enters the convolutions as 0; its true value may be as large
+    as the brightest good pixels around it (a saturated core, a star cut by the footprint).
+    Its variance is ``variance + (MASKED_AMPLITUDE * a)^2``, with ``a`` the largest ``|image|``
+    of the good pixels in its ``block``-sized block and the eight around it (blocks with no
+    good pixel take the value of the nearest that have one), so that S_corr tends to 0 where
+    the unknown pixels carry weight in the matched filter, and only there: a masked cosmic ray
+    on the sky costs little, a saturated star the few FWHM its residual would reach.
+
+    Parameters
+    ----------
+    image : numpy.ndarray
+        The image (its unknown pixels are ignored).
+    variance : numpy.ndarray or float
+        Per-pixel variance of the known pixels: a float64 array of the same shape (modified in
+        place and returned) or a constant.
+    unknown : numpy.ndarray
+        True where the value is not known.
+    block : int
+        Block side, pixels.
+    """
+    good = ~unknown
+    amplitude = _block_max(np.where(good, np.abs(image), image.dtype.type(0)), block).astype(np.float64)
+    known = _block_max(good.view(np.uint8), block).astype(bool)
+    amplitude = ndimage.maximum_filter(amplitude, size=3, mode="nearest")
+    known = ndimage.maximum_filter(known, size=3, mode="nearest")
+    # Blocks without a good pixel nearby take their nearest known neighbour's amplitude (a few
+    # iterations on an image 1 / block^2 the size).
+    while known.any() and not known.all():
+        grown = ndimage.maximum_filter(amplitude, size=3, mode="nearest")
+        amplitude = np.where(known, amplitude, grown)
+        known = ndimage.maximum_filter(known, size=3, mode="nearest")
+    if np.isscalar(variance):
+        variance = np.full(image.shape, variance, np.float64)
+    iy, ix = np.nonzero(unknown)
+    variance[iy, ix] += (MASKED_AMPLITUDE * amplitude[iy // block, ix // block]) ** 2
+    return variance
+
+
 def zogy(new: np.ndarray, ref: np.ndarray, psf_new: np.ndarray, psf_ref: np.ndarray, sigma_new: float,
          sigma_ref: float, *, f_new: float = 1.0, f_ref: float = 1.0, var_new: np.ndarray | None = None,
          var_ref: np.ndarray | None = None, astrometric_noise: tuple[float, float] = (0.0, 0.0),
@@ -272,7 +342,8 @@ def zogy(new: np.ndarray, ref: np.ndarray, psf_new: np.ndarray, psf_ref: np.ndar
     ----------
     new, ref : numpy.ndarray
         Science and reference on the same grid, background-subtracted. The FFTs run in their
-        precision (float32: complex64; float64 if either is float64).
+        precision (float32: complex64; float64 if either is float64), those of the variance
+        in float64 (see the module notes).
     psf_new, psf_ref : numpy.ndarray
         Odd, centred, unit-sum PSF stamps.
     sigma_new, sigma_ref : float
@@ -280,11 +351,14 @@ def zogy(new: np.ndarray, ref: np.ndarray, psf_new: np.ndarray, psf_ref: np.ndar
     f_new, f_ref : float
         Flux zero points (relative transparencies).
     var_new, var_ref : numpy.ndarray, optional
-        Per-pixel variance maps; by default the constant ``sigma**2``.
+        Per-pixel variance maps; by default the constant ``sigma**2``. Without maps and mask the
+        variance of S is the constant of pure sky noise (edges not treated).
     astrometric_noise : (float, float)
         Registration noise ``(sigma_x, sigma_y)`` in pixels.
     mask : numpy.ndarray, optional
-        Bad pixels, taken as 0 (background) in both images (no filled copies are made).
+        Bad pixels, taken as 0 (background) in both images (no filled copies are made), with
+        the variance of unknown values (:func:`_unknown_variance`), as the pixels beyond the
+        image edges have.
     workers : int
         FFT threads.
 
@@ -339,15 +413,28 @@ def zogy(new: np.ndarray, ref: np.ndarray, psf_new: np.ndarray, psf_ref: np.ndar
     p_d = irfft(pd_hat)
     del pd_hat
     flux_scale = float(f_d ** 2 * np.sum(p_d.astype(np.float64) ** 2))
-    if var_new is None and var_ref is None:
+    if var_new is None and var_ref is None and mask is None:
         variance = np.full(score.shape, flux_scale, dtype=dtype)
     else:
-        var_new = np.full(new.shape, sigma_new ** 2, dtype) if var_new is None else var_new
-        var_ref = np.full(ref.shape, sigma_ref ** 2, dtype) if var_ref is None else var_ref
-        kn2 = rfft(irfft(kn) ** 2)
-        kr2 = rfft(irfft(kr) ** 2)
-        variance = irfft(rfft(_pad(var_new, shape, pad, dtype)) * kn2
-                         + rfft(_pad(var_ref, shape, pad, dtype)) * kr2)[crop]
+        # Unknown pixels (masked, beyond the edges) have variances up to ~1e12 times the sky's:
+        # float64, since float32 FFTs spread a round-off of ~1e-7 of the largest value everywhere.
+        unknown = np.ones(shape, bool)
+        unknown[crop] = False if mask is None else mask
+        block = max(4, size // 3)
+        total = None
+        for image, var, sigma, kernel in ((new, var_new, sigma_new, kn), (ref, var_ref, sigma_ref, kr)):
+            kernel2 = sfft.irfft2(kernel.astype(np.complex128), s=shape, workers=workers)
+            spectrum = rfft(np.square(kernel2, out=kernel2))
+            del kernel2
+            var = sigma ** 2 if var is None else _pad(var, shape, pad, np.float64)
+            spectrum *= rfft(_unknown_variance(_pad(image, shape, pad, dtype, mask), var, unknown, block))
+            if total is None:
+                total = spectrum
+            else:
+                total += spectrum
+            del spectrum
+        variance = irfft(total)[crop].astype(dtype)
+        del total
     if sx > 0 or sy > 0:
         for part in (s_new, s_ref):
             gy, gx = np.gradient(part)
@@ -361,6 +448,66 @@ def zogy(new: np.ndarray, ref: np.ndarray, psf_new: np.ndarray, psf_ref: np.ndar
                       significance=significance.astype(np.float32, copy=False),
                       score_noise=score_noise.astype(np.float32, copy=False), psf=psf_d, flux_zeropoint=f_d,
                       flux_scale=flux_scale)
+
+
+# Fewest noise pixels for a calibration that keeps clear of sources (else any good pixel counts).
+MIN_CALIBRATION_PIXELS = 2000
+
+
+def significance_calibration(significance: np.ndarray, bad: np.ndarray, positions: np.ndarray, radius: float,
+                             limit: int = 200_000) -> float:
+    """Robust standard deviation of S_corr where it is pure noise (1 if the noise model is right).
+
+    Pixels are sampled (about ``limit``, regularly), and those within ``radius`` of a source
+    in ``positions``, of a ``bad`` pixel or of the image edge are left out: sources leave
+    residuals, and S_corr tends to 0 near unknown pixels (:func:`_unknown_variance`). The
+    standard deviation is astropy's ``mad_std`` (50 % breakdown: transients and residuals
+    left in do not bias it). A field too crowded to keep ``MIN_CALIBRATION_PIXELS`` pixels
+    clear of sources uses every good pixel clear of masks and edges.
+
+    Parameters
+    ----------
+    significance : numpy.ndarray
+        S_corr.
+    bad : numpy.ndarray
+        Masked pixels.
+    positions : numpy.ndarray
+        ``(n, 2)`` source positions ``(x, y)``.
+    radius : float
+        Exclusion radius, pixels.
+    limit : int
+        Pixels sampled.
+
+    Returns
+    -------
+    float
+        NaN when no pixel qualifies.
+    """
+    from scipy.spatial import cKDTree
+
+    ny, nx = significance.shape
+    step = max(1, (ny * nx) // limit)
+    index = np.arange(step // 2, ny * nx, step)
+    y, x = np.divmod(index, nx)
+    values = significance.ravel()[index]
+    margin = int(math.ceil(radius))
+    # Near a bad pixel: blocks of ``margin`` pixels holding one, widened by a block.
+    block = max(1, margin)
+    near_bad = ndimage.binary_dilation(
+        np.maximum.reduceat(np.maximum.reduceat(bad.view(np.uint8), np.arange(0, ny, block), axis=0),
+                            np.arange(0, nx, block), axis=1).astype(bool), structure=np.ones((3, 3), bool))
+    keep = (np.isfinite(values) & ~near_bad[y // block, x // block] & (x >= margin) & (y >= margin)
+            & (x < nx - margin) & (y < ny - margin))
+    clear = keep.copy()
+    if len(positions):
+        distance, _ = cKDTree(np.asarray(positions, float)).query(np.column_stack([x[keep], y[keep]]),
+                                                                 distance_upper_bound=radius)
+        clear[keep] = ~np.isfinite(distance)
+    if np.count_nonzero(clear) < MIN_CALIBRATION_PIXELS:
+        log.warning("%d noise pixels clear of sources (need %d): S_corr calibrated on all %d good pixels",
+                    np.count_nonzero(clear), MIN_CALIBRATION_PIXELS, np.count_nonzero(keep))
+        clear = keep
+    return float(mad_std(values[clear])) if clear.any() else float("nan")
 
 
 def tiles(shape: tuple[int, int], tile: int, overlap: int):
