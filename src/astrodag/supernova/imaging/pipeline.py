@@ -51,6 +51,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import json
 import logging
 import math
 import time
@@ -80,7 +81,7 @@ from astrodag.supernova.imaging.background import (
     estimate_background,
     noise_level,
 )
-from astrodag.supernova.imaging.detect import DetectSettings, detect_candidates
+from astrodag.supernova.imaging.detect import DetectSettings, assess_detection, detect_candidates
 from astrodag.supernova.imaging.fitsio import Image, load_image, write_image
 from astrodag.supernova.imaging.inject import (
     InjectSettings,
@@ -720,7 +721,11 @@ def read_products(pair_dir: str | Path) -> PairProducts:
 
 
 def detect_pair(pair_dir: str | Path, settings: DetectSettings | None = None, out: str | Path | None = None) -> dict:
-    """Detect candidates in a differenced pair and write ``candidates.csv``.
+    """Detect candidates in a differenced pair and write ``candidates.csv`` and, beside it, ``candidates.json``.
+
+    ``candidates.json`` is the returned summary: with the counts, whether the subtraction
+    failed (too many peaks, :func:`astrodag.supernova.imaging.detect.assess_detection`) and
+    why, from the pair's ``difference.json``.
 
     Parameters
     ----------
@@ -733,7 +738,8 @@ def detect_pair(pair_dir: str | Path, settings: DetectSettings | None = None, ou
     Returns
     -------
     dict
-        Counts (candidates, kept, per reject reason) and the time taken.
+        Counts (candidates, kept, per reject reason), the failure assessment (``peaks``,
+        ``peaks_per_megapixel``, ``capped``, ``failed``, ``failure_reasons``) and the time taken.
     """
     settings = settings or DetectSettings()
     started = time.perf_counter()
@@ -743,10 +749,14 @@ def detect_pair(pair_dir: str | Path, settings: DetectSettings | None = None, ou
                                    products.psf, float(header["FLUXSCL"]), float(header["FLUXZPD"]), products.wcs,
                                    settings, fwhm=float(header["FWHM_D"]))
     out = Path(out) if out is not None else Path(pair_dir) / "candidates.csv"
-    write_table(out, candidates)
+    record_path = Path(pair_dir) / "difference.json"
+    record = json.loads(record_path.read_text()) if record_path.is_file() else None
     summary = {"candidates": int(len(candidates)), "kept": int(candidates["kept"].sum()),
                "rejected": {reason: int(n) for reason, n in
                             candidates.loc[~candidates["kept"], "reject_reason"].value_counts().items()},
-               "seconds": round(time.perf_counter() - started, 4)}
+               **assess_detection(candidates, settings, record)}
+    write_table(out, candidates)
+    summary["seconds"] = round(time.perf_counter() - started, 4)
+    write_json(out.with_suffix(".json"), summary)
     log.info("%s: %d candidates, %d kept", Path(pair_dir).name, summary["candidates"], summary["kept"])
     return summary
