@@ -257,6 +257,7 @@ class _Difference:
     astrometric_noise: tuple[float, float]
     offset_sigma: float  # typical S_corr offset removed by the difference background
     significance_std: float = float("nan")  # robust std of S_corr on noise pixels before calibration
+    significance_std_error: float = float("nan")  # its standard error
     significance_correction: float = 1.0  # S_corr was divided by this
 
 
@@ -464,30 +465,32 @@ def _subtract(science: Image, reference: Image, pair: _Registered, grown: np.nda
     if settings.subtract.difference_background:
         significance, offset_sigma = _remove_difference_offset(difference, score, f_d, result.score_noise, grown,
                                                                settings, out=significance)
-    std, correction = _calibrate(significance, grown, psf_sci, psf_ref, settings)
     fwhm_d = float(fit_fwhm(psf_d, fit_shape=psf_d.shape[0])[0])
+    std, error, correction = _calibrate(significance, grown, psf_sci, psf_ref, fwhm_d, settings)
     for array in (difference, score, significance):
         array[grown] = np.nan
     return _Difference(difference, score, significance, psf_d, f_d, f_s, fwhm_d, astrometric, offset_sigma, std,
-                       correction)
+                       error, correction)
 
 
-def _calibrate(significance: np.ndarray, grown: np.ndarray, psf_sci: PSF, psf_ref: PSF,
-               settings: DifferenceSettings) -> tuple[float, float]:
-    """Robust std of S_corr on noise pixels, and the factor S_corr was divided by (in place) to make it 1.
+def _calibrate(significance: np.ndarray, grown: np.ndarray, psf_sci: PSF, psf_ref: PSF, fwhm_d: float,
+               settings: DifferenceSettings) -> tuple[float, float, float]:
+    """Robust std of S_corr on noise pixels, its error, and the factor S_corr was divided by (in place).
 
     Pixels within ``CALIBRATION_RADIUS_FWHM`` FWHMs of the sources of either image are left out.
+    S_corr is rescaled when its std is off by more than the tolerance and 3 standard errors.
     """
     positions = np.vstack([psf.sources[["x", "y"]].to_numpy(float) for psf in (psf_sci, psf_ref)])
     radius = CALIBRATION_RADIUS_FWHM * max(psf_sci.fwhm, psf_ref.fwhm)
-    std = significance_calibration(significance, grown, positions, radius)
+    std, error = significance_calibration(significance, grown, positions, radius,
+                                          correlation_area=2 * math.pi * (fwhm_d / 2.3548) ** 2)
     tolerance = settings.subtract.significance_tolerance
-    if tolerance is None or not (std > 0) or abs(std - 1.0) <= tolerance:
-        return std, 1.0
+    if tolerance is None or not (std > 0) or abs(std - 1.0) <= max(tolerance, 3 * error):
+        return std, error, 1.0
     log.warning("S_corr robust std %.3f on noise pixels (noise model off by more than %.0f %%): rescaled to 1",
                 std, 100 * tolerance)
     significance /= np.float32(std)
-    return std, std
+    return std, error, std
 
 
 def _record(science_path, reference_path, seed: int, science: Image, pair: _Registered, residual: _Residual,
@@ -517,6 +520,7 @@ def _record(science_path, reference_path, seed: int, science: Image, pair: _Regi
                   "reference_pixel_area_ratio": pair.pixel_area_ratio,
                   "significance_median": scorr_median, "significance_robust_std": scorr_std,
                   "significance_std_uncalibrated": result.significance_std,
+                  "significance_std_error": result.significance_std_error,
                   "significance_correction": result.significance_correction,
                   "difference_offset_sigma": result.offset_sigma},
         "subtraction": {"method": settings.subtract.method, "flux_zeropoint": result.flux_zeropoint,

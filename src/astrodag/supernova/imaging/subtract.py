@@ -62,8 +62,14 @@ from astrodag.settings import Settings, choice, flag, number, optional, setting
 log = logging.getLogger(__name__)
 
 # A masked or off-image pixel's value may be up to this many times the brightest good pixel
-# around it (the true core of a saturated star exceeds its unsaturated wings).
-MASKED_AMPLITUDE = 10.0
+# around it (the true core of a saturated star exceeds its unsaturated wings). Measured on a
+# star saturated 13 times over its mask threshold: 5 leaves |S_corr| < 4 next to the core
+# (10: the same; 2: 6 sigma) and a transient 3 FWHM away at 80-90 % of its significance
+# without the star (10: 70-80 %).
+MASKED_AMPLITUDE = 5.0
+# Values within this many sigma of 0 are noise (the largest |value| of ~600 noise pixels, a
+# block and its neighbours, is about 3.5 sigma): only what exceeds it counts as a source.
+NOISE_CLIP = 4.0
 
 
 @dataclass(frozen=True)
@@ -102,7 +108,8 @@ class SubtractSettings(Settings):
         the median's bias on photon counts); the noise of D is symmetric, so its median is not.
     significance_tolerance : float or null, default 0.05
         When the robust standard deviation of S_corr away from sources, masks and edges
-        (:func:`significance_calibration`) differs from 1 by more than this fraction, S_corr is
+        (:func:`significance_calibration`) differs from 1 by more than this fraction and by more
+        than 3 times its standard error (a small image measures it to a few %), S_corr is
         divided by it (recorded in difference.json ``noise`` and the ``SIGCORR`` card); null
         measures and records it without rescaling.
     workers : int, default 1
@@ -296,9 +303,10 @@ def _unknown_variance(image: np.ndarray, variance: np.ndarray | float, unknown: 
 
     A masked or off-image pixel enters the convolutions as 0; its true value may be as large
     as the brightest good pixels around it (a saturated core, a star cut by the footprint).
-    Its variance is ``variance + (MASKED_AMPLITUDE * a)^2``, with ``a`` the largest ``|image|``
-    of the good pixels in its ``block``-sized block and the eight around it (blocks with no
-    good pixel take the value of the nearest that have one), so that S_corr tends to 0 where
+    Its variance is ``variance + (MASKED_AMPLITUDE * a)^2``, with ``a`` the largest excess of
+    ``|image|`` over ``NOISE_CLIP`` times its noise among the good pixels in its ``block``-sized
+    block and the eight around it (blocks with no good pixel take the value of the nearest that
+    have one), so that S_corr tends to 0 where
     the unknown pixels carry weight in the matched filter, and only there: a masked cosmic ray
     on the sky costs little, a saturated star the few FWHM its residual would reach.
 
@@ -308,14 +316,18 @@ def _unknown_variance(image: np.ndarray, variance: np.ndarray | float, unknown: 
         The image (its unknown pixels are ignored).
     variance : numpy.ndarray or float
         Per-pixel variance of the known pixels: a float64 array of the same shape (modified in
-        place and returned) or a constant.
+        place and returned) or a constant (0 beyond the edges).
     unknown : numpy.ndarray
         True where the value is not known.
     block : int
         Block side, pixels.
     """
     good = ~unknown
-    amplitude = _block_max(np.where(good, np.abs(image), image.dtype.type(0)), block).astype(np.float64)
+    # What exceeds the noise: pure sky beyond an edge is 0 on average and its zeros are as good
+    # a guess as any (the old, variance-free padding was right there), sources are not.
+    excess = np.abs(image) - NOISE_CLIP * np.sqrt(variance)
+    amplitude = _block_max(np.where(good, np.maximum(excess, 0), 0), block).astype(np.float64)
+    del excess
     known = _block_max(good.view(np.uint8), block).astype(bool)
     amplitude = ndimage.maximum_filter(amplitude, size=3, mode="nearest")
     known = ndimage.maximum_filter(known, size=3, mode="nearest")
@@ -455,7 +467,7 @@ MIN_CALIBRATION_PIXELS = 2000
 
 
 def significance_calibration(significance: np.ndarray, bad: np.ndarray, positions: np.ndarray, radius: float,
-                             limit: int = 200_000) -> float:
+                             correlation_area: float = 1.0, limit: int = 200_000) -> tuple[float, float]:
     """Robust standard deviation of S_corr where it is pure noise (1 if the noise model is right).
 
     Pixels are sampled (about ``limit``, regularly), and those within ``radius`` of a source
@@ -475,13 +487,17 @@ def significance_calibration(significance: np.ndarray, bad: np.ndarray, position
         ``(n, 2)`` source positions ``(x, y)``.
     radius : float
         Exclusion radius, pixels.
+    correlation_area : float
+        Pixels per independent noise value of S_corr (a matched filter of white noise with a
+        Gaussian P_D of standard deviation s: ``2 pi s^2``), for the error.
     limit : int
         Pixels sampled.
 
     Returns
     -------
-    float
-        NaN when no pixel qualifies.
+    (float, float)
+        The standard deviation and its standard error (``mad_std``'s, 1.17 / sqrt(n) relative,
+        over the independent values among the pixels used); NaN when no pixel qualifies.
     """
     from scipy.spatial import cKDTree
 
@@ -507,7 +523,11 @@ def significance_calibration(significance: np.ndarray, bad: np.ndarray, position
         log.warning("%d noise pixels clear of sources (need %d): S_corr calibrated on all %d good pixels",
                     np.count_nonzero(clear), MIN_CALIBRATION_PIXELS, np.count_nonzero(keep))
         clear = keep
-    return float(mad_std(values[clear])) if clear.any() else float("nan")
+    if not clear.any():
+        return float("nan"), float("nan")
+    std = float(mad_std(values[clear]))
+    independent = np.count_nonzero(clear) * min(1.0, step / correlation_area)
+    return std, 1.17 * std / math.sqrt(independent)
 
 
 def tiles(shape: tuple[int, int], tile: int, overlap: int):
