@@ -294,8 +294,8 @@ def test_reference_with_coarser_pixels_has_its_noise_scaled_by_the_pixel_area(tm
     shape = (160, 160)
     ra, dec, flux = sky_stars(rng, 40, shape)
     sci_wcs, ref_wcs = make_wcs(shape), make_wcs((80, 80), scale_arcsec=2.0, rotation_deg=2.0)
-    science = observe(sci_wcs, shape, ra, dec, flux, 3.0, rng, noise=5.0, scale=1.2)
-    reference = observe(ref_wcs, (80, 80), ra, dec, flux, 2.0, rng, noise=3.0)
+    science = observe(sci_wcs, shape, ra, dec, flux, 3.0, rng, noise=2.0, scale=1.2)
+    reference = observe(ref_wcs, (80, 80), ra, dec, flux, 2.0, rng, noise=8.0)
     cards = {"GAIN": 1000.0, "EXPTIME": 100.0}
     record = difference_pair(write_fits(tmp_path / "science.fits", science, sci_wcs, **cards),
                              write_fits(tmp_path / "reference.fits", reference, ref_wcs, **cards), tmp_path / "out",
@@ -303,7 +303,7 @@ def test_reference_with_coarser_pixels_has_its_noise_scaled_by_the_pixel_area(tm
                                                              "subtract": {"significance_tolerance": None}}))
     noise = record["noise"]
     assert noise["reference_pixel_area_ratio"] == pytest.approx(4.0, rel=1e-3)
-    assert noise["reference_sigma"] == pytest.approx(2 * 3.0, rel=0.1)
+    assert noise["reference_sigma"] == pytest.approx(2 * 8.0, rel=0.1)
     assert noise["significance_std_uncalibrated"] == pytest.approx(1.0, abs=0.1)
     assert noise["significance_correction"] == 1.0
 
