@@ -292,13 +292,20 @@ def _pad(array: np.ndarray, shape: tuple[int, int], pad: int, dtype, mask: np.nd
     return out
 
 
-def _block_max(values: np.ndarray, block: int) -> np.ndarray:
-    """Maximum of each ``block`` x ``block`` block (the last ones may be smaller)."""
-    rows = np.maximum.reduceat(values, np.arange(0, values.shape[0], block), axis=0)
-    return np.maximum.reduceat(rows, np.arange(0, values.shape[1], block), axis=1)
+def _block_index(n: int, offset: int, block: int) -> np.ndarray:
+    """Block of each of ``n`` pixels, blocks aligned on multiples of ``block`` of ``pixel + offset``."""
+    absolute = (np.arange(n) + offset) // block
+    return absolute - absolute[0]
 
 
-def _unknown_variance(image: np.ndarray, variance: np.ndarray | float, unknown: np.ndarray, block: int) -> np.ndarray:
+def _block_max(values: np.ndarray, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
+    """Maximum of each block (block indices ``rows`` and ``cols`` of :func:`_block_index`)."""
+    starts = [np.flatnonzero(np.diff(index, prepend=-1)) for index in (rows, cols)]
+    return np.maximum.reduceat(np.maximum.reduceat(values, starts[0], axis=0), starts[1], axis=1)
+
+
+def _unknown_variance(image: np.ndarray, variance: np.ndarray | float, unknown: np.ndarray, block: int,
+                      offset: tuple[int, int] = (0, 0)) -> np.ndarray:
     """``variance`` (float64) with its ``unknown`` pixels given the variance of a value nobody measured.
 
     A masked or off-image pixel enters the convolutions as 0; its true value may be as large
@@ -321,14 +328,18 @@ def _unknown_variance(image: np.ndarray, variance: np.ndarray | float, unknown: 
         True where the value is not known.
     block : int
         Block side, pixels.
+    offset : (int, int)
+        Position of ``image[0, 0]`` in the whole image: blocks are aligned on the whole image's
+        grid, so that the tiles of a tiled subtraction see the same blocks.
     """
+    rows, cols = (_block_index(n, o, block) for n, o in zip(image.shape, offset))
     good = ~unknown
     # What exceeds the noise: pure sky beyond an edge is 0 on average and its zeros are as good
     # a guess as any (the old, variance-free padding was right there), sources are not.
     excess = np.abs(image) - NOISE_CLIP * np.sqrt(variance)
-    amplitude = _block_max(np.where(good, np.maximum(excess, 0), 0), block).astype(np.float64)
+    amplitude = _block_max(np.where(good, np.maximum(excess, 0), 0), rows, cols).astype(np.float64)
     del excess
-    known = _block_max(good.view(np.uint8), block).astype(bool)
+    known = _block_max(good.view(np.uint8), rows, cols).astype(bool)
     amplitude = ndimage.maximum_filter(amplitude, size=3, mode="nearest")
     known = ndimage.maximum_filter(known, size=3, mode="nearest")
     # Blocks without a good pixel nearby take their nearest known neighbour's amplitude (a few
@@ -340,14 +351,14 @@ def _unknown_variance(image: np.ndarray, variance: np.ndarray | float, unknown: 
     if np.isscalar(variance):
         variance = np.full(image.shape, variance, np.float64)
     iy, ix = np.nonzero(unknown)
-    variance[iy, ix] += (MASKED_AMPLITUDE * amplitude[iy // block, ix // block]) ** 2
+    variance[iy, ix] += (MASKED_AMPLITUDE * amplitude[rows[iy], cols[ix]]) ** 2
     return variance
 
 
 def zogy(new: np.ndarray, ref: np.ndarray, psf_new: np.ndarray, psf_ref: np.ndarray, sigma_new: float,
          sigma_ref: float, *, f_new: float = 1.0, f_ref: float = 1.0, var_new: np.ndarray | None = None,
          var_ref: np.ndarray | None = None, astrometric_noise: tuple[float, float] = (0.0, 0.0),
-         mask: np.ndarray | None = None, workers: int = 1) -> ZogyResult:
+         mask: np.ndarray | None = None, workers: int = 1, origin: tuple[int, int] = (0, 0)) -> ZogyResult:
     """ZOGY subtraction of two registered, background-subtracted images (see the module notes).
 
     Parameters
@@ -373,6 +384,8 @@ def zogy(new: np.ndarray, ref: np.ndarray, psf_new: np.ndarray, psf_ref: np.ndar
         image edges have.
     workers : int
         FFT threads.
+    origin : (int, int)
+        Position of ``new[0, 0]`` in the whole image (a tile's), for :func:`_unknown_variance`.
 
     Returns
     -------
@@ -430,7 +443,11 @@ def zogy(new: np.ndarray, ref: np.ndarray, psf_new: np.ndarray, psf_ref: np.ndar
     else:
         # Unknown pixels (masked, beyond the edges) have variances up to ~1e12 times the sky's:
         # float64, since float32 FFTs spread a round-off of ~1e-7 of the largest value everywhere.
-        unknown = np.ones(shape, bool)
+        # Unknown: the masked pixels and a band of half a stamp beyond the edges (further out the
+        # kernels do not reach; nor, through the FFT's wrap-around, the other side of the image).
+        unknown = np.zeros(shape, bool)
+        band = pad // 2
+        unknown[pad - band:pad + ny + band, pad - band:pad + nx + band] = True
         unknown[crop] = False if mask is None else mask
         block = max(4, size // 3)
         total = None
@@ -439,7 +456,8 @@ def zogy(new: np.ndarray, ref: np.ndarray, psf_new: np.ndarray, psf_ref: np.ndar
             spectrum = rfft(np.square(kernel2, out=kernel2))
             del kernel2
             var = sigma ** 2 if var is None else _pad(var, shape, pad, np.float64)
-            spectrum *= rfft(_unknown_variance(_pad(image, shape, pad, dtype, mask), var, unknown, block))
+            spectrum *= rfft(_unknown_variance(_pad(image, shape, pad, dtype, mask), var, unknown, block,
+                                               (origin[0] - pad, origin[1] - pad)))
             if total is None:
                 total = spectrum
             else:
@@ -568,7 +586,8 @@ def zogy_tiled(new: np.ndarray, ref: np.ndarray, psf_new: np.ndarray, psf_ref: n
     for core, window, inner in tiles(new.shape, tile_size, overlap):
         var_new, var_ref = variance(window) if variance is not None else (None, None)
         result = zogy(new[window], ref[window], psf_new, psf_ref, sigma_new, sigma_ref, var_new=var_new,
-                      var_ref=var_ref, mask=None if mask is None else mask[window], **options)
+                      var_ref=var_ref, mask=None if mask is None else mask[window],
+                      origin=(window[0].start, window[1].start), **options)
         for name, array in outputs.items():
             array[core] = getattr(result, name)[inner]
     return ZogyResult(psf=result.psf, flux_zeropoint=result.flux_zeropoint, flux_scale=result.flux_scale,
