@@ -304,44 +304,51 @@ def _block_max(values: np.ndarray, rows: np.ndarray, cols: np.ndarray) -> np.nda
     return np.maximum.reduceat(np.maximum.reduceat(values, starts[0], axis=0), starts[1], axis=1)
 
 
-def _unknown_variance(image: np.ndarray, variance: np.ndarray | float, unknown: np.ndarray, block: int,
-                      offset: tuple[int, int] = (0, 0)) -> np.ndarray:
+@dataclass
+class _Blocks:
+    """The unknown pixels and the blocks of :func:`_unknown_variance` (the same for both images)."""
+
+    rows: np.ndarray  # block of each row
+    cols: np.ndarray  # block of each column
+    known: np.ndarray  # blocks holding a good pixel
+    iy: np.ndarray  # the unknown pixels
+    ix: np.ndarray
+
+    @classmethod
+    def of(cls, unknown: np.ndarray, block: int, offset: tuple[int, int]) -> _Blocks:
+        """Blocks of side ``block`` aligned on the whole image's grid (``offset``: the position of
+        ``unknown[0, 0]`` in it), so that the tiles of a tiled subtraction see the same blocks."""
+        rows, cols = (_block_index(n, o, block) for n, o in zip(unknown.shape, offset))
+        known = _block_max((~unknown).view(np.uint8), rows, cols).astype(bool)
+        return cls(rows, cols, known, *np.nonzero(unknown))
+
+
+def _unknown_variance(excess: np.ndarray, variance: np.ndarray | float, blocks: _Blocks) -> np.ndarray:
     """``variance`` (float64) with its ``unknown`` pixels given the variance of a value nobody measured.
 
     A masked or off-image pixel enters the convolutions as 0; its true value may be as large
     as the brightest good pixels around it (a saturated core, a star cut by the footprint).
-    Its variance is ``variance + (MASKED_AMPLITUDE * a)^2``, with ``a`` the largest excess of
-    ``|image|`` over ``NOISE_CLIP`` times its noise among the good pixels in its ``block``-sized
-    block and the eight around it (blocks with no good pixel take the value of the nearest that
-    have one), so that S_corr tends to 0 where
-    the unknown pixels carry weight in the matched filter, and only there: a masked cosmic ray
-    on the sky costs little, a saturated star the few FWHM its residual would reach.
+    Its variance is ``variance + (MASKED_AMPLITUDE * a)^2``, with ``a`` the largest ``excess``
+    (of ``|image|`` over ``NOISE_CLIP`` times its noise: pure sky beyond an edge is 0 on average
+    and its zeros are as good a guess as any, sources are not) among the good pixels of its
+    ``block``-sized block and the eight around it (blocks with no good pixel take the value of
+    the nearest that have one), so that S_corr tends to 0 where the unknown pixels carry weight
+    in the matched filter, and only there: a masked cosmic ray on the sky costs little, a
+    saturated star the few FWHM its residual would reach.
 
     Parameters
     ----------
-    image : numpy.ndarray
-        The image (its unknown pixels are ignored).
+    excess : numpy.ndarray
+        ``max(|image| - NOISE_CLIP sigma, 0)``, 0 on the unknown pixels.
     variance : numpy.ndarray or float
         Per-pixel variance of the known pixels: a float64 array of the same shape (modified in
-        place and returned) or a constant (0 beyond the edges).
-    unknown : numpy.ndarray
-        True where the value is not known.
-    block : int
-        Block side, pixels.
-    offset : (int, int)
-        Position of ``image[0, 0]`` in the whole image: blocks are aligned on the whole image's
-        grid, so that the tiles of a tiled subtraction see the same blocks.
+        place and returned) or a constant.
+    blocks : _Blocks
+        The unknown pixels and the blocks.
     """
-    rows, cols = (_block_index(n, o, block) for n, o in zip(image.shape, offset))
-    good = ~unknown
-    # What exceeds the noise: pure sky beyond an edge is 0 on average and its zeros are as good
-    # a guess as any (the old, variance-free padding was right there), sources are not.
-    excess = np.abs(image) - NOISE_CLIP * np.sqrt(variance)
-    amplitude = _block_max(np.where(good, np.maximum(excess, 0), 0), rows, cols).astype(np.float64)
-    del excess
-    known = _block_max(good.view(np.uint8), rows, cols).astype(bool)
-    amplitude = ndimage.maximum_filter(amplitude, size=3, mode="nearest")
-    known = ndimage.maximum_filter(known, size=3, mode="nearest")
+    rows, cols = blocks.rows, blocks.cols
+    amplitude = ndimage.maximum_filter(_block_max(excess, rows, cols).astype(np.float64), size=3, mode="nearest")
+    known = ndimage.maximum_filter(blocks.known, size=3, mode="nearest")
     # Blocks without a good pixel nearby take their nearest known neighbour's amplitude (a few
     # iterations on an image 1 / block^2 the size).
     while known.any() and not known.all():
@@ -349,10 +356,41 @@ def _unknown_variance(image: np.ndarray, variance: np.ndarray | float, unknown: 
         amplitude = np.where(known, amplitude, grown)
         known = ndimage.maximum_filter(known, size=3, mode="nearest")
     if np.isscalar(variance):
-        variance = np.full(image.shape, variance, np.float64)
-    iy, ix = np.nonzero(unknown)
+        variance = np.full(excess.shape, variance, np.float64)
+    iy, ix = blocks.iy, blocks.ix
     variance[iy, ix] += (MASKED_AMPLITUDE * amplitude[rows[iy], cols[ix]]) ** 2
     return variance
+
+
+def _score_filters(pn: np.ndarray, pr: np.ndarray, sigma_new: float, sigma_ref: float, f_new: float,
+                   f_ref: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``k_n``, ``k_r`` and ``1 / den`` from the PSFs' transforms (see the module notes), in their precision."""
+    real = pn.real.dtype.type
+    an = pn.real ** 2 + pn.imag ** 2
+    ar = pr.real ** 2 + pr.imag ** 2
+    den2 = real(sigma_new ** 2 * f_ref ** 2) * ar + real(sigma_ref ** 2 * f_new ** 2) * an
+    # Broad PSFs have transforms that underflow at high frequency: a floor keeps 0/0 out.
+    np.maximum(den2, real(1e-12) * den2.max(), out=den2)
+    inv_den2 = real(1.0) / den2
+    del den2
+    kn = np.conj(pn) * (real(f_new * f_ref ** 2) * ar * inv_den2)
+    kr = np.conj(pr) * (real(f_ref * f_new ** 2) * an * inv_den2)
+    return kn, kr, np.sqrt(inv_den2, out=inv_den2)
+
+
+def _stamps(psf_new: np.ndarray, psf_ref: np.ndarray, weights: tuple, size: int) -> tuple[np.ndarray, ...]:
+    """P_D (FFT convention), ``k_n^2`` and ``k_r^2`` (odd, centred stamps of two PSF stamps) in float64.
+
+    They are as compact as the PSFs, so they are computed on a grid of four stamps, not the
+    image's: three full-size FFTs fewer than on the image's grid.
+    """
+    grid = sfft.next_fast_len(4 * size, real=True)
+    small = (grid, grid)
+    pn, pr = (sfft.rfft2(_embed(psf.astype(np.float64), small, np.float64)) for psf in (psf_new, psf_ref))
+    kn, kr, inv_den = _score_filters(pn, pr, *weights)
+    sigma_new, sigma_ref, f_new, f_ref = weights
+    p_d = sfft.irfft2(pn * pr * inv_den * math.sqrt(sigma_new ** 2 * f_ref ** 2 + sigma_ref ** 2 * f_new ** 2), s=small)
+    return (p_d, *(_crop_stamp(sfft.irfft2(kernel, s=small), 2 * size + 1) ** 2 for kernel in (kn, kr)))
 
 
 def zogy(new: np.ndarray, ref: np.ndarray, psf_new: np.ndarray, psf_ref: np.ndarray, sigma_new: float,
@@ -407,22 +445,13 @@ def zogy(new: np.ndarray, ref: np.ndarray, psf_new: np.ndarray, psf_ref: np.ndar
         return sfft.irfft2(a, s=shape, workers=workers)
 
     pn, pr = rfft(_embed(psf_new, shape, dtype)), rfft(_embed(psf_ref, shape, dtype))
-    an = pn.real ** 2 + pn.imag ** 2
-    ar = pr.real ** 2 + pr.imag ** 2
-    den2 = real(sigma_new ** 2 * f_ref ** 2) * ar + real(sigma_ref ** 2 * f_new ** 2) * an
-    # Broad PSFs have transforms that underflow at high frequency: a floor keeps 0/0 out.
-    np.maximum(den2, real(1e-12) * den2.max(), out=den2)
-    inv_den2 = real(1.0) / den2
-    del den2
-    inv_den = np.sqrt(inv_den2)
+    weights = (sigma_new, sigma_ref, f_new, f_ref)
+    kn, kr, inv_den = _score_filters(pn, pr, *weights)
     f_d = f_ref * f_new / math.sqrt(sigma_new ** 2 * f_ref ** 2 + sigma_ref ** 2 * f_new ** 2)
-    kn = np.conj(pn) * (real(f_new * f_ref ** 2) * ar * inv_den2)
-    kr = np.conj(pr) * (real(f_ref * f_new ** 2) * an * inv_den2)
-    del an, ar, inv_den2
     dn = pr * (real(f_ref) * inv_den)
     dr = pn * (real(f_new) * inv_den)
-    pd_hat = dn * pn * real(f_new / f_d)
     del pn, pr, inv_den
+    p_d, kn2, kr2 = _stamps(psf_new, psf_ref, weights, size)
 
     n_hat, r_hat = rfft(_pad(new, shape, pad, dtype, mask)), rfft(_pad(ref, shape, pad, dtype, mask))
     difference = irfft(dn * n_hat - dr * r_hat)[crop]
@@ -435,9 +464,7 @@ def zogy(new: np.ndarray, ref: np.ndarray, psf_new: np.ndarray, psf_ref: np.ndar
         score = irfft(kn * n_hat - kr * r_hat)[crop]
     del n_hat, r_hat
 
-    p_d = irfft(pd_hat)
-    del pd_hat
-    flux_scale = float(f_d ** 2 * np.sum(p_d.astype(np.float64) ** 2))
+    flux_scale = float(f_d ** 2 * np.sum(p_d ** 2))
     if var_new is None and var_ref is None and mask is None:
         variance = np.full(score.shape, flux_scale, dtype=dtype)
     else:
@@ -449,15 +476,16 @@ def zogy(new: np.ndarray, ref: np.ndarray, psf_new: np.ndarray, psf_ref: np.ndar
         band = pad // 2
         unknown[pad - band:pad + ny + band, pad - band:pad + nx + band] = True
         unknown[crop] = False if mask is None else mask
-        block = max(4, size // 3)
+        blocks = _Blocks.of(unknown, max(4, size // 3), (origin[0] - pad, origin[1] - pad))
+        del unknown
         total = None
-        for image, var, sigma, kernel in ((new, var_new, sigma_new, kn), (ref, var_ref, sigma_ref, kr)):
-            kernel2 = sfft.irfft2(kernel.astype(np.complex128), s=shape, workers=workers)
-            spectrum = rfft(np.square(kernel2, out=kernel2))
-            del kernel2
+        for image, var, sigma, kernel2 in zip((new, ref), (var_new, var_ref), (sigma_new, sigma_ref), (kn2, kr2)):
+            spectrum = rfft(_embed(kernel2, shape, np.float64))
+            noise = real(NOISE_CLIP) * (real(sigma) if var is None else np.sqrt(var, dtype=dtype))
+            excess = _pad(np.maximum(np.abs(image) - noise, 0), shape, pad, dtype, mask)
             var = sigma ** 2 if var is None else _pad(var, shape, pad, np.float64)
-            spectrum *= rfft(_unknown_variance(_pad(image, shape, pad, dtype, mask), var, unknown, block,
-                                               (origin[0] - pad, origin[1] - pad)))
+            spectrum *= rfft(_unknown_variance(excess, var, blocks))
+            del excess
             if total is None:
                 total = spectrum
             else:
@@ -485,7 +513,7 @@ MIN_CALIBRATION_PIXELS = 2000
 
 
 def significance_calibration(significance: np.ndarray, bad: np.ndarray, positions: np.ndarray, radius: float,
-                             correlation_area: float = 1.0, limit: int = 200_000) -> tuple[float, float]:
+                             correlation_area: float = 1.0, limit: int = 50_000) -> tuple[float, float]:
     """Robust standard deviation of S_corr where it is pure noise (1 if the noise model is right).
 
     Pixels are sampled (about ``limit``, regularly), and those within ``radius`` of a source
