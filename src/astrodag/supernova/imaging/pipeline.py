@@ -6,7 +6,9 @@
 2. ``align``: the reference onto the science grid (:mod:`astrodag.supernova.imaging.align`);
 3. ``background``: sky and noise maps of both (photutils ``Background2D``); the reference's
    sky noise is measured on its own grid too, because resampling correlates and so lowers the
-   per-pixel noise, and ZOGY's noise model needs the independent-pixel value;
+   per-pixel noise, and ZOGY's noise model needs the independent-pixel value (times the square
+   root of the reference/science pixel-area ratio for an upsampled reference: its noise at PSF
+   scales, :func:`_resampled_noise_factor`);
 4. ``psf``: stars, FWHM and empirical PSF of both (:mod:`astrodag.supernova.imaging.psf`); with
    ``align.refine``, a significant residual shift between the two star lists is corrected by
    resampling the reference again (and its background is re-measured);
@@ -14,8 +16,10 @@
    shaped by a PSF model independent of the subtraction's (photutils' effective PSF of the stars);
 6. ``flux``: science/reference flux ratio from the matched stars;
 7. ``subtract``: ZOGY (or the Gaussian baseline) with per-pixel variance maps (sky noise
-   squared plus the photon noise of the sources), then the removal of D's smooth residual
-   offset (``subtract.difference_background``);
+   squared plus the photon noise of the sources; masked and off-image pixels get the variance
+   of unknown values), then the removal of D's smooth residual offset
+   (``subtract.difference_background``) and the calibration of S_corr to unit noise on pixels
+   away from sources (``subtract.significance_tolerance``);
 8. ``write``: the products below.
 
 Products in ``out_dir`` (all FITS on the science grid, with its WCS and provenance cards):
@@ -25,7 +29,8 @@ Products in ``out_dir`` (all FITS on the science grid, with its WCS and provenan
     Header: ``FLUXZPD`` (F_D), ``FLUXSCL`` (F_S: transient flux = S / F_S), ``FWHM_D``,
     ``FWHMSCI``, ``FWHMREF``, ``FLXRATIO``, ``SUBMETH``, and the per-pixel noise of the three
     planes the cut-outs are scaled by: ``NOISESCI`` and ``NOISEREF`` (sky noise with one
-    photo-electron added in quadrature, :func:`plane_noise`), ``NOISED`` (robust, of D).
+    photo-electron added in quadrature, :func:`plane_noise`), ``NOISED`` (robust, of D),
+    ``SIGCORR`` (S_corr was divided by it: the calibration, 1 when none was needed).
     Extensions: ``SCIENCE`` (science with the injected sources, background-subtracted),
     ``REFERENCE`` (aligned, background-subtracted, multiplied by the flux ratio: science units),
     ``PSF_D``, ``PSF_SCI``, ``PSF_REF`` (stamps) and ``SOURCES`` (table of the science image's
@@ -41,10 +46,13 @@ Products in ``out_dir`` (all FITS on the science grid, with its WCS and provenan
     Timings per step, FWHMs, flux ratio, overlap fraction, alignment method and error,
     noise levels (also those of the ``NOISE*`` cards), the fakes' shape (``injection_psf``),
     S_corr statistics (median, robust std, the typical offset removed by
-    ``subtract.difference_background``), settings and seed (and the peak traced memory per
-    step when run under ``tracemalloc``, as the benchmark does).
+    ``subtract.difference_background``; ``significance_std_uncalibrated`` and its
+    ``significance_std_error``, the robust std on noise pixels before the calibration, and
+    ``significance_correction``), the reference/science pixel-area ratio, settings and seed
+    (and the peak traced memory per step when run under ``tracemalloc``, as the benchmark does).
 
-:func:`detect_pair` reads them back and writes ``candidates.csv``.
+:func:`detect_pair` reads them back and writes ``candidates.csv`` and ``candidates.json`` (counts,
+and whether the subtraction failed and why).
 """
 
 from __future__ import annotations
