@@ -29,7 +29,9 @@ is beyond single precision (FFT round-off ~1e-7 of the largest value, everywhere
 variance's FFTs run in double precision. Images larger than ``tile_size`` are processed in
 overlapping tiles to bound memory (:func:`zogy_tiled`): a whole-image ZOGY holds about ten
 image-sized spectra at once (2.6 GB at 8192^2 in single precision), a 2048-pixel tile 0.2 GB.
-The FFTs run in the precision of the inputs (single precision in the pipeline: complex64).
+The FFTs run in the precision of the inputs (single precision in the pipeline: complex64),
+those of the variance in double precision; P_D and the squared kernels of the variance are
+computed on a small grid of four PSF stamps.
 
 The noise model is never perfect: resampling correlates the reference's noise (and ZOGY
 assumes white noise), sky-noise maps are estimates, and the source term, the flux ratio and
@@ -468,10 +470,10 @@ def zogy(new: np.ndarray, ref: np.ndarray, psf_new: np.ndarray, psf_ref: np.ndar
     if var_new is None and var_ref is None and mask is None:
         variance = np.full(score.shape, flux_scale, dtype=dtype)
     else:
-        # Unknown pixels (masked, beyond the edges) have variances up to ~1e12 times the sky's:
-        # float64, since float32 FFTs spread a round-off of ~1e-7 of the largest value everywhere.
         # Unknown: the masked pixels and a band of half a stamp beyond the edges (further out the
         # kernels do not reach; nor, through the FFT's wrap-around, the other side of the image).
+        # Their variances reach ~1e12 times the sky's: float64, since float32 FFTs spread a
+        # round-off of ~1e-7 of the largest value everywhere.
         unknown = np.zeros(shape, bool)
         band = pad // 2
         unknown[pad - band:pad + ny + band, pad - band:pad + nx + band] = True
