@@ -281,3 +281,92 @@ def test_fakes_are_shaped_independently_of_the_subtraction_psf():
     np.testing.assert_allclose(same.stamp(), wrong / wrong.sum(), atol=1e-12)
     with pytest.raises(ConfigError, match="nucleus_fraction"):
         DifferenceSettings.from_config({"inject": {"nucleus_fraction": 0.6, "galaxy_fraction": 0.5}})
+
+
+# ---- noise scaling, significance calibration, failed subtractions (issue 16) -------------------
+
+
+def test_reference_with_coarser_pixels_has_its_noise_scaled_by_the_pixel_area(tmp_path):
+    """A reference of 2x coarser pixels, upsampled: its noise at PSF scales is sigma_ref * 2 per science pixel."""
+    from imaging_helpers import observe, sky_stars, write_fits
+
+    rng = np.random.default_rng(5)
+    shape = (160, 160)
+    ra, dec, flux = sky_stars(rng, 40, shape)
+    sci_wcs, ref_wcs = make_wcs(shape), make_wcs((80, 80), scale_arcsec=2.0, rotation_deg=2.0)
+    science = observe(sci_wcs, shape, ra, dec, flux, 3.0, rng, noise=2.0, scale=1.2)
+    reference = observe(ref_wcs, (80, 80), ra, dec, flux, 2.0, rng, noise=8.0)
+    cards = {"GAIN": 1000.0, "EXPTIME": 100.0}
+    record = difference_pair(write_fits(tmp_path / "science.fits", science, sci_wcs, **cards),
+                             write_fits(tmp_path / "reference.fits", reference, ref_wcs, **cards), tmp_path / "out",
+                             DifferenceSettings.from_config({"inject": {"count": 0},
+                                                             "subtract": {"significance_tolerance": None}}))
+    noise = record["noise"]
+    assert noise["reference_pixel_area_ratio"] == pytest.approx(4.0, rel=1e-3)
+    assert noise["reference_sigma"] == pytest.approx(2 * 8.0, rel=0.1)
+    assert noise["significance_std_uncalibrated"] == pytest.approx(1.0, abs=0.1)
+    assert noise["significance_correction"] == 1.0
+
+
+def test_misstated_reference_noise_is_calibrated_away(tmp_path, monkeypatch, processed_pair):  # noqa: F811
+    import astrodag.supernova.imaging.pipeline as pipeline
+
+    # A correct pair needs no correction: a 144^2 image measures the std to about 5 % (its error).
+    _, _, record = processed_pair
+    noise = record["noise"]
+    assert 0.02 < noise["significance_std_error"] < 0.08
+    assert abs(noise["significance_std_uncalibrated"] - 1.0) < 3 * noise["significance_std_error"]
+    assert noise["significance_correction"] == 1.0
+    # The reference's noise stated 30 % low.
+    measured = pipeline.noise_level
+    monkeypatch.setattr(pipeline, "noise_level", lambda *args, **kwargs: 0.7 * measured(*args, **kwargs))
+    pair_dir, _, record = process_pair(tmp_path / "low_noise", settings={"inject": {"count": 0}}, ref_noise=5.0)
+    noise = record["noise"]
+    assert noise["significance_std_uncalibrated"] > 1.1
+    assert noise["significance_correction"] == pytest.approx(noise["significance_std_uncalibrated"])
+    assert noise["significance_robust_std"] == pytest.approx(1.0, abs=0.1)
+    assert fits.getheader(pair_dir / "difference.fits")["SIGCORR"] == pytest.approx(noise["significance_correction"])
+    candidates = pd.read_csv(pair_dir / "candidates.csv", keep_default_na=False)
+    transient, distance = _nearest(candidates, TRANSIENT[0], TRANSIENT[1])
+    assert distance < 0.5 and transient["kept"]
+
+
+def test_absurd_peak_counts_declare_a_failed_subtraction_and_say_why():
+    from astrodag.supernova.imaging.detect import assess_detection, diagnose_subtraction
+
+    rng = np.random.default_rng(3)
+    noise = zogy(rng.normal(0, 1, SHAPE).astype(np.float32), rng.normal(0, 1, SHAPE).astype(np.float32),
+                 gaussian_psf(3.0), gaussian_psf(3.0), 1.0, 1.0)
+    settings = DetectSettings(max_candidates=50)
+    # An S_corr whose noise is 2.5 times what it claims: hundreds of peaks above 5 "sigma".
+    table = detect_candidates(2.5 * noise.significance, noise.score, noise.difference, np.zeros(SHAPE, bool),
+                              noise.psf, noise.flux_scale, noise.flux_zeropoint, make_wcs(SHAPE), settings)
+    assert len(table) == 50 and table.attrs["peaks"] > 100 and table.attrs["good_pixels"] == SHAPE[0] * SHAPE[1]
+    record = {"flux": {"ratio": 1.0, "error": float("nan"), "stars": 0, "method": "unity"},
+              "psf": {"science_method": "gaussian", "science_stars": 2, "reference_method": "empirical",
+                      "reference_stars": 25},
+              "alignment": {"matched_stars": 30, "registration_scatter_px": [0.6, 0.1]},
+              "noise": {"significance_std_uncalibrated": 1.58}}
+    verdict = assess_detection(table, settings, record)
+    assert verdict["failed"] and verdict["capped"] and verdict["peaks"] == table.attrs["peaks"]
+    assert verdict["peaks_per_megapixel"] == pytest.approx(verdict["peaks"] / (SHAPE[0] * SHAPE[1] / 1e6), rel=1e-3)
+    reasons = verdict["failure_reasons"]
+    assert len(reasons) == 4 and reasons == diagnose_subtraction(record)
+    assert "method unity" in reasons[0] and "science PSF gaussian from 2 stars" in reasons[1]
+    assert "registration scatter 0.60 px" in reasons[2] and "1.58" in reasons[3]
+    assert assess_detection(table, settings, {})["failure_reasons"] == ["unknown"]
+    # The same image with its true noise: a few peaks at most, not failed.
+    fine = detect_candidates(noise.significance, noise.score, noise.difference, np.zeros(SHAPE, bool), noise.psf,
+                             noise.flux_scale, noise.flux_zeropoint, make_wcs(SHAPE), settings)
+    assert not assess_detection(fine, settings, record)["failed"]
+
+
+def test_detect_pair_writes_the_failure_verdict(tmp_path, processed_pair):  # noqa: F811
+    pair_dir, _, _ = processed_pair
+    verdict = json.loads((pair_dir / "candidates.json").read_text())
+    assert not verdict["failed"] and verdict["failure_reasons"] == [] and not verdict["capped"]
+    assert verdict["candidates"] == len(pd.read_csv(pair_dir / "candidates.csv"))
+    # A threshold of 1.5 sigma: peaks everywhere, as in a failed subtraction.
+    summary = detect_pair(pair_dir, DetectSettings(threshold=1.5), out=tmp_path / "low.csv")
+    assert summary["failed"] and summary["failure_reasons"]
+    assert json.loads((tmp_path / "low.json").read_text())["failed"]

@@ -269,3 +269,37 @@ def test_gaussian_baseline_subtracts_stars_and_finds_the_transient():
     quiet[70:90, 70:90] = False
     assert float(np.std(result.significance[quiet])) == pytest.approx(1.0, abs=0.15)
     assert result.score[77:82, 79:84].max() / result.flux_scale == pytest.approx(600.0, rel=0.15)
+
+
+def _saturated_scene(rng, transient=None, stars=True):
+    """A saturated star (core masked), a bright star cut by a masked footprint edge and one cut by the image edge."""
+    shape, sigma_new, sigma_ref, ratio, fwhm = (192, 192), 5.0, 3.0, 1.2, 3.5
+    psf_new, psf_ref = gaussian_psf(fwhm, 25), gaussian_psf(2.6, 25)
+    new, ref = _noise_pair(rng, shape, sigma_new, sigma_ref)
+    if stars:
+        positions, fluxes = ([96.2, 41.0, 1.5], [95.7, 150.3, 60.4]), np.array([3e6, 5e5, 3e5])
+        add_point_sources(new, psf_new, *positions, ratio * fluxes)
+        add_point_sources(ref, psf_ref, *positions, fluxes)
+    mask = (new > 2e4) | (ref > 2e4)  # the saturated core
+    mask[120:, :40] = True  # outside the reference footprint
+    if transient is not None:
+        add_point_sources(new, psf_new, [96.2 + 3 * fwhm], [95.7], [transient])
+    variance = [(s ** 2 + np.clip(image, 0, None) / 100).astype(np.float32)  # sky and photon noise (gain 100)
+                for image, s in ((new, sigma_new), (ref, sigma_ref))]
+    return zogy(new, ref, psf_new, psf_ref, sigma_new, sigma_ref, f_ref=1 / ratio, var_new=variance[0],
+                var_ref=variance[1], mask=mask), mask
+
+
+@pytest.mark.parametrize("seed", [13, 21])
+def test_masked_and_off_image_pixels_leave_no_residual_and_keep_transients(seed):
+    result, mask = _saturated_scene(np.random.default_rng(seed))
+    significance = np.where(mask, 0.0, result.significance)
+    assert np.abs(significance).max() < 5.0
+    # Away from them (and from the image edges, beyond which nothing is known) S_corr keeps unit noise.
+    assert float(significance[12:60, 60:-12].std()) == pytest.approx(1.0, abs=0.05)
+    # A transient 3 FWHM from the saturated core keeps most of the significance it has without the
+    # star (same noise): the core's unknown pixels weigh little in its matched filter.
+    window = (slice(94, 98), slice(104, 109))
+    near, _ = _saturated_scene(np.random.default_rng(seed), transient=600.0)
+    alone, _ = _saturated_scene(np.random.default_rng(seed), transient=600.0, stars=False)
+    assert near.significance[window].max() == pytest.approx(float(alone.significance[window].max()), rel=0.2)

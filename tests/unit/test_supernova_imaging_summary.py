@@ -60,3 +60,39 @@ def test_rejections_by_mission_add_up_to_the_total(tmp_path):
     assert parts.loc["GALEX", "rejected_different_mission"] == 0
     assert parts.loc["GALEX", "rejected_different_filter"] == 1
     assert "`A|B`" in (tmp_path / "report" / "imaging_report.md").read_text()
+
+
+def test_report_lists_failed_subtractions_with_their_reasons(tmp_path):
+    import json
+
+    from astrodag.supernova.archive.pairing import DECISION_COLUMNS, PAIR_COLUMNS
+    from astrodag.supernova.imaging.summary import summarize_imaging_track
+
+    pairs = pd.DataFrame({"pair_id": ["good", "bad"], "sn_name": ["SN A", "SN B"], "mission": ["HST", "HST"],
+                          "filter": ["F555W", "F555W"], "science_obsid": ["1", "2"], "overlap_fraction": [1.0, 1.0]}
+                         ).reindex(columns=list(PAIR_COLUMNS))
+    pairs.to_csv(tmp_path / "pairs.csv", index=False)
+    pd.DataFrame(columns=list(DECISION_COLUMNS)).to_csv(tmp_path / "decisions.csv", index=False)
+    pd.DataFrame({"mission": ["total"], "observations": [2]}).to_csv(tmp_path / "yield.csv", index=False)
+    pd.DataFrame({"sn_name": ["SN A", "SN B"], "ra": [10.0, 20.0], "dec": [5.0, 6.0]}).to_csv(
+        tmp_path / "catalog.csv", index=False)
+    verdicts = {"good": {"failed": False, "failure_reasons": [], "peaks_per_megapixel": 12.0},
+                "bad": {"failed": True, "peaks_per_megapixel": 31000.0,
+                        "failure_reasons": ["flux ratio 1 not measured on stars (method unity, 0 usable stars)",
+                                            "S_corr robust std 1.58 before calibration (noise model off)"]}}
+    for pair_id, verdict in verdicts.items():
+        pair_dir = tmp_path / pair_id
+        pair_dir.mkdir()
+        (pair_dir / "difference.json").write_text("{}")
+        pd.DataFrame({"ra": [10.0], "dec": [5.0], "significance": [7.0], "kept": [True]}).to_csv(
+            pair_dir / "candidates.csv", index=False)
+        (pair_dir / "candidates.json").write_text(json.dumps(verdict))
+    summary = summarize_imaging_track(tmp_path / "pairs.csv", tmp_path / "decisions.csv", tmp_path / "yield.csv",
+                                      tmp_path / "catalog.csv", [tmp_path / "good", tmp_path / "bad"],
+                                      tmp_path / "report")
+    assert summary["failed_subtractions"] == [{"pair_id": "bad", "peaks_per_megapixel": 31000.0,
+                                               "reasons": "; ".join(verdicts["bad"]["failure_reasons"])}]
+    table = pd.read_csv(tmp_path / "report" / "pairs_summary.csv").set_index("pair_id")
+    assert not table.loc["good", "subtraction_failed"] and table.loc["bad", "subtraction_failed"]
+    report = (tmp_path / "report" / "imaging_report.md").read_text()
+    assert "## Failed subtractions" in report and "method unity" in report and "1 of 2 pair(s)" in report

@@ -1,7 +1,8 @@
 """Transient candidates: 5-sigma peaks of the ZOGY significance image with shape cuts.
 
 1. Peaks: local maxima of S_corr above ``threshold`` (photutils ``find_peaks``), masked pixels
-   excluded, at most ``max_candidates`` (the most significant). Positions are refined to
+   excluded, at most ``max_candidates`` (the most significant) in the table; all of them are
+   counted (:func:`assess_detection`). Positions are refined to
    sub-pixel precision by a parabola through the peak and its neighbours along each axis;
    ``npix`` is the size of the connected region above the threshold.
 2. Shape, measured on the proper difference image D, whose PSF P_D is known (photutils
@@ -29,7 +30,14 @@ extremes 1.9 and 1.2), so the defaults (sharpness in [-0.2, 1.5], |roundness| <=
 about 98 % of them while hot pixels (sharpness 5-15) and smeared residuals (sharpness < -0.3,
 |roundness| > 1.3) go.
 
-Every peak is a row of ``candidates.csv``; ``kept`` is False with ``reject_reason`` one of
+A failed subtraction (a wrong flux ratio, PSF or registration, a wrong noise model) shows as
+far more peaks than any sky has transients: :func:`assess_detection` declares it failed above
+``failure_peaks_per_megapixel`` (of unmasked pixels; at least ``failure_min_peaks``), and
+:func:`diagnose_subtraction` says which of the pair's measurements in difference.json is out
+of range. A good subtraction leaves a few false peaks per million pixels (about 20 is the
+issue-16 target on a crowded field), so the default 1000 is far from a working pair.
+
+Every peak (up to ``max_candidates``) is a row of ``candidates.csv``; ``kept`` is False with ``reject_reason`` one of
 ``dipole``, ``cosmic_ray``, ``extended``, ``elongated``, ``small`` (first failing test in that
 order; empty for kept rows, which pandas reads back as NaN unless ``keep_default_na=False``).
 ``flux`` is the PSF-fit flux of the transient, S / F_S, in science-image units.
@@ -77,7 +85,12 @@ class DetectSettings(Settings):
     min_npix : int, default 1
         Smallest accepted number of connected pixels above the threshold.
     max_candidates : int, default 1000
-        Most significant peaks kept per image (a guard against a failed subtraction).
+        Most significant peaks kept in the table per image (all are counted).
+    failure_peaks_per_megapixel : float, default 1000
+        More peaks above the threshold than this per million unmasked pixels and the
+        subtraction is declared failed (see the module notes).
+    failure_min_peaks : int, default 100
+        ... but never for fewer peaks than this (small images).
     """
 
     PREFIX: ClassVar[str] = "supernova.detection"
@@ -90,6 +103,8 @@ class DetectSettings(Settings):
     dipole_radius_fwhm: float = setting(2.0, number(0.0, low_open=True))
     min_npix: int = setting(1, number(1, integer=True))
     max_candidates: int = setting(1000, number(1, integer=True))
+    failure_peaks_per_megapixel: float = setting(1000.0, number(0.0, low_open=True))
+    failure_min_peaks: int = setting(100, number(1, integer=True))
 
 
 def _refine(image: np.ndarray, x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -145,7 +160,9 @@ def detect_candidates(significance: np.ndarray, score: np.ndarray, difference: n
     Returns
     -------
     pandas.DataFrame
-        Columns ``CANDIDATE_COLUMNS``, most significant first.
+        Columns ``CANDIDATE_COLUMNS``, most significant first; ``attrs`` holds ``peaks`` (all
+        the peaks above the threshold, the table holding at most ``max_candidates``) and
+        ``good_pixels`` (unmasked pixels searched), for :func:`assess_detection`.
     """
     from photutils.detection import DAOStarFinder, find_peaks
     from photutils.psf import fit_fwhm
@@ -158,15 +175,18 @@ def detect_candidates(significance: np.ndarray, score: np.ndarray, difference: n
     box = max(3, 2 * int(round(0.5 * fwhm)) + 1)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # "no peaks found"
-        peaks = find_peaks(sig, settings.threshold, box_size=box, n_peaks=settings.max_candidates)
+        peaks = find_peaks(sig, settings.threshold, box_size=box)
+    counts = {"peaks": 0 if peaks is None else len(peaks), "good_pixels": int(np.count_nonzero(~bad))}
     if peaks is None or len(peaks) == 0:
-        return pd.DataFrame({name: pd.Series(dtype=_dtype(name)) for name in CANDIDATE_COLUMNS})
-    order = np.argsort(-np.asarray(peaks["peak_value"]), kind="stable")
+        empty = pd.DataFrame({name: pd.Series(dtype=_dtype(name)) for name in CANDIDATE_COLUMNS})
+        empty.attrs.update(counts)
+        return empty
+    order = np.argsort(-np.asarray(peaks["peak_value"]), kind="stable")[:settings.max_candidates]
     ix = np.asarray(peaks["x_peak"], int)[order]
     iy = np.asarray(peaks["y_peak"], int)[order]
-    if len(peaks) >= settings.max_candidates:
-        log.warning("%d peaks above %.1f sigma: keeping the %d most significant (failed subtraction?)",
-                    len(peaks), settings.threshold, settings.max_candidates)
+    if len(peaks) > settings.max_candidates:
+        log.warning("%d peaks above %.1f sigma: the table keeps the %d most significant", len(peaks),
+                    settings.threshold, settings.max_candidates)
     peak = sig[iy, ix]
     x, y = _refine(sig, ix, iy)
 
@@ -208,12 +228,91 @@ def detect_candidates(significance: np.ndarray, score: np.ndarray, difference: n
     for reason, failed in tests:  # the last assignment wins: the order of REJECT_REASONS
         reasons[np.asarray(failed, bool)] = reason
     ra, dec = wcs.pixel_to_world_values(x, y)
-    return pd.DataFrame({
+    table = pd.DataFrame({
         "candidate_id": np.arange(1, len(ix) + 1), "x": x, "y": y, "ra": ra, "dec": dec,
         "significance": peak.astype(float), "flux": score[iy, ix].astype(float) / flux_scale,
         "sharpness": sharpness, "roundness1": round1, "roundness2": round2, "npix": npix.astype(int),
         "is_dipole": is_dipole.astype(bool), "kept": reasons == "", "reject_reason": reasons.astype(str),
     })
+    table.attrs.update(counts)
+    return table
+
+
+# What diagnose_subtraction calls out of range (the failure modes of issue 16: too few stars for
+# the flux ratio or the PSF, a registration that did not converge, a noise model far off).
+MIN_PSF_STARS = 10
+MIN_MATCHED_STARS = 5
+MAX_REGISTRATION_SCATTER_PX = 0.3
+MAX_NOISE_MISMATCH = 0.2  # |S_corr robust std - 1| before calibration
+
+
+def diagnose_subtraction(record: dict) -> list[str]:
+    """Why a subtraction may have failed: the measurements of ``difference.json`` out of range.
+
+    Parameters
+    ----------
+    record : dict
+        The pair's ``difference.json``.
+
+    Returns
+    -------
+    list of str
+        One sentence per problem (flux ratio, PSF, registration, noise model), in that order.
+    """
+    reasons = []
+    flux = record.get("flux", {})
+    if flux.get("method") in ("unity", "zeropoints"):
+        reasons.append(f"flux ratio {flux.get('ratio', float('nan')):.4g} not measured on stars "
+                       f"(method {flux['method']}, {flux.get('stars', 0)} usable stars)")
+    psf = record.get("psf", {})
+    for image in ("science", "reference"):
+        method, stars = psf.get(f"{image}_method"), psf.get(f"{image}_stars")
+        if method == "gaussian" or (stars is not None and stars < MIN_PSF_STARS):
+            reasons.append(f"{image} PSF {method} from {stars} stars")
+    alignment = record.get("alignment", {})
+    matched = alignment.get("matched_stars")
+    scatter = max(alignment.get("registration_scatter_px") or [0.0])
+    if matched is not None and matched < MIN_MATCHED_STARS:
+        reasons.append(f"registration checked on {matched} matched stars")
+    elif scatter > MAX_REGISTRATION_SCATTER_PX:
+        reasons.append(f"registration scatter {scatter:.2f} px")
+    noise = record.get("noise", {})
+    std = noise.get("significance_std_uncalibrated", noise.get("significance_robust_std"))
+    if std is not None and abs(std - 1.0) > MAX_NOISE_MISMATCH:
+        reasons.append(f"S_corr robust std {std:.2f} before calibration (noise model off)")
+    return reasons
+
+
+def assess_detection(candidates: pd.DataFrame, settings: DetectSettings | None = None,
+                     record: dict | None = None) -> dict:
+    """Whether the subtraction failed, judged by the number of peaks above the threshold.
+
+    Parameters
+    ----------
+    candidates : pandas.DataFrame
+        :func:`detect_candidates`' table (its ``attrs`` hold the counts).
+    settings : DetectSettings, optional
+    record : dict, optional
+        The pair's ``difference.json``, for the reasons of a failure.
+
+    Returns
+    -------
+    dict
+        ``peaks`` (all above the threshold), ``peaks_per_megapixel`` (of unmasked pixels),
+        ``capped`` (the table holds fewer), ``failed`` and ``failure_reasons`` (empty unless
+        failed; ``unknown`` when nothing in ``record`` is out of range).
+    """
+    settings = settings or DetectSettings()
+    peaks = int(candidates.attrs.get("peaks", len(candidates)))
+    megapixels = candidates.attrs.get("good_pixels", 0) / 1e6
+    density = peaks / megapixels if megapixels > 0 else 0.0
+    failed = peaks > max(settings.failure_min_peaks, settings.failure_peaks_per_megapixel * megapixels)
+    reasons = (diagnose_subtraction(record or {}) or ["unknown"]) if failed else []
+    if failed:
+        log.warning("subtraction failed: %d peaks above %.1f sigma (%.0f per million pixels); %s", peaks,
+                    settings.threshold, density, "; ".join(reasons))
+    return {"peaks": peaks, "peaks_per_megapixel": round(density, 1), "capped": peaks > len(candidates),
+            "failed": bool(failed), "failure_reasons": reasons}
 
 
 def _dtype(name: str) -> str:

@@ -6,7 +6,9 @@
 2. ``align``: the reference onto the science grid (:mod:`astrodag.supernova.imaging.align`);
 3. ``background``: sky and noise maps of both (photutils ``Background2D``); the reference's
    sky noise is measured on its own grid too, because resampling correlates and so lowers the
-   per-pixel noise, and ZOGY's noise model needs the independent-pixel value;
+   per-pixel noise, and ZOGY's noise model needs the independent-pixel value (times the square
+   root of the reference/science pixel-area ratio for an upsampled reference: its noise at PSF
+   scales, :func:`_resampled_noise_factor`);
 4. ``psf``: stars, FWHM and empirical PSF of both (:mod:`astrodag.supernova.imaging.psf`); with
    ``align.refine``, a significant residual shift between the two star lists is corrected by
    resampling the reference again (and its background is re-measured);
@@ -14,8 +16,10 @@
    shaped by a PSF model independent of the subtraction's (photutils' effective PSF of the stars);
 6. ``flux``: science/reference flux ratio from the matched stars;
 7. ``subtract``: ZOGY (or the Gaussian baseline) with per-pixel variance maps (sky noise
-   squared plus the photon noise of the sources), then the removal of D's smooth residual
-   offset (``subtract.difference_background``);
+   squared plus the photon noise of the sources; masked and off-image pixels get the variance
+   of unknown values), then the removal of D's smooth residual offset
+   (``subtract.difference_background``) and the calibration of S_corr to unit noise on pixels
+   away from sources (``subtract.significance_tolerance``);
 8. ``write``: the products below.
 
 Products in ``out_dir`` (all FITS on the science grid, with its WCS and provenance cards):
@@ -25,7 +29,8 @@ Products in ``out_dir`` (all FITS on the science grid, with its WCS and provenan
     Header: ``FLUXZPD`` (F_D), ``FLUXSCL`` (F_S: transient flux = S / F_S), ``FWHM_D``,
     ``FWHMSCI``, ``FWHMREF``, ``FLXRATIO``, ``SUBMETH``, and the per-pixel noise of the three
     planes the cut-outs are scaled by: ``NOISESCI`` and ``NOISEREF`` (sky noise with one
-    photo-electron added in quadrature, :func:`plane_noise`), ``NOISED`` (robust, of D).
+    photo-electron added in quadrature, :func:`plane_noise`), ``NOISED`` (robust, of D),
+    ``SIGCORR`` (S_corr was divided by it: the calibration, 1 when none was needed).
     Extensions: ``SCIENCE`` (science with the injected sources, background-subtracted),
     ``REFERENCE`` (aligned, background-subtracted, multiplied by the flux ratio: science units),
     ``PSF_D``, ``PSF_SCI``, ``PSF_REF`` (stamps) and ``SOURCES`` (table of the science image's
@@ -41,16 +46,20 @@ Products in ``out_dir`` (all FITS on the science grid, with its WCS and provenan
     Timings per step, FWHMs, flux ratio, overlap fraction, alignment method and error,
     noise levels (also those of the ``NOISE*`` cards), the fakes' shape (``injection_psf``),
     S_corr statistics (median, robust std, the typical offset removed by
-    ``subtract.difference_background``), settings and seed (and the peak traced memory per
-    step when run under ``tracemalloc``, as the benchmark does).
+    ``subtract.difference_background``; ``significance_std_uncalibrated`` and its
+    ``significance_std_error``, the robust std on noise pixels before the calibration, and
+    ``significance_correction``), the reference/science pixel-area ratio, settings and seed
+    (and the peak traced memory per step when run under ``tracemalloc``, as the benchmark does).
 
-:func:`detect_pair` reads them back and writes ``candidates.csv``.
+:func:`detect_pair` reads them back and writes ``candidates.csv`` and ``candidates.json`` (counts,
+and whether the subtraction failed and why).
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
+import json
 import logging
 import math
 import time
@@ -80,7 +89,7 @@ from astrodag.supernova.imaging.background import (
     estimate_background,
     noise_level,
 )
-from astrodag.supernova.imaging.detect import DetectSettings, detect_candidates
+from astrodag.supernova.imaging.detect import DetectSettings, assess_detection, detect_candidates
 from astrodag.supernova.imaging.fitsio import Image, load_image, write_image
 from astrodag.supernova.imaging.fluxscale import FluxScale, FluxScaleSettings, measure_flux_ratio
 from astrodag.supernova.imaging.inject import (
@@ -93,12 +102,19 @@ from astrodag.supernova.imaging.inject import (
 from astrodag.supernova.imaging.kernel import kernel_difference
 from astrodag.supernova.imaging.psf import PSF, PSFSettings, estimate_psf
 from astrodag.supernova.imaging.registration import Registration, RegistrationSettings, register
-from astrodag.supernova.imaging.subtract import SubtractSettings, ZogyResult, gaussian_difference, zogy_tiled
+from astrodag.supernova.imaging.subtract import (
+    SubtractSettings,
+    ZogyResult,
+    gaussian_difference,
+    significance_calibration,
+    zogy_tiled,
+)
 
 log = logging.getLogger(__name__)
 
 MASK_BITS = {"science_bad": 1, "reference_bad": 2, "no_coverage": 4, "grown": 8}
 MAX_SOURCES_RECORDED = 200
+CALIBRATION_RADIUS_FWHM = 2.0  # S_corr calibration leaves out pixels this close to a source
 
 
 @dataclass(frozen=True)
@@ -220,10 +236,12 @@ class _Registered:
     aligned: Alignment
     sci_bkg: Background
     ref_bkg: Background
-    sigma_ref: float  # noise of independent reference pixels, before resampling correlated them
+    sigma_ref: float  # white-noise equivalent of the resampled reference at PSF scales (its own pixels' noise,
+    # before resampling correlated them, times _resampled_noise_factor)
     new: np.ndarray  # science minus its sky
     ref: np.ndarray  # aligned reference minus its sky
     ref_bad: np.ndarray  # bad or uncovered reference pixels
+    pixel_area_ratio: float = 1.0  # reference / science pixel area
 
 
 @dataclass
@@ -251,6 +269,9 @@ class _Difference:
     fwhm: float
     astrometric_noise: tuple[float, float]
     offset_sigma: float  # typical S_corr offset removed by the difference background
+    significance_std: float = float("nan")  # robust std of S_corr on noise pixels before calibration
+    significance_std_error: float = float("nan")  # its standard error
+    significance_correction: float = 1.0  # S_corr was divided by this
 
 
 def _reference_background(aligned: Alignment, settings: DifferenceSettings, noise: NoiseModel) -> Background:
@@ -292,8 +313,22 @@ def _register(science: Image, reference: Image, aligned: Alignment, settings: Di
     sigma_ref = noise_level(reference.data, reference.mask, settings.background, ref_noise)
     _check_noise(science.path, sci_bkg.rms_median)
     _check_noise(reference.path, sigma_ref)
-    return _Registered(aligned, sci_bkg, ref_bkg, sigma_ref, _subtract_sky(science.data, sci_bkg),
-                       _subtract_sky(aligned.data, ref_bkg), aligned.mask | ~aligned.footprint)
+    area_ratio = proj_plane_pixel_area(reference.wcs) / proj_plane_pixel_area(science.wcs)
+    return _Registered(aligned, sci_bkg, ref_bkg, sigma_ref * _resampled_noise_factor(area_ratio, aligned.method),
+                       _subtract_sky(science.data, sci_bkg), _subtract_sky(aligned.data, ref_bkg),
+                       aligned.mask | ~aligned.footprint, area_ratio)
+
+
+def _resampled_noise_factor(area_ratio: float, method: str) -> float:
+    """Noise at PSF scales of the resampled reference over that of its own pixels.
+
+    Interpolation keeps surface brightness: upsampled (``area_ratio`` = reference / science
+    pixel area > 1), each reference pixel's noise is repeated over ``area_ratio`` science
+    pixels, so a sum over a PSF has the variance of white noise of ``sigma^2 area_ratio`` per
+    science pixel. Downsampled, interpolation samples one value per pixel (noise unchanged),
+    while ``exact`` (flux-conserving) averages ``1 / area_ratio`` of them.
+    """
+    return math.sqrt(area_ratio) if area_ratio > 1 or method == "exact" else 1.0
 
 
 def _psfs(science: Image, reference: Image, pair: _Registered, settings: DifferenceSettings) -> tuple[PSF, PSF]:
@@ -390,8 +425,7 @@ def _variance_maps(science: Image, reference: Image, pair: _Registered, grown: n
             if reference.gain:
                 var_ref += _source_flux(np.where(bad, np.float32(0), pair.ref[window]), ref_rms) \
                     / np.float32(reference.gain)
-        var_new[bad], var_ref[bad] = pair.sci_bkg.rms_median ** 2, pair.sigma_ref ** 2
-        return var_new, var_ref
+        return var_new, var_ref  # zogy gives the masked pixels the variance of unknown values
 
     return variance
 
@@ -470,9 +504,31 @@ def _subtract(science: Image, reference: Image, pair: _Registered, grown: np.nda
         significance, offset_sigma = _remove_difference_offset(difference, score, f_d, result.score_noise, grown,
                                                                settings, out=significance)
     fwhm_d = float(fit_fwhm(psf_d, fit_shape=psf_d.shape[0])[0])
+    std, error, correction = _calibrate(significance, grown, psf_sci, psf_ref, fwhm_d, settings)
     for array in (difference, score, significance):
         array[grown] = np.nan
-    return _Difference(difference, score, significance, psf_d, f_d, f_s, fwhm_d, astrometric, offset_sigma)
+    return _Difference(difference, score, significance, psf_d, f_d, f_s, fwhm_d, astrometric, offset_sigma, std,
+                       error, correction)
+
+
+def _calibrate(significance: np.ndarray, grown: np.ndarray, psf_sci: PSF, psf_ref: PSF, fwhm_d: float,
+               settings: DifferenceSettings) -> tuple[float, float, float]:
+    """Robust std of S_corr on noise pixels, its error, and the factor S_corr was divided by (in place).
+
+    Pixels within ``CALIBRATION_RADIUS_FWHM`` FWHMs of the sources of either image are left out.
+    S_corr is rescaled when its std is off by more than the tolerance and 3 standard errors.
+    """
+    positions = np.vstack([psf.sources[["x", "y"]].to_numpy(float) for psf in (psf_sci, psf_ref)])
+    radius = CALIBRATION_RADIUS_FWHM * max(psf_sci.fwhm, psf_ref.fwhm)
+    std, error = significance_calibration(significance, grown, positions, radius,
+                                          correlation_area=2 * math.pi * (fwhm_d / 2.3548) ** 2)
+    tolerance = settings.subtract.significance_tolerance
+    if tolerance is None or not (std > 0) or abs(std - 1.0) <= max(tolerance, 3 * error):
+        return std, error, 1.0
+    log.warning("S_corr robust std %.3f on noise pixels (noise model off by more than %.0f %%): rescaled to 1",
+                std, 100 * tolerance)
+    significance /= np.float32(std)
+    return std, error, std
 
 
 def _record(science_path, reference_path, seed: int, science: Image, pair: _Registered, residual: _Residual,
@@ -503,7 +559,11 @@ def _record(science_path, reference_path, seed: int, science: Image, pair: _Regi
                   "reference_sky": pair.ref_bkg.median, "reference_sigma": pair.sigma_ref,
                   "reference_sigma_resampled": pair.ref_bkg.rms_median,
                   "astrometric_noise_px": list(result.astrometric_noise),
+                  "reference_pixel_area_ratio": pair.pixel_area_ratio,
                   "significance_median": scorr_median, "significance_robust_std": scorr_std,
+                  "significance_std_uncalibrated": result.significance_std,
+                  "significance_std_error": result.significance_std_error,
+                  "significance_correction": result.significance_correction,
                   "difference_offset_sigma": result.offset_sigma},
         "subtraction": {"method": settings.subtract.method, "flux_zeropoint": result.flux_zeropoint,
                         "flux_scale": result.flux_scale, "masked_fraction": float(grown.mean())},
@@ -612,6 +672,7 @@ def _write_products(out_dir, science, reference, record, new, ref_scaled, differ
     header["NOISESCI"] = (record["noise"]["science_plane"], "pixel noise of SCIENCE, photon floor")
     header["NOISEREF"] = (record["noise"]["reference_plane"], "pixel noise of REFERENCE, photon floor")
     header["NOISED"] = (record["noise"]["difference_plane"], "robust pixel noise of D")
+    header["SIGCORR"] = (record["noise"]["significance_correction"], "S_corr divided by this (calibration)")
     wcs_header = science.wcs.to_header(relax=True)
 
     def image(name, data):
@@ -705,7 +766,11 @@ def read_products(pair_dir: str | Path) -> PairProducts:
 
 
 def detect_pair(pair_dir: str | Path, settings: DetectSettings | None = None, out: str | Path | None = None) -> dict:
-    """Detect candidates in a differenced pair and write ``candidates.csv``.
+    """Detect candidates in a differenced pair and write ``candidates.csv`` and, beside it, ``candidates.json``.
+
+    ``candidates.json`` is the returned summary: with the counts, whether the subtraction
+    failed (too many peaks, :func:`astrodag.supernova.imaging.detect.assess_detection`) and
+    why, from the pair's ``difference.json``.
 
     Parameters
     ----------
@@ -718,7 +783,8 @@ def detect_pair(pair_dir: str | Path, settings: DetectSettings | None = None, ou
     Returns
     -------
     dict
-        Counts (candidates, kept, per reject reason) and the time taken.
+        Counts (candidates, kept, per reject reason), the failure assessment (``peaks``,
+        ``peaks_per_megapixel``, ``capped``, ``failed``, ``failure_reasons``) and the time taken.
     """
     settings = settings or DetectSettings()
     started = time.perf_counter()
@@ -728,10 +794,14 @@ def detect_pair(pair_dir: str | Path, settings: DetectSettings | None = None, ou
                                    products.psf, float(header["FLUXSCL"]), float(header["FLUXZPD"]), products.wcs,
                                    settings, fwhm=float(header["FWHM_D"]))
     out = Path(out) if out is not None else Path(pair_dir) / "candidates.csv"
-    write_table(out, candidates)
+    record_path = Path(pair_dir) / "difference.json"
+    record = json.loads(record_path.read_text()) if record_path.is_file() else None
     summary = {"candidates": int(len(candidates)), "kept": int(candidates["kept"].sum()),
                "rejected": {reason: int(n) for reason, n in
                             candidates.loc[~candidates["kept"], "reject_reason"].value_counts().items()},
-               "seconds": round(time.perf_counter() - started, 4)}
+               **assess_detection(candidates, settings, record)}
+    write_table(out, candidates)
+    summary["seconds"] = round(time.perf_counter() - started, 4)
+    write_json(out.with_suffix(".json"), summary)
     log.info("%s: %d candidates, %d kept", Path(pair_dir).name, summary["candidates"], summary["kept"])
     return summary

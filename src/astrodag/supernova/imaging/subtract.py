@@ -20,10 +20,24 @@ photon noise of the sources), which is the "per-pixel variance correction" that 
 stars from showing as significant; ``S_corr`` is then a significance in units of sigma. A
 point source of flux f in N has expected ``S = f F_S`` with ``F_S = F_D^2 sum(P_D^2)``, so
 ``f = S / F_S`` (eq. 42). Both images are zero-padded by a PSF-stamp width before the FFTs
-so that nothing wraps around the edges. Images larger than ``tile_size`` are processed in
+so that nothing wraps around the edges; masked pixels are 0 in both images. Zeroing and
+convolving do not commute, so those 0s leave residuals wherever the kernels reach a masked
+or off-image pixel (a saturated core, a star cut by the edge or the footprint): such pixels
+get the variance of an unknown value in ``V_n`` and ``V_r`` (:func:`_unknown_variance`,
+up to ~1e12 times the sky's), so that S_corr tends to 0 where they carry weight. That range
+is beyond single precision (FFT round-off ~1e-7 of the largest value, everywhere), so the
+variance's FFTs run in double precision. Images larger than ``tile_size`` are processed in
 overlapping tiles to bound memory (:func:`zogy_tiled`): a whole-image ZOGY holds about ten
 image-sized spectra at once (2.6 GB at 8192^2 in single precision), a 2048-pixel tile 0.2 GB.
-The FFTs run in the precision of the inputs (single precision in the pipeline: complex64).
+The FFTs run in the precision of the inputs (single precision in the pipeline: complex64),
+those of the variance in double precision; P_D and the squared kernels of the variance are
+computed on a small grid of four PSF stamps.
+
+The noise model is never perfect: resampling correlates the reference's noise (and ZOGY
+assumes white noise), sky-noise maps are estimates, and the source term, the flux ratio and
+the PSFs all enter V(S). :func:`significance_calibration` measures the robust standard
+deviation of S_corr where there is only noise (away from sources, masks and edges) so that
+the pipeline can rescale S_corr to unit noise and record by how much.
 
 The baseline (:func:`gaussian_difference`) convolves the sharper image with the Gaussian
 that matches the broader FWHM (an analytic FFT transfer function), scales the reference by
@@ -42,11 +56,22 @@ from typing import ClassVar
 import numpy as np
 import pandas as pd
 import scipy.fft as sfft
-from astropy.stats import sigma_clipped_stats
+from astropy.stats import mad_std, sigma_clipped_stats
+from scipy import ndimage
 
 from astrodag.settings import Settings, choice, flag, number, optional, setting
 
 log = logging.getLogger(__name__)
+
+# A masked or off-image pixel's value may be up to this many times the brightest good pixel
+# around it (the true core of a saturated star exceeds its unsaturated wings). Measured on a
+# star saturated 13 times over its mask threshold: 5 leaves |S_corr| < 4 next to the core
+# (10: the same; 2: 6 sigma) and a transient 3 FWHM away at 80-90 % of its significance
+# without the star (10: 70-80 %).
+MASKED_AMPLITUDE = 5.0
+# Values within this many sigma of 0 are noise (the largest |value| of ~600 noise pixels, a
+# block and its neighbours, is about 3.5 sigma): only what exceeds it counts as a source.
+NOISE_CLIP = 4.0
 
 
 @dataclass(frozen=True)
@@ -97,6 +122,12 @@ class SubtractSettings(Settings):
     kernel_sum_varies : bool, default false
         ``kernel``: let the kernel sum (the flux ratio) follow the spatial polynomial too (a
         transparency or flat-field gradient); by default it is one number (Alard 2000).
+    significance_tolerance : float or null, default 0.05
+        When the robust standard deviation of S_corr away from sources, masks and edges
+        (:func:`significance_calibration`) differs from 1 by more than this fraction and by more
+        than 3 times its standard error (a small image measures it to a few %), S_corr is
+        divided by it (recorded in difference.json ``noise`` and the ``SIGCORR`` card); null
+        measures and records it without rescaling.
     workers : int, default 1
         Threads of the FFTs (``scipy.fft`` workers); the workflow runs one per job.
     """
@@ -118,6 +149,7 @@ class SubtractSettings(Settings):
     background_order: int = setting(1, number(0, 4, integer=True))
     kernel_stamps: int = setting(250, number(10, 5000, integer=True))
     kernel_sum_varies: bool = setting(False, flag)
+    significance_tolerance: float | None = setting(0.05, optional(number(0.0, 1.0)))
     workers: int = setting(1, number(1, 256, integer=True))
 
     def validate(self, prefix: str) -> None:
@@ -281,17 +313,119 @@ def _pad(array: np.ndarray, shape: tuple[int, int], pad: int, dtype, mask: np.nd
     return out
 
 
+def _block_index(n: int, offset: int, block: int) -> np.ndarray:
+    """Block of each of ``n`` pixels, blocks aligned on multiples of ``block`` of ``pixel + offset``."""
+    absolute = (np.arange(n) + offset) // block
+    return absolute - absolute[0]
+
+
+def _block_max(values: np.ndarray, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
+    """Maximum of each block (block indices ``rows`` and ``cols`` of :func:`_block_index`)."""
+    starts = [np.flatnonzero(np.diff(index, prepend=-1)) for index in (rows, cols)]
+    return np.maximum.reduceat(np.maximum.reduceat(values, starts[0], axis=0), starts[1], axis=1)
+
+
+@dataclass
+class _Blocks:
+    """The unknown pixels and the blocks of :func:`_unknown_variance` (the same for both images)."""
+
+    rows: np.ndarray  # block of each row
+    cols: np.ndarray  # block of each column
+    known: np.ndarray  # blocks holding a good pixel
+    iy: np.ndarray  # the unknown pixels
+    ix: np.ndarray
+
+    @classmethod
+    def of(cls, unknown: np.ndarray, block: int, offset: tuple[int, int]) -> _Blocks:
+        """Blocks of side ``block`` aligned on the whole image's grid (``offset``: the position of
+        ``unknown[0, 0]`` in it), so that the tiles of a tiled subtraction see the same blocks."""
+        rows, cols = (_block_index(n, o, block) for n, o in zip(unknown.shape, offset))
+        known = _block_max((~unknown).view(np.uint8), rows, cols).astype(bool)
+        return cls(rows, cols, known, *np.nonzero(unknown))
+
+
+def _unknown_variance(excess: np.ndarray, variance: np.ndarray | float, blocks: _Blocks) -> np.ndarray:
+    """``variance`` (float64) with its ``unknown`` pixels given the variance of a value nobody measured.
+
+    A masked or off-image pixel enters the convolutions as 0; its true value may be as large
+    as the brightest good pixels around it (a saturated core, a star cut by the footprint).
+    Its variance is ``variance + (MASKED_AMPLITUDE * a)^2``, with ``a`` the largest ``excess``
+    (of ``|image|`` over ``NOISE_CLIP`` times its noise: pure sky beyond an edge is 0 on average
+    and its zeros are as good a guess as any, sources are not) among the good pixels of its
+    ``block``-sized block and the eight around it (blocks with no good pixel take the value of
+    the nearest that have one), so that S_corr tends to 0 where the unknown pixels carry weight
+    in the matched filter, and only there: a masked cosmic ray on the sky costs little, a
+    saturated star the few FWHM its residual would reach.
+
+    Parameters
+    ----------
+    excess : numpy.ndarray
+        ``max(|image| - NOISE_CLIP sigma, 0)``, 0 on the unknown pixels.
+    variance : numpy.ndarray or float
+        Per-pixel variance of the known pixels: a float64 array of the same shape (modified in
+        place and returned) or a constant.
+    blocks : _Blocks
+        The unknown pixels and the blocks.
+    """
+    rows, cols = blocks.rows, blocks.cols
+    amplitude = ndimage.maximum_filter(_block_max(excess, rows, cols).astype(np.float64), size=3, mode="nearest")
+    known = ndimage.maximum_filter(blocks.known, size=3, mode="nearest")
+    # Blocks without a good pixel nearby take their nearest known neighbour's amplitude (a few
+    # iterations on an image 1 / block^2 the size).
+    while known.any() and not known.all():
+        grown = ndimage.maximum_filter(amplitude, size=3, mode="nearest")
+        amplitude = np.where(known, amplitude, grown)
+        known = ndimage.maximum_filter(known, size=3, mode="nearest")
+    if np.isscalar(variance):
+        variance = np.full(excess.shape, variance, np.float64)
+    iy, ix = blocks.iy, blocks.ix
+    variance[iy, ix] += (MASKED_AMPLITUDE * amplitude[rows[iy], cols[ix]]) ** 2
+    return variance
+
+
+def _score_filters(pn: np.ndarray, pr: np.ndarray, sigma_new: float, sigma_ref: float, f_new: float,
+                   f_ref: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``k_n``, ``k_r`` and ``1 / den`` from the PSFs' transforms (see the module notes), in their precision."""
+    real = pn.real.dtype.type
+    an = pn.real ** 2 + pn.imag ** 2
+    ar = pr.real ** 2 + pr.imag ** 2
+    den2 = real(sigma_new ** 2 * f_ref ** 2) * ar + real(sigma_ref ** 2 * f_new ** 2) * an
+    # Broad PSFs have transforms that underflow at high frequency: a floor keeps 0/0 out.
+    np.maximum(den2, real(1e-12) * den2.max(), out=den2)
+    inv_den2 = real(1.0) / den2
+    del den2
+    kn = np.conj(pn) * (real(f_new * f_ref ** 2) * ar * inv_den2)
+    kr = np.conj(pr) * (real(f_ref * f_new ** 2) * an * inv_den2)
+    return kn, kr, np.sqrt(inv_den2, out=inv_den2)
+
+
+def _stamps(psf_new: np.ndarray, psf_ref: np.ndarray, weights: tuple, size: int) -> tuple[np.ndarray, ...]:
+    """P_D (FFT convention), ``k_n^2`` and ``k_r^2`` (odd, centred stamps of two PSF stamps) in float64.
+
+    They are as compact as the PSFs, so they are computed on a grid of four stamps, not the
+    image's: three full-size FFTs fewer than on the image's grid.
+    """
+    grid = sfft.next_fast_len(4 * size, real=True)
+    small = (grid, grid)
+    pn, pr = (sfft.rfft2(_embed(psf.astype(np.float64), small, np.float64)) for psf in (psf_new, psf_ref))
+    kn, kr, inv_den = _score_filters(pn, pr, *weights)
+    sigma_new, sigma_ref, f_new, f_ref = weights
+    p_d = sfft.irfft2(pn * pr * inv_den * math.sqrt(sigma_new ** 2 * f_ref ** 2 + sigma_ref ** 2 * f_new ** 2), s=small)
+    return (p_d, *(_crop_stamp(sfft.irfft2(kernel, s=small), 2 * size + 1) ** 2 for kernel in (kn, kr)))
+
+
 def zogy(new: np.ndarray, ref: np.ndarray, psf_new: np.ndarray, psf_ref: np.ndarray, sigma_new: float,
          sigma_ref: float, *, f_new: float = 1.0, f_ref: float = 1.0, var_new: np.ndarray | None = None,
          var_ref: np.ndarray | None = None, astrometric_noise: tuple[float, float] = (0.0, 0.0),
-         mask: np.ndarray | None = None, workers: int = 1) -> ZogyResult:
+         mask: np.ndarray | None = None, workers: int = 1, origin: tuple[int, int] = (0, 0)) -> ZogyResult:
     """ZOGY subtraction of two registered, background-subtracted images (see the module notes).
 
     Parameters
     ----------
     new, ref : numpy.ndarray
         Science and reference on the same grid, background-subtracted. The FFTs run in their
-        precision (float32: complex64; float64 if either is float64).
+        precision (float32: complex64; float64 if either is float64), those of the variance
+        in float64 (see the module notes).
     psf_new, psf_ref : numpy.ndarray
         Odd, centred, unit-sum PSF stamps.
     sigma_new, sigma_ref : float
@@ -299,13 +433,18 @@ def zogy(new: np.ndarray, ref: np.ndarray, psf_new: np.ndarray, psf_ref: np.ndar
     f_new, f_ref : float
         Flux zero points (relative transparencies).
     var_new, var_ref : numpy.ndarray, optional
-        Per-pixel variance maps; by default the constant ``sigma**2``.
+        Per-pixel variance maps; by default the constant ``sigma**2``. Without maps and mask the
+        variance of S is the constant of pure sky noise (edges not treated).
     astrometric_noise : (float, float)
         Registration noise ``(sigma_x, sigma_y)`` in pixels.
     mask : numpy.ndarray, optional
-        Bad pixels, taken as 0 (background) in both images (no filled copies are made).
+        Bad pixels, taken as 0 (background) in both images (no filled copies are made), with
+        the variance of unknown values (:func:`_unknown_variance`), as the pixels beyond the
+        image edges have.
     workers : int
         FFT threads.
+    origin : (int, int)
+        Position of ``new[0, 0]`` in the whole image (a tile's), for :func:`_unknown_variance`.
 
     Returns
     -------
@@ -327,22 +466,13 @@ def zogy(new: np.ndarray, ref: np.ndarray, psf_new: np.ndarray, psf_ref: np.ndar
         return sfft.irfft2(a, s=shape, workers=workers)
 
     pn, pr = rfft(_embed(psf_new, shape, dtype)), rfft(_embed(psf_ref, shape, dtype))
-    an = pn.real ** 2 + pn.imag ** 2
-    ar = pr.real ** 2 + pr.imag ** 2
-    den2 = real(sigma_new ** 2 * f_ref ** 2) * ar + real(sigma_ref ** 2 * f_new ** 2) * an
-    # Broad PSFs have transforms that underflow at high frequency: a floor keeps 0/0 out.
-    np.maximum(den2, real(1e-12) * den2.max(), out=den2)
-    inv_den2 = real(1.0) / den2
-    del den2
-    inv_den = np.sqrt(inv_den2)
+    weights = (sigma_new, sigma_ref, f_new, f_ref)
+    kn, kr, inv_den = _score_filters(pn, pr, *weights)
     f_d = f_ref * f_new / math.sqrt(sigma_new ** 2 * f_ref ** 2 + sigma_ref ** 2 * f_new ** 2)
-    kn = np.conj(pn) * (real(f_new * f_ref ** 2) * ar * inv_den2)
-    kr = np.conj(pr) * (real(f_ref * f_new ** 2) * an * inv_den2)
-    del an, ar, inv_den2
     dn = pr * (real(f_ref) * inv_den)
     dr = pn * (real(f_new) * inv_den)
-    pd_hat = dn * pn * real(f_new / f_d)
     del pn, pr, inv_den
+    p_d, kn2, kr2 = _stamps(psf_new, psf_ref, weights, size)
 
     n_hat, r_hat = rfft(_pad(new, shape, pad, dtype, mask)), rfft(_pad(ref, shape, pad, dtype, mask))
     difference = irfft(dn * n_hat - dr * r_hat)[crop]
@@ -355,18 +485,35 @@ def zogy(new: np.ndarray, ref: np.ndarray, psf_new: np.ndarray, psf_ref: np.ndar
         score = irfft(kn * n_hat - kr * r_hat)[crop]
     del n_hat, r_hat
 
-    p_d = irfft(pd_hat)
-    del pd_hat
-    flux_scale = float(f_d ** 2 * np.sum(p_d.astype(np.float64) ** 2))
-    if var_new is None and var_ref is None:
+    flux_scale = float(f_d ** 2 * np.sum(p_d ** 2))
+    if var_new is None and var_ref is None and mask is None:
         variance = np.full(score.shape, flux_scale, dtype=dtype)
     else:
-        var_new = np.full(new.shape, sigma_new ** 2, dtype) if var_new is None else var_new
-        var_ref = np.full(ref.shape, sigma_ref ** 2, dtype) if var_ref is None else var_ref
-        kn2 = rfft(irfft(kn) ** 2)
-        kr2 = rfft(irfft(kr) ** 2)
-        variance = irfft(rfft(_pad(var_new, shape, pad, dtype)) * kn2
-                         + rfft(_pad(var_ref, shape, pad, dtype)) * kr2)[crop]
+        # Unknown: the masked pixels and a band of half a stamp beyond the edges (further out the
+        # kernels do not reach; nor, through the FFT's wrap-around, the other side of the image).
+        # Their variances reach ~1e12 times the sky's: float64, since float32 FFTs spread a
+        # round-off of ~1e-7 of the largest value everywhere.
+        unknown = np.zeros(shape, bool)
+        band = pad // 2
+        unknown[pad - band:pad + ny + band, pad - band:pad + nx + band] = True
+        unknown[crop] = False if mask is None else mask
+        blocks = _Blocks.of(unknown, max(4, size // 3), (origin[0] - pad, origin[1] - pad))
+        del unknown
+        total = None
+        for image, var, sigma, kernel2 in zip((new, ref), (var_new, var_ref), (sigma_new, sigma_ref), (kn2, kr2)):
+            spectrum = rfft(_embed(kernel2, shape, np.float64))
+            noise = real(NOISE_CLIP) * (real(sigma) if var is None else np.sqrt(var, dtype=dtype))
+            excess = _pad(np.maximum(np.abs(image) - noise, 0), shape, pad, dtype, mask)
+            var = sigma ** 2 if var is None else _pad(var, shape, pad, np.float64)
+            spectrum *= rfft(_unknown_variance(excess, var, blocks))
+            del excess
+            if total is None:
+                total = spectrum
+            else:
+                total += spectrum
+            del spectrum
+        variance = irfft(total)[crop].astype(dtype)
+        del total
     if sx > 0 or sy > 0:
         for part in (s_new, s_ref):
             gy, gx = np.gradient(part)
@@ -380,6 +527,74 @@ def zogy(new: np.ndarray, ref: np.ndarray, psf_new: np.ndarray, psf_ref: np.ndar
                       significance=significance.astype(np.float32, copy=False),
                       score_noise=score_noise.astype(np.float32, copy=False), psf=psf_d, flux_zeropoint=f_d,
                       flux_scale=flux_scale)
+
+
+# Fewest noise pixels for a calibration that keeps clear of sources (else any good pixel counts).
+MIN_CALIBRATION_PIXELS = 2000
+
+
+def significance_calibration(significance: np.ndarray, bad: np.ndarray, positions: np.ndarray, radius: float,
+                             correlation_area: float = 1.0, limit: int = 50_000) -> tuple[float, float]:
+    """Robust standard deviation of S_corr where it is pure noise (1 if the noise model is right).
+
+    Pixels are sampled (about ``limit``, regularly), and those within ``radius`` of a source
+    in ``positions``, of a ``bad`` pixel or of the image edge are left out: sources leave
+    residuals, and S_corr tends to 0 near unknown pixels (:func:`_unknown_variance`). The
+    standard deviation is astropy's ``mad_std`` (50 % breakdown: transients and residuals
+    left in do not bias it). A field too crowded to keep ``MIN_CALIBRATION_PIXELS`` pixels
+    clear of sources uses every good pixel clear of masks and edges.
+
+    Parameters
+    ----------
+    significance : numpy.ndarray
+        S_corr.
+    bad : numpy.ndarray
+        Masked pixels.
+    positions : numpy.ndarray
+        ``(n, 2)`` source positions ``(x, y)``.
+    radius : float
+        Exclusion radius, pixels.
+    correlation_area : float
+        Pixels per independent noise value of S_corr (a matched filter of white noise with a
+        Gaussian P_D of standard deviation s: ``2 pi s^2``), for the error.
+    limit : int
+        Pixels sampled.
+
+    Returns
+    -------
+    (float, float)
+        The standard deviation and its standard error (``mad_std``'s, 1.17 / sqrt(n) relative,
+        over the independent values among the pixels used); NaN when no pixel qualifies.
+    """
+    from scipy.spatial import cKDTree
+
+    ny, nx = significance.shape
+    step = max(1, (ny * nx) // limit)
+    index = np.arange(step // 2, ny * nx, step)
+    y, x = np.divmod(index, nx)
+    values = significance.ravel()[index]
+    margin = int(math.ceil(radius))
+    # Near a bad pixel: blocks of ``margin`` pixels holding one, widened by a block.
+    block = max(1, margin)
+    near_bad = ndimage.binary_dilation(
+        np.maximum.reduceat(np.maximum.reduceat(bad.view(np.uint8), np.arange(0, ny, block), axis=0),
+                            np.arange(0, nx, block), axis=1).astype(bool), structure=np.ones((3, 3), bool))
+    keep = (np.isfinite(values) & ~near_bad[y // block, x // block] & (x >= margin) & (y >= margin)
+            & (x < nx - margin) & (y < ny - margin))
+    clear = keep.copy()
+    if len(positions):
+        distance, _ = cKDTree(np.asarray(positions, float)).query(np.column_stack([x[keep], y[keep]]),
+                                                                 distance_upper_bound=radius)
+        clear[keep] = ~np.isfinite(distance)
+    if np.count_nonzero(clear) < MIN_CALIBRATION_PIXELS:
+        log.warning("%d noise pixels clear of sources (need %d): S_corr calibrated on all %d good pixels",
+                    np.count_nonzero(clear), MIN_CALIBRATION_PIXELS, np.count_nonzero(keep))
+        clear = keep
+    if not clear.any():
+        return float("nan"), float("nan")
+    std = float(mad_std(values[clear]))
+    independent = np.count_nonzero(clear) * min(1.0, step / correlation_area)
+    return std, 1.17 * std / math.sqrt(independent)
 
 
 def tiles(shape: tuple[int, int], tile: int, overlap: int):
@@ -420,7 +635,8 @@ def zogy_tiled(new: np.ndarray, ref: np.ndarray, psf_new: np.ndarray, psf_ref: n
     for core, window, inner in tiles(new.shape, tile_size, overlap):
         var_new, var_ref = variance(window) if variance is not None else (None, None)
         result = zogy(new[window], ref[window], psf_new, psf_ref, sigma_new, sigma_ref, var_new=var_new,
-                      var_ref=var_ref, mask=None if mask is None else mask[window], **options)
+                      var_ref=var_ref, mask=None if mask is None else mask[window],
+                      origin=(window[0].start, window[1].start), **options)
         for name, array in outputs.items():
             array[core] = getattr(result, name)[inner]
     return ZogyResult(psf=result.psf, flux_zeropoint=result.flux_zeropoint, flux_scale=result.flux_scale,

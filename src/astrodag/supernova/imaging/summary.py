@@ -10,7 +10,9 @@ survey, truth.csv), it answers the questions a user asks of a run:
 * whether each SN was recovered in its difference image: a kept 5-sigma candidate within
   ``match_radius_arcsec`` of the catalogue position, and at what significance (for the synthetic
   survey also the injected magnitude, so recovery can be read against brightness);
-* how many candidates each difference image produced (kept and rejected by the shape cuts);
+* how many candidates each difference image produced (kept and rejected by the shape cuts), and
+  which subtractions failed (far too many peaks above the threshold, ``candidates.json`` of the
+  detection stage) and why (the pair's flux ratio, PSF, registration or noise model);
 * how many fakes each pair injected, how many became real examples and how many were dropped
   for each reason (``triplets.npz``'s summary), and how many real and bogus triplets went into
   each split.
@@ -131,8 +133,20 @@ def _pair_row(pair: pd.Series, pair_dir: Path, sn: pd.Series, truth: pd.DataFram
     row["sn_recovered"] = bool(near.any())
     row["sn_significance"] = float(kept["significance"].to_numpy()[near].max()) if near.any() else np.nan
     row["sn_offset_arcsec"] = float(distance[near].min()) if near.any() else np.nan
+    row.update(_detection_quality(pair_dir))
     row.update(_triplet_summary(pair_dir))
     return row
+
+
+def _detection_quality(pair_dir: Path) -> dict[str, Any]:
+    """Whether the pair's subtraction failed and why (``candidates.json``; empty if detection wrote none)."""
+    path = pair_dir / "candidates.json"
+    if not path.is_file():
+        return {}
+    detection = _read_json(path)
+    return {"peaks_per_megapixel": detection.get("peaks_per_megapixel"),
+            "subtraction_failed": bool(detection.get("failed", False)),
+            "failure_reasons": "; ".join(detection.get("failure_reasons") or [])}
 
 
 def summarize_imaging_track(
@@ -223,6 +237,7 @@ def summarize_imaging_track(
             "total_kept": int(per_pair["candidates_kept"].sum()) if len(per_pair) else 0,
             "total_rejected": int(per_pair["candidates_rejected"].sum()) if len(per_pair) else 0,
         },
+        "failed_subtractions": _failed(per_pair),
         "fakes": _fake_totals(per_pair),
         "triplets": dataset,
     }
@@ -231,6 +246,15 @@ def summarize_imaging_track(
     write_text(out_dir / "imaging_report.md", _markdown(summary, per_pair, reasons))
     logger.info("%d pairs; SN recovered in %d of %d; wrote %s", len(pairs), n_recovered, n_with, out_dir)
     return summary
+
+
+def _failed(per_pair: pd.DataFrame) -> list[dict[str, Any]]:
+    """The pairs whose subtraction failed, with their peak density and the reasons."""
+    if "subtraction_failed" not in per_pair.columns:
+        return []
+    failed = per_pair[per_pair["subtraction_failed"].fillna(False).astype(bool)]
+    return [{"pair_id": row.pair_id, "peaks_per_megapixel": row.peaks_per_megapixel,
+             "reasons": row.failure_reasons} for row in failed.itertuples()]
 
 
 def _fake_totals(per_pair: pd.DataFrame) -> dict[str, int]:
@@ -315,8 +339,15 @@ def _markdown(summary: dict[str, Any], per_pair: pd.DataFrame, reasons: pd.Serie
                   f"{fakes['injected']} fakes injected, {fakes['real']} real examples (a kept candidate within the "
                   f"match radius, flux consistent, expected significance at least the detection threshold); "
                   f"dropped: {dropped}."]
+    failed = summary.get("failed_subtractions") or []
+    if failed:
+        lines += ["", "## Failed subtractions", "",
+                  f"{len(failed)} of {summary['pairs_accepted']} pair(s) gave far more peaks above the detection "
+                  "threshold than a sky has transients: their candidates are mostly subtraction residuals.", "",
+                  tabulate(pd.DataFrame(failed), headers="keys", tablefmt="github", showindex=False, floatfmt=".0f")]
     columns = [c for c in ("pair_id", "mission", "filter", "sn_mag", "sn_recovered", "sn_significance",
-                           "candidates_kept", "candidates_rejected", "fakes_real") if c in per_pair.columns]
+                           "candidates_kept", "candidates_rejected", "subtraction_failed", "fakes_real")
+               if c in per_pair.columns]
     lines += ["", "## Per pair", "",
               tabulate(per_pair[columns], headers="keys", tablefmt="github", showindex=False, floatfmt=".2f")
               if len(per_pair) else "No pairs."]
