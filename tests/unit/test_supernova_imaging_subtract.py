@@ -13,7 +13,7 @@ from astrodag.simulation.render import gaussian_psf
 from astrodag.supernova.imaging.background import BackgroundSettings, NoiseModel, estimate_background, noise_level
 from astrodag.supernova.imaging.inject import add_point_sources
 from astrodag.supernova.imaging.psf import PSFSettings, estimate_psf
-from astrodag.supernova.imaging.subtract import SubtractSettings, flux_ratio, gaussian_difference, zogy, zogy_tiled
+from astrodag.supernova.imaging.subtract import SubtractSettings, gaussian_difference, zogy, zogy_tiled
 
 SHAPE = (160, 160)
 
@@ -127,24 +127,6 @@ def test_gaussian_fallback_with_too_few_stars():
     assert empty.method == "gaussian" and empty.fwhm == 4.2  # the header's
     default = estimate_psf(rng.normal(0, 3, SHAPE).astype(np.float32), rms, mask, PSFSettings(fallback_fwhm_px=3.3))
     assert default.fwhm == 3.3 and default.image.sum() == pytest.approx(1.0)
-
-
-# ---- flux normalisation ------------------------------------------------------------------------
-
-
-def test_flux_ratio_recovers_a_known_ratio():
-    rng = np.random.default_rng(5)
-    x, y = _grid_positions(rng)
-    flux = rng.uniform(5e3, 5e4, x.size)
-    ref = render(SHAPE, x, y, flux, 2.5) + rng.normal(0, 2, SHAPE)
-    sci = render(SHAPE, x, y, 1.37 * flux, 3.5) + rng.normal(0, 3, SHAPE)
-    sci[int(y[0]) - 2:int(y[0]) + 3, int(x[0]) - 2:int(x[0]) + 3] += 5e4  # a variable star is clipped
-    scale = flux_ratio(sci, ref, np.column_stack([x, y]), radius=2.0 * 3.5)
-    assert scale.method == "stars" and scale.n_stars == x.size
-    assert scale.ratio == pytest.approx(1.37, rel=0.005) and scale.error < 0.01
-    fallback = flux_ratio(sci, ref, np.empty((0, 2)), radius=7.0, zeropoints=(25.5, 25.0))
-    assert fallback.method == "zeropoints" and fallback.ratio == pytest.approx(10 ** 0.2)
-    assert flux_ratio(sci, ref, np.empty((0, 2)), radius=7.0).method == "unity"
 
 
 # ---- ZOGY --------------------------------------------------------------------------------

@@ -47,7 +47,8 @@ rule detect_candidates:
     input:
         rules.difference_pair.output,
     output:
-        f"{SN_PAIR}/candidates.csv",
+        candidates=f"{SN_PAIR}/candidates.csv",
+        summary=f"{SN_PAIR}/candidates.json",
     log:
         f"{SN_LOGS}/detect_candidates/{{pair_id}}.log",
     conda:
@@ -56,11 +57,11 @@ rule detect_candidates:
         mem_mb=SUPERNOVA["resources"]["difference_mem_mb"],
         runtime=20,
     params:
-        pair_dir=output_dir(0),
+        pair_dir=output_dir("candidates"),
         settings=as_json(SUPERNOVA["detection"]),
     shell:
         "python -m astrodag supernova detect --pair-dir {params.pair_dir}"
-        " --settings {params.settings:q} --out {output} --log {log}"
+        " --settings {params.settings:q} --out {output.candidates} --log {log}"
 
 
 rule cut_triplets:
@@ -134,6 +135,7 @@ rule summarize_imaging:
         catalog=SN_CATALOG,
         records=supernova_pair_files("difference.json"),
         candidates=supernova_pair_files("candidates.csv"),
+        detections=supernova_pair_files("candidates.json"),
         dataset=f"{SN_TRIPLETS}/summary.json",
         truth=(
             [f"{SN_SYNTHETIC}/truth.csv"] if SUPERNOVA["source"] == "synthetic" else []

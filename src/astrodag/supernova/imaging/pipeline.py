@@ -435,8 +435,8 @@ def _zogy(science: Image, reference: Image, pair: _Registered, grown: np.ndarray
     """ZOGY with per-pixel variance maps: sky noise squared plus the photon noise of the sources."""
     variance = _variance_maps(science, reference, pair, grown, settings)
     if settings.subtract.astrometric_noise_px is None:
-        astrometric = ((min(residual.scatter_x, 0.5), min(residual.scatter_y, 0.5)) if residual.n_matched >= 5
-                       else (0.0, 0.0))
+        # Measured on bright stars only (0 when fewer than 5): centroid noise is not registration noise.
+        astrometric = (residual.scatter_x, residual.scatter_y)
     else:
         astrometric = (settings.subtract.astrometric_noise_px,) * 2
     result = zogy_tiled(pair.new, pair.ref, psf_sci.image, psf_ref.image, pair.sci_bkg.rms_median,

@@ -54,7 +54,6 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 import numpy as np
-import pandas as pd
 import scipy.fft as sfft
 from astropy.stats import mad_std, sigma_clipped_stats
 from scipy import ndimage
@@ -95,13 +94,8 @@ class SubtractSettings(Settings):
         Add the photon noise of the sources (pixel value / GAIN) to the variance maps.
     astrometric_noise_px : float or null, default null
         Registration noise (pixels, per axis) for ZOGY's astrometric variance term; null
-        measures it from the matched PSF stars; 0 switches the term off.
-    match_radius_fwhm : float, default 1.0
-        Stars of the two images within this many FWHMs are the same star.
-    aperture_radius_fwhm : float, default 2.0
-        Aperture radius (FWHMs of the broader PSF) of the star photometry for the flux ratio.
-    min_flux_stars : int, default 3
-        Fewer matched stars and the flux ratio comes from the header zero points (else 1).
+        measures it: the scatter of bright matched stars about the fitted registration, their
+        centroid noise removed (:mod:`astrodag.supernova.imaging.registration`); 0 switches the term off.
     mask_grow_px : int, default 2
         Bad, saturated and uncovered pixels are grown by this many pixels in the output mask.
     difference_background : bool, default true
@@ -139,9 +133,6 @@ class SubtractSettings(Settings):
     tile_overlap_px: int = setting(64, number(0, integer=True))
     source_noise: bool = setting(True, flag)
     astrometric_noise_px: float | None = setting(None, optional(number(0.0, 10.0)))
-    match_radius_fwhm: float = setting(1.0, number(0.0, low_open=True))
-    aperture_radius_fwhm: float = setting(2.0, number(0.5, 10.0))
-    min_flux_stars: int = setting(3, number(1, integer=True))
     mask_grow_px: int = setting(2, number(0, 50, integer=True))
     difference_background: bool = setting(True, flag)
     kernel_spatial_order: int = setting(2, number(0, 4, integer=True))
@@ -158,97 +149,6 @@ class SubtractSettings(Settings):
         if 0 < self.tile_size <= 2 * self.tile_overlap_px:
             raise ConfigError(f"{prefix}.tile_size", f"must exceed twice tile_overlap_px "
                                                      f"({self.tile_overlap_px}), got {self.tile_size}")
-
-
-# --------------------------------------------------------------------------------------------
-# flux normalisation
-# --------------------------------------------------------------------------------------------
-
-
-@dataclass
-class FluxScale:
-    """Science / reference flux ratio of the same sources.
-
-    Attributes
-    ----------
-    ratio : float
-        Multiply the reference by it to put it in science-image units.
-    error : float
-        Standard error of ``ratio`` (NaN when not measured from stars).
-    n_stars : int
-        Matched stars used.
-    method : str
-        ``stars``, ``zeropoints`` or ``unity``.
-    """
-
-    ratio: float
-    error: float
-    n_stars: int
-    method: str
-
-
-def match_stars(first: pd.DataFrame, second: pd.DataFrame, radius: float) -> tuple[np.ndarray, np.ndarray]:
-    """Indices ``(i, j)`` of mutual nearest neighbours within ``radius`` pixels (columns ``x, y``)."""
-    from scipy.spatial import cKDTree
-
-    if len(first) == 0 or len(second) == 0:
-        return np.array([], int), np.array([], int)
-    a, b = first[["x", "y"]].to_numpy(float), second[["x", "y"]].to_numpy(float)
-    d_ab, j = cKDTree(b).query(a, distance_upper_bound=radius)
-    _, i_back = cKDTree(a).query(b, distance_upper_bound=radius)
-    i = np.arange(len(a))
-    good = np.isfinite(d_ab)
-    good[good] &= i_back[j[good]] == i[good]
-    return i[good], j[good]
-
-
-def flux_ratio(science: np.ndarray, reference: np.ndarray, positions: np.ndarray, radius: float,
-               mask: np.ndarray | None = None, min_stars: int = 3, zeropoints: tuple | None = None) -> FluxScale:
-    """Robust science / reference flux ratio from aperture photometry of matched stars.
-
-    Parameters
-    ----------
-    science, reference : numpy.ndarray
-        Background-subtracted images on the same grid.
-    positions : numpy.ndarray
-        ``(n, 2)`` star centres ``(x, y)`` (stars found in both images).
-    radius : float
-        Aperture radius, pixels.
-    mask : numpy.ndarray, optional
-        Bad pixels; stars whose aperture touches one are dropped.
-    min_stars : int
-        Fewer usable stars and the ratio comes from ``zeropoints``.
-    zeropoints : (float or None, float or None), optional
-        Science and reference zero points (magnitude of one data unit).
-
-    Returns
-    -------
-    FluxScale
-        The 3-sigma-clipped median of the per-star ratios and its standard error.
-    """
-    from photutils.aperture import CircularAperture, aperture_photometry
-
-    ratios = np.array([])
-    if len(positions):
-        apertures = CircularAperture(positions, r=radius)
-        sci = np.asarray(aperture_photometry(science, apertures, mask=mask)["aperture_sum"], float)
-        ref = np.asarray(aperture_photometry(reference, apertures, mask=mask)["aperture_sum"], float)
-        if mask is not None:
-            touched = np.asarray(aperture_photometry(mask.astype(np.float32), apertures)["aperture_sum"]) > 0
-            sci[touched] = np.nan
-        with np.errstate(divide="ignore", invalid="ignore"):
-            ratios = sci / ref
-        ratios = ratios[np.isfinite(ratios) & (sci > 0) & (ref > 0)]
-    if len(ratios) >= min_stars:
-        _, median, std = sigma_clipped_stats(ratios, sigma=3.0, maxiters=10)
-        return FluxScale(ratio=float(median), error=float(1.2533 * std / math.sqrt(len(ratios))),
-                         n_stars=len(ratios), method="stars")
-    if zeropoints is not None and None not in zeropoints:
-        ratio = 10 ** (0.4 * (zeropoints[0] - zeropoints[1]))
-        log.warning("%d matched stars (need %d): flux ratio %.4g from the zero points", len(ratios), min_stars, ratio)
-        return FluxScale(ratio=float(ratio), error=float("nan"), n_stars=len(ratios), method="zeropoints")
-    log.warning("%d matched stars (need %d) and no zero points: flux ratio 1", len(ratios), min_stars)
-    return FluxScale(ratio=1.0, error=float("nan"), n_stars=len(ratios), method="unity")
 
 
 # --------------------------------------------------------------------------------------------
