@@ -131,7 +131,7 @@ def test_template_ratio_with_moffat_psfs_and_blends_ignores_the_psf_models():
 
 
 def test_template_ratio_few_stars_falls_back_loudly(caplog):
-    science, reference, sources = _moffat_pair(3)
+    science, reference, sources = _moffat_pair(6)
     with caplog.at_level(logging.WARNING):
         scale = measure_flux_ratio(science, reference, 20.0, 5.0, None, psf_stamp(4.2, 3.5), psf_stamp(3.0, 2.8),
                                    4.2, 3.0, sources[:3], sources[:3], sources=sources[:3])
