@@ -98,3 +98,42 @@ def test_too_few_stars_fall_back_with_the_reason(crowded, caplog):
                                field.psf_reference, 2.5, 3.2, np.empty((0, 2)), np.empty((0, 2)),
                                zeropoints=(25.0, 25.0))
     assert empty.method == "zeropoints" and empty.reason == "no matched stars"
+
+
+def _moffat_pair(n_stars, seed=3, shape=(256, 256), ratio=1.1):
+    """Same grid, Moffat PSFs the code did not make (science broader with heavier wings), science 4x noisier."""
+    rng = np.random.default_rng(seed)
+    x, y = rng.uniform(15, shape[1] - 15, n_stars), rng.uniform(15, shape[0] - 15, n_stars)
+    flux = 10 ** rng.uniform(3.5, 5.0, n_stars)
+    # A few blends: companions 1.5-3 px away at similar flux.
+    x = np.concatenate([x, x[:4] + rng.uniform(1.5, 3.0, 4)])
+    y, flux = np.concatenate([y, y[:4]]), np.concatenate([flux, flux[:4] * rng.uniform(0.5, 1.0, 4)])
+    reference = render(shape, x, y, flux, 3.0, 3.0, rng, 5.0, 1e30)
+    science = render(shape, x, y, ratio * flux, 4.2, 2.6, rng, 20.0, 1e30)
+    sources = np.column_stack([x, y])[np.argsort(-flux)]
+    return science, reference, sources
+
+
+@pytest.mark.xfail(reason="known limitation: a Gaussian seeing change cannot match Moffat wings of another beta "
+                          "(template fit 0.954 here); needs a zero-sum wing basis term", strict=True)
+def test_template_ratio_with_moffat_psfs_and_blends_ignores_the_psf_models():
+    science, reference, sources = _moffat_pair(30)
+    # Gaussian PSF models of the wrong widths: the PSF-fit slope is off, the template fit is not.
+    wrong_sci, wrong_ref = psf_stamp(3.6, 50.0), psf_stamp(3.0, 50.0)
+    scale = measure_flux_ratio(science, reference, 20.0, 5.0, None, wrong_sci, wrong_ref, 3.6, 3.0, sources,
+                               sources, settings=None, sources=sources)
+    assert scale.method == "template" and scale.n_stars >= 20
+    assert scale.ratio == pytest.approx(1.1, rel=0.02)
+    assert 0 < scale.error < 0.01 and abs(scale.ratio - 1.1) < 4 * scale.error
+    psf_fit = measure_flux_ratio(science, reference, 20.0, 5.0, None, wrong_sci, wrong_ref, 3.6, 3.0, sources,
+                                 sources)
+    assert psf_fit.method == "stars" and abs(psf_fit.ratio / 1.1 - 1) > 0.03
+
+
+def test_template_ratio_few_stars_falls_back_loudly(caplog):
+    science, reference, sources = _moffat_pair(6)
+    with caplog.at_level(logging.WARNING):
+        scale = measure_flux_ratio(science, reference, 20.0, 5.0, None, psf_stamp(4.2, 3.5), psf_stamp(3.0, 2.8),
+                                   4.2, 3.0, sources[:3], sources[:3], sources=sources[:3])
+    assert scale.method == "unity"
+    assert "template flux ratio NOT measured" in caplog.text and "flux ratio NOT measured" in caplog.text

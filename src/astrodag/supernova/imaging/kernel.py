@@ -224,7 +224,8 @@ def select_stamps(positions: np.ndarray, bad: np.ndarray, half: int, count: int)
     return np.asarray(chosen, int).reshape(-1, 2)
 
 
-def _cutouts(image: np.ndarray, centres: np.ndarray, half: int) -> np.ndarray:
+def cutouts(image: np.ndarray, centres: np.ndarray, half: int) -> np.ndarray:
+    """Square cut-outs ``(n, 2 half + 1, 2 half + 1)`` of ``image`` centred on integer ``(x, y)`` centres."""
     offsets = np.arange(-half, half + 1)
     rows = centres[:, 1, None, None] + offsets[None, :, None]
     cols = centres[:, 0, None, None] + offsets[None, None, :]
@@ -414,9 +415,9 @@ def kernel_difference(new: np.ndarray, ref: np.ndarray, psf_new: np.ndarray, fwh
     if len(centres) < 3:
         raise ValueError(f"{len(centres)} usable kernel stamps (need 3): too few unmasked stars")
     bg_terms = monomials(background_order)
-    regions = _cutouts(x_img, centres, 2 * half)
+    regions = cutouts(x_img, centres, 2 * half)
     design = _convolve_stamps(regions, half, broad)
-    target, stamp_var_y, stamp_var_x = (_cutouts(image, centres, half).reshape(len(centres), -1).astype(np.float64)
+    target, stamp_var_y, stamp_var_x = (cutouts(image, centres, half).reshape(len(centres), -1).astype(np.float64)
                                         for image in (y_img, var_y, var_x))
     cx, cy = _coordinates(centres[:, 0], centres[:, 1], shape)
     p_kernel = np.stack([cx ** a * cy ** b for a, b in terms], axis=1)

@@ -396,14 +396,21 @@ def _grown_mask(bad: np.ndarray, grow_px: int) -> np.ndarray:
 
 def _flux_scale(science: Image, reference: Image, pair: _Registered, psf_sci: PSF, psf_ref: PSF, residual: _Residual,
                 grown: np.ndarray, settings: DifferenceSettings) -> FluxScale:
-    """Science / reference flux ratio from PSF photometry of the matched stars (fallbacks: zero points, unity)."""
+    """Science / reference flux ratio: template fit around the sources of either image (fallbacks: PSF
+    photometry of the matched stars, zero points, unity)."""
     science_xy, reference_xy = residual.registration.star_positions()
     # A realignment moved the reference's stars by the shift it corrected.
     reference_xy = reference_xy - np.asarray(pair.aligned.shift_px)
     pixel_area_ratio = proj_plane_pixel_area(science.wcs) / proj_plane_pixel_area(reference.wcs)
     return measure_flux_ratio(pair.new, pair.ref, pair.sci_bkg.rms, pair.ref_bkg.rms, grown, psf_sci.image,
                               psf_ref.image, psf_sci.fwhm, psf_ref.fwhm, science_xy, reference_xy, pixel_area_ratio,
-                              (science.zeropoint, reference.zeropoint), settings.flux)
+                              (science.zeropoint, reference.zeropoint), settings.flux, _stamp_centres(psf_sci, psf_ref))
+
+
+def _stamp_centres(psf_sci: PSF, psf_ref: PSF) -> np.ndarray:
+    """Sources of either image (the reference is usually the deeper), the most significant first."""
+    sources = pd.concat([psf_sci.sources, psf_ref.sources]).sort_values("snr", ascending=False, kind="stable")
+    return sources[["x", "y"]].to_numpy(float)
 
 
 def _variance_maps(science: Image, reference: Image, pair: _Registered, grown: np.ndarray,
@@ -483,7 +490,7 @@ def _subtract(science: Image, reference: Image, pair: _Registered, grown: np.nda
         var_new, var_ref = _variance_maps(science, reference, pair, grown, settings)(
             (slice(0, grown.shape[0]), slice(0, grown.shape[1])))
         result = kernel_difference(pair.new, pair.ref, psf_sci.image, psf_sci.fwhm, psf_ref.fwhm,
-                                   psf_sci.sources[["x", "y"]].to_numpy(float), var_new, var_ref,
+                                   _stamp_centres(psf_sci, psf_ref), var_new, var_ref,
                                    bad_new=science.mask, bad_ref=pair.ref_bad, spatial_order=sub.kernel_spatial_order,
                                    half_width_fwhm=sub.kernel_half_width_fwhm, background_order=sub.background_order,
                                    stamps=sub.kernel_stamps, sum_varies=sub.kernel_sum_varies, workers=sub.workers)
