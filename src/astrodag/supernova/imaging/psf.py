@@ -145,7 +145,8 @@ class PSF:
     fwhm : float
         FWHM in pixels (fitted to ``image``, or the Gaussian's).
     method : str
-        ``empirical`` (stacked stars), ``epsf`` (oversampled effective PSF) or ``gaussian`` (fallback).
+        ``empirical`` (stacked stars), ``epsf`` (oversampled effective PSF), ``matched_reference`` (the other
+        image's PSF blurred to fit this one, :func:`matched_psf`) or ``gaussian`` (fallback).
     stars : pandas.DataFrame
         Good PSF stars: ``x, y`` (fitted centre, 0-based), ``flux`` (Gaussian-fit flux),
         ``fwhm``, ``snr`` (peak S/N).
