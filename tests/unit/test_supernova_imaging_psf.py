@@ -1,5 +1,5 @@
 """Empirical PSF against PSFs it did not make: Moffat stars in a crowded field, a FWHM that varies across
-the image, an undersampled field."""
+the image, an undersampled field; a shallow image's PSF derived from a deep image of the same field."""
 
 import logging
 import math
@@ -8,9 +8,10 @@ import numpy as np
 import pytest
 from astropy.modeling.functional_models import Moffat2D
 from photutils.psf import fit_fwhm
+from scipy import ndimage
 from scipy.spatial import cKDTree
 
-from astrodag.supernova.imaging.psf import PSFSettings, estimate_psf
+from astrodag.supernova.imaging.psf import FWHM_PER_SIGMA, PSFSettings, estimate_psf, matched_psf
 
 
 def _alpha(fwhm, beta):
@@ -159,3 +160,92 @@ def test_fallback_order_is_logged(caplog):
         psf = estimate_psf(data, np.full(shape, 3.0), np.zeros(shape, bool), PSFSettings(grid_cells=1, min_stars=5))
     assert "trying S/N" in caplog.text
     assert psf.method == "empirical" and psf.n_stars >= 5
+
+
+def _galaxies(shape, x, y, flux, fwhm):
+    """Round Gaussian blobs (extended sources), pixel-sampled."""
+    yy, xx = np.mgrid[:shape[0], :shape[1]]
+    image = np.zeros(shape)
+    sigma = fwhm / FWHM_PER_SIGMA
+    for xc, yc, f in zip(x, y, flux):
+        image += f / (2 * math.pi * sigma ** 2) * np.exp(-((xx - xc) ** 2 + (yy - yc) ** 2) / (2 * sigma ** 2))
+    return image
+
+
+def deep_and_shallow(rng, blur_fwhm, shape=(300, 300), fwhm=3.0, beta=2.5, sigma_ref=2.0, sigma_sci=40.0):
+    """A field of faint isolated Moffat stars, bright pairs of them 2.5-3.5 FWHM apart (resolved, not isolated)
+    and four galaxies: a deep reference and a shallow science image (where only the pairs and galaxies stand
+    out), the science's PSF the reference's convolved with a Gaussian of FWHM ``blur_fwhm`` and moved by 0.2 px;
+    if ``blur_fwhm`` is negative the reference is the blurred one."""
+    n_faint, n_pairs, n_gal = 40, 20, 4
+    x, y = rng.uniform(25, shape[1] - 25, n_pairs), rng.uniform(25, shape[0] - 25, n_pairs)
+    angle, separation = rng.uniform(0, 2 * math.pi, n_pairs), rng.uniform(2.5, 3.5, n_pairs) * fwhm
+    x = np.r_[x, x + separation * np.cos(angle), rng.uniform(25, shape[1] - 25, n_faint)]
+    y = np.r_[y, y + separation * np.sin(angle), rng.uniform(25, shape[0] - 25, n_faint)]
+    flux = np.r_[rng.uniform(1.5e4, 5e4, 2 * n_pairs), rng.uniform(2e3, 4e3, n_faint)]
+    gx, gy = rng.uniform(25, shape[1] - 25, n_gal), rng.uniform(25, shape[0] - 25, n_gal)
+    galaxies = _galaxies(shape, gx, gy, rng.uniform(5e4, 2e5, n_gal), 6.0)
+    ref = render_moffat(shape, x, y, flux, fwhm, beta, 25) + galaxies
+    sci = 1.1 * (render_moffat(shape, x + 0.2, y - 0.2, flux, fwhm, beta, 25)
+                 + ndimage.shift(galaxies, (-0.2, 0.2), order=3))
+    blurred = ndimage.gaussian_filter(sci if blur_fwhm > 0 else ref, abs(blur_fwhm) / FWHM_PER_SIGMA, mode="constant")
+    if blur_fwhm > 0:
+        sci = blurred
+    elif blur_fwhm < 0:
+        ref = blurred
+    ref = (ref + rng.normal(0, sigma_ref, shape)).astype(np.float32)
+    sci = (sci + rng.normal(0, sigma_sci, shape)).astype(np.float32)
+    return ref, sci
+
+
+def blurred_truth(psf_image, fwhm, beta, blur_fwhm):
+    """The true science PSF on the estimate's stamp: the Moffat, pixel-integrated, blurred as the image was."""
+    half = psf_image.shape[0] // 2
+    wide = ndimage.gaussian_filter(moffat_stamp(fwhm, beta, half + 10, subsample=3), blur_fwhm / FWHM_PER_SIGMA,
+                                   mode="constant")[10:-10, 10:-10]
+    yy, xx = np.mgrid[-half:half + 1, -half:half + 1]
+    wide[xx ** 2 + yy ** 2 > (half + 0.5) ** 2] = 0.0
+    return wide / wide.sum()
+
+
+def test_shallow_image_psf_is_derived_from_the_deep_one():
+    rng = np.random.default_rng(26)
+    shape, fwhm, beta, blur = (300, 300), 3.0, 2.5, 2.0
+    ref, sci = deep_and_shallow(rng, blur, shape, fwhm, beta)
+    no_mask, settings = np.zeros(shape, bool), PSFSettings(grid_cells=1)
+    good = estimate_psf(ref, np.full(shape, 2.0), no_mask, settings, fwhm_guess=3.0)
+    assert good.method == "empirical"
+    poor = estimate_psf(sci, np.full(shape, 40.0), no_mask, settings, fwhm_guess=3.0)
+    assert poor.method == "gaussian"  # the direct estimate fails
+    derived = matched_psf(sci, np.full(shape, 40.0), no_mask, poor, ref, no_mask, good, settings)
+    assert derived is not None and derived.method == "matched_reference"
+    truth = blurred_truth(derived.image, fwhm, beta, blur)
+    fit_shape = 2 * math.ceil(1.5 * derived.fwhm) + 1
+    assert derived.image.sum() == pytest.approx(1.0) and derived.image.shape[0] % 2 == 1
+    assert derived.image.max() == pytest.approx(truth.max(), rel=0.03)
+    assert derived.fwhm == pytest.approx(float(fit_fwhm(truth, fit_shape=fit_shape)[0]), rel=0.03)
+    # The Gaussian fallback was far off.
+    assert abs(poor.image.max() / truth.max() - 1) > 0.1 or abs(poor.fwhm / derived.fwhm - 1) > 0.1
+
+
+def test_sharper_image_keeps_the_gaussian_fallback(caplog):
+    rng = np.random.default_rng(28)
+    shape = (300, 300)
+    ref, sci = deep_and_shallow(rng, -2.0, shape)  # the reference is the blurred one
+    no_mask, settings = np.zeros(shape, bool), PSFSettings(grid_cells=1)
+    good = estimate_psf(ref, np.full(shape, 2.0), no_mask, settings, fwhm_guess=4.0)
+    poor = estimate_psf(sci, np.full(shape, 40.0), no_mask, settings, fwhm_guess=3.0)  # only its sources are used
+    assert good.method == "empirical"
+    with caplog.at_level(logging.WARNING, logger="astrodag.supernova.imaging.psf"):
+        assert matched_psf(sci, np.full(shape, 40.0), no_mask, poor, ref, no_mask, good, settings) is None
+    assert "SHARPER" in caplog.text
+
+
+def test_one_or_two_stars_do_not_set_the_fallback_fwhm():
+    rng = np.random.default_rng(27)
+    shape = (200, 200)
+    # Two compact galaxies (FWHM 7 px) are the only sources: their FWHM is not the PSF's.
+    data = (_galaxies(shape, [60.0, 140.0], [70.0, 130.0], [3e4, 3e4], 7.0) + rng.normal(0, 3, shape)).astype(
+        np.float32)
+    psf = estimate_psf(data, np.full(shape, 3.0), np.zeros(shape, bool), PSFSettings(grid_cells=1), fwhm_guess=2.5)
+    assert psf.method == "gaussian" and psf.fwhm == 2.5

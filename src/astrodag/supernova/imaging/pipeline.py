@@ -100,7 +100,7 @@ from astrodag.supernova.imaging.inject import (
     injection_psf,
 )
 from astrodag.supernova.imaging.kernel import kernel_difference
-from astrodag.supernova.imaging.psf import PSF, PSFSettings, estimate_psf
+from astrodag.supernova.imaging.psf import PSF, PSFSettings, estimate_psf, matched_psf
 from astrodag.supernova.imaging.registration import Registration, RegistrationSettings, register
 from astrodag.supernova.imaging.subtract import (
     SubtractSettings,
@@ -332,12 +332,21 @@ def _resampled_noise_factor(area_ratio: float, method: str) -> float:
 
 
 def _psfs(science: Image, reference: Image, pair: _Registered, settings: DifferenceSettings) -> tuple[PSF, PSF]:
-    """Empirical PSFs of both images (saturation levels measured above the sky)."""
+    """Empirical PSFs of both images (saturation levels measured above the sky); one with too few stars is
+    derived from the other's (:func:`astrodag.supernova.imaging.psf.matched_psf`) where that fits."""
     sci_saturation = None if science.saturation is None else science.saturation - pair.sci_bkg.median
     ref_saturation = None if reference.saturation is None else reference.saturation - pair.ref_bkg.median
     psf_sci = estimate_psf(pair.new, pair.sci_bkg.rms, science.mask, settings.psf, science.fwhm, sci_saturation)
     psf_ref = estimate_psf(pair.ref, pair.ref_bkg.rms, pair.ref_bad, settings.psf,
                            _fwhm_on_science_grid(science, reference), ref_saturation)
+    # An image with too few stars (usually the shallow science image) takes the other's empirical PSF blurred
+    # to fit its own sources, rather than a Gaussian.
+    if psf_sci.method == "gaussian" and psf_ref.method != "gaussian":
+        psf_sci = matched_psf(pair.new, pair.sci_bkg.rms, science.mask, psf_sci, pair.ref, pair.ref_bad, psf_ref,
+                              settings.psf, sci_saturation, ref_saturation) or psf_sci
+    elif psf_ref.method == "gaussian" and psf_sci.method != "gaussian":
+        psf_ref = matched_psf(pair.ref, pair.ref_bkg.rms, pair.ref_bad, psf_ref, pair.new, science.mask, psf_sci,
+                              settings.psf, ref_saturation, sci_saturation) or psf_ref
     return psf_sci, psf_ref
 
 

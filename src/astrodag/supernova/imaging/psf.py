@@ -28,7 +28,17 @@
 Fallback order when stars are few (each step logged): stars above ``min_snr`` with neighbours at most
 ``neighbour_contrast`` as bright; then stars above a third of ``min_snr`` (at least 10 sigma) with
 neighbours up to three times that contrast; then (fewer than ``min_stars``) a Gaussian with the median FWHM
-of the stars found, else the header's FWHM, else ``fallback_fwhm_px``. ``PSF.method`` says which.
+of the stars found when there are at least three (one or two "stars" are as likely a galaxy or a blend),
+else the header's FWHM, else ``fallback_fwhm_px``. ``PSF.method`` says which.
+
+A pair of images on one grid can do better than that Gaussian when one of them (usually the shallow science
+image) has too few stars and the other an empirical PSF: :func:`matched_psf` fits the poor image as the good
+one convolved with a Gaussian, ``poor = a_k (good * G_s)(x - d) + b_k`` on stamps around the brightest
+sources seen in both (stars or galaxies alike: the image of any source is blurred the same way), with a free
+scale ``a_k`` (flux ratio, per source so that a variable star does not bias the width) and sky ``b_k`` per
+stamp, one Gaussian variance ``s`` and one shift ``d`` (the registration's residual, not part of the PSF).
+The poor image's PSF is then ``P_good * G_s`` (method ``matched_reference``), its cells likewise. A negative
+``s`` means the poor image is the sharper one: that is said and the Gaussian fallback kept.
 """
 
 from __future__ import annotations
@@ -45,6 +55,7 @@ from photutils.centroids import centroid_2dg
 from photutils.detection import find_peaks
 from photutils.psf import EPSFBuilder, EPSFStar, EPSFStars, fit_2dgaussian, fit_fwhm
 from scipy import ndimage
+from scipy.optimize import least_squares
 from scipy.spatial import cKDTree
 
 from astrodag.settings import Settings, number, setting
@@ -58,6 +69,12 @@ NEIGHBOURS_CHECKED = 16  # nearest sources tested against a PSF star's isolation
 RELAXED_MIN_SNR = 10.0  # the second selection tier never goes below this peak S/N
 EPSF_ITERATIONS = 6  # EPSFBuilder iterations: the ePSF changes by < 0.1 % of its peak after about 5
 _FAILED_FIT = 2 | 4 | 8  # photutils flags: centre left the box, negative flux, not converged
+MEDIAN_FWHM_MIN_STARS = 3  # fewer stars and their median FWHM is not used for the Gaussian fallback
+MATCH_MIN_SNR = 10.0  # peak S/N in the poor image of a source fitted by matched_psf
+MATCH_MAX_SOURCES = 25  # brightest such sources fitted (more add time, not accuracy, in the tests)
+MATCH_MIN_SOURCES = 3  # fewer and no kernel is fitted
+MATCH_CLIP = 5.0  # stamps whose reduced chi^2 is this many robust sigma above the median are refitted without
+FWHM_PER_SIGMA = 2.0 * math.sqrt(2.0 * math.log(2.0))
 
 
 @dataclass(frozen=True)
@@ -128,7 +145,8 @@ class PSF:
     fwhm : float
         FWHM in pixels (fitted to ``image``, or the Gaussian's).
     method : str
-        ``empirical`` (stacked stars), ``epsf`` (oversampled effective PSF) or ``gaussian`` (fallback).
+        ``empirical`` (stacked stars), ``epsf`` (oversampled effective PSF), ``matched_reference`` (the other
+        image's PSF blurred to fit this one, :func:`matched_psf`) or ``gaussian`` (fallback).
     stars : pandas.DataFrame
         Good PSF stars: ``x, y`` (fitted centre, 0-based), ``flux`` (Gaussian-fit flux),
         ``fwhm``, ``snr`` (peak S/N).
@@ -464,7 +482,7 @@ def estimate_psf(data: np.ndarray, rms: np.ndarray, mask: np.ndarray, settings: 
         psf = _empirical(data, mask, stars, sources, guess, settings)
         if psf is not None:
             return psf
-    if len(stars):
+    if len(stars) >= MEDIAN_FWHM_MIN_STARS:
         fwhm, origin = float(np.median(stars["fwhm"])), f"the median of {len(stars)} stars"
     else:
         fwhm = fwhm_guess or settings.fallback_fwhm_px
@@ -516,3 +534,161 @@ def _empirical(data, mask, stars, sources, fwhm, settings: PSFSettings) -> PSF |
     measured = float(fit_fwhm(image, fit_shape=fit_shape)[0])
     return PSF(image=image, fwhm=measured, method=method, stars=stars, sources=sources, cells=cells,
                cell_stars=counts, shape=data.shape if cells is not None else None)
+
+
+def _transfer(n: int, s: float, dx: float = 0.0, dy: float = 0.0) -> np.ndarray:
+    """``rfft2`` transfer function on an ``n x n`` grid of a unit-sum Gaussian of variance ``s`` (pixels^2,
+    negative sharpens) moved by ``(dx, dy)``."""
+    ky, kx = np.fft.fftfreq(n)[:, None], np.fft.rfftfreq(n)[None, :]
+    return np.exp(-2.0 * math.pi ** 2 * s * (kx ** 2 + ky ** 2) - 2j * math.pi * (kx * dx + ky * dy))
+
+
+def _blurred(psf: np.ndarray, s: float, radius: int) -> np.ndarray:
+    """``psf`` convolved with a Gaussian of variance ``s`` on a stamp of half-size ``radius``: circular window,
+    unit sum."""
+    half = psf.shape[0] // 2
+    pad = max(radius, half) + math.ceil(4 * math.sqrt(s))  # room for the blurred wings before they wrap
+    n = 2 * pad + 1
+    big = np.zeros((n, n))
+    big[pad - half:pad + half + 1, pad - half:pad + half + 1] = psf
+    wide = np.fft.irfft2(np.fft.rfft2(big) * _transfer(n, s), s=(n, n))
+    out = wide[pad - radius:pad + radius + 1, pad - radius:pad + radius + 1]
+    yy, xx = np.mgrid[-radius:radius + 1, -radius:radius + 1]
+    out[(xx ** 2 + yy ** 2) > (radius + 0.5) ** 2] = 0.0
+    return out / out.sum()
+
+
+def _match_stamps(data, rms, mask, poor, good_data, good_mask, good, half, pad, reach, saturation, good_saturation):
+    """Stamps of the poor image (``half``), their weights (1 / sky noise; 0 on bad pixels and within ``reach``
+    of a bad pixel of the good image) and stamps of the good image (``half + pad``, bad pixels 0) around the
+    brightest sources of the poor image that the good image also has, without a saturated pixel and with at least
+    half of their pixels weighted."""
+    ny, nx = data.shape
+    outer = half + pad
+    bright = poor.sources[poor.sources["snr"] >= MATCH_MIN_SNR]
+    bright = bright[(bright["x"] >= outer) & (bright["x"] < nx - outer) & (bright["y"] >= outer)
+                    & (bright["y"] < ny - outer)]
+    if len(bright) and len(good.sources):
+        distance, _ = cKDTree(good.sources[["x", "y"]].to_numpy(float)).query(bright[["x", "y"]].to_numpy(float))
+        bright = bright[distance <= max(2.0, 0.5 * good.fwhm)]
+    if len(bright) == 0:
+        side = 2 * half + 1
+        return np.empty((0, side, side)), np.empty((0, side, side)), np.empty((0, 2 * outer + 1, 2 * outer + 1))
+    x, y = bright["x"].to_numpy(), bright["y"].to_numpy()
+    wide = _cutouts(good_data, good_mask, x, y, outer)
+    stamps = _cutouts(data, mask, x, y, half)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        weights = np.nan_to_num(1.0 / _cutouts(rms, mask | ~(rms > 0), x, y, half), nan=0.0, posinf=0.0)
+    weights[np.isnan(stamps)] = 0.0
+    # A bad pixel of the good image spoils the blurred model within the kernel's reach.
+    yy, xx = np.mgrid[-reach:reach + 1, -reach:reach + 1]
+    spoiled = ndimage.binary_dilation(np.isnan(wide), structure=(np.hypot(xx, yy) <= reach)[None])
+    weights[spoiled[:, pad:-pad, pad:-pad]] = 0.0
+    keep = (weights > 0).sum(axis=(1, 2)) > 0.5 * weights[0].size
+    for values, level in ((stamps, saturation), (wide, good_saturation)):
+        if level is not None:
+            with warnings.catch_warnings(), np.errstate(invalid="ignore"):
+                warnings.simplefilter("ignore")  # an all-NaN stamp has no maximum: it has no weight either
+                keep &= ~(np.nanmax(values, axis=(1, 2)) >= level)
+    chosen = np.flatnonzero(keep)[:MATCH_MAX_SOURCES]
+    return stamps[chosen], weights[chosen], np.nan_to_num(wide[chosen])
+
+
+class _GaussianMatch:
+    """Weighted residuals of poor stamps against good stamps blurred by a Gaussian and moved, with the best
+    scale and sky of each stamp solved for at every ``(s, dx, dy)``."""
+
+    def __init__(self, stamps: np.ndarray, weights: np.ndarray, wide: np.ndarray):
+        self.n, self.half = wide.shape[1], stamps.shape[1] // 2
+        self.spectra = np.fft.rfft2(wide)
+        self.stamps, self.weights = np.nan_to_num(stamps), weights
+
+    def model(self, params) -> np.ndarray:
+        s, dx, dy = params
+        blurred = np.fft.irfft2(self.spectra * _transfer(self.n, s, dx, dy), s=(self.n, self.n))
+        c, h = self.n // 2, self.half
+        return blurred[:, c - h:c + h + 1, c - h:c + h + 1]
+
+    def residuals(self, params) -> np.ndarray:
+        """Per-stamp weighted residuals ``(n, side, side)``."""
+        m, y, w2 = self.model(params), self.stamps, self.weights ** 2
+        sw, sm, smm = w2.sum(axis=(1, 2)), (w2 * m).sum(axis=(1, 2)), (w2 * m * m).sum(axis=(1, 2))
+        sy, smy = (w2 * y).sum(axis=(1, 2)), (w2 * m * y).sum(axis=(1, 2))
+        det = smm * sw - sm ** 2
+        det = np.where(det > 0, det, np.inf)
+        scale, sky = (smy * sw - sm * sy) / det, (smm * sy - sm * smy) / det
+        return self.weights * (y - scale[:, None, None] * m - sky[:, None, None])
+
+    def fit(self, start: float, bounds: tuple[list, list]):
+        return least_squares(lambda p: self.residuals(p).ravel(), [start, 0.0, 0.0], bounds=bounds,
+                             x_scale=[max(start, 0.1), 0.1, 0.1], diff_step=1e-3)
+
+
+def matched_psf(data: np.ndarray, rms: np.ndarray, mask: np.ndarray, poor: PSF, good_data: np.ndarray,
+                good_mask: np.ndarray, good: PSF, settings: PSFSettings | None = None, saturation: float | None = None,
+                good_saturation: float | None = None) -> PSF | None:
+    """PSF of an image with too few stars derived from the empirical PSF of another image on the same grid
+    (see the module notes); None, with the reason logged, when the fit cannot say or the image is the sharper.
+
+    Parameters
+    ----------
+    data, rms, mask : numpy.ndarray
+        The poor image (background-subtracted), its sky-noise map and bad pixels.
+    poor : PSF
+        Its own estimate (the sources are used).
+    good_data, good_mask : numpy.ndarray
+        The good image (background-subtracted, on the same grid) and its bad pixels (off-footprint included).
+    good : PSF
+        Its empirical PSF.
+    settings : PSFSettings, optional
+    saturation, good_saturation : float, optional
+        Saturation levels of the two images (after background subtraction).
+
+    Returns
+    -------
+    PSF or None
+        Method ``matched_reference``; ``stars`` and ``sources`` are the poor image's own.
+    """
+    settings = settings or PSFSettings()
+    variance = (good.fwhm / FWHM_PER_SIGMA) ** 2
+    widest = max(2.0, good.fwhm)  # largest Gaussian sigma fitted (pixels): a poor FWHM up to ~2.5 times the good
+    half = math.ceil(CORE_FWHM * good.fwhm + widest)
+    pad = math.ceil(3 * widest)
+    start = min(max((poor.fwhm ** 2 - good.fwhm ** 2) / FWHM_PER_SIGMA ** 2, 0.5), 0.9 * widest ** 2)
+    stamps, weights, wide = _match_stamps(data, rms, mask | ~np.isfinite(data), poor, good_data, good_mask, good,
+                                          half, pad, math.ceil(3 * math.sqrt(start)),
+                                 None if saturation is None else settings.saturation_fraction * saturation,
+                                 None if good_saturation is None else settings.saturation_fraction * good_saturation)
+    if len(stamps) < MATCH_MIN_SOURCES:
+        log.warning("PSF from the other image: only %d bright sources seen in both (need %d)", len(stamps),
+                    MATCH_MIN_SOURCES)
+        return None
+    bounds = ([-0.5 * variance, -2.0, -2.0], [widest ** 2, 2.0, 2.0])
+    match = _GaussianMatch(stamps, weights, wide)
+    result = match.fit(start, bounds)
+    chi2 = (match.residuals(result.x) ** 2).sum(axis=(1, 2)) / np.maximum((weights > 0).sum(axis=(1, 2)), 1)
+    spread = 1.4826 * float(np.median(np.abs(chi2 - np.median(chi2))))
+    outliers = chi2 > np.median(chi2) + MATCH_CLIP * max(spread, 1e-12)
+    if outliers.any() and (~outliers).sum() >= MATCH_MIN_SOURCES:
+        match = _GaussianMatch(stamps[~outliers], weights[~outliers], wide[~outliers])
+        result = match.fit(float(result.x[0]), bounds)
+    s, dx, dy = (float(v) for v in result.x)
+    if not result.success or s >= 0.99 * widest ** 2:
+        log.warning("PSF from the other image: the Gaussian fit did not converge within its bounds (variance %.2f "
+                    "px^2, largest %.2f)", s, widest ** 2)
+        return None
+    if s < 0:
+        log.warning("PSF from the other image: this image is SHARPER than the other (blurring variance %.2f px^2 "
+                    "< 0): keeping the Gaussian fallback", s)
+        return None
+    guess = math.sqrt(good.fwhm ** 2 + FWHM_PER_SIGMA ** 2 * s)
+    radius = int(min(settings.max_radius_px, max(good.image.shape[0] // 2, math.ceil(settings.radius_fwhm * guess))))
+    image = _blurred(good.image, s, radius)
+    cells = None if good.cells is None else np.array([[_blurred(c, s, radius) for c in row] for row in good.cells])
+    fit_shape = min(image.shape[0], max(5, 2 * math.ceil(1.5 * guess) + 1))
+    fwhm = float(fit_fwhm(image, fit_shape=fit_shape)[0])
+    log.warning("PSF from the other image's %s PSF blurred by a Gaussian of FWHM %.2f px (fitted on %d sources, "
+                "shift %.2f, %.2f px): FWHM %.2f px", good.method, FWHM_PER_SIGMA * math.sqrt(s), len(match.stamps),
+                dx, dy, fwhm)
+    return PSF(image=image, fwhm=fwhm, method="matched_reference", stars=poor.stars, sources=poor.sources,
+               cells=cells, cell_stars=good.cell_stars, shape=good.shape)
