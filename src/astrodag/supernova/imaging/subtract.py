@@ -23,9 +23,9 @@ point source of flux f in N has expected ``S = f F_S`` with ``F_S = F_D^2 sum(P_
 so that nothing wraps around the edges; masked pixels are 0 in both images. Zeroing and
 convolving do not commute, so those 0s leave residuals wherever the kernels reach a masked
 or off-image pixel (a saturated core, a star cut by the edge or the footprint): such pixels
-get the variance of an unknown value in ``V_n`` and ``V_r`` (:func:`_unknown_variance`,
-up to ~1e12 times the sky's), so that S_corr tends to 0 where they carry weight. That range
-is beyond single precision (FFT round-off ~1e-7 of the largest value, everywhere), so the
+get the variance of an unknown value in ``V_n`` and ``V_r`` (:func:`_unknown_variance`: from
+the known pixels next to them, up to ~1e12 times the sky's), so that S_corr tends to 0 where
+they carry weight. That range is beyond single precision (FFT round-off ~1e-7 of the largest value, everywhere), so the
 variance's FFTs run in double precision. Images larger than ``tile_size`` are processed in
 overlapping tiles to bound memory (:func:`zogy_tiled`): a whole-image ZOGY holds about ten
 image-sized spectra at once (2.6 GB at 8192^2 in single precision), a 2048-pixel tile 0.2 GB.
@@ -64,10 +64,11 @@ from astrodag.settings import Settings, choice, flag, number, optional, setting
 log = logging.getLogger(__name__)
 
 # A masked or off-image pixel's value may be up to this many times the brightest good pixel
-# around it (the true core of a saturated star exceeds its unsaturated wings). Measured on a
-# star saturated 13 times over its mask threshold: 5 leaves |S_corr| < 4 next to the core
-# (10: the same; 2: 6 sigma) and a transient 3 FWHM away at 80-90 % of its significance
-# without the star (10: 70-80 %).
+# next to it (the true core of a saturated star exceeds its unsaturated wings). Measured on a
+# star saturated 13 times over its mask threshold (tests/unit/test_supernova_imaging_subtract.py):
+# |S_corr| next to the core 16.8, 8.4, 5.6, 3.6 for 1, 2, 3, 5 (10: 3.6); a transient 3 FWHM
+# away keeps 90 % of its significance without the star (10: 78-82 %). Stars cut by the image or
+# footprint edge alone would need only 2 (|S_corr| < 3.4).
 MASKED_AMPLITUDE = 5.0
 # Values within this many sigma of 0 are noise (the largest |value| of ~600 noise pixels, a
 # block and its neighbours, is about 3.5 sigma): only what exceeds it counts as a source.
