@@ -5,7 +5,7 @@ import math
 import numpy as np
 import pytest
 from astropy.stats import SigmaClip
-from imaging_helpers import render
+from imaging_helpers import process_pair, render
 from photutils.background import Background2D, MedianBackground, StdBackgroundRMS
 
 from astrodag.errors import ConfigError
@@ -285,3 +285,17 @@ def test_masked_and_off_image_pixels_leave_no_residual_and_keep_transients(seed)
     near, _ = _saturated_scene(np.random.default_rng(seed), transient=600.0)
     alone, _ = _saturated_scene(np.random.default_rng(seed), transient=600.0, stars=False)
     assert near.significance[window].max() == pytest.approx(float(alone.significance[window].max()), rel=0.2)
+
+
+
+def test_crowded_pair_with_a_footprint_edge_has_unit_significance_before_calibration(tmp_path):
+    """The pipeline's small crowded pair (45 stars, a rotated reference: footprint edges) before calibration.
+
+    Unknown pixels (off-image, outside the footprint) take their variance from the known pixels
+    next to them, so bright stars elsewhere do not spread it over the matched filter's whole
+    footprint (a guess from 30-pixel neighbourhoods gave a robust std of 0.73 here).
+    """
+    _, _, record = process_pair(tmp_path / "SN2011fe__SYN_X_g__1_2", settings={"inject": {"count": 0}})
+    noise = record["noise"]
+    assert noise["significance_std_error"] < 0.05
+    assert noise["significance_std_uncalibrated"] == pytest.approx(1.0, abs=0.05)

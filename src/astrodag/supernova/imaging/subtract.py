@@ -23,9 +23,9 @@ point source of flux f in N has expected ``S = f F_S`` with ``F_S = F_D^2 sum(P_
 so that nothing wraps around the edges; masked pixels are 0 in both images. Zeroing and
 convolving do not commute, so those 0s leave residuals wherever the kernels reach a masked
 or off-image pixel (a saturated core, a star cut by the edge or the footprint): such pixels
-get the variance of an unknown value in ``V_n`` and ``V_r`` (:func:`_unknown_variance`,
-up to ~1e12 times the sky's), so that S_corr tends to 0 where they carry weight. That range
-is beyond single precision (FFT round-off ~1e-7 of the largest value, everywhere), so the
+get the variance of an unknown value in ``V_n`` and ``V_r`` (:func:`_unknown_amplitude`: from
+the known pixels next to them, up to ~1e12 times the sky's), so that S_corr tends to 0 where
+they carry weight. That range is beyond single precision (FFT round-off ~1e-7 of the largest value, everywhere), so the
 variance's FFTs run in double precision. Images larger than ``tile_size`` are processed in
 overlapping tiles to bound memory (:func:`zogy_tiled`): a whole-image ZOGY holds about ten
 image-sized spectra at once (2.6 GB at 8192^2 in single precision), a 2048-pixel tile 0.2 GB.
@@ -63,10 +63,11 @@ from astrodag.settings import Settings, choice, flag, number, optional, setting
 log = logging.getLogger(__name__)
 
 # A masked or off-image pixel's value may be up to this many times the brightest good pixel
-# around it (the true core of a saturated star exceeds its unsaturated wings). Measured on a
-# star saturated 13 times over its mask threshold: 5 leaves |S_corr| < 4 next to the core
-# (10: the same; 2: 6 sigma) and a transient 3 FWHM away at 80-90 % of its significance
-# without the star (10: 70-80 %).
+# next to it (the true core of a saturated star exceeds its unsaturated wings). Measured on a
+# star saturated 13 times over its mask threshold (tests/unit/test_supernova_imaging_subtract.py):
+# |S_corr| next to the core 16.8, 8.4, 5.6, 3.6 for 1, 2, 3, 5 (10: 3.6); a transient 3 FWHM
+# away keeps 90 % of its significance without the star (10: 78-82 %). Stars cut by the image or
+# footprint edge alone would need only 2 (|S_corr| < 3.4).
 MASKED_AMPLITUDE = 5.0
 # Values within this many sigma of 0 are noise (the largest |value| of ~600 noise pixels, a
 # block and its neighbours, is about 3.5 sigma): only what exceeds it counts as a source.
@@ -227,60 +228,68 @@ def _block_max(values: np.ndarray, rows: np.ndarray, cols: np.ndarray) -> np.nda
 
 @dataclass
 class _Blocks:
-    """The unknown pixels and the blocks of :func:`_unknown_variance` (the same for both images)."""
+    """The unknown pixels and the windows of known pixels their values are guessed from (both images)."""
 
-    rows: np.ndarray  # block of each row
-    cols: np.ndarray  # block of each column
-    known: np.ndarray  # blocks holding a good pixel
-    iy: np.ndarray  # the unknown pixels
+    iy: np.ndarray  # the unknown pixels (on the padded grid)
     ix: np.ndarray
+    source: np.ndarray  # each unknown pixel's window
+    wy: np.ndarray  # (windows, w, 1) rows and (windows, 1, w) columns of the windows' pixels in the image
+    wx: np.ndarray
+    known: np.ndarray  # (windows, w, w): which of them are known
 
     @classmethod
-    def of(cls, unknown: np.ndarray, block: int, offset: tuple[int, int]) -> _Blocks:
+    def of(cls, unknown: np.ndarray, block: int, offset: tuple[int, int], pad: int,
+           image: tuple[int, int]) -> _Blocks:
         """Blocks of side ``block`` aligned on the whole image's grid (``offset``: the position of
-        ``unknown[0, 0]`` in it), so that the tiles of a tiled subtraction see the same blocks."""
+        ``unknown[0, 0]`` in it, so that the tiles of a tiled subtraction see the same blocks); the
+        image lies at ``(pad, pad)`` in ``unknown``. Each unknown pixel's window is the nearest
+        block holding a known pixel and the eight around it."""
         rows, cols = (_block_index(n, o, block) for n, o in zip(unknown.shape, offset))
-        known = _block_max((~unknown).view(np.uint8), rows, cols).astype(bool)
-        return cls(rows, cols, known, *np.nonzero(unknown))
+        ny, nx = image
+        # Known: the image's good pixels (not the zeros beyond the band of unknown pixels).
+        good = np.zeros(unknown.shape, bool)
+        good[pad:pad + ny, pad:pad + nx] = ~unknown[pad:pad + ny, pad:pad + nx]
+        known = _block_max(good.view(np.uint8), rows, cols).astype(bool)
+        iy, ix = np.nonzero(unknown)
+        nearest = rows[iy] * known.shape[1] + cols[ix]
+        if known.any() and not known.all():
+            # Feature transform on the block grid (1 / block^2 of the pixels): nearest
+            # neighbours at a fraction of a full-size distance transform's time.
+            fy, fx = ndimage.distance_transform_edt(~known, return_distances=False, return_indices=True)
+            nearest = (fy * known.shape[1] + fx).ravel()[nearest]
+        needed, source = np.unique(nearest, return_inverse=True)
+        by, bx = np.divmod(needed, known.shape[1])
+        span = np.arange(-block, 2 * block)
+        wy, wx = (np.clip(np.flatnonzero(np.diff(index, prepend=-1))[b][:, None] + span, 0, n - 1)
+                  for index, b, n in ((rows, by, unknown.shape[0]), (cols, bx, unknown.shape[1])))
+        wy, wx = wy[:, :, None], wx[:, None, :]
+        good = good[wy, wx]
+        return cls(iy, ix, source, np.clip(wy - pad, 0, ny - 1), np.clip(wx - pad, 0, nx - 1), good)
 
 
-def _unknown_variance(excess: np.ndarray, variance: np.ndarray | float, blocks: _Blocks) -> np.ndarray:
-    """``variance`` (float64) with its ``unknown`` pixels given the variance of a value nobody measured.
+def _unknown_amplitude(image: np.ndarray, noise: np.ndarray | float, blocks: _Blocks) -> np.ndarray:
+    """How large the value of each unknown pixel (``blocks.iy``, ``blocks.ix``) may be, float64.
 
-    A masked or off-image pixel enters the convolutions as 0; its true value may be as large
-    as the brightest good pixels around it (a saturated core, a star cut by the footprint).
-    Its variance is ``variance + (MASKED_AMPLITUDE * a)^2``, with ``a`` the largest ``excess``
-    (of ``|image|`` over ``NOISE_CLIP`` times its noise: pure sky beyond an edge is 0 on average
-    and its zeros are as good a guess as any, sources are not) among the good pixels of its
-    ``block``-sized block and the eight around it (blocks with no good pixel take the value of
-    the nearest that have one), so that S_corr tends to 0 where the unknown pixels carry weight
-    in the matched filter, and only there: a masked cosmic ray on the sky costs little, a
-    saturated star the few FWHM its residual would reach.
+    A masked or off-image pixel enters the convolutions as 0; its true value is guessed from
+    the known pixels next to it: ``MASKED_AMPLITUDE`` times the largest excess of ``|image|``
+    over ``NOISE_CLIP`` times its noise in its window (the nearest block holding a known pixel
+    and the eight around it: about a FWHM). Beyond an edge next to empty sky that is 0 (the
+    zeros are as good a guess as any); next to a saturated core, a star cut by the footprint or
+    by the image edge it is large, so that S_corr tends to 0 where those pixels carry weight in
+    the matched filter, and only there: a bright star a few FWHM from an edge leaves it alone.
 
     Parameters
     ----------
-    excess : numpy.ndarray
-        ``max(|image| - NOISE_CLIP sigma, 0)``, 0 on the unknown pixels.
-    variance : numpy.ndarray or float
-        Per-pixel variance of the known pixels: a float64 array of the same shape (modified in
-        place and returned) or a constant.
+    image : numpy.ndarray
+        The image (unpadded).
+    noise : numpy.ndarray or float
+        Its noise (1 sigma): a constant or the values at the windows' pixels.
     blocks : _Blocks
-        The unknown pixels and the blocks.
+        The unknown pixels and their windows.
     """
-    rows, cols = blocks.rows, blocks.cols
-    amplitude = ndimage.maximum_filter(_block_max(excess, rows, cols).astype(np.float64), size=3, mode="nearest")
-    known = ndimage.maximum_filter(blocks.known, size=3, mode="nearest")
-    # Blocks without a good pixel nearby take their nearest known neighbour's amplitude (a few
-    # iterations on an image 1 / block^2 the size).
-    while known.any() and not known.all():
-        grown = ndimage.maximum_filter(amplitude, size=3, mode="nearest")
-        amplitude = np.where(known, amplitude, grown)
-        known = ndimage.maximum_filter(known, size=3, mode="nearest")
-    if np.isscalar(variance):
-        variance = np.full(excess.shape, variance, np.float64)
-    iy, ix = blocks.iy, blocks.ix
-    variance[iy, ix] += (MASKED_AMPLITUDE * amplitude[rows[iy], cols[ix]]) ** 2
-    return variance
+    excess = np.abs(image[blocks.wy, blocks.wx], dtype=np.float64) - NOISE_CLIP * noise
+    excess = np.where(blocks.known, excess, 0.0).max(axis=(1, 2), initial=0.0)
+    return MASKED_AMPLITUDE * excess[blocks.source]
 
 
 def _score_filters(pn: np.ndarray, pr: np.ndarray, sigma_new: float, sigma_ref: float, f_new: float,
@@ -339,12 +348,12 @@ def zogy(new: np.ndarray, ref: np.ndarray, psf_new: np.ndarray, psf_ref: np.ndar
         Registration noise ``(sigma_x, sigma_y)`` in pixels.
     mask : numpy.ndarray, optional
         Bad pixels, taken as 0 (background) in both images (no filled copies are made), with
-        the variance of unknown values (:func:`_unknown_variance`), as the pixels beyond the
+        the variance of unknown values (:func:`_unknown_amplitude`), as the pixels beyond the
         image edges have.
     workers : int
         FFT threads.
     origin : (int, int)
-        Position of ``new[0, 0]`` in the whole image (a tile's), for :func:`_unknown_variance`.
+        Position of ``new[0, 0]`` in the whole image (a tile's), for :func:`_unknown_amplitude`.
 
     Returns
     -------
@@ -397,16 +406,22 @@ def zogy(new: np.ndarray, ref: np.ndarray, psf_new: np.ndarray, psf_ref: np.ndar
         band = pad // 2
         unknown[pad - band:pad + ny + band, pad - band:pad + nx + band] = True
         unknown[crop] = False if mask is None else mask
-        blocks = _Blocks.of(unknown, max(4, size // 3), (origin[0] - pad, origin[1] - pad))
+        # Blocks of ~2/3 FWHM: the amplitude is the largest excess within about a FWHM.
+        fwhm = max(2.3548 / math.sqrt(4 * math.pi * float(np.sum(np.square(psf, dtype=np.float64))))
+                   for psf in (psf_new, psf_ref))
+        blocks = _Blocks.of(unknown, max(2, round(2 * fwhm / 3)), (origin[0] - pad, origin[1] - pad), pad,
+                            (ny, nx))
         del unknown
         total = None
         for image, var, sigma, kernel2 in zip((new, ref), (var_new, var_ref), (sigma_new, sigma_ref), (kn2, kr2)):
             spectrum = rfft(_embed(kernel2, shape, np.float64))
-            noise = real(NOISE_CLIP) * (real(sigma) if var is None else np.sqrt(var, dtype=dtype))
-            excess = _pad(np.maximum(np.abs(image) - noise, 0), shape, pad, dtype, mask)
-            var = sigma ** 2 if var is None else _pad(var, shape, pad, np.float64)
-            spectrum *= rfft(_unknown_variance(excess, var, blocks))
-            del excess
+            noise = sigma if var is None else np.sqrt(var[blocks.wy, blocks.wx], dtype=np.float64)
+            amplitude = _unknown_amplitude(image, noise, blocks)
+            var = np.full(shape, sigma ** 2) if var is None else _pad(var, shape, pad, np.float64)
+            # The zeros replace the values: not their noise but the guess's error is in S.
+            var[blocks.iy, blocks.ix] = amplitude ** 2
+            spectrum *= rfft(var)
+            del var, amplitude
             if total is None:
                 total = spectrum
             else:
@@ -439,7 +454,7 @@ def significance_calibration(significance: np.ndarray, bad: np.ndarray, position
 
     Pixels are sampled (about ``limit``, regularly), and those within ``radius`` of a source
     in ``positions``, of a ``bad`` pixel or of the image edge are left out: sources leave
-    residuals, and S_corr tends to 0 near unknown pixels (:func:`_unknown_variance`). The
+    residuals, and S_corr tends to 0 near unknown pixels (:func:`_unknown_amplitude`). The
     standard deviation is astropy's ``mad_std`` (50 % breakdown: transients and residuals
     left in do not bias it). A field too crowded to keep ``MIN_CALIBRATION_PIXELS`` pixels
     clear of sources uses every good pixel clear of masks and edges.
