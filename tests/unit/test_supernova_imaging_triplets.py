@@ -292,6 +292,10 @@ def test_no_catalogue_supernova_becomes_a_bogus_example(processed_pair, tmp_path
     pair_dir = _copy_pair(processed_pair, tmp_path / "pair")
     _, wcs, _ = processed_pair
     ra, dec = _sn_position(processed_pair)
+    # A clean subtraction leaves no bogus candidate: one is added on empty sky.
+    candidates = pd.read_csv(pair_dir / "candidates.csv", keep_default_na=False)
+    extra = candidates.iloc[[0]].assign(candidate_id=candidates["candidate_id"].max() + 1, x=30.0, y=112.0)
+    pd.concat([candidates, extra], ignore_index=True).to_csv(pair_dir / "candidates.csv", index=False)
     # Where the bogus examples went without the other supernovae: the first candidate and the first star.
     plain = cut_triplets(pair_dir, ra, dec, "pair1", "SN 2011fe", "SYN", "g", seed=1, out=tmp_path / "plain.npz")
     with np.load(tmp_path / "plain.npz") as npz:

@@ -9,17 +9,22 @@
    per-pixel noise, and ZOGY's noise model needs the independent-pixel value (times the square
    root of the reference/science pixel-area ratio for an upsampled reference: its noise at PSF
    scales, :func:`_resampled_noise_factor`);
-4. ``psf``: stars, FWHM and empirical PSF of both (:mod:`astrodag.supernova.imaging.psf`); with
-   ``align.refine``, a significant residual shift between the two star lists is corrected by
-   resampling the reference again (and its background is re-measured);
-5. ``inject``: fake point sources into the science image (:mod:`astrodag.supernova.imaging.inject`),
+4. ``psf``: stars, FWHM and PSF of both (:mod:`astrodag.supernova.imaging.psf`: unbiased
+   stacks, neighbours subtracted, a 3x3 grid of PSFs across the image; an image with too few
+   stars gets the other's PSF blurred by a fitted Gaussian); the residual offset between the two
+   images is solved and every source matched (:mod:`astrodag.supernova.imaging.registration`),
+   and with ``align.refine`` a significant residual shift is corrected by resampling the
+   reference again (and its background is re-measured);
+5. ``flux``: science/reference flux ratio (:mod:`astrodag.supernova.imaging.fluxscale`: a
+   template fit around the sources of either image, then PSF photometry of matched stars, then
+   the zero points and the pixel-area ratio, each fallback with a warning), before any fake;
+6. ``inject``: fake point sources into the science image (:mod:`astrodag.supernova.imaging.inject`),
    shaped by a PSF model independent of the subtraction's (photutils' effective PSF of the stars);
-6. ``flux``: science/reference flux ratio from the matched stars;
-7. ``subtract``: ZOGY (or the Gaussian baseline) with per-pixel variance maps (sky noise
-   squared plus the photon noise of the sources; masked and off-image pixels get the variance
-   of unknown values), then the removal of D's smooth residual offset
-   (``subtract.difference_background``) and the calibration of S_corr to unit noise on pixels
-   away from sources (``subtract.significance_tolerance``);
+7. ``subtract``: ZOGY, the Alard-Lupton kernel fit (:mod:`astrodag.supernova.imaging.kernel`) or
+   the Gaussian baseline, with per-pixel variance maps (sky noise squared plus the photon noise
+   of the sources; for ZOGY, masked and off-image pixels get the variance of unknown values), then
+   the removal of D's smooth residual offset (``subtract.difference_background``) and the
+   calibration of S_corr to unit noise on pixels away from sources (``subtract.significance_tolerance``);
 8. ``write``: the products below.
 
 Products in ``out_dir`` (all FITS on the science grid, with its WCS and provenance cards):
@@ -272,6 +277,7 @@ class _Difference:
     significance_std: float = float("nan")  # robust std of S_corr on noise pixels before calibration
     significance_std_error: float = float("nan")  # its standard error
     significance_correction: float = 1.0  # S_corr was divided by this
+    kernel_fit: dict | None = None  # the kernel method's own flux ratio and fit statistics
 
 
 def _reference_background(aligned: Alignment, settings: DifferenceSettings, noise: NoiseModel) -> Background:
@@ -490,6 +496,7 @@ def _subtract(science: Image, reference: Image, pair: _Registered, grown: np.nda
 
     The kernel fit widens ``grown`` in place by its own mask (bad pixels and the border grown by the kernel).
     """
+    kernel_fit = None
     if settings.subtract.method == "zogy":
         result, astrometric = _zogy(science, reference, pair, grown, psf_sci, psf_ref, ratio, residual, settings)
         psf_d, f_d, f_s = result.psf, result.flux_zeropoint, result.flux_scale
@@ -506,6 +513,9 @@ def _subtract(science: Image, reference: Image, pair: _Registered, grown: np.nda
         del var_new, var_ref
         grown |= result.mask  # in place: the products' mask and statistics leave out the kernel's footprint too
         psf_d, f_d, f_s = result.psf, result.flux_zeropoint, result.flux_scale
+        kernel_fit = {"ratio": result.ratio, "ratio_error": result.ratio_error,
+                      "ratio_range": list(result.ratio_range), "convolved": result.convolved,
+                      "stamps": result.n_stamps, "rejected": result.n_rejected, "chi2": result.chi2}
     else:
         astrometric = (0.0, 0.0)
         result = gaussian_difference(np.where(grown, np.float32(0), pair.new), np.where(grown, np.float32(0), pair.ref),
@@ -524,7 +534,7 @@ def _subtract(science: Image, reference: Image, pair: _Registered, grown: np.nda
     for array in (difference, score, significance):
         array[grown] = np.nan
     return _Difference(difference, score, significance, psf_d, f_d, f_s, fwhm_d, astrometric, offset_sigma, std,
-                       error, correction)
+                       error, correction, kernel_fit)
 
 
 def _calibrate(significance: np.ndarray, grown: np.ndarray, psf_sci: PSF, psf_ref: PSF, fwhm_d: float,
@@ -581,7 +591,8 @@ def _record(science_path, reference_path, seed: int, science: Image, pair: _Regi
                   "significance_std_error": result.significance_std_error,
                   "significance_correction": result.significance_correction,
                   "difference_offset_sigma": result.offset_sigma},
-        "subtraction": {"method": settings.subtract.method, "flux_zeropoint": result.flux_zeropoint,
+        "subtraction": {"method": settings.subtract.method, "kernel_fit": result.kernel_fit,
+                        "flux_zeropoint": result.flux_zeropoint,
                         "flux_scale": result.flux_scale, "masked_fraction": float(grown.mean())},
         "injected": int(len(injections)),
         "settings": settings.as_dict(),
@@ -640,11 +651,12 @@ def difference_pair(science_path: str | Path, reference_path: str | Path, out_di
     if (settings.align.refine and residual.n_matched >= 5
             and math.hypot(residual.shift_x, residual.shift_y) > settings.align.refine_min_shift_px):
         pair = _realign(science, reference, pair, psf_ref, residual, settings, timer)
-    with timer("inject"):
-        injections, fake_psf = _inject(science, pair, psf_sci, psf_ref, settings, pair_rng(seed, out_dir.name))
     grown = _grown_mask(science.mask | pair.ref_bad, settings.subtract.mask_grow_px)
     with timer("flux"):
+        # Before the fakes go in: a fake in a star's stamp is a variable star to the ratio's fit.
         scale = _flux_scale(science, reference, pair, psf_sci, psf_ref, residual, grown, settings)
+    with timer("inject"):
+        injections, fake_psf = _inject(science, pair, psf_sci, psf_ref, settings, pair_rng(seed, out_dir.name))
     with timer("subtract"):
         result = _subtract(science, reference, pair, grown, psf_sci, psf_ref, scale.ratio, residual, settings)
 
