@@ -137,3 +137,18 @@ def test_template_ratio_few_stars_falls_back_loudly(caplog):
                                    4.2, 3.0, sources[:3], sources[:3], sources=sources[:3])
     assert scale.method == "unity"
     assert "template flux ratio NOT measured" in caplog.text and "flux ratio NOT measured" in caplog.text
+
+
+def test_an_imprecise_template_ratio_is_not_a_measurement(crowded, monkeypatch, caplog):
+    """A template ratio with a large error (faint photon-counting stamps) gives way to the stars' photometry."""
+    import astrodag.supernova.imaging.fluxscale as fluxscale
+
+    field, bad, registration = crowded
+    science_xy, reference_xy = registration.star_positions()
+    monkeypatch.setattr(fluxscale, "template_ratio", lambda *args, **kwargs: (0.015, 0.027, 27, 1.3))
+    with caplog.at_level(logging.WARNING, logger="astrodag.supernova.imaging.fluxscale"):
+        scale = measure_flux_ratio(field.science, field.reference, field.noise, field.noise, bad, field.psf_science,
+                                   field.psf_reference, field.fwhm_science, field.fwhm_reference, science_xy,
+                                   reference_xy, pixel_area_ratio=1.0, sources=science_xy)
+    assert scale.method == "stars" and scale.ratio == pytest.approx(1.1, rel=0.01)
+    assert "template flux ratio NOT measured (ratio 0.015 +- 0.027, relative error above 0.05)" in caplog.text
