@@ -51,6 +51,8 @@ import scipy.fft as sfft
 from astropy.stats import sigma_clip
 from scipy import linalg, ndimage
 
+from astrodag.supernova.imaging.subtract import ZogyResult
+
 log = logging.getLogger(__name__)
 
 # HOTPANTS' default basis (-ng 3 6 0.70 4 1.50 2 3.00) for its typical FWHM of about 4 px: the
@@ -65,8 +67,9 @@ CLIP_SIGMA = 3.0
 
 
 @dataclass
-class KernelResult:
-    """Products of :func:`kernel_difference` on the input grid (float32 images).
+class KernelResult(ZogyResult):
+    """Products of :func:`kernel_difference` on the input grid (float32 images): ZOGY's fields, so detection reads
+    them alike (D in science units here), and the kernel fit's own.
 
     Attributes
     ----------
@@ -104,14 +107,7 @@ class KernelResult:
         Median reduced chi-square of the kept stamps.
     """
 
-    difference: np.ndarray
     difference_variance: np.ndarray
-    score: np.ndarray
-    significance: np.ndarray
-    score_noise: np.ndarray
-    psf: np.ndarray
-    flux_zeropoint: float
-    flux_scale: float
     mask: np.ndarray
     ratio: float
     ratio_error: float
